@@ -1,0 +1,64 @@
+"""Settings for one lklab deployment (embedded by default, scaled by config only)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob, read from `LKLAB_*` environment variables or passed explicitly."""
+
+    model_config = SettingsConfigDict(env_prefix="LKLAB_", frozen=True)
+
+    home: Path = Field(default_factory=lambda: Path.cwd() / ".lklab", description="state, logs, lake, Kafka data")
+
+    # event log
+    bootstrap_servers: str | None = Field(None, description="external Kafka; None = the embedded broker")
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "512m"
+    topic: str = "rides.events"
+    dlq_topic: str = "rides.events.dlq"
+    partitions: int = Field(4, ge=1)
+
+    # lake / batch
+    lake_uri: str | None = Field(None, description="Delta root; None = <home>/lake")
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "1g"
+    spark_shuffle_partitions: int = 4
+
+    # speed layer / serving
+    serving_url: str | None = Field(None, description="SQLAlchemy URL; None = SQLite (WAL) under <home>")
+    speed_group: str = "lklab-speed"
+    speed_web_port: int = 6066
+    allowed_lateness_s: int = Field(300, ge=0, description="99.9% of the seed's events arrive within 5 minutes")
+
+    # PII
+    pii_key: str | None = Field(None, description="Fernet key; None = a 0600 key file under <home>")
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def lake_root(self) -> str:
+        return self.lake_uri or str(self.home / "lake")
+
+    @property
+    def serving(self) -> str:
+        return self.serving_url or f"sqlite:///{self.home / 'serving.db'}"
+
+    @property
+    def jars_dir(self) -> Path:
+        return Path(__file__).resolve().parent.parent / ".lklab" / "jars"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"

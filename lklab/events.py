@@ -1,0 +1,127 @@
+"""The event contract: schema v1 (JSON Schema file) plus the typed model every layer imports."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from enum import StrEnum
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ConfigDict
+
+SCHEMA_VERSION = 1
+
+
+class EventType(StrEnum):
+    APP_OPENED = "app_opened"
+    RIDE_REQUESTED = "ride_requested"
+    RIDE_STARTED = "ride_started"
+    RIDE_COMPLETED = "ride_completed"
+    PAYMENT_CAPTURED = "payment_captured"
+    PAYMENT_REFUNDED = "payment_refunded"
+
+
+PAYMENT_TYPES = frozenset({EventType.PAYMENT_CAPTURED, EventType.PAYMENT_REFUNDED})
+
+
+class EventError(ValueError):
+    """A record that breaks the contract; `reason` is one line that says what and where."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Event(BaseModel):
+    """One validated event. Unknown fields of later schema versions are ignored, never fatal."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: str
+    event_version: int
+    schema_version: int
+    event_type: EventType
+    event_time: datetime
+    ride_id: str
+    user_id: str
+    driver_id: str | None
+    city: str
+    amount_cents: int | None = None
+    pii: str | None = None  # Fernet token; plaintext never reaches the log
+
+    def to_json(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=False)
+        data["event_time"] = format_time(self.event_time)
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+    @property
+    def epoch_s(self) -> float:
+        return self.event_time.timestamp()
+
+
+def format_time(ts: datetime) -> str:
+    """Canonical UTC wire format: 2026-11-17T10:00:00.123Z (millisecond precision)."""
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    return json.loads(resources.files("lklab.schemas").joinpath("event.v1.json").read_text())
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(schema())
+
+
+def _describe(error) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required":
+        return error.message.replace("is a required property", "is missing")
+    if error.validator == "enum":
+        return f"field '{path}': {error.instance!r} is not one of {', '.join(error.validator_value)}"
+    if error.validator == "pattern" and path == "event_time":
+        return f"field 'event_time': {error.instance!r} is not an ISO-8601 UTC timestamp like 2026-11-17T10:00:00Z"
+    if path == "amount_cents" and error.validator == "type" and error.validator_value == "null":
+        return "field 'amount_cents' is only allowed on payment events"
+    return f"field '{path}': {error.message}" if path else error.message
+
+
+def _rank(error) -> tuple[bool, int]:
+    # Cross-field rules (the allOf block) only make sense once each field is valid on its own.
+    return (bool(error.schema_path) and error.schema_path[0] == "allOf", len(error.absolute_path))
+
+
+def validate_dict(data: Any) -> dict[str, Any]:
+    """Check a decoded record against schema v1; raises EventError naming the first problem."""
+    if not isinstance(data, dict):
+        raise EventError(f"expected a JSON object, got {type(data).__name__}")
+    errors = list(_validator().iter_errors(data))
+    if errors:
+        raise EventError(_describe(min(errors, key=_rank)))
+    try:
+        parse_time(data["event_time"])
+    except ValueError as exc:
+        raise EventError(f"field 'event_time': {data['event_time']!r} is not a valid UTC timestamp ({exc})") from None
+    return data
+
+
+def decode(raw: bytes | str) -> dict[str, Any]:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EventError(f"malformed JSON: {exc}") from None
+
+
+def parse_event(raw: bytes | str | dict[str, Any]) -> Event:
+    """Decode and validate one record from the wire or a file. PII must already be a token."""
+    data = validate_dict(raw if isinstance(raw, dict) else decode(raw))
+    if isinstance(data.get("pii"), dict):
+        raise EventError("field 'pii': plaintext PII on the log; it must be encrypted at the edge")
+    return Event.model_validate({**data, "event_time": parse_time(data["event_time"])})

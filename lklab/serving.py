@@ -1,0 +1,157 @@
+"""The serving store (SQLite in WAL mode embedded, any SQLAlchemy URL scaled): tables and access.
+
+SQL is built with SQLAlchemy Core, so every value is a bound parameter.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.types import TypeDecorator
+
+from lklab.config import Settings
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in Python, naive UTC in the database (portable across dialects)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: lklab stores UTC only")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+metadata = MetaData()
+
+payments_ledger = Table(
+    "payments_ledger", metadata,
+    Column("event_id", String(128), primary_key=True),
+    Column("event_version", Integer, nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("ride_id", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("driver_id", String(128)),
+    Column("city", String(64), nullable=False),
+    Column("event_time", UTCDateTime, nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    comment="source of truth for money, written by the payments system (here: the generator)",
+)
+
+# Speed layer: per-event contributions make the sink idempotent and let corrections retract.
+speed_event_state = Table(
+    "speed_event_state", metadata,
+    Column("event_id", String(128), primary_key=True),
+    Column("event_version", Integer, nullable=False),
+    Column("city", String(64), nullable=False),
+    Column("window_start", UTCDateTime, nullable=False),
+    Column("amount_cents", BigInteger, nullable=False, comment="signed contribution"),
+)
+speed_revenue_per_minute = Table(
+    "speed_revenue_per_minute", metadata,
+    Column("city", String(64), primary_key=True),
+    Column("window_start", UTCDateTime, primary_key=True),
+    Column("revenue_cents", BigInteger, nullable=False),
+    Column("events", Integer, nullable=False, comment="contributing events; 0 = no row in the view"),
+)
+speed_progress = Table(
+    "speed_progress", metadata,
+    Column("topic", String(249), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("next_offset", BigInteger, nullable=False, comment="committed with the results, in one transaction"),
+    Column("max_event_time", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+speed_counters = Table(
+    "speed_counters", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+# Batch layer: one record per build (the T contract) and the published gold rows.
+batch_builds = Table(
+    "batch_builds", metadata,
+    Column("build_id", String(64), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False, comment="promoted | failed"),
+    Column("git_sha", String(64)),
+    Column("logic_version", Integer, nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("offsets", JSON, nullable=False, comment="{partition: [start, end)} consumed"),
+    Column("watermark", UTCDateTime),
+    Column("final_through", UTCDateTime, comment="T: windows before it are final in this build"),
+    Column("row_counts", JSON, nullable=False),
+    Column("validation", JSON, nullable=False),
+    Column("delta_versions", JSON, nullable=False),
+)
+batch_revenue_per_minute = Table(
+    "batch_revenue_per_minute", metadata,
+    Column("build_id", String(64), primary_key=True),
+    Column("city", String(64), primary_key=True),
+    Column("window_start", UTCDateTime, primary_key=True),
+    Column("revenue_cents", BigInteger, nullable=False),
+)
+serving_aliases = Table(
+    "serving_aliases", metadata,
+    Column("view", String(128), primary_key=True),
+    Column("target", String(128), nullable=False, comment="build id (batch) or physical view version"),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(settings: Settings) -> Engine:
+    """Engine for the configured store; creates the schema if missing."""
+    url = settings.serving
+    if url.startswith("sqlite"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    metadata.create_all(engine)
+    return engine
+
+
+def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], update: Iterable[str] | None = None) -> None:
+    """INSERT … ON CONFLICT (primary key) DO UPDATE (or DO NOTHING when update is empty)."""
+    if not rows:
+        return
+    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
+    stmt = insert(table)
+    keys = [c.name for c in table.primary_key.columns]
+    columns = list(update) if update is not None else [c.name for c in table.columns if c.name not in keys]
+    if columns:
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in columns})
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    conn.execute(stmt, list(rows))
