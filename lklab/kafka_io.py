@@ -1,0 +1,160 @@
+"""Talking to the event log: topics, idempotent producing, offsets. Offsets are the contract
+between layers, so every reader here works with explicit per-partition offsets."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from lklab.config import Settings
+
+Offsets = dict[int, int]  # partition -> offset
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+
+
+def run(coro):
+    """Run a coroutine from sync code (CLI, Dagster ops, tests)."""
+    return asyncio.run(coro)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
+            for name in (settings.topic, settings.dlq_topic)
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+    await _wait_for_metadata(settings, [settings.topic, settings.dlq_topic])
+
+
+async def _wait_for_metadata(settings: Settings, topics: list[str], timeout_s: float = 30.0) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
+    await consumer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if set(topics) <= await consumer.topics():
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"topics {topics} not visible on {settings.bootstrap} after {timeout_s}s")
+    finally:
+        await consumer.stop()
+
+
+@asynccontextmanager
+async def producer(settings: Settings):
+    """acks=all + idempotence: a retried send never duplicates a record within a producer session."""
+    prod = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        compression_type=None,
+    )
+    await prod.start()
+    try:
+        yield prod
+    finally:
+        await prod.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, settings: Settings, topic: str) -> list[TopicPartition]:
+    cluster = await consumer._client.fetch_all_metadata()  # no public call returns partitions of a fresh consumer
+    partitions = cluster.partitions_for_topic(topic)
+    if not partitions:
+        raise LookupError(f"topic {topic!r} does not exist on {settings.bootstrap}; run `lklab produce` first")
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def end_offsets(settings: Settings, topic: str | None = None) -> Offsets:
+    """Next offset to be written, per partition (the high watermark)."""
+    topic = topic or settings.topic
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
+    await consumer.start()
+    try:
+        parts = await _partitions(consumer, settings, topic)
+        return {tp.partition: off for tp, off in (await consumer.end_offsets(parts)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def beginning_offsets(settings: Settings, topic: str | None = None) -> Offsets:
+    topic = topic or settings.topic
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
+    await consumer.start()
+    try:
+        parts = await _partitions(consumer, settings, topic)
+        return {tp.partition: off for tp, off in (await consumer.beginning_offsets(parts)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def read_range(settings: Settings, start: Offsets, end: Offsets, topic: str | None = None) -> list[Record]:
+    """Every record in [start, end) per partition, in partition/offset order."""
+    topic = topic or settings.topic
+    todo = {p: (start.get(p, 0), e) for p, e in end.items() if e > start.get(p, 0)}
+    out: list[Record] = []
+    if not todo:
+        return out
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in todo])
+        for p, (s, _) in todo.items():
+            consumer.seek(TopicPartition(topic, p), s)
+        while todo:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for tp, msgs in batches.items():
+                stop_at = todo.get(tp.partition, (0, 0))[1]
+                out.extend(
+                    Record(m.partition, m.offset, m.timestamp, m.key, m.value) for m in msgs if m.offset < stop_at
+                )
+                if msgs and msgs[-1].offset + 1 >= stop_at:
+                    todo.pop(tp.partition, None)
+                    consumer.pause(tp)
+    finally:
+        await consumer.stop()
+    return sorted(out, key=lambda r: (r.partition, r.offset))
+
+
+def dlq_payload(reason: str, source: str, raw: bytes | str) -> bytes:
+    """Dead-letter record: the original bytes (as text) with the one-line reason and where it came from."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    return json.dumps({"reason": reason, "source": source, "raw": text}, separators=(",", ":")).encode()
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
