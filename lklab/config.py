@@ -62,3 +62,11 @@ class Settings(BaseSettings):
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
+
+    def to_env(self) -> dict[str, str]:
+        """LKLAB_* variables that rebuild these settings in a child process (workers, Dagster runs)."""
+        return {
+            f"LKLAB_{name.upper()}": str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }

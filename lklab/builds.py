@@ -1,0 +1,71 @@
+"""Build metadata records: what every batch build consumed and produced (the T contract)."""
+from __future__ import annotations
+
+import subprocess
+import uuid
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine, select
+
+from lklab.serving import batch_builds, batch_revenue_per_minute, serving_aliases, upsert
+
+BATCH_ALIAS = "revenue_per_minute@batch"
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        sha = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def new_build_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("b%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+class BatchBuild(BaseModel):
+    """One batch build. `final_through` is T: the merge serves batch rows for windows before it."""
+
+    build_id: str
+    created_at: datetime
+    status: str = Field(description="promoted | failed")
+    git_sha: str
+    logic_version: int
+    schema_version: int
+    offsets: dict[int, list[int]] = Field(description="partition -> [first, next) offsets consumed")
+    watermark: datetime | None
+    final_through: datetime | None
+    row_counts: dict[str, int]
+    validation: dict
+    delta_versions: dict[str, int]
+
+
+def promote(engine: Engine, build: BatchBuild, rows: list[dict]) -> None:
+    """Record the build, load its gold rows and point the batch alias at it, in one transaction:
+    readers see the previous build or this one, never a mix."""
+    with engine.begin() as conn:
+        conn.execute(batch_builds.insert(), [build.model_dump(mode="python") | {"offsets": {str(k): v for k, v in build.offsets.items()}}])
+        if rows:
+            conn.execute(batch_revenue_per_minute.insert(), [{"build_id": build.build_id, **r} for r in rows])
+        if build.status == "promoted":
+            upsert(conn, serving_aliases, [{"view": BATCH_ALIAS, "target": build.build_id, "updated_at": build.created_at}])
+
+
+def current_build(conn) -> BatchBuild | None:
+    """The promoted build the batch alias points at (read inside the caller's transaction)."""
+    row = conn.execute(
+        select(batch_builds).join(serving_aliases, serving_aliases.c.target == batch_builds.c.build_id)
+        .where(serving_aliases.c.view == BATCH_ALIAS)
+    ).mappings().first()
+    if row is None:
+        return None
+    return BatchBuild.model_validate({**row, "offsets": {int(k): v for k, v in row["offsets"].items()}})

@@ -1,0 +1,213 @@
+"""`lklab`: run the lab from the shell. Every failure is one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lklab.config import Settings
+
+app = typer.Typer(help="lklab: Lambda, Kappa and hybrid pipelines side by side on Kafka, Spark/Delta, Faust, Dagster and GX.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+kafka_app = typer.Typer(help="The embedded Kafka broker (KRaft, 127.0.0.1 only).", no_args_is_help=True)
+speed_app = typer.Typer(help="The Faust speed-layer worker, in the background.", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(speed_app, name="speed")
+console = Console()
+err = Console(stderr=True)
+
+VIEWS = ("revenue_per_minute",)
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError: a bad LKLAB_* variable
+        raise fail(f"bad LKLAB_* setting: {str(exc).splitlines()[0:3]}") from None
+
+
+def parse_iso(value: Optional[str], flag: str) -> Optional[datetime]:
+    if value is None:
+        return None
+    from lklab.events import parse_time
+
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise fail(f"{flag} {value!r} is not an ISO-8601 time like 2026-11-17T10:00Z") from None
+
+
+# --- kafka --------------------------------------------------------------------------------
+
+@kafka_app.command("start")
+def kafka_start() -> None:
+    """Start the broker in the background (data under .lklab/kafka)."""
+    from lklab import kafka_io, kafka_runtime
+
+    s = settings()
+    try:
+        pid = kafka_runtime.start(s)
+        kafka_io.run(kafka_io.ensure_topics(s))
+    except (kafka_runtime.KafkaRuntimeError, TimeoutError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"Kafka running: pid {pid}, bootstrap {s.bootstrap}, topics {s.topic} and {s.dlq_topic} ({s.partitions} partitions)")
+
+
+@kafka_app.command("stop")
+def kafka_stop() -> None:
+    """Stop the broker."""
+    from lklab import kafka_runtime
+
+    stopped = kafka_runtime.stop(settings())
+    console.print("Kafka stopped" if stopped else "Kafka was not running")
+
+
+@kafka_app.command("status")
+def kafka_status() -> None:
+    """Is the broker up and reachable; topics with their end offsets."""
+    from lklab import kafka_io, kafka_runtime
+
+    s = settings()
+    st = kafka_runtime.status(s)
+    health = "healthy" if st.running and st.reachable else ("running, not reachable" if st.running else "stopped")
+    console.print(f"Kafka {health}: pid {st.pid or '-'}, bootstrap {st.bootstrap}, data {st.data_dir}")
+    if st.reachable:
+        for topic in (s.topic, s.dlq_topic):
+            try:
+                ends = kafka_io.run(kafka_io.end_offsets(s, topic))
+                console.print(f"  {topic}: {sum(ends.values())} records, end offsets {ends}")
+            except LookupError:
+                console.print(f"  {topic}: not created yet")
+    if not (st.running and st.reachable):
+        raise typer.Exit(code=1)
+
+
+# --- produce ------------------------------------------------------------------------------
+
+@app.command()
+def produce(file: Annotated[Path, typer.Option("--file", "-f", help="JSONL, one schema-v1 event per line")]) -> None:
+    """Import your own events: valid lines go to the topic, bad lines to the dead-letter topic with a reason."""
+    from lklab.produce import produce_file
+
+    s = settings()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(f"producing {file}", total=None)
+        try:
+            report = produce_file(s, file, on_progress=lambda n: bar.update(task, description=f"producing {file}: line {n}"))
+        except (FileNotFoundError, LookupError, OSError) as exc:
+            raise fail(str(exc)) from None
+    for reason in report.reasons:
+        err.print(f"dead-lettered {reason}", highlight=False)
+    if report.dead_lettered > len(report.reasons):
+        err.print(f"... and {report.dead_lettered - len(report.reasons)} more (read them from {s.dlq_topic})")
+    console.print(f"accepted {report.accepted}, dead-lettered {report.dead_lettered} (to {s.dlq_topic})")
+
+
+# --- speed --------------------------------------------------------------------------------
+
+@speed_app.command("start")
+def speed_start() -> None:
+    """Run the Faust worker in the background."""
+    from lklab import speed
+
+    s = settings()
+    try:
+        pid = speed.start(s)
+    except (RuntimeError, TimeoutError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"speed worker running: pid {pid}, log {s.logs_dir / 'speed.log'}")
+
+
+@speed_app.command("stop")
+def speed_stop() -> None:
+    """Stop the Faust worker."""
+    from lklab import speed
+
+    console.print("speed worker stopped" if speed.stop(settings()) else "speed worker was not running")
+
+
+@speed_app.command("status")
+def speed_status() -> None:
+    """Worker health, lag per partition, event-time watermark and counters."""
+    from lklab import speed
+
+    st = speed.status(settings())
+    console.print(st.describe() if hasattr(st, "describe") else st)
+
+
+# --- batch and query ----------------------------------------------------------------------
+
+@app.command()
+def batch() -> None:
+    """Materialise bronze → silver → gold → promoted batch build through Dagster."""
+    from lklab.batch import run_batch
+
+    s = settings()
+    with console.status("running the Dagster batch job (bronze → silver → gold → publish)"):
+        result = run_batch(s)
+    for event in result.get_step_failure_events():
+        err.print(f"step {event.step_key} failed: {event.event_specific_data.error.message.strip().splitlines()[0]}")
+    if not result.success:
+        raise fail(f"batch run {result.run_id} failed; the previous build stays published")
+    console.print(f"batch run {result.run_id} succeeded (Dagster home {s.dagster_home})")
+
+
+@app.command()
+def query(
+    view: Annotated[str, typer.Argument(help="view name: revenue_per_minute")],
+    city: Annotated[Optional[str], typer.Option(help="only this city")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="window start ≥ this ISO time")] = None,
+    to: Annotated[Optional[str], typer.Option("--to", help="window start < this ISO time")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """The merged (Lambda) view: batch rows for windows before T, speed rows from T on."""
+    from lklab import merge
+    from lklab.serving import make_engine
+
+    if view not in VIEWS:
+        raise fail(f"unknown view {view!r}; one of: {', '.join(VIEWS)}")
+    start, end = parse_iso(from_, "--from"), parse_iso(to, "--to")
+    if start and end and start >= end:
+        raise fail(f"--from {from_} is not before --to {to}")
+    answer = merge.revenue_per_minute(make_engine(settings()), city, start, end)
+    if as_json:
+        print(json.dumps({
+            "view": view,
+            "T": answer.T.isoformat() if answer.T else None,
+            "build_id": answer.build_id,
+            "rows": [{"city": r.city, "window_start": r.window_start.isoformat(), "revenue_cents": r.revenue_cents, "source": r.source}
+                     for r in answer.rows],
+        }, indent=2))
+        return
+    table = Table(title=f"{view} (T = {answer.T}, build {answer.build_id})")
+    for column in ("city", "window_start", "revenue_cents", "source"):
+        table.add_column(column)
+    for r in answer.rows:
+        table.add_row(r.city, r.window_start.isoformat(), str(r.revenue_cents), r.source)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    minutes: Annotated[int, typer.Option(help="minutes of event time to generate")] = 10,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 7,
+) -> None:
+    """The main job: own broker + Faust worker + Dagster batch on generated events, merged view vs the oracle."""
+    from lklab.demo import run_demo
+
+    raise typer.Exit(code=run_demo(minutes=minutes, seed=seed, console=console))
+
+
+if __name__ == "__main__":
+    app()

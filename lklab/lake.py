@@ -1,0 +1,214 @@
+"""The lake: bronze (raw Kafka records with offsets), silver (typed, deduplicated), gold (views).
+
+Pure Spark + Delta functions; the Dagster assets in assets/ call them.
+"""
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import dataclass
+from datetime import datetime
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lklab import views
+from lklab.config import Settings
+from lklab.events import PAYMENT_TYPES, Event, EventType, schema
+from lklab.kafka_io import Offsets
+
+BRONZE, SILVER, SILVER_REJECTS = "bronze/rides_events", "silver/rides_events", "silver/rides_events_rejects"
+GOLD_REVENUE_PER_MINUTE = "gold/revenue_per_minute"
+
+
+def path(settings: Settings, table: str) -> str:
+    return f"{settings.lake_root.rstrip('/')}/{table}"
+
+
+def exists(spark: SparkSession, location: str) -> bool:
+    return DeltaTable.isDeltaTable(spark, location)
+
+
+def delta_version(spark: SparkSession, location: str) -> int:
+    return DeltaTable.forPath(spark, location).history(1).collect()[0]["version"]
+
+
+# --- bronze -------------------------------------------------------------------------------
+
+def read_kafka_range(spark: SparkSession, settings: Settings, start: Offsets, end: Offsets) -> DataFrame:
+    """Exactly the records in [start, end) per partition, via Spark's Kafka source."""
+    topic = settings.topic
+    as_json = lambda offs: json.dumps({topic: {str(p): o for p, o in offs.items()}})  # noqa: E731
+    return (
+        spark.read.format("kafka")
+        .option("kafka.bootstrap.servers", settings.bootstrap)
+        .option("subscribe", topic)
+        .option("startingOffsets", as_json({p: start.get(p, 0) for p in end}))
+        .option("endingOffsets", as_json(end))
+        .option("failOnDataLoss", "true")
+        .load()
+        .select(
+            F.col("topic"),
+            F.col("partition").cast("int").alias("partition"),
+            F.col("offset").cast("long").alias("offset"),
+            F.col("timestamp").alias("kafka_timestamp"),
+            F.col("key").cast("string").alias("key"),
+            F.col("value").cast("string").alias("value"),
+        )
+    )
+
+
+def bronze_next_offsets(spark: SparkSession, settings: Settings) -> Offsets:
+    """Per partition, the first offset bronze does not hold yet (0 for an empty lake)."""
+    location = path(settings, BRONZE)
+    if not exists(spark, location):
+        return {}
+    rows = (
+        spark.read.format("delta").load(location)
+        .where(F.col("topic") == settings.topic)
+        .groupBy("partition").agg(F.max("offset").alias("last"))
+        .collect()
+    )
+    return {r["partition"]: r["last"] + 1 for r in rows}
+
+
+def bronze_offsets_held(spark: SparkSession, settings: Settings) -> dict[int, list[int]]:
+    """Per partition, the [first, next) offset range held in bronze."""
+    location = path(settings, BRONZE)
+    if not exists(spark, location):
+        return {}
+    rows = (
+        spark.read.format("delta").load(location)
+        .groupBy("partition").agg(F.min("offset").alias("first"), F.max("offset").alias("last"))
+        .collect()
+    )
+    return {r["partition"]: [r["first"], r["last"] + 1] for r in rows}
+
+
+def append_bronze(spark: SparkSession, settings: Settings, start: Offsets, end: Offsets) -> int:
+    """Append [start, end) to bronze; records already held (same topic/partition/offset) are
+    skipped, so re-running a range adds nothing. Returns rows inserted."""
+    records = read_kafka_range(spark, settings, start, end).withColumn("ingested_at", F.current_timestamp())
+    location = path(settings, BRONZE)
+    if not exists(spark, location):
+        records.write.format("delta").partitionBy("partition").save(location)
+        return spark.read.format("delta").load(location).count()
+    (
+        DeltaTable.forPath(spark, location).alias("b")
+        .merge(records.alias("r"), "b.topic = r.topic AND b.partition = r.partition AND b.offset = r.offset")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    metrics = DeltaTable.forPath(spark, location).history(1).collect()[0]["operationMetrics"]
+    return int(metrics.get("numTargetRowsInserted", 0))
+
+
+# --- silver -------------------------------------------------------------------------------
+
+def _spark_type(annotation) -> T.DataType:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union else annotation
+    if base is int:
+        return T.LongType()
+    return T.StringType()  # str, enum and timestamps (parsed after, to keep bad values visible)
+
+
+def event_struct() -> T.StructType:
+    """Spark schema of the event JSON, derived from the one Event model."""
+    return T.StructType([T.StructField(name, _spark_type(f.annotation)) for name, f in Event.model_fields.items()])
+
+
+def _rejection_reason() -> F.Column:
+    """First schema-v1 rule a parsed row breaks, or null. Rules come from the JSON Schema/Event model."""
+    e = F.col("e")
+    checks = [(e.isNull(), "malformed JSON")]
+    checks += [(e[f].isNull(), f"field '{f}' missing or of the wrong type") for f in schema()["required"] if f != "driver_id"]
+    checks += [
+        (~e["event_type"].isin([t.value for t in EventType]), "unknown event_type"),
+        (F.col("event_time").isNull(), "event_time is not an ISO-8601 UTC timestamp"),
+        (e["event_version"] < 1, "event_version below 1"),
+        (e["event_type"].isin([t.value for t in PAYMENT_TYPES]) & (e["amount_cents"].isNull() | (e["amount_cents"] < 0)),
+         "payment without a non-negative amount_cents"),
+    ]
+    reason = F.lit(None).cast("string")
+    for condition, text in reversed(checks):
+        reason = F.when(condition, F.lit(text)).otherwise(reason)
+    return reason
+
+
+def parse_bronze(bronze: DataFrame) -> DataFrame:
+    """Typed rows with a `reject_reason` column (null for valid events)."""
+    parsed = bronze.withColumn("e", F.from_json("value", event_struct(), {"mode": "PERMISSIVE"}))
+    parsed = parsed.withColumn("event_time", F.to_timestamp(F.col("e.event_time")))
+    return parsed.withColumn("reject_reason", _rejection_reason())
+
+
+def dedup_latest(events: DataFrame) -> DataFrame:
+    """Highest event_version per event_id; for equal versions the first delivered (lowest offset)."""
+    order = Window.partitionBy("event_id").orderBy(F.desc("event_version"), F.asc("kafka_partition"), F.asc("kafka_offset"))
+    return events.withColumn("_rank", F.row_number().over(order)).where("_rank = 1").drop("_rank")
+
+
+@dataclass(frozen=True)
+class SilverResult:
+    rows: int
+    rejected: int
+    duplicates_removed: int
+    max_event_time_by_partition: dict[int, datetime]
+
+
+def build_silver(spark: SparkSession, settings: Settings) -> SilverResult:
+    """Rebuild silver from bronze: parse, quarantine what breaks the schema, dedup, type."""
+    parsed = parse_bronze(spark.read.format("delta").load(path(settings, BRONZE))).cache()
+    rejected = parsed.where(F.col("reject_reason").isNotNull())
+    rejected.select("topic", "partition", "offset", "value", "reject_reason").write.format("delta").mode("overwrite").save(
+        path(settings, SILVER_REJECTS)
+    )
+    valid = parsed.where(F.col("reject_reason").isNull()).select(
+        *[F.col(f"e.{name}").alias(name) for name in Event.model_fields if name != "event_time"],
+        F.col("event_time"),
+        F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+    )
+    latest = dedup_latest(valid).withColumn("event_date", F.to_date("event_time"))
+    latest.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(
+        path(settings, SILVER)
+    )
+    maxima = valid.groupBy("kafka_partition").agg(F.max("event_time").alias("m")).collect()
+    counts = (valid.count(), rejected.count())
+    parsed.unpersist()
+    rows = spark.read.format("delta").load(path(settings, SILVER)).count()
+    return SilverResult(
+        rows=rows,
+        rejected=counts[1],
+        duplicates_removed=counts[0] - rows,
+        max_event_time_by_partition={r["kafka_partition"]: r["m"] for r in maxima},
+    )
+
+
+# --- gold ---------------------------------------------------------------------------------
+
+def window_start_col(ts: F.Column, width_s: int = views.WINDOW_S) -> F.Column:
+    return F.timestamp_seconds(F.floor(F.unix_timestamp(ts) / width_s) * width_s)
+
+
+def revenue_per_minute(silver: DataFrame) -> DataFrame:
+    """Gold revenue_per_minute from silver, with the money rule of lklab.views."""
+    sign = F.create_map(*[x for k, v in views.MONEY_SIGN.items() for x in (F.lit(k), F.lit(v))])
+    return (
+        silver.where(F.col("event_type").isin(list(views.MONEY_SIGN)))
+        .withColumn("signed", F.col("amount_cents") * sign[F.col("event_type")])
+        .groupBy("city", window_start_col(F.col("event_time")).alias("window_start"))
+        .agg(F.sum("signed").cast("long").alias("revenue_cents"), F.count("*").cast("int").alias("events"))
+        .withColumn("event_date", F.to_date("window_start"))
+    )
+
+
+def build_gold_revenue_per_minute(spark: SparkSession, settings: Settings) -> int:
+    gold = revenue_per_minute(spark.read.format("delta").load(path(settings, SILVER)))
+    location = path(settings, GOLD_REVENUE_PER_MINUTE)
+    gold.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(location)
+    return spark.read.format("delta").load(location).count()

@@ -1,0 +1,41 @@
+"""One Spark session factory, with Delta Lake and the Kafka source configured from local jars."""
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+
+from lklab.config import Settings
+
+
+def spark_jars(settings: Settings) -> list[str]:
+    jars = sorted(str(p) for p in (settings.jars_dir / "spark").glob("*.jar"))
+    if not any("delta-spark" in j for j in jars):
+        raise RuntimeError(f"Delta/Kafka jars missing in {settings.jars_dir / 'spark'}: run `make setup`")
+    return jars
+
+
+def get_spark(settings: Settings) -> SparkSession:
+    """The process-wide session (getOrCreate): tests and Dagster runs share one JVM."""
+    local_dir = settings.home / "spark"
+    local_dir.mkdir(parents=True, exist_ok=True)
+    builder = (
+        SparkSession.builder.appName("lklab")
+        .master(settings.spark_master)
+        .config("spark.jars", ",".join(spark_jars(settings)))
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+        .config("spark.default.parallelism", str(settings.spark_shuffle_partitions))
+        .config("spark.local.dir", str(local_dir))
+        .config("spark.sql.warehouse.dir", str(local_dir / "warehouse"))
+        .config("spark.databricks.delta.snapshotPartitions", "2")
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={local_dir}")
+    )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

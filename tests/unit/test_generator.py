@@ -1,0 +1,212 @@
+"""The workload generator: deterministic, and delivers the way production does (late, duplicated, corrected)."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from lklab import oracle, views
+from lklab.config import Settings
+from lklab.events import PAYMENT_TYPES, EventError, EventType, parse_event
+from lklab.generator import GeneratorConfig, Workload, bad_lines, generate, write_jsonl, write_ledger
+from lklab.serving import make_engine, payments_ledger
+
+SMALL = GeneratorConfig(rides_per_minute=30, duration_s=300)
+LARGE = GeneratorConfig(seed=11, rides_per_minute=1000, duration_s=600)  # ~52k deliveries
+
+
+@pytest.fixture(scope="module")
+def large() -> Workload:
+    return generate(LARGE)
+
+
+@pytest.fixture(scope="module")
+def default() -> Workload:
+    return generate(GeneratorConfig())
+
+
+def _jsonl(config: GeneratorConfig, path: Path) -> bytes:
+    write_jsonl(generate(config).deliveries, path)
+    return path.read_bytes()
+
+
+def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
+    first = _jsonl(SMALL, tmp_path / "a.jsonl")
+    assert first == _jsonl(SMALL, tmp_path / "b.jsonl")
+    assert first.count(b"\n") == len(generate(SMALL).deliveries)
+
+
+def test_different_seed_gives_different_bytes(tmp_path: Path) -> None:
+    other = SMALL.model_copy(update={"seed": SMALL.seed + 1})
+    assert _jsonl(SMALL, tmp_path / "a.jsonl") != _jsonl(other, tmp_path / "b.jsonl")
+
+
+def test_config_rejects_naive_start_and_inverted_lateness() -> None:
+    with pytest.raises(ValidationError):
+        GeneratorConfig(start=datetime(2026, 11, 17, 10))
+    with pytest.raises(ValidationError):
+        GeneratorConfig(on_time_max_s=600, late_max_s=600)
+
+
+def test_lateness_profile(large: Workload) -> None:
+    lateness = large.lateness_s()
+    n = len(lateness)
+    assert n > 50_000
+    late = [s for s in lateness if s > LARGE.on_time_max_s]
+    # ~52 expected (late primaries plus their follow-ups); Poisson bounds ~4 sigma wide.
+    assert 0.3 * n * LARGE.late_fraction < len(late) < 2.0 * n * LARGE.late_fraction
+    assert min(lateness) >= 0
+    assert max(lateness) <= LARGE.late_max_s
+    # Late means anywhere up to two days, not just past the boundary.
+    assert max(late) > 6 * 3600
+    on_time = sorted(s for s in lateness if s <= LARGE.on_time_max_s)
+    assert on_time[len(on_time) // 2] < 30  # median delay is small (exponential, mean 15 s)
+
+
+def test_arrival_order_and_event_time_order_differ(default: Workload) -> None:
+    arrivals = default.arrival_times
+    assert arrivals == sorted(arrivals)
+    times = [e.event_time for e in default.deliveries]
+    assert any(b < a for a, b in zip(times, times[1:]))
+
+
+def test_duplicates_are_identical_redeliveries(large: Workload) -> None:
+    copies = Counter(e.to_json() for e in large.deliveries)
+    by_key = Counter((e.event_id, e.event_version) for e in large.deliveries)
+    redelivered = sum(c - 1 for c in by_key.values())
+    assert redelivered == sum(c - 1 for c in copies.values())  # same (id, version) => same bytes
+    expected = LARGE.duplicate_fraction * len(large.deliveries) / (1 + LARGE.duplicate_fraction)
+    assert 0.8 * expected < redelivered < 1.2 * expected
+
+
+def test_corrections_raise_version_change_amount_and_come_later(large: Workload) -> None:
+    first_arrival: dict[tuple[str, int], datetime] = {}
+    versions: dict[str, dict[int, set[int | None]]] = defaultdict(lambda: defaultdict(set))
+    for event, arrival in zip(large.deliveries, large.arrival_times):
+        first_arrival.setdefault((event.event_id, event.event_version), arrival)
+        versions[event.event_id][event.event_version].add(event.amount_cents)
+
+    corrected = [eid for eid, by_version in versions.items() if 2 in by_version]
+    payments = sum(1 for e in large.truth if e.event_type in PAYMENT_TYPES)
+    assert 0.8 * LARGE.correction_fraction * payments < len(corrected) < 1.2 * LARGE.correction_fraction * payments
+    truth = {e.event_id: e for e in large.truth}
+    for eid in corrected:
+        assert set(versions[eid]) == {1, 2}
+        (v1,), (v2,) = versions[eid][1], versions[eid][2]
+        assert v1 != v2
+        assert truth[eid].event_type in PAYMENT_TYPES
+        assert truth[eid].event_version == 2 and truth[eid].amount_cents == v2
+        assert first_arrival[(eid, 2)] > first_arrival[(eid, 1)]
+    assert all(max(v) == 1 for eid, v in versions.items() if eid not in set(corrected))
+
+
+def test_every_delivery_parses_back(default: Workload) -> None:
+    for event in default.deliveries:
+        assert parse_event(event.to_json()) == event
+
+
+def test_truth_is_complete_rides_inside_the_window(large: Workload) -> None:
+    start = LARGE.start
+    end = start + timedelta(seconds=LARGE.duration_s)
+    assert len({e.event_id for e in large.truth}) == len(large.truth)
+    rides: dict[str, dict[EventType, object]] = defaultdict(dict)
+    for e in large.truth:
+        assert start <= e.event_time < end
+        assert e.event_time.microsecond % 1000 == 0
+        assert e.event_time.tzinfo is not None and e.event_time.utcoffset() == timedelta(0)
+        assert (e.driver_id is None) == (e.event_type in {EventType.APP_OPENED, EventType.RIDE_REQUESTED})
+        assert (e.amount_cents is not None) == (e.event_type in PAYMENT_TYPES)
+        assert e.event_id == f"{e.ride_id}-{e.event_type.value}"
+        rides[e.ride_id][e.event_type] = e
+    assert len(rides) == LARGE.rides_per_minute * LARGE.duration_s // 60
+    steps = [EventType.APP_OPENED, EventType.RIDE_REQUESTED, EventType.RIDE_STARTED,
+             EventType.RIDE_COMPLETED, EventType.PAYMENT_CAPTURED]
+    refunds = 0
+    for ride in rides.values():
+        times = [ride[t].event_time for t in steps]
+        assert times == sorted(times)
+        refund = ride.get(EventType.PAYMENT_REFUNDED)
+        if refund is not None:
+            refunds += 1
+            assert refund.amount_cents <= ride[EventType.PAYMENT_CAPTURED].amount_cents
+            assert refund.event_time >= ride[EventType.PAYMENT_CAPTURED].event_time
+    assert 0.8 * LARGE.refund_fraction * len(rides) < refunds < 1.2 * LARGE.refund_fraction * len(rides)
+    # Cities come from the config and each one sees traffic.
+    assert {e.city for e in large.truth} == set(LARGE.cities)
+
+
+def test_shared_view_logic_matches_the_oracle(large: Workload, default: Workload) -> None:
+    for workload in (default, large):
+        result = oracle.compare(views.revenue_per_minute(workload.deliveries), oracle.revenue_per_minute(workload.truth))
+        assert result.equal, str(result)
+
+
+def test_reading_v1_only_would_be_caught(default: Workload) -> None:
+    """Guard against a vacuous check: ignoring corrections really changes the answer."""
+    v1_only = [e for e in default.deliveries if e.event_version == 1]
+    result = oracle.compare(views.revenue_per_minute(v1_only), oracle.revenue_per_minute(default.truth))
+    assert not result.equal and result.max_abs_error > 0
+
+
+def test_write_ledger_is_idempotent(tmp_path: Path, default: Workload) -> None:
+    engine = make_engine(Settings(home=tmp_path / "home"))
+    payments = [e for e in default.truth if e.event_type in PAYMENT_TYPES]
+    count_rows = select(func.count()).select_from(payments_ledger)
+    total = select(func.sum(payments_ledger.c.amount_cents)).where(
+        payments_ledger.c.event_type == EventType.PAYMENT_CAPTURED.value
+    )
+    assert write_ledger(engine, default.truth) == len(payments)
+    with engine.connect() as conn:
+        first = conn.execute(count_rows).scalar_one(), conn.execute(total).scalar_one()
+    write_ledger(engine, default.truth)
+    with engine.connect() as conn:
+        second = conn.execute(count_rows).scalar_one(), conn.execute(total).scalar_one()
+    engine.dispose()
+    assert first == second
+    assert first[0] == len(payments)
+    assert first[1] == sum(e.amount_cents for e in payments if e.event_type is EventType.PAYMENT_CAPTURED)
+
+
+@pytest.mark.parametrize(("line", "why"), bad_lines(), ids=[why for _, why in bad_lines()])
+def test_bad_lines_are_rejected(line: str, why: str) -> None:
+    with pytest.raises(EventError):
+        parse_event(line)
+
+
+def test_bad_lines_cover_the_import_failure_kinds() -> None:
+    kinds = " ".join(why for _, why in bad_lines())
+    for kind in ("malformed JSON", "missing field", "wrong type", "unknown event_type"):
+        assert kind in kinds
+
+
+def test_short_window_and_tiny_cast_still_work() -> None:
+    config = GeneratorConfig(duration_s=1, rides_per_minute=600, drivers=1, users=1, cities=["a", "b"],
+                             refund_fraction=1.0, correction_fraction=1.0, duplicate_fraction=1.0)
+    workload = generate(config)
+    assert len({e.ride_id for e in workload.truth}) == 10
+    end = config.start + timedelta(seconds=1)
+    assert all(config.start <= e.event_time < end for e in workload.deliveries)
+    assert len(workload.deliveries) == 2 * (len(workload.truth) + 2 * 10)  # every payment corrected, all duplicated
+
+
+def test_start_with_sub_millisecond_part_stays_inside_the_window() -> None:
+    start = datetime(2026, 11, 17, 10, 0, 0, 123_456, tzinfo=timezone.utc)
+    workload = generate(GeneratorConfig(start=start, duration_s=2, rides_per_minute=600))
+    end = start + timedelta(seconds=2)
+    assert all(start <= e.event_time < end and e.event_time.microsecond % 1000 == 0 for e in workload.truth)
+
+
+def test_follow_ups_stay_in_their_originals_lateness_class() -> None:
+    # A 1 s on-time window pushes corrections and duplicates right up against the bound.
+    config = GeneratorConfig(on_time_max_s=1, late_max_s=2, late_fraction=0.3, rides_per_minute=600,
+                             duplicate_fraction=1.0, correction_fraction=1.0)
+    workload = generate(config)
+    first_lateness: dict[str, float] = {}
+    for event, lateness in zip(workload.deliveries, workload.lateness_s()):
+        original = first_lateness.setdefault(event.event_id, lateness)
+        bound = config.on_time_max_s if original <= config.on_time_max_s else config.late_max_s
+        assert original <= lateness <= bound
