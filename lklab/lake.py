@@ -124,7 +124,7 @@ def event_struct() -> T.StructType:
 def _rejection_reason() -> F.Column:
     """First schema-v1 rule a parsed row breaks, or null. Rules come from the JSON Schema/Event model."""
     e = F.col("e")
-    checks = [(e.isNull(), "malformed JSON")]
+    checks = [(F.col("_json").isNull(), "malformed JSON")]
     checks += [(e[f].isNull(), f"field '{f}' missing or of the wrong type") for f in schema()["required"] if f != "driver_id"]
     checks += [
         (~e["event_type"].isin([t.value for t in EventType]), "unknown event_type"),
@@ -142,8 +142,9 @@ def _rejection_reason() -> F.Column:
 def parse_bronze(bronze: DataFrame) -> DataFrame:
     """Typed rows with a `reject_reason` column (null for valid events)."""
     parsed = bronze.withColumn("e", F.from_json("value", event_struct(), {"mode": "PERMISSIVE"}))
+    parsed = parsed.withColumn("_json", F.try_parse_json("value"))
     parsed = parsed.withColumn("event_time", F.to_timestamp(F.col("e.event_time")))
-    return parsed.withColumn("reject_reason", _rejection_reason())
+    return parsed.withColumn("reject_reason", _rejection_reason()).drop("_json")
 
 
 def dedup_latest(events: DataFrame) -> DataFrame:

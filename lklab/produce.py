@@ -49,7 +49,7 @@ async def produce_lines(
                 event = validate_line(line, cipher)
             except EventError as exc:
                 report.reject(where, exc.reason)
-                await producer.send(settings.dlq_topic, value=kafka_io.dlq_payload(exc.reason, where, line.rstrip("\n")))
+                await producer.send(settings.dlq_topic, key=source.encode(), value=kafka_io.dlq_payload(exc.reason, where, line.rstrip("\n")))
             else:
                 report.accepted += 1
                 await producer.send(settings.topic, key=event.ride_id.encode(), value=event.to_json().encode())

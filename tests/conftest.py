@@ -55,3 +55,13 @@ def isolated(kafka: Settings, tmp_path: Path) -> Settings:
     settings.home.mkdir(parents=True, exist_ok=True)
     kafka_io.run(kafka_io.ensure_topics(settings))
     return settings
+
+
+@pytest.fixture(scope="session")
+def spark(base_settings: Settings):
+    """The one Spark session of the run (Delta + Kafka source); Dagster runs in-process reuse it."""
+    from lklab.spark import get_spark
+
+    session = get_spark(base_settings)
+    yield session
+    session.stop()

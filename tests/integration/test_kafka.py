@@ -1,0 +1,82 @@
+"""The embedded broker and the import path, on a real Kafka."""
+import json
+
+import pytest
+
+from lklab import kafka_io, kafka_runtime
+from lklab.config import Settings
+from lklab.events import parse_event
+from lklab.generator import GeneratorConfig, bad_lines, generate
+from lklab.produce import produce_events, produce_file, read_dead_letters
+
+pytestmark = pytest.mark.integration
+
+
+def test_round_trip_keeps_every_event_keyed_by_ride(isolated: Settings) -> None:
+    workload = generate(GeneratorConfig(seed=11, duration_s=60, rides_per_minute=30))
+    report = produce_events(isolated, workload.deliveries)
+    assert (report.accepted, report.dead_lettered) == (len(workload.deliveries), 0)
+    end = kafka_io.run(kafka_io.end_offsets(isolated))
+    records = kafka_io.run(kafka_io.read_range(isolated, {}, end))
+    assert sum(end.values()) == len(records) == len(workload.deliveries)
+    got = sorted(parse_event(r.value).to_json() for r in records)
+    assert got == sorted(e.to_json() for e in workload.deliveries)
+    for r in records:  # key = ride_id, so one ride stays in one partition, in order
+        assert r.key.decode() == json.loads(r.value)["ride_id"]
+    by_ride = {}
+    for r in records:
+        by_ride.setdefault(r.key, set()).add(r.partition)
+    assert all(len(parts) == 1 for parts in by_ride.values())
+
+
+def test_bad_lines_go_to_the_dead_letter_topic_and_good_lines_around_them_land(isolated: Settings, tmp_path) -> None:
+    good = [e.to_json() for e in generate(GeneratorConfig(seed=3, duration_s=60, rides_per_minute=5)).deliveries[:6]]
+    catalogue = dict((why, line) for line, why in bad_lines())
+    bad = [catalogue[w] for w in ("malformed JSON (truncated line)", "missing field: city", "wrong type: amount_cents is a string", "unknown event_type")]
+    lines = [good[0], bad[0], good[1], bad[1], good[2], bad[2], good[3], bad[3], good[4], good[5]]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    report = produce_file(isolated, path)
+
+    assert (report.accepted, report.dead_lettered) == (6, 4)
+    letters = sorted(read_dead_letters(isolated), key=lambda d: int(d["source"].rsplit(":", 1)[1]))
+    assert [d["raw"] for d in letters] == bad
+    assert [d["source"] for d in letters] == [f"{path}:{n}" for n in (2, 4, 6, 8)]
+    reasons = [d["reason"] for d in letters]
+    assert reasons[0].startswith("malformed JSON")
+    assert "is missing" in reasons[1]
+    assert "is not of type" in reasons[2]
+    assert "event_type" in reasons[3] and "is not one of" in reasons[3]
+    end = kafka_io.run(kafka_io.end_offsets(isolated))
+    landed = sorted(parse_event(r.value).to_json() for r in kafka_io.run(kafka_io.read_range(isolated, {}, end)))
+    assert landed == sorted(good)
+
+
+def test_plaintext_pii_is_encrypted_before_it_reaches_the_log(isolated: Settings, tmp_path) -> None:
+    event = json.loads(generate(GeneratorConfig(seed=5, duration_s=60, rides_per_minute=5)).deliveries[0].to_json())
+    event["pii"] = {"name": "Ada Lovelace", "phone": "+44 20 7946 0000"}
+    path = tmp_path / "pii.jsonl"
+    path.write_text(json.dumps(event) + "\n")
+    assert produce_file(isolated, path).accepted == 1
+    end = kafka_io.run(kafka_io.end_offsets(isolated))
+    [record] = kafka_io.run(kafka_io.read_range(isolated, {}, end))
+    assert b"Ada" not in record.value and b"7946" not in record.value
+    from lklab.pii import PiiCipher
+
+    assert PiiCipher(isolated).open(json.loads(record.value)["pii"])["name"] == "Ada Lovelace"
+
+
+def test_starting_twice_is_refused_and_a_busy_port_is_named(kafka: Settings, tmp_path) -> None:
+    with pytest.raises(kafka_runtime.KafkaRuntimeError, match="already running"):
+        kafka_runtime.start(kafka)
+    other_home = kafka.model_copy(update={"home": tmp_path / "other"})
+    with pytest.raises(kafka_runtime.KafkaRuntimeError, match=f"port 127.0.0.1:{kafka.kafka_port} is already in use"):
+        kafka_runtime.start(other_home)
+    status = kafka_runtime.status(kafka)
+    assert status.running and status.reachable and status.pid
+
+
+def test_missing_file_gives_a_clear_error(isolated: Settings, tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        produce_file(isolated, tmp_path / "nope.jsonl")

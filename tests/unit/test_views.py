@@ -1,0 +1,53 @@
+"""Shared view semantics: dedup/corrections, windows, watermark and T."""
+from datetime import datetime, timedelta, timezone
+
+from lklab import views
+from lklab.events import Event, EventType
+
+T0 = datetime(2026, 11, 17, 10, 0, tzinfo=timezone.utc)
+
+
+def ev(event_id: str, amount: int | None, at: timedelta, version: int = 1, kind=EventType.PAYMENT_CAPTURED, city="berlin") -> Event:
+    return Event(event_id=event_id, event_version=version, schema_version=1, event_type=kind, event_time=T0 + at,
+                 ride_id="r-" + event_id, user_id="u", driver_id="d", city=city, amount_cents=amount)
+
+
+def test_highest_version_wins_regardless_of_delivery_order() -> None:
+    stream = [ev("a", 100, timedelta(0), version=2), ev("a", 999, timedelta(0), version=1), ev("a", 555, timedelta(0), version=2)]
+    kept = views.latest_versions(stream)
+    assert kept["a"].amount_cents == 100  # v2 first delivered wins; stale v1 and the equal-version re-delivery lose
+
+
+def test_revenue_subtracts_refunds_and_counts_duplicates_once() -> None:
+    stream = [
+        ev("cap", 1000, timedelta(seconds=5)),
+        ev("cap", 1000, timedelta(seconds=5)),  # duplicate delivery
+        ev("ref", 300, timedelta(seconds=50), kind=EventType.PAYMENT_REFUNDED),
+        ev("next", 700, timedelta(seconds=60)),  # next minute
+        ev("open", None, timedelta(seconds=1), kind=EventType.APP_OPENED),
+    ]
+    assert views.revenue_per_minute(stream) == {("berlin", T0): 700, ("berlin", T0 + timedelta(minutes=1)): 700}
+
+
+def test_a_correction_replaces_the_old_amount() -> None:
+    stream = [ev("cap", 1000, timedelta(seconds=5)), ev("cap", 1250, timedelta(seconds=5), version=2)]
+    assert views.revenue_per_minute(stream) == {("berlin", T0): 1250}
+
+
+def test_window_start_is_utc_minute_aligned() -> None:
+    other_zone = datetime(2026, 11, 17, 11, 0, 59, 999000, tzinfo=timezone(timedelta(hours=1)))
+    assert views.window_start(other_zone) == T0
+
+
+def test_watermark_is_the_slowest_partition_and_T_subtracts_lateness() -> None:
+    wm = views.watermark({0: T0 + timedelta(minutes=20), 1: T0 + timedelta(minutes=12, seconds=30)})
+    assert wm == T0 + timedelta(minutes=12, seconds=30)
+    assert views.final_through(wm, 300) == T0 + timedelta(minutes=7)
+    assert views.final_through(None, 300) is None
+
+
+def test_too_late_means_the_window_is_already_final() -> None:
+    wm = T0 + timedelta(minutes=12, seconds=30)
+    assert views.is_too_late(T0 + timedelta(minutes=6, seconds=59), wm, 300)
+    assert not views.is_too_late(T0 + timedelta(minutes=7), wm, 300)
+    assert not views.is_too_late(T0, None, 300)
