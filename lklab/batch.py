@@ -75,16 +75,10 @@ def dagster_instance(settings: Settings):
 
 
 def run_batch(settings: Settings):
-    """Materialise bronze → silver → gold → published batch build as one Dagster run, recorded in
-    the local Dagster instance (visible in `dagster dev`)."""
-    from dagster import materialize
+    """Run the `lambda_batch` job (bronze → silver → gold → publish) in-process, recorded in the
+    local Dagster instance so `dagster dev` shows the run."""
+    from orchestration.definitions import make_definitions
+    from orchestration.resources import LabSettings
 
-    from orchestration.definitions import batch_assets
-    from orchestration.resources import LabSettings, build_resources
-
-    return materialize(
-        batch_assets(),
-        resources=build_resources(LabSettings.from_settings(settings)),
-        instance=dagster_instance(settings),
-        raise_on_error=False,
-    )
+    job = make_definitions(LabSettings.from_settings(settings)).resolve_job_def("lambda_batch")
+    return job.execute_in_process(instance=dagster_instance(settings), raise_on_error=False)

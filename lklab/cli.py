@@ -114,6 +114,26 @@ def produce(file: Annotated[Path, typer.Option("--file", "-f", help="JSONL, one 
     console.print(f"accepted {report.accepted}, dead-lettered {report.dead_lettered} (to {s.dlq_topic})")
 
 
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write")],
+    minutes: Annotated[int, typer.Option(min=1, help="minutes of event time")] = 10,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 7,
+    rides_per_minute: Annotated[int, typer.Option(min=0)] = 60,
+) -> None:
+    """Write a deterministic workload (late, duplicate, corrected events) and its payments ledger."""
+    from lklab.generator import GeneratorConfig, write_jsonl, write_ledger
+    from lklab.generator import generate as make_workload
+    from lklab.serving import make_engine
+
+    s = settings()
+    workload = make_workload(GeneratorConfig(seed=seed, duration_s=minutes * 60, rides_per_minute=rides_per_minute))
+    write_jsonl(workload.deliveries, out)
+    ledger = write_ledger(make_engine(s), workload.truth)
+    console.print(f"wrote {len(workload.deliveries)} deliveries of {len(workload.truth)} events to {out}; "
+                  f"{ledger} payments in the ledger ({s.serving})")
+
+
 # --- speed --------------------------------------------------------------------------------
 
 @speed_app.command("start")

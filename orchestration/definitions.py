@@ -5,12 +5,7 @@ from dagster import AssetSelection, Definitions, define_asset_job, load_assets_f
 
 from assets import lake as lake_assets
 from assets import serving as serving_assets
-from orchestration.resources import build_resources
-
-
-def batch_assets() -> list:
-    return load_assets_from_modules([lake_assets, serving_assets])
-
+from orchestration.resources import LabSettings, build_resources
 
 lambda_batch_job = define_asset_job(
     "lambda_batch",
@@ -18,4 +13,14 @@ lambda_batch_job = define_asset_job(
     description="bronze → silver → gold → promoted batch build (the Lambda batch layer)",
 )
 
-defs = Definitions(assets=batch_assets(), jobs=[lambda_batch_job], resources=build_resources())
+
+def make_definitions(lab: LabSettings | None = None) -> Definitions:
+    """The same assets and jobs for every deployment; only the resources' configuration differs."""
+    return Definitions(
+        assets=load_assets_from_modules([lake_assets, serving_assets]),
+        jobs=[lambda_batch_job],
+        resources=build_resources(lab),
+    )
+
+
+defs = make_definitions()
