@@ -144,7 +144,7 @@ def speed_start() -> None:
     s = settings()
     try:
         pid = speed.start(s)
-    except (RuntimeError, TimeoutError) as exc:
+    except (speed.SpeedError, RuntimeError, TimeoutError, LookupError) as exc:
         raise fail(str(exc)) from None
     console.print(f"speed worker running: pid {pid}, log {s.logs_dir / 'speed.log'}")
 
@@ -163,7 +163,20 @@ def speed_status() -> None:
     from lklab import speed
 
     st = speed.status(settings())
-    console.print(st.describe() if hasattr(st, "describe") else st)
+    state = f"running (pid {st.pid})" if st.running else "stopped"
+    lag = "unknown" if st.total_lag is None else str(st.total_lag)
+    console.print(f"speed worker {state}, group {st.group}, topic {st.topic}: total lag {lag}, "
+                  f"watermark {st.watermark}, final through {st.final_through}")
+    if st.kafka_error:
+        err.print(f"Kafka not reachable: {st.kafka_error}")
+    table = Table("partition", "next offset", "end offset", "lag", "max event time")
+    for p in sorted(st.partitions.values(), key=lambda x: x.partition):
+        table.add_row(str(p.partition), str(p.next_offset), str(p.end_offset), str(p.lag), str(p.max_event_time))
+    console.print(table)
+    if st.counters:
+        console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(st.counters.items())))
+    if not st.running:
+        raise typer.Exit(code=1)
 
 
 # --- batch and query ----------------------------------------------------------------------

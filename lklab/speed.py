@@ -79,6 +79,7 @@ def _assignment_file(settings: Settings) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Is the worker with this pid still running (not exited, not exiting, pid not recycled)?"""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our exited child
         if done == pid:
@@ -91,14 +92,20 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():  # guard against a recycled pid
-        try:
-            text = cmdline.read_bytes()
-        except OSError:
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():  # no procfs (not Linux): trust kill(0)
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):  # exited; its sockets and files are released
             return False
-        return b"streaming.worker" in text
-    return True
+        cmdline = (proc / "cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    # An exiting process has an empty cmdline before it releases its sockets: still alive.
+    return not cmdline or b"streaming.worker" in cmdline  # else the pid was recycled
 
 
 def read_pid(settings: Settings) -> int | None:
@@ -124,6 +131,16 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _wait_port_free(host: str, port: int, wait_s: float = 10.0) -> bool:
+    """A worker that was just killed releases its listening socket a moment after it is reaped."""
+    deadline = time.monotonic() + wait_s
+    while not _port_free(host, port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _log_tail(settings: Settings, lines: int = 5) -> str:
     try:
         text = log_file(settings).read_text(errors="replace").strip().splitlines()
@@ -136,7 +153,7 @@ def start(settings: Settings, wait_s: float = 90.0) -> int:
     """Start the worker in the background; return its pid once it has partitions assigned."""
     if (pid := read_pid(settings)) is not None:
         raise SpeedError(f"speed layer is already running (pid {pid}, group {settings.speed_group}); `lklab speed stop` first")
-    if not _port_free("127.0.0.1", settings.speed_web_port):
+    if not _wait_port_free("127.0.0.1", settings.speed_web_port):
         raise SpeedError(f"speed web port 127.0.0.1:{settings.speed_web_port} is in use; set LKLAB_SPEED_WEB_PORT")
     try:
         # Faust must never create the topic itself (with other partitions): make sure it exists.

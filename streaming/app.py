@@ -1,0 +1,177 @@
+"""The speed layer as a Faust app: one agent that keeps revenue_per_minute current in the serving store.
+
+Delivery: Faust consumes and commits Kafka offsets at-least-once (a batch is acked only after it
+was applied). Exactly-once *effect* on the serving store comes from streaming.sink, which commits
+the consumed offsets with the results in one transaction and skips anything below them.
+
+No Faust tables or windows are used: Faust windowed tables expire by wall clock and would lose
+late events; the event-time watermark and allowed lateness come from lklab.views instead.
+
+Faust never creates topics here (topic_allow_declare=False, no leader topic): the event topic
+and the DLQ are created by lklab.kafka_io.ensure_topics with the configured partition count.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faust
+from sqlalchemy import Engine
+
+from lklab.config import Settings
+from lklab.kafka_io import dlq_payload
+from lklab.serving import make_engine
+from streaming.sink import ApplyStats, StaleProgressError, apply_records
+
+log = logging.getLogger("lklab.speed")
+
+BATCH_MAX = 1000  # records per sink transaction
+BATCH_WITHIN_S = 0.5  # flush a partial batch after this long: the speed layer's added latency
+STALE_RETRIES = 5
+CRASH_EXIT_CODE = 70  # EX_SOFTWARE
+
+
+def assignment_file(settings: Settings) -> Path:
+    """Written by the worker on every rebalance; lklab.speed.start waits for it."""
+    return settings.home / "speed" / "assignment.json"
+
+
+def _brokers(settings: Settings) -> list[str]:
+    return [f"kafka://{host.strip()}" for host in settings.bootstrap.split(",") if host.strip()]
+
+
+def make_app(settings: Settings) -> faust.App:
+    """The speed-layer app for these settings; run it with streaming.worker."""
+    app = faust.App(
+        settings.speed_group,
+        broker=_brokers(settings),
+        store="memory://",
+        autodiscover=False,
+        datadir=str(settings.home / "speed" / "faust"),
+        topic_replication_factor=1,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=BATCH_MAX,
+        broker_commit_interval=1.0,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        web_port=settings.speed_web_port,
+    )
+    source = app.topic(
+        settings.topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+        internal=False,
+    )
+    engine_holder: list[Engine] = []
+
+    def engine() -> Engine:
+        if not engine_holder:
+            engine_holder.append(make_engine(settings))
+        return engine_holder[0]
+
+    async def send_dead_letters(stats: ApplyStats, keys: dict[tuple[int, int], bytes | None]) -> None:
+        pending = [
+            await app.producer.send(
+                settings.dlq_topic,
+                keys.get((d.partition, d.offset)),
+                dlq_payload(d.reason, f"{stats.topic}[{d.partition}]@{d.offset}", d.raw),
+                None,
+                None,
+                None,
+            )
+            for d in stats.dead_letters
+        ]
+        await asyncio.gather(*pending)  # acks=all: on the DLQ before the sink transaction commits
+
+    def apply_batch(topic: str, records: Sequence[tuple[int, int, bytes]], keys, loop) -> ApplyStats:
+        def before_commit(stats: ApplyStats) -> None:
+            if stats.dead_letters:
+                asyncio.run_coroutine_threadsafe(send_dead_letters(stats, keys), loop).result(timeout=120)
+
+        for attempt in range(1, STALE_RETRIES + 1):
+            try:
+                return apply_records(engine(), settings, topic, records, before_commit=before_commit)
+            except StaleProgressError as exc:  # a rebalance race: retry; committed offsets are skipped
+                if attempt == STALE_RETRIES:
+                    raise
+                log.warning("%s (attempt %d/%d)", exc, attempt, STALE_RETRIES)
+        raise AssertionError("unreachable")
+
+    @app.agent(source, name="lklab.speed.revenue_per_minute")
+    async def revenue_per_minute(stream):
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            by_topic: dict[str, list[tuple[int, int, bytes]]] = {}
+            keys: dict[tuple[int, int], bytes | None] = {}
+            for event in events:
+                msg = event.message
+                by_topic.setdefault(msg.topic, []).append((msg.partition, msg.offset, msg.value))
+                keys[(msg.partition, msg.offset)] = msg.key
+            for topic, records in by_topic.items():
+                # The sink runs in a thread (blocking DB I/O); awaiting it keeps batches in order.
+                work = asyncio.ensure_future(asyncio.to_thread(apply_batch, topic, records, keys, loop))
+                try:
+                    stats = await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    # Stopping mid-batch: Faust acks the batch on the way out, so let the
+                    # transaction finish and make sure the acks match what was committed.
+                    await asyncio.wait({work})
+                    if work.exception() is not None:
+                        _crash(work.exception())
+                    raise
+                except Exception as exc:  # noqa: BLE001 - anything else must not be acked
+                    _crash(exc)
+                log.info(
+                    "applied %s: %d records, %d processed, %d duplicate, %d late, %d dead-lettered, "
+                    "%d corrections, %d re-delivered skipped, watermark %s, next offsets %s",
+                    topic, len(records), stats.processed, stats.duplicates_ignored, stats.late_dropped,
+                    stats.dead_lettered, stats.corrections_applied, stats.skipped_redelivered,
+                    stats.watermark.isoformat() if stats.watermark else None, stats.next_offsets,
+                )
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topic)
+        log.info("partitions assigned: %s %s", settings.topic, mine)
+        path = assignment_file(settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({
+            "pid": os.getpid(),
+            "group": settings.speed_group,
+            "topic": settings.topic,
+            "partitions": mine,
+            "at": datetime.now(timezone.utc).isoformat(),
+        }))
+        tmp.replace(path)
+
+    return app
+
+
+def _crash(exc: BaseException) -> None:
+    """Exit at once, without acking the failed batch or letting Faust commit its offsets.
+
+    The sink transaction was rolled back, so on restart the batch is consumed again from the
+    last committed offset (at-least-once) and the sink's offset fence keeps the effect exactly-once."""
+    log.critical("speed layer cannot apply a batch; exiting without committing it: %r", exc, exc_info=exc)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(CRASH_EXIT_CODE)

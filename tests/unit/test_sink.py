@@ -1,0 +1,215 @@
+"""streaming.sink.apply_records against a temporary SQLite serving store (no Kafka).
+
+Expected values are worked out by hand in each test, never by lklab.views."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from lklab.config import Settings
+from lklab.events import SCHEMA_VERSION, Event, EventType
+from lklab.serving import make_engine, speed_event_state, speed_progress, speed_revenue_per_minute
+from streaming.sink import StaleProgressError, apply_records, read_counters, read_progress, read_view
+
+TOPIC = "rides.events.unit"
+CAP, REF, OPEN = EventType.PAYMENT_CAPTURED, EventType.PAYMENT_REFUNDED, EventType.APP_OPENED
+
+
+def ts(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+def ev(eid: str, etype: EventType, at: str, *, city: str = "berlin", amount: int | None = None, version: int = 1) -> bytes:
+    return Event(
+        event_id=eid, event_version=version, schema_version=SCHEMA_VERSION, event_type=etype,
+        event_time=ts(at), ride_id=eid.split("-")[0], user_id="u1",
+        driver_id=None if etype == OPEN else "d1", city=city, amount_cents=amount,
+    ).to_json().encode()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, allowed_lateness_s=300)
+
+
+@pytest.fixture
+def engine(settings: Settings):
+    engine = make_engine(settings)
+    yield engine
+    engine.dispose()
+
+
+def view(engine) -> dict[tuple[str, str], int]:
+    return {(r.city, r.window_start.strftime("%H:%M")): r.revenue_cents for r in read_view(engine)}
+
+
+def snapshot(engine) -> tuple:
+    with engine.connect() as conn:
+        return tuple(
+            sorted(map(tuple, conn.execute(select(table)).all()))
+            for table in (speed_revenue_per_minute, speed_event_state)
+        )
+
+
+def test_mixed_batch_is_counted_exactly(engine, settings) -> None:
+    records = [
+        (0, 0, ev("r1-open", OPEN, "2026-11-17T10:00:05")),
+        (0, 1, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=1000)),
+        (1, 0, ev("r2-cap", CAP, "2026-11-17T10:00:50", amount=250, city="paris")),
+        (0, 2, ev("r1-ref", REF, "2026-11-17T10:01:00", amount=300)),
+        (1, 1, ev("r2-cap", CAP, "2026-11-17T10:00:50", amount=250, city="paris")),  # re-produced duplicate
+        (1, 2, b"{not json"),
+        (0, 3, ev("r3-cap", CAP, "2026-11-17T10:00:59.999", amount=50)),
+    ]
+    stats = apply_records(engine, settings, TOPIC, records)
+
+    assert view(engine) == {("berlin", "10:00"): 1050, ("berlin", "10:01"): -300, ("paris", "10:00"): 250}
+    assert (stats.processed, stats.duplicates_ignored, stats.late_dropped) == (6, 1, 0)
+    assert [(d.partition, d.offset, d.raw) for d in stats.dead_letters] == [(1, 2, b"{not json")]
+    assert stats.dead_letters[0].reason.startswith("malformed JSON")
+    counters = read_counters(engine)
+    assert (counters["processed"], counters["duplicates_ignored"], counters["dead_lettered"]) == (6, 1, 1)
+    progress = read_progress(engine, TOPIC)
+    assert {p: pp.next_offset for p, pp in progress.items()} == {0: 4, 1: 3}
+    assert progress[0].max_event_time == ts("2026-11-17T10:01:00")
+    assert progress[1].max_event_time == ts("2026-11-17T10:00:50")
+
+
+def test_replaying_the_same_records_changes_nothing(engine, settings) -> None:
+    records = [
+        (0, 0, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=1000)),
+        (0, 1, ev("r1-ref", REF, "2026-11-17T10:00:20", amount=400)),
+        (1, 0, ev("r2-cap", CAP, "2026-11-17T10:02:00", amount=700, city="paris")),
+        (1, 1, b"[]"),
+    ]
+    apply_records(engine, settings, TOPIC, records)
+    before, counters = snapshot(engine), read_counters(engine)
+    assert view(engine) == {("berlin", "10:00"): 600, ("paris", "10:02"): 700}
+
+    again = apply_records(engine, settings, TOPIC, records)
+
+    assert snapshot(engine) == before
+    assert again.skipped_redelivered == 4
+    assert (again.processed, again.dead_letters, again.next_offsets) == (0, [], {})
+    after = read_counters(engine)
+    assert after == {**counters, "redelivered_skipped": 4}
+    assert {p: pp.next_offset for p, pp in read_progress(engine, TOPIC).items()} == {0: 2, 1: 2}
+
+
+def test_offset_below_next_offset_is_skipped(engine, settings) -> None:
+    apply_records(engine, settings, TOPIC, [(2, 0, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=100))])
+    # A crash-restart re-delivers offset 0 (now carrying what looks like new data) followed by offset 1.
+    stats = apply_records(
+        engine, settings, TOPIC,
+        [
+            (2, 0, ev("r9-cap", CAP, "2026-11-17T10:00:30", amount=5000)),
+            (2, 1, ev("r2-cap", CAP, "2026-11-17T10:00:40", amount=20)),
+        ],
+    )
+    assert stats.skipped_redelivered == 1 and stats.processed == 1
+    assert view(engine) == {("berlin", "10:00"): 120}
+    assert read_progress(engine, TOPIC)[2].next_offset == 2
+
+
+def test_correction_retracts_old_contribution_exactly(engine, settings) -> None:
+    apply_records(engine, settings, TOPIC, [
+        (0, 0, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=1000)),
+        (0, 1, ev("r2-cap", CAP, "2026-11-17T10:00:20", amount=30)),
+    ])
+    # v2 of r1-cap: new amount AND a different minute; v1 must vanish from 10:00 entirely.
+    apply_records(engine, settings, TOPIC, [(0, 2, ev("r1-cap", CAP, "2026-11-17T10:01:10", amount=1234, version=2))])
+    assert view(engine) == {("berlin", "10:00"): 30, ("berlin", "10:01"): 1234}
+
+    # v3 moves it back and changes the amount again; 10:01 then has no contributing event -> no row.
+    apply_records(engine, settings, TOPIC, [(0, 3, ev("r1-cap", CAP, "2026-11-17T10:00:15", amount=999, version=3))])
+    assert view(engine) == {("berlin", "10:00"): 1029}
+    with engine.connect() as conn:
+        gone = conn.execute(
+            select(speed_revenue_per_minute.c.revenue_cents, speed_revenue_per_minute.c.events)
+            .where(speed_revenue_per_minute.c.window_start == ts("2026-11-17T10:01:00"))
+        ).one()
+    assert tuple(gone) == (0, 0)
+
+    # An older version arriving afterwards, and a re-delivery of v3, change nothing.
+    before = snapshot(engine)
+    stats = apply_records(engine, settings, TOPIC, [
+        (0, 4, ev("r1-cap", CAP, "2026-11-17T10:01:10", amount=1234, version=2)),
+        (0, 5, ev("r1-cap", CAP, "2026-11-17T10:00:15", amount=999, version=3)),
+    ])
+    assert stats.duplicates_ignored == 2
+    assert snapshot(engine) == before
+    assert read_counters(engine)["corrections_applied"] == 2
+
+
+def test_correction_within_one_batch(engine, settings) -> None:
+    stats = apply_records(engine, settings, TOPIC, [
+        (0, 0, ev("r1-ref", REF, "2026-11-17T10:00:10", amount=100)),
+        (0, 1, ev("r1-ref", REF, "2026-11-17T10:00:10", amount=40, version=2)),
+        (0, 2, ev("r1-ref", REF, "2026-11-17T10:00:10", amount=100)),
+    ])
+    assert view(engine) == {("berlin", "10:00"): -40}
+    assert (stats.corrections_applied, stats.duplicates_ignored) == (1, 1)
+    with engine.connect() as conn:
+        assert conn.execute(select(speed_revenue_per_minute.c.events)).scalar_one() == 1
+
+
+def test_late_events_are_dropped_and_counted(engine, settings) -> None:
+    # Both partitions reach 10:20 -> watermark 10:20, final through window_start(10:15) = 10:15.
+    apply_records(engine, settings, TOPIC, [
+        (0, 0, ev("h0-open", OPEN, "2026-11-17T10:20:00")),
+        (1, 0, ev("h1-open", OPEN, "2026-11-17T10:20:30")),
+    ])
+    stats = apply_records(engine, settings, TOPIC, [
+        (0, 1, ev("r1-cap", CAP, "2026-11-17T10:14:59", amount=500)),  # window 10:14 < 10:15: late
+        (1, 1, ev("r2-cap", CAP, "2026-11-17T10:15:00", amount=70)),  # window 10:15: still open
+    ])
+    assert stats.late_dropped == 1 and read_counters(engine)["late_dropped"] == 1
+    assert view(engine) == {("berlin", "10:15"): 70}
+
+
+def test_slowest_partition_holds_the_watermark(engine, settings) -> None:
+    apply_records(engine, settings, TOPIC, [
+        (0, 0, ev("h0-open", OPEN, "2026-11-17T10:30:00")),
+        (1, 0, ev("h1-open", OPEN, "2026-11-17T10:00:00")),
+    ])
+    # Partition 0 is far ahead, but partition 1 is at 10:00, so 10:00 is not final yet.
+    apply_records(engine, settings, TOPIC, [(0, 1, ev("r1-cap", CAP, "2026-11-17T10:00:00", amount=5))])
+    assert view(engine) == {("berlin", "10:00"): 5}
+
+
+def test_stale_progress_rolls_back_the_whole_batch(engine, settings, monkeypatch) -> None:
+    import streaming.sink as sink
+
+    apply_records(engine, settings, TOPIC, [(0, 0, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=10))])
+    before = snapshot(engine)
+    load_held = sink._load_held
+
+    def another_consumer_commits_first(conn, event_ids):
+        # A consumer that took partition 0 over in a rebalance commits offsets 1..5 after this
+        # batch read the progress but before it writes.
+        with engine.begin() as other:
+            other.execute(speed_progress.update().values(next_offset=speed_progress.c.next_offset + 5))
+        return load_held(conn, event_ids)
+
+    monkeypatch.setattr(sink, "_load_held", another_consumer_commits_first)
+    with pytest.raises(StaleProgressError):
+        apply_records(engine, settings, TOPIC, [(0, 1, ev("r2-cap", CAP, "2026-11-17T10:00:20", amount=99))])
+    assert snapshot(engine) == before
+    assert read_progress(engine, TOPIC)[0].next_offset == 6
+
+
+def test_before_commit_failure_commits_nothing(engine, settings) -> None:
+    def dlq_down(stats) -> None:
+        assert stats.dead_lettered == 1
+        raise ConnectionError("DLQ unavailable")
+
+    with pytest.raises(ConnectionError):
+        apply_records(engine, settings, TOPIC, [
+            (0, 0, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=10)),
+            (0, 1, b"nope"),
+        ], before_commit=dlq_down)
+    assert read_view(engine) == [] and read_progress(engine, TOPIC) == {}
+    assert read_counters(engine)["processed"] == 0
