@@ -81,4 +81,5 @@ def run_batch(settings: Settings):
     from orchestration.resources import LabSettings
 
     job = make_definitions(LabSettings.from_settings(settings)).resolve_job_def("lambda_batch")
-    return job.execute_in_process(instance=dagster_instance(settings), raise_on_error=False)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    return job.execute_in_process(run_config=quiet, instance=dagster_instance(settings), raise_on_error=False)

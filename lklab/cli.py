@@ -238,8 +238,14 @@ def demo(
 ) -> None:
     """The main job: own broker + Faust worker + Dagster batch on generated events, merged view vs the oracle."""
     from lklab.demo import run_demo
+    from lklab.kafka_runtime import KafkaRuntimeError
+    from lklab.speed import SpeedError
 
-    raise typer.Exit(code=run_demo(minutes=minutes, seed=seed, console=console))
+    try:
+        code = run_demo(minutes=minutes, seed=seed, console=console)
+    except (KafkaRuntimeError, SpeedError, TimeoutError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code=code)
 
 
 if __name__ == "__main__":

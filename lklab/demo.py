@@ -89,7 +89,10 @@ def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, s
         report = produce_file(settings, path)
         step(f"lklab produce: accepted {report.accepted}, dead-lettered {report.dead_lettered} (to {settings.dlq_topic})")
         status = speed.wait_caught_up(settings, timeout_s=300)
-        step(f"speed layer caught up: lag 0, watermark {status.watermark}, late events left to batch: {status.counters.get('late_dropped', 0)}")
+        counters = status.counters
+        step(f"speed layer caught up: lag 0, watermark {status.watermark}; processed {counters.get('processed', 0)}, "
+             f"duplicates ignored {counters.get('duplicates_ignored', 0)}, corrections applied {counters.get('corrections_applied', 0)}, "
+             f"too late for speed (left to batch) {counters.get('late_dropped', 0)}")
 
         step("materialising bronze → silver → gold → publish through Dagster")
         result = run_batch(settings)

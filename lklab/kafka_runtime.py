@@ -114,7 +114,7 @@ def _format_storage(settings: Settings, java: str, cp: str, config: Path) -> Non
         return
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     result = subprocess.run(
-        [java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+        [java, "-cp", cp, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
