@@ -92,27 +92,26 @@ async def _partitions(consumer: AIOKafkaConsumer, settings: Settings, topic: str
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
-async def end_offsets(settings: Settings, topic: str | None = None) -> Offsets:
-    """Next offset to be written, per partition (the high watermark)."""
+async def _log_offsets(settings: Settings, topic: str | None, which: str) -> Offsets:
     topic = topic or settings.topic
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
     await consumer.start()
     try:
         parts = await _partitions(consumer, settings, topic)
-        return {tp.partition: off for tp, off in (await consumer.end_offsets(parts)).items()}
+        found = await getattr(consumer, which)(parts)
+        return {tp.partition: offset for tp, offset in found.items()}
     finally:
         await consumer.stop()
+
+
+async def end_offsets(settings: Settings, topic: str | None = None) -> Offsets:
+    """Next offset to be written, per partition (the high watermark)."""
+    return await _log_offsets(settings, topic, "end_offsets")
 
 
 async def beginning_offsets(settings: Settings, topic: str | None = None) -> Offsets:
-    topic = topic or settings.topic
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
-    await consumer.start()
-    try:
-        parts = await _partitions(consumer, settings, topic)
-        return {tp.partition: off for tp, off in (await consumer.beginning_offsets(parts)).items()}
-    finally:
-        await consumer.stop()
+    """First offset still held, per partition (moves up as retention deletes segments)."""
+    return await _log_offsets(settings, topic, "beginning_offsets")
 
 
 async def read_range(settings: Settings, start: Offsets, end: Offsets, topic: str | None = None) -> list[Record]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -16,7 +15,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from lklab import processes
 from lklab.config import Settings
+
+_MARKER = b"kafka.Kafka"
 
 
 class KafkaRuntimeError(RuntimeError):
@@ -62,25 +64,14 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def _require_free(host: str, port: int, what: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            raise KafkaRuntimeError(
-                f"{what} port {host}:{port} is already in use; stop what holds it or set LKLAB_KAFKA_PORT / LKLAB_KAFKA_CONTROLLER_PORT"
-            ) from None
+    if not processes.port_free(host, port):
+        raise KafkaRuntimeError(
+            f"{what} port {host}:{port} is already in use; stop what holds it or set LKLAB_KAFKA_PORT / LKLAB_KAFKA_CONTROLLER_PORT"
+        )
 
 
 def read_pid(settings: Settings) -> int | None:
-    try:
-        pid = int(_pid_file(settings).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return processes.read_pid(_pid_file(settings), _MARKER)
 
 
 def _server_properties(settings: Settings) -> str:
@@ -159,22 +150,7 @@ def start(settings: Settings, wait_s: float = 60.0) -> int:
 
 def stop(settings: Settings, wait_s: float = 30.0) -> bool:
     """Stop the broker (SIGTERM, then SIGKILL). Returns False when it was not running."""
-    pid = read_pid(settings)
-    if pid is None:
-        _pid_file(settings).unlink(missing_ok=True)
-        return False
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and read_pid(settings) is not None:
-        time.sleep(0.2)
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-    if read_pid(settings) is not None:
-        os.killpg(pid, signal.SIGKILL)
-    _pid_file(settings).unlink(missing_ok=True)
-    return True
+    return processes.stop_group(_pid_file(settings), _MARKER, wait_s)
 
 
 def status(settings: Settings) -> BrokerStatus:

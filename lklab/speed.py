@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,11 +17,12 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from lklab import kafka_io, views
+from lklab import kafka_io, processes, views
 from lklab.config import Settings
 from lklab.serving import make_engine
 
 _ROOT = Path(__file__).resolve().parent.parent
+_MARKER = b"streaming.worker"
 
 
 class SpeedError(RuntimeError):
@@ -78,67 +77,9 @@ def _assignment_file(settings: Settings) -> Path:
     return assignment_file(settings)
 
 
-def _alive(pid: int) -> bool:
-    """Is the worker with this pid still running (not exited, not exiting, pid not recycled)?"""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our exited child
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    if not proc.exists():  # no procfs (not Linux): trust kill(0)
-        return True
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state in ("Z", "X"):  # exited; its sockets and files are released
-            return False
-        cmdline = (proc / "cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    # An exiting process has an empty cmdline before it releases its sockets: still alive.
-    return not cmdline or b"streaming.worker" in cmdline  # else the pid was recycled
-
-
 def read_pid(settings: Settings) -> int | None:
     """The running worker's pid, or None (a stale pid file is removed)."""
-    path = pid_file(settings)
-    try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    if _alive(pid):
-        return pid
-    path.unlink(missing_ok=True)
-    return None
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _wait_port_free(host: str, port: int, wait_s: float = 10.0) -> bool:
-    """A worker that was just killed releases its listening socket a moment after it is reaped."""
-    deadline = time.monotonic() + wait_s
-    while not _port_free(host, port):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
-    return True
+    return processes.read_pid(pid_file(settings), _MARKER)
 
 
 def _log_tail(settings: Settings, lines: int = 5) -> str:
@@ -153,7 +94,7 @@ def start(settings: Settings, wait_s: float = 90.0) -> int:
     """Start the worker in the background; return its pid once it has partitions assigned."""
     if (pid := read_pid(settings)) is not None:
         raise SpeedError(f"speed layer is already running (pid {pid}, group {settings.speed_group}); `lklab speed stop` first")
-    if not _wait_port_free("127.0.0.1", settings.speed_web_port):
+    if not processes.wait_port_free("127.0.0.1", settings.speed_web_port):
         raise SpeedError(f"speed web port 127.0.0.1:{settings.speed_web_port} is in use; set LKLAB_SPEED_WEB_PORT")
     try:
         # Faust must never create the topic itself (with other partitions): make sure it exists.
@@ -197,27 +138,9 @@ def start(settings: Settings, wait_s: float = 90.0) -> int:
 
 def stop(settings: Settings, wait_s: float = 30.0) -> bool:
     """SIGTERM the worker's process group, wait, SIGKILL if needed. False if it was not running."""
-    pid = read_pid(settings)
-    if pid is None:
-        return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
-    if _alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        kill_deadline = time.monotonic() + 10
-        while time.monotonic() < kill_deadline and _alive(pid):
-            time.sleep(0.1)
-    pid_file(settings).unlink(missing_ok=True)
+    stopped = processes.stop_group(pid_file(settings), _MARKER, wait_s)
     _assignment_file(settings).unlink(missing_ok=True)
-    return True
+    return stopped
 
 
 def _kafka_offsets(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
