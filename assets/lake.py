@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from lklab import lake
+from lklab import lake, views
 from orchestration.resources import KafkaResource, LabSettings, SparkResource
 
 
@@ -33,11 +33,21 @@ def silver_events(lab: LabSettings, spark: SparkResource) -> MaterializeResult:
     })
 
 
-@asset(group_name="lake", compute_kind="spark", deps=[silver_events], description="revenue_per_minute (city, minute): captures minus refunds, in cents, by event time (UTC).")
-def gold_revenue_per_minute(lab: LabSettings, spark: SparkResource) -> MaterializeResult:
-    settings, session = lab.settings(), spark.session()
-    rows = lake.build_gold_revenue_per_minute(session, settings)
-    return MaterializeResult(metadata={
-        "rows": rows,
-        "delta_version": lake.delta_version(session, lake.path(settings, lake.GOLD_REVENUE_PER_MINUTE)),
-    })
+def gold_asset(spec: views.ViewSpec):
+    """One gold asset per view in lklab.views.VIEWS, all built by the same Spark executor of the spec."""
+
+    @asset(name=f"gold_{spec.name}", group_name="lake", compute_kind="spark", deps=[silver_events],
+           description=f"{spec.name} ({spec.entity}, {spec.window_s}s window): {spec.value_column}, by event time (UTC).")
+    def _gold(lab: LabSettings, spark: SparkResource) -> MaterializeResult:
+        settings, session = lab.settings(), spark.session()
+        rows = lake.build_gold(session, settings, spec)
+        return MaterializeResult(metadata={
+            "rows": rows,
+            "logic_version": spec.logic_version,
+            "delta_version": lake.delta_version(session, lake.path(settings, lake.gold_table(spec.name))),
+        })
+
+    return _gold
+
+
+gold_assets = [gold_asset(spec) for spec in views.VIEWS.values()]

@@ -2,14 +2,14 @@
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from assets.lake import gold_revenue_per_minute
+from assets.lake import gold_assets
 from lklab.batch import publish_batch
 from orchestration.resources import LabSettings, ServingResource, SparkResource
 
 
-@asset(group_name="serving", compute_kind="sqlalchemy", deps=[gold_revenue_per_minute],
-       description="Batch build promoted to the serving store: gold rows plus the T record (offsets, watermark, final-through).")
-def batch_revenue_per_minute(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource, serving: ServingResource) -> MaterializeResult:
+@asset(group_name="serving", compute_kind="sqlalchemy", deps=gold_assets,
+       description="The batch build promoted to the serving store: every gold view plus the T record (offsets, watermark, final-through).")
+def lambda_batch_build(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource, serving: ServingResource) -> MaterializeResult:
     build = publish_batch(spark.session(), lab.settings(), serving.engine())
     metadata = {
         "build_id": build.build_id,

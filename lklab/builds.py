@@ -10,9 +10,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, select
 
-from lklab.serving import batch_builds, batch_revenue_per_minute, serving_aliases, upsert
+from lklab.serving import batch_builds, batch_view_rows, serving_aliases, upsert
 
-BATCH_ALIAS = "revenue_per_minute@batch"
+BATCH_ALIAS = "lambda@batch"  # the promoted batch build every merged view reads
 
 
 @lru_cache(maxsize=1)
@@ -55,7 +55,7 @@ def promote(engine: Engine, build: BatchBuild, rows: list[dict]) -> None:
     with engine.begin() as conn:
         conn.execute(batch_builds.insert(), [build.model_dump(mode="python") | {"offsets": {str(k): v for k, v in build.offsets.items()}}])
         if rows:
-            conn.execute(batch_revenue_per_minute.insert(), [{"build_id": build.build_id, **r} for r in rows])
+            conn.execute(batch_view_rows.insert(), [{"build_id": build.build_id, **r} for r in rows])
         if build.status == "promoted":
             upsert(conn, serving_aliases, [{"view": BATCH_ALIAS, "target": build.build_id, "updated_at": build.created_at}])
 

@@ -22,9 +22,6 @@ app.add_typer(speed_app, name="speed")
 console = Console()
 err = Console(stderr=True)
 
-VIEWS = ("revenue_per_minute",)
-
-
 def fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
@@ -198,37 +195,45 @@ def batch() -> None:
 
 @app.command()
 def query(
-    view: Annotated[str, typer.Argument(help="view name: revenue_per_minute")],
-    city: Annotated[Optional[str], typer.Option(help="only this city")] = None,
+    view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily")],
+    key: Annotated[Optional[str], typer.Option("--key", "--city", "--driver", help="only this city (or driver, for driver_earnings_daily)")] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="window start ≥ this ISO time")] = None,
     to: Annotated[Optional[str], typer.Option("--to", help="window start < this ISO time")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """The merged (Lambda) view: batch rows for windows before T, speed rows from T on."""
-    from lklab import merge
+    """A merged (Lambda) view: batch rows for windows final at T, speed rows for the rest."""
+    from lklab import merge, views
     from lklab.serving import make_engine
 
-    if view not in VIEWS:
-        raise fail(f"unknown view {view!r}; one of: {', '.join(VIEWS)}")
+    if view not in views.VIEWS:
+        raise fail(f"unknown view {view!r}; one of: {', '.join(views.VIEWS)}")
     start, end = parse_iso(from_, "--from"), parse_iso(to, "--to")
     if start and end and start >= end:
         raise fail(f"--from {from_} is not before --to {to}")
-    answer = merge.revenue_per_minute(make_engine(settings()), city, start, end)
+    answer = merge.query(make_engine(settings()), view, key, start, end)
+    spec = views.VIEWS[view]
     if as_json:
-        print(json.dumps({
-            "view": view,
-            "T": answer.T.isoformat() if answer.T else None,
-            "build_id": answer.build_id,
-            "rows": [{"city": r.city, "window_start": r.window_start.isoformat(), "revenue_cents": r.revenue_cents, "source": r.source}
-                     for r in answer.rows],
-        }, indent=2))
+        print(json.dumps(answer_json(answer), indent=2))
         return
     table = Table(title=f"{view} (T = {answer.T}, build {answer.build_id})")
-    for column in ("city", "window_start", "revenue_cents", "source"):
+    for column in (spec.entity, "window_start", spec.value_column, "source"):
         table.add_column(column)
     for r in answer.rows:
-        table.add_row(r.city, r.window_start.isoformat(), str(r.revenue_cents), r.source)
+        table.add_row(r.entity, r.window_start.isoformat(), str(r.value), r.source)
     console.print(table)
+
+
+def answer_json(answer) -> dict:
+    from lklab import views
+
+    spec = views.VIEWS[answer.view]
+    return {
+        "view": answer.view,
+        "T": answer.T.isoformat() if answer.T else None,
+        "build_id": answer.build_id,
+        "rows": [{spec.entity: r.entity, "window_start": r.window_start.isoformat(), spec.value_column: r.value, "source": r.source}
+                 for r in answer.rows],
+    }
 
 
 @app.command()

@@ -21,7 +21,6 @@ from lklab.events import PAYMENT_TYPES, Event, EventType, schema
 from lklab.kafka_io import Offsets
 
 BRONZE, SILVER, SILVER_REJECTS = "bronze/rides_events", "silver/rides_events", "silver/rides_events_rejects"
-GOLD_REVENUE_PER_MINUTE = "gold/revenue_per_minute"
 
 
 def path(settings: Settings, table: str) -> str:
@@ -192,24 +191,31 @@ def build_silver(spark: SparkSession, settings: Settings) -> SilverResult:
 
 # --- gold ---------------------------------------------------------------------------------
 
+def gold_table(view_name: str) -> str:
+    return f"gold/{view_name}"
+
+
 def window_start_col(ts: F.Column, width_s: int = views.WINDOW_S) -> F.Column:
     return F.timestamp_seconds(F.floor(F.unix_timestamp(ts) / width_s) * width_s)
 
 
-def revenue_per_minute(silver: DataFrame) -> DataFrame:
-    """Gold revenue_per_minute from silver, with the money rule of lklab.views."""
-    sign = F.create_map(*[x for k, v in views.MONEY_SIGN.items() for x in (F.lit(k), F.lit(v))])
-    return (
-        silver.where(F.col("event_type").isin(list(views.MONEY_SIGN)))
-        .withColumn("signed", F.col("amount_cents") * sign[F.col("event_type")])
-        .groupBy("city", window_start_col(F.col("event_time")).alias("window_start"))
-        .agg(F.sum("signed").cast("long").alias("revenue_cents"), F.count("*").cast("int").alias("events"))
-        .withColumn("event_date", F.to_date("window_start"))
-    )
+def view_frame(silver: DataFrame, spec: views.ViewSpec) -> DataFrame:
+    """A gold view from silver, by executing the view's one definition (lklab.views.ViewSpec)."""
+    rows = silver if spec.event_types is None else silver.where(F.col("event_type").isin(sorted(spec.event_types)))
+    rows = rows.where(F.col(spec.entity).isNotNull())
+    keys = [F.col(spec.entity), window_start_col(F.col("event_time"), spec.window_s).alias("window_start")]
+    if spec.measure == views.MONEY:
+        sign = F.create_map(*[x for k, v in views.MONEY_SIGN.items() for x in (F.lit(k), F.lit(v))])
+        rows = rows.withColumn("signed", F.col("amount_cents") * sign[F.col("event_type")]).where(F.col("signed").isNotNull())
+        measures = [F.sum("signed").cast("long").alias(spec.value_column), F.count("*").cast("int").alias("events")]
+    else:
+        measures = [F.countDistinct("user_id").cast("long").alias(spec.value_column)]
+    return rows.groupBy(*keys).agg(*measures).withColumn("event_date", F.to_date("window_start"))
 
 
-def build_gold_revenue_per_minute(spark: SparkSession, settings: Settings) -> int:
-    gold = revenue_per_minute(spark.read.format("delta").load(path(settings, SILVER)))
-    location = path(settings, GOLD_REVENUE_PER_MINUTE)
+def build_gold(spark: SparkSession, settings: Settings, spec: views.ViewSpec) -> int:
+    """Rebuild one gold view from silver (partitioned by event_date); returns its row count."""
+    gold = view_frame(spark.read.format("delta").load(path(settings, SILVER)), spec)
+    location = path(settings, gold_table(spec.name))
     gold.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(location)
     return spark.read.format("delta").load(location).count()

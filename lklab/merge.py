@@ -1,65 +1,62 @@
-"""The Lambda serving merge: batch for windows before T, speed for windows at or after T.
+"""The Lambda serving merge: batch for windows that are final at T, speed for the rest.
 
 T comes from the record of the promoted batch build, never from a clock.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, select
 
+from lklab import views
 from lklab.builds import current_build
-from lklab.serving import batch_revenue_per_minute, speed_revenue_per_minute
+from lklab.serving import batch_view_rows, speed_view_query
 
 
 @dataclass(frozen=True)
 class MergedRow:
-    city: str
+    entity: str
     window_start: datetime
-    revenue_cents: int
+    value: int
     source: str  # batch | speed
 
 
 @dataclass(frozen=True)
 class MergedAnswer:
+    view: str
     rows: list[MergedRow]
     T: datetime | None
     build_id: str | None
 
 
-def _range(column, city: str | None, start: datetime | None, end: datetime | None) -> list:
-    table = column.table
-    clauses = []
-    if city is not None:
-        clauses.append(table.c.city == city)
+def _batch_query(spec: views.ViewSpec, build_id: str, T: datetime, entity, start, end):
+    b = batch_view_rows.c
+    query = select(b.entity, b.window_start, b.value).where(
+        b.build_id == build_id, b.view == spec.name, b.window_start <= T - timedelta(seconds=spec.window_s)
+    )
+    if entity is not None:
+        query = query.where(b.entity == entity)
     if start is not None:
-        clauses.append(column >= start)
+        query = query.where(b.window_start >= start)
     if end is not None:
-        clauses.append(column < end)
-    return clauses
+        query = query.where(b.window_start < end)
+    return query
 
 
-def revenue_per_minute(
-    engine: Engine, city: str | None = None, start: datetime | None = None, end: datetime | None = None
+def query(
+    engine: Engine, view: str, entity: str | None = None, start: datetime | None = None, end: datetime | None = None
 ) -> MergedAnswer:
-    """Merged revenue_per_minute over [start, end), read in one transaction (one consistent T)."""
+    """A merged view over window starts in [start, end), read in one transaction (one consistent T)."""
+    spec = views.view(view)
     with engine.begin() as conn:
         build = current_build(conn)
         T = build.final_through if build else None
         rows: list[MergedRow] = []
         if build is not None and T is not None:
-            b = batch_revenue_per_minute.c
-            batch = conn.execute(
-                select(b.city, b.window_start, b.revenue_cents)
-                .where(and_(b.build_id == build.build_id, b.window_start < T, *_range(b.window_start, city, start, end)))
-            )
-            rows += [MergedRow(r.city, r.window_start, r.revenue_cents, "batch") for r in batch]
-        s = speed_revenue_per_minute.c
-        speed_filter = [s.events > 0, *_range(s.window_start, city, start, end)]
-        if T is not None:
-            speed_filter.append(s.window_start >= T)
-        speed = conn.execute(select(s.city, s.window_start, s.revenue_cents).where(and_(*speed_filter)))
-        rows += [MergedRow(r.city, r.window_start, r.revenue_cents, "speed") for r in speed]
-    rows.sort(key=lambda r: (r.city, r.window_start))
-    return MergedAnswer(rows=rows, T=T, build_id=build.build_id if build else None)
+            batch = conn.execute(_batch_query(spec, build.build_id, T, entity, start, end))
+            rows += [MergedRow(e, w, v, "batch") for e, w, v in batch]
+        speed = conn.execute(speed_view_query(spec, entity, start, end, not_final_after=T))
+        rows += [MergedRow(e, w, v, "speed") for e, w, v in speed]
+    rows.sort(key=lambda r: (r.entity, r.window_start))
+    return MergedAnswer(view=view, rows=rows, T=T, build_id=build.build_id if build else None)

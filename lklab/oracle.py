@@ -119,3 +119,17 @@ def compare(actual: Mapping[Any, int], expected: Mapping[Any, int]) -> Compariso
         mismatched=_sorted(mismatched),
         max_abs_error=int(max(errors, default=0)),
     )
+
+
+def for_view(name: str, truth: Iterable[Event]) -> dict[tuple[str, datetime], int]:
+    """The oracle's answer for a view, keyed like the pipelines: (entity, window start, aware UTC)."""
+    compute = {
+        "revenue_per_minute": revenue_per_minute,
+        "daily_active_users": daily_active_users,
+        "driver_earnings_daily": driver_earnings_daily,
+    }[name]
+    out: dict[tuple[str, datetime], int] = {}
+    for (entity, window), value in compute(truth).items():
+        start = window if isinstance(window, datetime) else datetime(window.year, window.month, window.day, tzinfo=timezone.utc)
+        out[(entity, start)] = value
+    return out

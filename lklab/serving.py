@@ -5,7 +5,7 @@ SQL is built with SQLAlchemy Core, so every value is a bound parameter.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -20,12 +20,15 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    func,
+    select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import TypeDecorator
 
 from lklab.config import Settings
+from lklab.views import MONEY, ViewSpec
 
 
 class UTCDateTime(TypeDecorator):
@@ -61,21 +64,46 @@ payments_ledger = Table(
     comment="source of truth for money, written by the payments system (here: the generator)",
 )
 
-# Speed layer: per-event contributions make the sink idempotent and let corrections retract.
+# Speed layer. Per-event state makes the sink idempotent (dedup by event_id/version); per-view
+# contributions let a correction retract exactly what the old version added.
 speed_event_state = Table(
     "speed_event_state", metadata,
     Column("event_id", String(128), primary_key=True),
     Column("event_version", Integer, nullable=False),
-    Column("city", String(64), nullable=False),
-    Column("window_start", UTCDateTime, nullable=False),
-    Column("amount_cents", BigInteger, nullable=False, comment="signed contribution"),
 )
-speed_revenue_per_minute = Table(
-    "speed_revenue_per_minute", metadata,
-    Column("city", String(64), primary_key=True),
+speed_contrib = Table(
+    "speed_contrib", metadata,
+    Column("view", String(64), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("entity", String(128), nullable=False),
+    Column("window_start", UTCDateTime, nullable=False),
+    Column("amount", BigInteger, comment="MONEY views: the signed amount"),
+    Column("member", String(128), comment="DISTINCT views: the member (user_id)"),
+)
+speed_view_rows = Table(
+    "speed_view_rows", metadata,
+    Column("view", String(64), primary_key=True),
+    Column("entity", String(128), primary_key=True),
     Column("window_start", UTCDateTime, primary_key=True),
-    Column("revenue_cents", BigInteger, nullable=False),
+    Column("value", BigInteger, nullable=False),
     Column("events", Integer, nullable=False, comment="contributing events; 0 = no row in the view"),
+    comment="MONEY views, maintained additively",
+)
+speed_view_members = Table(
+    "speed_view_members", metadata,
+    Column("view", String(64), primary_key=True),
+    Column("entity", String(128), primary_key=True),
+    Column("window_start", UTCDateTime, primary_key=True),
+    Column("member", String(128), primary_key=True),
+    Column("events", Integer, nullable=False),
+    comment="DISTINCT views: the value is the number of members with events > 0, counted at read",
+)
+speed_late_windows = Table(
+    "speed_late_windows", metadata,
+    Column("view", String(64), primary_key=True),
+    Column("entity", String(128), primary_key=True),
+    Column("window_start", UTCDateTime, primary_key=True),
+    Column("dropped", Integer, nullable=False, comment="events too late for this final window; batch owns them"),
 )
 speed_progress = Table(
     "speed_progress", metadata,
@@ -107,12 +135,13 @@ batch_builds = Table(
     Column("validation", JSON, nullable=False),
     Column("delta_versions", JSON, nullable=False),
 )
-batch_revenue_per_minute = Table(
-    "batch_revenue_per_minute", metadata,
+batch_view_rows = Table(
+    "batch_view_rows", metadata,
     Column("build_id", String(64), primary_key=True),
-    Column("city", String(64), primary_key=True),
+    Column("view", String(64), primary_key=True),
+    Column("entity", String(128), primary_key=True),
     Column("window_start", UTCDateTime, primary_key=True),
-    Column("revenue_cents", BigInteger, nullable=False),
+    Column("value", BigInteger, nullable=False),
 )
 serving_aliases = Table(
     "serving_aliases", metadata,
@@ -155,3 +184,28 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], updat
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=keys)
     conn.execute(stmt, list(rows))
+
+
+def speed_view_query(spec: ViewSpec, entity: str | None = None, start: datetime | None = None,
+                     end: datetime | None = None, not_final_after: datetime | None = None):
+    """SELECT entity, window_start, value for a speed view; optionally only windows that are
+    not final at T (`not_final_after`), which is what the Lambda merge serves from speed."""
+    if spec.measure == MONEY:
+        t = speed_view_rows
+        query = select(t.c.entity, t.c.window_start, t.c.value).where(t.c.view == spec.name, t.c.events > 0)
+    else:
+        t = speed_view_members
+        query = (
+            select(t.c.entity, t.c.window_start, func.count().label("value"))
+            .where(t.c.view == spec.name, t.c.events > 0)
+            .group_by(t.c.entity, t.c.window_start)
+        )
+    if entity is not None:
+        query = query.where(t.c.entity == entity)
+    if start is not None:
+        query = query.where(t.c.window_start >= start)
+    if end is not None:
+        query = query.where(t.c.window_start < end)
+    if not_final_after is not None:
+        query = query.where(t.c.window_start > not_final_after - timedelta(seconds=spec.window_s))
+    return query.order_by(t.c.entity, t.c.window_start)

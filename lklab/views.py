@@ -6,12 +6,14 @@ the first delivered wins), by event time, in UTC.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from lklab.events import Event, EventType
 
 LOGIC_VERSION = 1
 WINDOW_S = 60
+DAY_S = 86_400
 
 # revenue_per_minute / driver_earnings_daily money rule: captures minus refunds.
 MONEY_SIGN: dict[str, int] = {EventType.PAYMENT_CAPTURED.value: 1, EventType.PAYMENT_REFUNDED.value: -1}
@@ -74,7 +76,81 @@ def final_through(wm: datetime | None, allowed_lateness_s: int) -> datetime | No
     return window_start(wm - timedelta(seconds=allowed_lateness_s))
 
 
-def is_too_late(event_time: datetime, wm: datetime | None, allowed_lateness_s: int) -> bool:
+def window_is_final(start: datetime, width_s: int, T: datetime | None) -> bool:
+    """A window is final (owned by batch) once it ends at or before T."""
+    return T is not None and start + timedelta(seconds=width_s) <= T
+
+
+def is_too_late(event_time: datetime, wm: datetime | None, allowed_lateness_s: int, width_s: int = WINDOW_S) -> bool:
     """True when the event's window is already final, so a speed layer must not change it."""
-    boundary = final_through(wm, allowed_lateness_s)
-    return boundary is not None and window_start(event_time) < boundary
+    return window_is_final(window_start(event_time, width_s), width_s, final_through(wm, allowed_lateness_s))
+
+
+# --- the views, each defined once -----------------------------------------------------------
+
+MONEY = "money"  # sum of signed amounts (captures minus refunds)
+DISTINCT_USERS = "distinct_users"  # count of distinct user_id
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view: which events count, what they are keyed by, the event-time window, and the
+    measure. Spark (lklab.lake) and Faust (streaming.sink) both execute this definition."""
+
+    name: str
+    entity: str  # the event field that keys the view beside the window: "city" or "driver_id"
+    window_s: int
+    measure: str  # MONEY | DISTINCT_USERS
+    value_column: str
+    event_types: frozenset[str] | None = None  # None: every event type counts
+    logic_version: int = LOGIC_VERSION
+
+    def contribution(self, event: Event) -> tuple[tuple[str, datetime], int | str] | None:
+        """(key, value) this event adds to the view: value is a signed amount for MONEY views
+        and the member (user_id) for DISTINCT_USERS views; None when the event does not count."""
+        if self.event_types is not None and event.event_type.value not in self.event_types:
+            return None
+        entity = getattr(event, self.entity)
+        if entity is None:
+            return None
+        key = (entity, window_start(event.event_time, self.window_s))
+        if self.measure == MONEY:
+            amount = signed_amount(event)
+            return None if amount is None else (key, amount)
+        return key, event.user_id
+
+    def is_final(self, start: datetime, T: datetime | None) -> bool:
+        return window_is_final(start, self.window_s, T)
+
+    def evaluate(self, events: Iterable[Event]) -> dict[tuple[str, datetime], int]:
+        """Reference in-memory evaluation over a delivered stream (dedup first)."""
+        sums: dict[tuple[str, datetime], int] = {}
+        members: dict[tuple[str, datetime], set[str]] = {}
+        for event in latest_versions(events).values():
+            found = self.contribution(event)
+            if found is None:
+                continue
+            key, value = found
+            if self.measure == MONEY:
+                sums[key] = sums.get(key, 0) + int(value)
+            else:
+                members.setdefault(key, set()).add(str(value))
+        return sums if self.measure == MONEY else {k: len(v) for k, v in members.items()}
+
+
+_PAYMENTS = frozenset(MONEY_SIGN)
+VIEWS: dict[str, ViewSpec] = {
+    spec.name: spec
+    for spec in (
+        ViewSpec("revenue_per_minute", "city", WINDOW_S, MONEY, "revenue_cents", _PAYMENTS),
+        ViewSpec("daily_active_users", "city", DAY_S, DISTINCT_USERS, "active_users"),
+        ViewSpec("driver_earnings_daily", "driver_id", DAY_S, MONEY, "earnings_cents", _PAYMENTS),
+    )
+}
+
+
+def view(name: str) -> ViewSpec:
+    try:
+        return VIEWS[name]
+    except KeyError:
+        raise KeyError(f"unknown view {name!r}; one of: {', '.join(VIEWS)}") from None

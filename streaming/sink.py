@@ -1,4 +1,4 @@
-"""The speed layer's sink for revenue_per_minute: idempotent, transactional, offset-fenced.
+"""The speed layer's sink for every view in lklab.views.VIEWS: idempotent, transactional, offset-fenced.
 
 Scope of the exactly-once claim: for records of one topic, the serving store (the view, the
 per-event state, the counters and the consumed offsets) changes exactly once per Kafka offset,
@@ -28,10 +28,14 @@ from lklab import views
 from lklab.config import Settings
 from lklab.events import EventError, parse_event
 from lklab.serving import (
+    speed_contrib,
     speed_counters,
     speed_event_state,
+    speed_late_windows,
     speed_progress,
-    speed_revenue_per_minute,
+    speed_view_members,
+    speed_view_query,
+    speed_view_rows,
     upsert,
 )
 
@@ -40,7 +44,7 @@ InputRecord = tuple[int, int, bytes]  # (partition, offset, value) in consumptio
 # Counter names in speed_counters.
 PROCESSED = "processed"  # records that parsed into an event (whatever happened to them next)
 DUPLICATES_IGNORED = "duplicates_ignored"  # event_id already held at the same or a higher version
-LATE_DROPPED = "late_dropped"  # window already final (watermark - allowed lateness); batch owns it
+LATE_DROPPED = "late_dropped"  # too late for at least one view's window (already final); batch owns it
 DEAD_LETTERED = "dead_lettered"  # broke the event contract; sent to the DLQ topic
 CORRECTIONS_APPLIED = "corrections_applied"  # a higher event_version replaced a held contribution
 REDELIVERED_SKIPPED = "redelivered_skipped"  # offset below the committed next_offset (Kafka re-delivery)
@@ -73,7 +77,7 @@ class ApplyStats:
     late_dropped: int = 0
     corrections_applied: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    view_changes: int = 0  # (city, window) rows whose revenue or event count changed
+    view_changes: int = 0  # (view, entity, window) rows or members whose value changed
     next_offsets: dict[int, int] = field(default_factory=dict)  # partitions advanced by this call
     watermark: datetime | None = None
 
@@ -83,9 +87,9 @@ class ApplyStats:
 
 
 class ViewRow(NamedTuple):
-    city: str
+    entity: str
     window_start: datetime
-    revenue_cents: int
+    value: int
 
 
 @dataclass(frozen=True)
@@ -96,14 +100,22 @@ class PartitionProgress:
     updated_at: datetime
 
 
-@dataclass
-class _Held:
-    """What an event_id currently contributes (mirrors a speed_event_state row)."""
+@dataclass(frozen=True)
+class _Contrib:
+    """What one event contributes to one view (mirrors a speed_contrib row)."""
 
-    version: int
-    city: str
+    entity: str
     window: datetime
-    amount: int
+    amount: int | None
+    member: str | None
+
+    @classmethod
+    def of(cls, spec: views.ViewSpec, event) -> "_Contrib | None":
+        found = spec.contribution(event)
+        if found is None:
+            return None
+        (entity, window), value = found
+        return cls(entity, window, value, None) if spec.measure == views.MONEY else cls(entity, window, None, str(value))
 
 
 def _now() -> datetime:
@@ -137,18 +149,88 @@ def _chunks(items: Sequence, size: int = _IN_CHUNK) -> Iterable[Sequence]:
         yield items[i : i + size]
 
 
-def _load_held(conn: Connection, event_ids: Sequence[str]) -> dict[str, _Held]:
-    held: dict[str, _Held] = {}
+def _load_versions(conn: Connection, event_ids: Sequence[str]) -> dict[str, int]:
     t = speed_event_state
+    found: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(event_ids))):
+        found.update(conn.execute(select(t.c.event_id, t.c.event_version).where(t.c.event_id.in_(chunk))).all())
+    return found
+
+
+def _load_contribs(conn: Connection, event_ids: Sequence[str]) -> dict[tuple[str, str], _Contrib]:
+    t = speed_contrib
+    found: dict[tuple[str, str], _Contrib] = {}
     for chunk in _chunks(sorted(set(event_ids))):
         rows = conn.execute(
-            select(t.c.event_id, t.c.event_version, t.c.city, t.c.window_start, t.c.amount_cents).where(
-                t.c.event_id.in_(chunk)
-            )
+            select(t.c.view, t.c.event_id, t.c.entity, t.c.window_start, t.c.amount, t.c.member).where(t.c.event_id.in_(chunk))
         )
-        for event_id, version, city, window, amount in rows:
-            held[event_id] = _Held(version, city, window, amount)
-    return held
+        for view_name, event_id, entity, window, amount, member in rows:
+            found[(view_name, event_id)] = _Contrib(entity, window, amount, member)
+    return found
+
+
+class _Deltas:
+    """Per-batch changes, accumulated in Python and written in bulk (additively)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, datetime], list[int]] = {}  # MONEY: [value, events]
+        self.members: dict[tuple[str, str, datetime, str], int] = {}  # DISTINCT: events
+        self.late: dict[tuple[str, str, datetime], int] = {}
+        self.contribs: dict[tuple[str, str], _Contrib | None] = {}  # None = delete
+
+    def apply(self, spec: views.ViewSpec, contrib: _Contrib, sign: int) -> None:
+        if spec.measure == views.MONEY:
+            row = self.rows.setdefault((spec.name, contrib.entity, contrib.window), [0, 0])
+            row[0] += sign * int(contrib.amount or 0)
+            row[1] += sign
+        else:
+            key = (spec.name, contrib.entity, contrib.window, contrib.member or "")
+            self.members[key] = self.members.get(key, 0) + sign
+
+    def dropped(self, spec: views.ViewSpec, contrib: _Contrib) -> None:
+        key = (spec.name, contrib.entity, contrib.window)
+        self.late[key] = self.late.get(key, 0) + 1
+
+    def write(self, conn: Connection) -> int:
+        rows = [{"view": v, "entity": e, "window_start": w, "value": val, "events": n}
+                for (v, e, w), (val, n) in self.rows.items() if val or n]
+        members = [{"view": v, "entity": e, "window_start": w, "member": m, "events": n}
+                   for (v, e, w, m), n in self.members.items() if n]
+        _add(conn, speed_view_rows, rows, add=("value", "events"))
+        _add(conn, speed_view_members, members, add=("events",))
+        _add(conn, speed_late_windows, [{"view": v, "entity": e, "window_start": w, "dropped": n}
+                                        for (v, e, w), n in self.late.items()], add=("dropped",))
+        gone = [(v, eid) for (v, eid), c in self.contribs.items() if c is None]
+        for view_name, event_id in gone:
+            conn.execute(speed_contrib.delete().where(and_(speed_contrib.c.view == view_name, speed_contrib.c.event_id == event_id)))
+        upsert(conn, speed_contrib, [
+            {"view": v, "event_id": eid, "entity": c.entity, "window_start": c.window, "amount": c.amount, "member": c.member}
+            for (v, eid), c in self.contribs.items() if c is not None
+        ])
+        return len(rows) + len(members)
+
+
+def _apply_event(event, contribs: dict[tuple[str, str], _Contrib], deltas: _Deltas,
+                 wm: datetime | None, lateness: int) -> bool:
+    """Move each view from the event's old contribution to its new one. A view whose old or new
+    window is already final is left alone (batch owns it). Returns True if any view dropped it."""
+    dropped = False
+    T = views.final_through(wm, lateness)
+    for spec in views.VIEWS.values():
+        old, new = contribs.get((spec.name, event.event_id)), _Contrib.of(spec, event)
+        if old is None and new is None:
+            continue
+        final = [c for c in (old, new) if c is not None and spec.is_final(c.window, T)]
+        if final:
+            deltas.dropped(spec, final[-1])
+            dropped = True
+            continue
+        if old is not None:
+            deltas.apply(spec, old, -1)
+        if new is not None:
+            deltas.apply(spec, new, +1)
+        contribs[(spec.name, event.event_id)] = deltas.contribs[(spec.name, event.event_id)] = new
+    return dropped
 
 
 def _load_progress(conn: Connection, topic: str) -> dict[int, tuple[int, datetime | None]]:
@@ -165,7 +247,7 @@ def apply_records(
     *,
     before_commit: Callable[[ApplyStats], None] | None = None,
 ) -> ApplyStats:
-    """Apply one consumed batch of `topic` to speed_revenue_per_minute in ONE transaction.
+    """Apply one consumed batch of `topic` to every speed view in ONE transaction.
 
     `records` are (partition, offset, value) in consumption order (per-partition offset order).
     `before_commit(stats)`, if given, runs inside the open transaction after every write (the
@@ -195,19 +277,15 @@ def apply_records(
                 continue
             fresh.append((partition, event))
 
-        # 2. One SELECT (chunked IN list) for the state of every event_id that may touch the view.
-        held = _load_held(conn, [e.event_id for _, e in fresh if views.signed_amount(e) is not None])
+        # 2. One SELECT each (chunked IN lists) for the versions and contributions held.
+        event_ids = [e.event_id for _, e in fresh]
+        versions = _load_versions(conn, event_ids)
+        contribs = _load_contribs(conn, event_ids)
 
         # 3. Deltas in Python, in consumption order.
-        deltas: dict[tuple[str, datetime], list[int]] = {}  # (city, window) -> [revenue, events]
-        changed_state: dict[str, _Held] = {}
+        deltas = _Deltas()
+        changed_versions: dict[str, int] = {}
         wm = views.watermark(max_time)
-
-        def add(key: tuple[str, datetime], amount: int, events: int) -> None:
-            d = deltas.setdefault(key, [0, 0])
-            d[0] += amount
-            d[1] += events
-
         for partition, event in fresh:
             stats.processed += 1
             # The event advances its own partition first, so the first event seen on a partition
@@ -215,41 +293,20 @@ def apply_records(
             if partition not in max_time or event.event_time > max_time[partition]:
                 max_time[partition] = event.event_time
                 wm = views.watermark(max_time)
-            amount = views.signed_amount(event)
-            if amount is None:
-                continue  # carries no money: nothing for this view
-            if views.is_too_late(event.event_time, wm, lateness):
-                stats.late_dropped += 1
-                continue
-            old = held.get(event.event_id)
-            if not views.supersedes(event.event_version, old.version if old else None):
+            held = versions.get(event.event_id)
+            if not views.supersedes(event.event_version, held):
                 stats.duplicates_ignored += 1
                 continue
-            if old is not None:
-                add((old.city, old.window), -old.amount, -1)
+            if held is not None:
                 stats.corrections_applied += 1
-            city, window = views.revenue_key(event)
-            add((city, window), amount, 1)
-            new = _Held(event.event_version, city, window, amount)
-            held[event.event_id] = changed_state[event.event_id] = new
+            if _apply_event(event, contribs, deltas, wm, lateness):
+                stats.late_dropped += 1
+            versions[event.event_id] = changed_versions[event.event_id] = event.event_version
         stats.watermark = wm
 
         # 4. Bulk writes.
-        view_rows = [
-            {"city": c, "window_start": w, "revenue_cents": r, "events": n}
-            for (c, w), (r, n) in deltas.items()
-            if r or n
-        ]
-        stats.view_changes = len(view_rows)
-        _add(conn, speed_revenue_per_minute, view_rows, add=("revenue_cents", "events"))
-        upsert(
-            conn,
-            speed_event_state,
-            [
-                {"event_id": eid, "event_version": h.version, "city": h.city, "window_start": h.window, "amount_cents": h.amount}
-                for eid, h in changed_state.items()
-            ],
-        )
+        stats.view_changes = deltas.write(conn)
+        upsert(conn, speed_event_state, [{"event_id": eid, "event_version": v} for eid, v in changed_versions.items()])
         counts = {
             PROCESSED: stats.processed,
             DUPLICATES_IGNORED: stats.duplicates_ignored,
@@ -302,19 +359,20 @@ def _commit_progress(
 
 
 def read_view(
-    engine: Engine, city: str | None = None, start: datetime | None = None, end: datetime | None = None
+    engine: Engine, view: str = "revenue_per_minute", entity: str | None = None,
+    start: datetime | None = None, end: datetime | None = None,
 ) -> list[ViewRow]:
-    """speed revenue_per_minute rows with at least one contributing event, window_start in [start, end)."""
-    t = speed_revenue_per_minute
-    query = select(t.c.city, t.c.window_start, t.c.revenue_cents).where(t.c.events > 0)
-    if city is not None:
-        query = query.where(t.c.city == city)
-    if start is not None:
-        query = query.where(t.c.window_start >= start)
-    if end is not None:
-        query = query.where(t.c.window_start < end)
+    """The speed layer's rows of a view (at least one contributing event), window_start in [start, end)."""
     with engine.connect() as conn:
-        return [ViewRow(*row) for row in conn.execute(query.order_by(t.c.city, t.c.window_start))]
+        return [ViewRow(*row) for row in conn.execute(speed_view_query(views.view(view), entity, start, end))]
+
+
+def read_late_windows(engine: Engine, view: str) -> dict[tuple[str, datetime], int]:
+    """Windows of a view that the speed layer left to batch, with how many events it dropped."""
+    t = speed_late_windows
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.c.entity, t.c.window_start, t.c.dropped).where(t.c.view == view))
+        return {(e, w): n for e, w, n in rows}
 
 
 def read_progress(engine: Engine, topic: str) -> dict[int, PartitionProgress]:

@@ -2,7 +2,7 @@
 import pytest
 from pyspark.sql import functions as F
 
-from lklab import kafka_io, lake, merge, oracle
+from lklab import kafka_io, lake, merge, oracle, views
 from lklab.batch import run_batch
 from lklab.config import Settings
 from lklab.generator import GeneratorConfig, generate
@@ -37,7 +37,8 @@ def test_silver_dedups_and_gold_equals_the_oracle(isolated: Settings, spark) -> 
     lake.append_bronze(spark, isolated, {}, end)
 
     silver = lake.build_silver(spark, isolated)
-    lake.build_gold_revenue_per_minute(spark, isolated)
+    for spec in views.VIEWS.values():
+        lake.build_gold(spark, isolated, spec)
 
     assert silver.rows == len(workload.truth) and silver.rejected == 0
     assert silver.duplicates_removed == len(workload.deliveries) - len(workload.truth)
@@ -45,10 +46,11 @@ def test_silver_dedups_and_gold_equals_the_oracle(isolated: Settings, spark) -> 
     truth = {e.event_id: (e.event_version, e.amount_cents) for e in workload.truth}
     assert {r["event_id"]: (r["event_version"], r["amount_cents"]) for r in rows} == truth
 
-    gold = spark.read.format("delta").load(lake.path(isolated, lake.GOLD_REVENUE_PER_MINUTE))
-    actual = {(r["city"], r["window_start"].replace(tzinfo=oracle_tz())): r["revenue_cents"] for r in gold.collect()}
-    comparison = oracle.compare(actual, oracle.revenue_per_minute(workload.truth))
-    assert comparison.equal, str(comparison)
+    for name, spec in views.VIEWS.items():
+        gold = spark.read.format("delta").load(lake.path(isolated, lake.gold_table(name)))
+        actual = {(r[spec.entity], r["window_start"].replace(tzinfo=oracle_tz())): r[spec.value_column] for r in gold.collect()}
+        comparison = oracle.compare(actual, oracle.for_view(name, workload.truth))
+        assert comparison.equal, f"{name}: {comparison}"
 
 
 def oracle_tz():
@@ -81,7 +83,7 @@ def test_dagster_batch_promotes_a_build_whose_T_record_drives_the_merge(isolated
     result = run_batch(isolated)
 
     assert result.success
-    answer = merge.revenue_per_minute(make_engine(isolated))
+    answer = merge.query(make_engine(isolated), "revenue_per_minute")
     assert answer.T is not None and answer.build_id
     with make_engine(isolated).connect() as conn:
         from lklab.builds import current_build
@@ -90,7 +92,7 @@ def test_dagster_batch_promotes_a_build_whose_T_record_drives_the_merge(isolated
     assert {p: r[1] for p, r in build.offsets.items()} == {p: o for p, o in end.items() if o > 0}
     assert build.validation["passed"] and build.status == "promoted"
     truth = oracle.revenue_per_minute(workload.truth)
-    batch_rows = {(r.city, r.window_start): r.revenue_cents for r in answer.rows if r.source == "batch"}
+    batch_rows = {(r.entity, r.window_start): r.value for r in answer.rows if r.source == "batch"}
     assert all(r.window_start < answer.T for r in answer.rows if r.source == "batch")
     assert oracle.compare(batch_rows, {k: v for k, v in truth.items() if k[1] < answer.T}).equal
     assert spark.read.format("delta").load(lake.path(isolated, lake.SILVER)).where(F.col("event_date").isNull()).count() == 0

@@ -1,0 +1,280 @@
+"""Run the lake suites through GX 1.x (file context, Spark datasource, checkpoint + Data Docs).
+
+Dagster asset checks call `run_suite(home, table, df)` and turn the returned `GateResult`
+into an `AssetCheckResult`. Everything GX writes lives under `<home>/gx`.
+
+The Spark DataFrame is validated in Spark through GX's Spark datasource (`add_spark`, a
+dataframe asset, a whole-dataframe batch definition); nothing is collected to pandas.
+Verified with pyspark 4.0.0 and great_expectations 1.24.1.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+# Before GX is imported: its analytics client reads this at context creation, and a lab must
+# not phone home.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations as gx  # noqa: E402
+from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+from pyspark.sql import DataFrame  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+from expectations.suites import (  # noqa: E402
+    GOLD_REVENUE_PER_MINUTE,
+    build_suite,
+    minute_coverage,
+    minute_coverage_gaps,
+    minute_coverage_suite,
+)
+
+DATASOURCE = "lklab_lake"
+BATCH_DEFINITION = "whole_dataframe"
+DOCS_SITE = "local_site"
+SAMPLE = 5  # unexpected values quoted per failure line
+
+log = logging.getLogger(__name__)
+
+# gx.get_context() sets a process-wide "current context" that ValidationDefinition and
+# Checkpoint objects resolve through, so two gates in one process must not interleave.
+_process_lock = threading.RLock()
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Outcome of one quality gate: one line per failed expectation, and where Data Docs are."""
+
+    table: str
+    suite: str
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    evaluated: int = 0
+    data_docs_index: Path | None = None
+
+    def describe(self) -> str:
+        head = f"{self.suite}: {'passed' if self.passed else 'FAILED'} ({self.evaluated} expectations)"
+        return "\n".join([head, *(f"  - {line}" for line in self.failures)])
+
+
+def gx_root(home: Path) -> Path:
+    return Path(home) / "gx"
+
+
+def gx_context(home: Path) -> gx.data_context.FileDataContext:
+    """The file-backed GX context at `<home>/gx`: scaffolded on first use, reused afterwards."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    # project_root_dir=home makes GX use (or scaffold) <home>/gx; never cwd or GX_HOME.
+    context = gx.get_context(mode="file", project_root_dir=str(home))
+    variables = context.variables
+    # progress_bars is a ProgressBarsConfig when set in-process, a plain dict once read back from yml.
+    bars = dict(variables.progress_bars or {}) if isinstance(variables.progress_bars, dict) else vars(variables.progress_bars or object())
+    if variables.analytics_enabled is not False or bars.get("globally", True) or bars.get("metric_calculations", True):
+        # Persisted once in great_expectations.yml: no tqdm "Calculating Metrics" bars, no analytics.
+        variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        variables.analytics_enabled = False
+        variables.save()
+    return context
+
+
+def data_docs_index(home: Path) -> Path:
+    """The local Data Docs site's index.html (it may not exist before the first run)."""
+    return _docs_index(gx_context(home), home)
+
+
+def _docs_index(context, home: Path) -> Path:
+    for site in context.get_docs_sites_urls(site_name=DOCS_SITE, only_if_exists=False):
+        if site.get("site_url"):
+            return _file_url_path(site["site_url"])
+    return gx_root(home) / "uncommitted" / "data_docs" / DOCS_SITE / "index.html"
+
+
+def build_data_docs(home: Path) -> Path:
+    """Rebuild the whole local Data Docs site from the stored suites and results; returns index.html."""
+    with _locked(home):
+        context = gx_context(home)
+        context.build_data_docs(site_names=[DOCS_SITE])
+        return _docs_index(context, home)
+
+
+def run_suite(home: Path, table: str, df: DataFrame, **suite_params: Any) -> GateResult:
+    """Validate a Spark DataFrame of `table` against its suite; updates Data Docs.
+
+    `suite_params` go to the table's suite builder (e.g. min_time, max_time). For
+    gold_revenue_per_minute, `require_minute_coverage` (default True) also validates
+    `minute_coverage(df)` with the coverage suite; its failures are reported in the same result.
+    Repeated calls add-or-update every GX object, so the latest call's parameters win.
+    """
+    require_coverage = bool(suite_params.pop("require_minute_coverage", True)) if table == GOLD_REVENUE_PER_MINUTE else False
+    suite = build_suite(table, **suite_params)
+    with _locked(home), _cached(df):
+        context = gx_context(home)
+        passed, failures, evaluated = _validate(context, suite, df)
+        if require_coverage:
+            coverage = minute_coverage(df)
+            with _cached(coverage):
+                ok, lines, count = _validate(context, minute_coverage_suite(), coverage)
+                if any("(missing_minutes)" in line for line in lines):
+                    # GX only sees per-city counts; name the actual missing minutes on the same line.
+                    gaps = _gap_summary(coverage, df)
+                    lines = [f"{line}; {gaps}" if "(missing_minutes)" in line else line for line in lines]
+            passed, failures, evaluated = passed and ok, failures + lines, evaluated + count
+        index = _docs_index(context, home)
+    return GateResult(
+        table=table,
+        suite=suite.name,
+        passed=passed,
+        failures=failures,
+        evaluated=evaluated,
+        data_docs_index=index if index.is_file() else None,
+    )
+
+
+def _validate(context, suite: gx.ExpectationSuite, df: DataFrame) -> tuple[bool, list[str], int]:
+    """Add-or-update asset, batch definition, suite, validation definition, checkpoint; run it."""
+    batch_definition = _batch_definition(context, suite.name)
+    suite = context.suites.add_or_update(suite)
+    validation = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=suite.name, data=batch_definition, suite=suite)
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=suite.name,
+            validation_definitions=[validation],
+            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
+            # SUMMARY keeps unexpected values to a bounded sample: COMPLETE would collect every
+            # unexpected value of a big table to the driver.
+            result_format="SUMMARY",
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": df})
+    failures: list[str] = []
+    evaluated = 0
+    for run in result.run_results.values():
+        evaluated += int(run.statistics.get("evaluated_expectations", 0))
+        failures += [_failure_line(r) for r in run.results if not r.success]
+    return result.success, failures, evaluated
+
+
+def _batch_definition(context, asset_name: str):
+    try:
+        source = context.data_sources.get(DATASOURCE)
+    except KeyError:
+        # persist=False: GX would otherwise persist() every batch and never unpersist it;
+        # run_suite caches the frame itself for the duration of one gate.
+        source = context.data_sources.add_spark(name=DATASOURCE, persist=False)
+    try:
+        asset = source.get_asset(asset_name)
+    except LookupError:
+        asset = source.add_dataframe_asset(name=asset_name)
+    try:
+        return asset.get_batch_definition(BATCH_DEFINITION)
+    except KeyError:
+        return asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION)
+
+
+def _failure_line(result) -> str:
+    """`<expectation type>(<columns>) [description]: <what was observed>` on one line."""
+    config = result.expectation_config
+    kwargs = config.kwargs
+    columns = kwargs.get("column") or ", ".join(kwargs.get("column_list") or ())
+    if not columns and "column_A" in kwargs:
+        columns = f"{kwargs['column_A']}, {kwargs['column_B']}"
+    label = f"{config.type}({columns})" if columns else config.type
+    if config.description:
+        label += f" [{config.description}]"
+    info = result.exception_info or {}
+    if info.get("raised_exception"):
+        message = str(info.get("exception_message") or "").strip().splitlines()
+        return f"{label}: error: {message[0] if message else 'exception'}"
+    res = result.result or {}
+    if "unexpected_count" in res:
+        total = res.get("element_count")
+        sample = _sample(res.get("partial_unexpected_list") or [])
+        return f"{label}: {res['unexpected_count']} unexpected of {total} rows, e.g. {sample}"
+    details = res.get("details") or {}
+    if "unexpected_rows" in details:  # UnexpectedRowsExpectation
+        return f"{label}: {res.get('observed_value')} unexpected rows, e.g. {_sample(details['unexpected_rows'])}"
+    mismatched = details.get("mismatched")
+    if isinstance(mismatched, dict):  # ExpectTableColumnsToMatchSet
+        parts = [f"{k} {sorted(v)}" for k, v in mismatched.items() if v]
+        return f"{label}: observed {res.get('observed_value')}; " + "; ".join(parts)
+    return f"{label}: observed {_fmt(res.get('observed_value'))}"
+
+
+def _gap_summary(coverage: DataFrame, revenue: DataFrame) -> str:
+    """Names the cities with gaps and their first missing minutes (only computed on failure)."""
+    cities = coverage.where("missing_minutes > 0").orderBy("city").limit(SAMPLE).collect()
+    names = [c["city"] for c in cities]
+    gaps = minute_coverage_gaps(revenue).where(F.col("city").isin(names)).limit(SAMPLE * 4).collect()
+    first: dict[str, list[str]] = {}
+    for row in gaps:
+        first.setdefault(row["city"], []).append(_fmt(row["missing_minute"]))
+    parts = [
+        f"{c['city']}: {c['missing_minutes']} of {c['expected_minutes']} minutes missing, e.g. {first.get(c['city'], [])[:3]}"
+        for c in cities
+    ]
+    return "gaps by city: " + "; ".join(parts)
+
+
+def _sample(values: list) -> str:
+    seen: list[str] = []
+    for value in values:
+        text = _fmt(value)
+        if text not in seen:
+            seen.append(text)
+        if len(seen) == SAMPLE:
+            break
+    return "[" + ", ".join(seen) + "]"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_fmt(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    return repr(value)
+
+
+def _file_url_path(url: str) -> Path:
+    return Path(unquote(urlparse(url).path))
+
+
+@contextmanager
+def _locked(home: Path) -> Iterator[None]:
+    """Serialise gates on one GX home across threads and processes (Dagster runs steps in
+    subprocesses): great_expectations.yml holds every asset, and concurrent saves lose updates."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    with _process_lock, open(home / ".gx.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _cached(df: DataFrame) -> Iterator[None]:
+    """Cache the frame for the ~10 Spark jobs of one validation, unless the caller already did."""
+    owned = not df.is_cached
+    if owned:
+        df.persist()
+    try:
+        yield
+    finally:
+        if owned:
+            df.unpersist()
