@@ -78,14 +78,20 @@ def gx_context(home: Path) -> gx.data_context.FileDataContext:
     # project_root_dir=home makes GX use (or scaffold) <home>/gx; never cwd or GX_HOME.
     context = gx.get_context(mode="file", project_root_dir=str(home))
     variables = context.variables
-    # progress_bars is a ProgressBarsConfig when set in-process, a plain dict once read back from yml.
-    bars = dict(variables.progress_bars or {}) if isinstance(variables.progress_bars, dict) else vars(variables.progress_bars or object())
-    if variables.analytics_enabled is not False or bars.get("globally", True) or bars.get("metric_calculations", True):
+    if variables.analytics_enabled is not False or not _bars_off(variables.progress_bars):
         # Persisted once in great_expectations.yml: no tqdm "Calculating Metrics" bars, no analytics.
         variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         variables.analytics_enabled = False
         variables.save()
     return context
+
+
+def _bars_off(bars: Any) -> bool:
+    # A ProgressBarsConfig when set in-process, a plain dict once read back from the yml.
+    if bars is None:
+        return False
+    flags = bars if isinstance(bars, dict) else {k: getattr(bars, k, None) for k in ("globally", "metric_calculations")}
+    return flags.get("globally") is False and flags.get("metric_calculations") is False
 
 
 def data_docs_index(home: Path) -> Path:

@@ -19,6 +19,8 @@ kafka_app = typer.Typer(help="The embedded Kafka broker (KRaft, 127.0.0.1 only).
 speed_app = typer.Typer(help="The Faust speed-layer worker, in the background.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(speed_app, name="speed")
+lambda_app = typer.Typer(help="The Lambda serving layer: T, freshness and who serves what.", no_args_is_help=True)
+app.add_typer(lambda_app, name="lambda")
 console = Console()
 err = Console(stderr=True)
 
@@ -210,12 +212,16 @@ def query(
     start, end = parse_iso(from_, "--from"), parse_iso(to, "--to")
     if start and end and start >= end:
         raise fail(f"--from {from_} is not before --to {to}")
-    answer = merge.query(make_engine(settings()), view, key, start, end)
+    s = settings()
+    engine = make_engine(s)
+    answer = merge.query(engine, view, key, start, end, health=merge.current_speed_health(engine, s))
     spec = views.VIEWS[view]
     if as_json:
         print(json.dumps(answer_json(answer), indent=2))
         return
-    table = Table(title=f"{view} (T = {answer.T}, build {answer.build_id})")
+    if answer.stale:
+        err.print(f"[yellow]stale:[/yellow] {answer.stale_reason}; serving batch-only")
+    table = Table(title=f"{view} (T = {answer.T}, build {answer.build_id}, mode {answer.mode})")
     for column in (spec.entity, "window_start", spec.value_column, "source"):
         table.add_column(column)
     for r in answer.rows:
@@ -231,9 +237,52 @@ def answer_json(answer) -> dict:
         "view": answer.view,
         "T": answer.T.isoformat() if answer.T else None,
         "build_id": answer.build_id,
+        "mode": answer.mode,
+        "stale": answer.stale,
+        "stale_reason": answer.stale_reason,
         "rows": [{spec.entity: r.entity, "window_start": r.window_start.isoformat(), spec.value_column: r.value, "source": r.source}
                  for r in answer.rows],
     }
+
+
+@lambda_app.command("status")
+def lambda_status() -> None:
+    """T (from the promoted batch build), the speed layer's watermark, lag and health, the age of
+    the last batch, and which windows come from which layer."""
+    from lklab import merge
+    from lklab.serving import make_engine
+
+    s = settings()
+    st = merge.lambda_status(make_engine(s), s)
+    b = st.build
+    if b is None:
+        console.print("no promoted batch build yet: every window comes from the speed layer (run `lklab batch`)")
+    else:
+        console.print(f"T = {b.final_through}  (batch build {b.build_id}, {st.batch_age_s:.0f}s old, watermark {b.watermark}, "
+                      f"allowed lateness {s.allowed_lateness_s}s, git {b.git_sha})")
+        console.print(f"  offsets consumed: {b.offsets}")
+    h = st.speed
+    state = "healthy" if h.healthy else f"UNHEALTHY: {h.reason} → serving is batch-only, answers flagged stale"
+    age = "never" if h.heartbeat_age_s is None else f"{h.heartbeat_age_s:.1f}s ago"
+    console.print(f"speed: {state}; heartbeat {age}; lag {h.lag if h.lag is not None else 'unknown'} records; "
+                  f"watermark {st.speed_watermark}; final through {st.speed_final_through}")
+    table = Table("view", "batch rows", "batch serves", "speed rows", "speed serves", title="who serves what")
+    for layer in st.layers:
+        table.add_row(layer.view, str(layer.batch_rows), layer.batch_serves, str(layer.speed_rows), layer.speed_serves)
+    console.print(table)
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port on 127.0.0.1")] = 8000,
+    host: Annotated[str, typer.Option(help="bind address (keep it on loopback unless you front it with auth)")] = "127.0.0.1",
+) -> None:
+    """The read-only HTTP JSON query API (see README, Query API)."""
+    import uvicorn
+
+    from lklab.api import create_app
+
+    uvicorn.run(create_app(settings()), host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -94,9 +94,9 @@ async def _partitions(consumer: AIOKafkaConsumer, settings: Settings, topic: str
 
 async def _log_offsets(settings: Settings, topic: str | None, which: str) -> Offsets:
     topic = topic or settings.topic
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
-    await consumer.start()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, request_timeout_ms=10_000)
     try:
+        await consumer.start()
         parts = await _partitions(consumer, settings, topic)
         found = await getattr(consumer, which)(parts)
         return {tp.partition: offset for tp, offset in found.items()}

@@ -4,14 +4,18 @@ T comes from the record of the promoted batch build, never from a clock.
 """
 from __future__ import annotations
 
+import asyncio
+
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, select
 
-from lklab import views
-from lklab.builds import current_build
-from lklab.serving import batch_view_rows, speed_view_query
+from lklab import kafka_io, views
+from lklab.builds import BatchBuild, current_build
+from lklab.config import Settings
+from lklab.kafka_io import Offsets
+from lklab.serving import batch_view_rows, speed_heartbeat, speed_progress, speed_view_query
 
 
 @dataclass(frozen=True)
@@ -23,18 +27,50 @@ class MergedRow:
 
 
 @dataclass(frozen=True)
+class SpeedHealth:
+    """Whether speed rows may be merged. Judged from the worker's heartbeat and its lag."""
+
+    healthy: bool
+    reason: str | None
+    heartbeat_age_s: float | None
+    lag: int | None  # None: Kafka end offsets unknown
+
+
+@dataclass(frozen=True)
 class MergedAnswer:
     view: str
     rows: list[MergedRow]
     T: datetime | None
     build_id: str | None
+    mode: str = "lambda"  # lambda (batch < T, speed ≥ T) | batch-only (speed unhealthy)
+    stale: bool = False
+    stale_reason: str | None = None
 
 
-def _batch_query(spec: views.ViewSpec, build_id: str, T: datetime, entity, start, end):
+def speed_health(engine: Engine, settings: Settings, end_offsets: Offsets | None, now: datetime | None = None) -> SpeedHealth:
+    """Healthy when the worker beat within the timeout and its lag is within the threshold."""
+    now = now or datetime.now(timezone.utc)
+    with engine.connect() as conn:
+        beat = conn.execute(select(speed_heartbeat.c.beat_at).where(speed_heartbeat.c.group_id == settings.speed_group)).scalar()
+        done = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.next_offset)
+                                 .where(speed_progress.c.topic == settings.topic)).all())
+    age = None if beat is None else (now - beat).total_seconds()
+    lag = None if end_offsets is None else sum(max(end - done.get(p, 0), 0) for p, end in end_offsets.items())
+    if age is None:
+        return SpeedHealth(False, "the speed layer has never run", None, lag)
+    if age > settings.speed_heartbeat_timeout_s:
+        return SpeedHealth(False, f"speed heartbeat is {age:.0f}s old (worker down?)", age, lag)
+    if lag is not None and lag > settings.speed_max_lag:
+        return SpeedHealth(False, f"speed lag {lag} records exceeds {settings.speed_max_lag}", age, lag)
+    return SpeedHealth(True, None, age, lag)
+
+
+def _batch_query(spec: views.ViewSpec, build_id: str, T: datetime | None, entity, start, end):
+    """Batch rows of the build; with T, only windows final at T."""
     b = batch_view_rows.c
-    query = select(b.entity, b.window_start, b.value).where(
-        b.build_id == build_id, b.view == spec.name, b.window_start <= T - timedelta(seconds=spec.window_s)
-    )
+    query = select(b.entity, b.window_start, b.value).where(b.build_id == build_id, b.view == spec.name)
+    if T is not None:
+        query = query.where(b.window_start <= T - timedelta(seconds=spec.window_s))
     if entity is not None:
         query = query.where(b.entity == entity)
     if start is not None:
@@ -45,18 +81,80 @@ def _batch_query(spec: views.ViewSpec, build_id: str, T: datetime, entity, start
 
 
 def query(
-    engine: Engine, view: str, entity: str | None = None, start: datetime | None = None, end: datetime | None = None
+    engine: Engine, view: str, entity: str | None = None, start: datetime | None = None, end: datetime | None = None,
+    health: SpeedHealth | None = None,
 ) -> MergedAnswer:
-    """A merged view over window starts in [start, end), read in one transaction (one consistent T)."""
+    """A merged view over window starts in [start, end), read in one transaction (one consistent T).
+    With an unhealthy `health`, it answers batch-only (every row of the promoted build, windows
+    after T included) and flags the answer stale: stale speed rows are never mixed in."""
     spec = views.view(view)
+    degraded = health is not None and not health.healthy
     with engine.begin() as conn:
         build = current_build(conn)
         T = build.final_through if build else None
         rows: list[MergedRow] = []
         if build is not None and T is not None:
-            batch = conn.execute(_batch_query(spec, build.build_id, T, entity, start, end))
+            batch = conn.execute(_batch_query(spec, build.build_id, None if degraded else T, entity, start, end))
             rows += [MergedRow(e, w, v, "batch") for e, w, v in batch]
-        speed = conn.execute(speed_view_query(spec, entity, start, end, not_final_after=T))
-        rows += [MergedRow(e, w, v, "speed") for e, w, v in speed]
+        if not degraded:
+            speed = conn.execute(speed_view_query(spec, entity, start, end, not_final_after=T))
+            rows += [MergedRow(e, w, v, "speed") for e, w, v in speed]
     rows.sort(key=lambda r: (r.entity, r.window_start))
-    return MergedAnswer(view=view, rows=rows, T=T, build_id=build.build_id if build else None)
+    return MergedAnswer(
+        view=view, rows=rows, T=T, build_id=build.build_id if build else None,
+        mode="batch-only" if degraded else "lambda", stale=degraded, stale_reason=health.reason if degraded else None,
+    )
+
+
+def current_speed_health(engine: Engine, settings: Settings, timeout_s: float = 5.0) -> SpeedHealth:
+    """speed_health with the log's end offsets read now (unknown if Kafka does not answer in time)."""
+    try:
+        ends = kafka_io.run(asyncio.wait_for(kafka_io.end_offsets(settings), timeout_s))
+    except Exception:  # noqa: BLE001 - Kafka down or topic missing: lag unknown, heartbeat still decides
+        ends = None
+    return speed_health(engine, settings, ends)
+
+
+@dataclass(frozen=True)
+class LayerSplit:
+    view: str
+    batch_rows: int
+    speed_rows: int
+    batch_serves: str
+    speed_serves: str
+
+
+@dataclass(frozen=True)
+class LambdaStatus:
+    build: BatchBuild | None
+    batch_age_s: float | None
+    speed: SpeedHealth
+    speed_watermark: datetime | None
+    speed_final_through: datetime | None
+    layers: list[LayerSplit]
+
+
+def lambda_status(engine: Engine, settings: Settings) -> LambdaStatus:
+    """T and where it came from, the speed layer's watermark, lag and health, and which windows
+    each layer serves right now."""
+    health = current_speed_health(engine, settings)
+    with engine.connect() as conn:
+        build = current_build(conn)
+        maxima = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.max_event_time)
+                                   .where(speed_progress.c.topic == settings.topic)).all())
+    wm = views.watermark({p: m for p, m in maxima.items() if m is not None})
+    T = build.final_through if build else None
+    layers = []
+    for name, spec in views.VIEWS.items():
+        answer = query(engine, name, health=health)
+        width = timedelta(seconds=spec.window_s)
+        cut = "—" if T is None else f"windows ending at or before {T.isoformat()} (start ≤ {(T - width).isoformat()})"
+        layers.append(LayerSplit(
+            view=name,
+            batch_rows=sum(r.source == "batch" for r in answer.rows),
+            speed_rows=sum(r.source == "speed" for r in answer.rows),
+            batch_serves="every window (batch-only: speed unhealthy)" if answer.stale else cut,
+            speed_serves="nothing (stale)" if answer.stale else ("every window" if T is None else "later windows"),
+        ))
+    age = None if build is None else (datetime.now(timezone.utc) - build.created_at).total_seconds()
+    return LambdaStatus(build, age, health, wm, views.final_through(wm, settings.allowed_lateness_s), layers)

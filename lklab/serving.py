@@ -113,6 +113,12 @@ speed_progress = Table(
     Column("max_event_time", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+speed_heartbeat = Table(
+    "speed_heartbeat", metadata,
+    Column("group_id", String(249), primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("beat_at", UTCDateTime, nullable=False, comment="written every second by a live worker"),
+)
 speed_counters = Table(
     "speed_counters", metadata,
     Column("name", String(64), primary_key=True),

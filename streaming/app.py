@@ -1,4 +1,4 @@
-"""The speed layer as a Faust app: one agent that keeps revenue_per_minute current in the serving store.
+"""The speed layer as a Faust app: one agent that keeps every view of lklab.views current in the serving store.
 
 Delivery: Faust consumes and commits Kafka offsets at-least-once (a batch is acked only after it
 was applied). Exactly-once *effect* on the serving store comes from streaming.sink, which commits
@@ -27,7 +27,8 @@ from sqlalchemy import Engine
 from lklab.config import Settings
 from lklab.kafka_io import dlq_payload
 from lklab.serving import make_engine
-from streaming.sink import ApplyStats, StaleProgressError, apply_records
+from streaming.faults import speed_specs
+from streaming.sink import ApplyStats, StaleProgressError, apply_records, beat
 
 log = logging.getLogger("lklab.speed")
 
@@ -79,6 +80,9 @@ def make_app(settings: Settings) -> faust.App:
         internal=False,
     )
     engine_holder: list[Engine] = []
+    specs = speed_specs(settings.speed_fault)
+    if settings.speed_fault:
+        log.warning("speed layer running with the deliberate fault %r", settings.speed_fault)
 
     def engine() -> Engine:
         if not engine_holder:
@@ -106,15 +110,20 @@ def make_app(settings: Settings) -> faust.App:
 
         for attempt in range(1, STALE_RETRIES + 1):
             try:
-                return apply_records(engine(), settings, topic, records, before_commit=before_commit)
+                return apply_records(engine(), settings, topic, records, before_commit=before_commit, specs=specs)
             except StaleProgressError as exc:  # a rebalance race: retry; committed offsets are skipped
                 if attempt == STALE_RETRIES:
                     raise
                 log.warning("%s (attempt %d/%d)", exc, attempt, STALE_RETRIES)
         raise AssertionError("unreachable")
 
-    @app.agent(source, name="lklab.speed.revenue_per_minute")
-    async def revenue_per_minute(stream):
+    @app.timer(interval=1.0)
+    async def heartbeat() -> None:
+        # Serving reads this to decide whether speed rows may be merged (degraded mode).
+        await asyncio.to_thread(beat, engine(), settings.speed_group)
+
+    @app.agent(source, name="lklab.speed.views")
+    async def speed_views(stream):
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             by_topic: dict[str, list[tuple[int, int, bytes]]] = {}

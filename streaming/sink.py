@@ -15,6 +15,8 @@ View semantics are imported from lklab.views; nothing here re-defines them.
 """
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +33,7 @@ from lklab.serving import (
     speed_contrib,
     speed_counters,
     speed_event_state,
+    speed_heartbeat,
     speed_late_windows,
     speed_progress,
     speed_view_members,
@@ -210,13 +213,13 @@ class _Deltas:
         return len(rows) + len(members)
 
 
-def _apply_event(event, contribs: dict[tuple[str, str], _Contrib], deltas: _Deltas,
-                 wm: datetime | None, lateness: int) -> bool:
+def _apply_event(event, specs: Sequence[views.ViewSpec], contribs: dict[tuple[str, str], _Contrib],
+                 deltas: _Deltas, wm: datetime | None, lateness: int) -> bool:
     """Move each view from the event's old contribution to its new one. A view whose old or new
     window is already final is left alone (batch owns it). Returns True if any view dropped it."""
     dropped = False
     T = views.final_through(wm, lateness)
-    for spec in views.VIEWS.values():
+    for spec in specs:
         old, new = contribs.get((spec.name, event.event_id)), _Contrib.of(spec, event)
         if old is None and new is None:
             continue
@@ -246,16 +249,19 @@ def apply_records(
     records: Sequence[InputRecord],
     *,
     before_commit: Callable[[ApplyStats], None] | None = None,
+    specs: Sequence[views.ViewSpec] | None = None,
 ) -> ApplyStats:
     """Apply one consumed batch of `topic` to every speed view in ONE transaction.
 
     `records` are (partition, offset, value) in consumption order (per-partition offset order).
+    `specs` are the views to maintain (default: lklab.views.VIEWS).
     `before_commit(stats)`, if given, runs inside the open transaction after every write (the
     worker sends dead letters there); if it raises, nothing of the batch is committed.
     Raises StaleProgressError when another consumer advanced one of these partitions first.
     """
     stats = ApplyStats(topic=topic)
     lateness = settings.allowed_lateness_s
+    specs = list(views.VIEWS.values()) if specs is None else specs
     with engine.begin() as conn:
         progress = _load_progress(conn, topic)
         committed = {p: nxt for p, (nxt, _) in progress.items()}
@@ -299,7 +305,7 @@ def apply_records(
                 continue
             if held is not None:
                 stats.corrections_applied += 1
-            if _apply_event(event, contribs, deltas, wm, lateness):
+            if _apply_event(event, specs, contribs, deltas, wm, lateness):
                 stats.late_dropped += 1
             versions[event.event_id] = changed_versions[event.event_id] = event.event_version
         stats.watermark = wm
@@ -385,6 +391,12 @@ def read_progress(engine: Engine, topic: str) -> dict[int, PartitionProgress]:
             .order_by(t.c.partition)
         )
         return {p: PartitionProgress(p, nxt, mt, ua) for p, nxt, mt, ua in rows}
+
+
+def beat(engine: Engine, group: str) -> None:
+    """The worker's liveness signal (one row per consumer group)."""
+    with engine.begin() as conn:
+        upsert(conn, speed_heartbeat, [{"group_id": group, "pid": os.getpid(), "beat_at": _now()}])
 
 
 def read_counters(engine: Engine) -> dict[str, int]:

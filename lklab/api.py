@@ -1,0 +1,96 @@
+"""Read-only HTTP JSON API over the merged views, T and freshness (FastAPI, 127.0.0.1 by default).
+
+Every query goes through SQLAlchemy Core with bound parameters; bad parameters get a 4xx with
+a one-line message naming the parameter."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from lklab import merge, views
+from lklab.config import Settings
+from lklab.events import parse_time
+from lklab.serving import make_engine
+
+MAX_ROWS = 100_000
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise HTTPException(422, f"query parameter '{name}': {value!r} is not an ISO-8601 time like 2026-11-17T10:00Z") from None
+
+
+def _health_json(h: merge.SpeedHealth) -> dict[str, Any]:
+    return {"healthy": h.healthy, "reason": h.reason, "heartbeat_age_s": h.heartbeat_age_s, "lag": h.lag}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    engine = make_engine(settings)
+    app = FastAPI(title="lklab query API", version="1", description="Merged Lambda views, T and freshness. Read-only.")
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line_422(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "query")
+        return JSONResponse(status_code=422, content={"detail": f"query parameter '{where}': {first.get('msg')}"})
+
+    @app.get("/views")
+    def list_views() -> dict[str, Any]:
+        return {"views": [{"name": s.name, "entity": s.entity, "window_s": s.window_s, "value": s.value_column,
+                           "logic_version": s.logic_version} for s in views.VIEWS.values()]}
+
+    @app.get("/views/{view}")
+    def read_view(
+        view: str,
+        key: Annotated[str | None, Query(max_length=128, description="city, or driver_id for driver_earnings_daily")] = None,
+        start: Annotated[str | None, Query(alias="from", description="window start ≥ this ISO time")] = None,
+        end: Annotated[str | None, Query(alias="to", description="window start < this ISO time")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_ROWS)] = 10_000,
+    ) -> dict[str, Any]:
+        if view not in views.VIEWS:
+            raise HTTPException(404, f"unknown view {view!r}; one of: {', '.join(views.VIEWS)}")
+        lo, hi = _time(start, "from"), _time(end, "to")
+        if lo and hi and lo >= hi:
+            raise HTTPException(422, f"query parameter 'from' ({start}) is not before 'to' ({end})")
+        health = merge.current_speed_health(engine, settings)
+        answer = merge.query(engine, view, key, lo, hi, health=health)
+        spec = views.VIEWS[view]
+        return {
+            "view": view,
+            "T": answer.T.isoformat() if answer.T else None,
+            "build_id": answer.build_id,
+            "mode": answer.mode,
+            "stale": answer.stale,
+            "stale_reason": answer.stale_reason,
+            "truncated": len(answer.rows) > limit,
+            "rows": [{spec.entity: r.entity, "window_start": r.window_start.isoformat(), spec.value_column: r.value,
+                      "source": r.source} for r in answer.rows[:limit]],
+        }
+
+    @app.get("/lambda/status")
+    def status() -> dict[str, Any]:
+        st = merge.lambda_status(engine, settings)
+        build = st.build.model_dump(mode="json") if st.build else None
+        return {
+            "T": build["final_through"] if build else None,
+            "build": build,
+            "batch_age_s": st.batch_age_s,
+            "speed": {**_health_json(st.speed),
+                      "watermark": st.speed_watermark.isoformat() if st.speed_watermark else None,
+                      "final_through": st.speed_final_through.isoformat() if st.speed_final_through else None},
+            "layers": [layer.__dict__ for layer in st.layers],
+        }
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"speed": _health_json(merge.current_speed_health(engine, settings))}
+
+    return app
