@@ -1,30 +1,44 @@
-"""Lake assets: bronze (raw, offsets kept) → silver (typed, deduplicated) → gold views."""
+"""Lake assets: bronze (raw, offsets kept) → silver (typed, deduplicated) → gold views,
+silver and gold partitioned by UTC event date."""
+from datetime import date, datetime
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from lklab import lake, views
+from orchestration.partitions import event_date_partitions, single_run
 from orchestration.resources import KafkaResource, LabSettings, SparkResource
 
 
-@asset(group_name="lake", compute_kind="spark", description="Raw Kafka records with topic/partition/offset, appended by explicit offset ranges; re-reading a range adds nothing.")
+def partition_dates(context: AssetExecutionContext) -> lake.DateRange:
+    """The run's event-date range [first, end) (one day, or a backfill range in one run)."""
+    window = context.partition_time_window
+    return window.start.date(), window.end.date()
+
+
+@asset(group_name="lake", compute_kind="spark",
+       description="Raw Kafka records with topic/partition/offset, appended by explicit offset ranges; re-reading a range adds nothing.")
 def bronze_events(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource, kafka: KafkaResource) -> MaterializeResult:
     settings, session = lab.settings(), spark.session()
     start = lake.bronze_next_offsets(session, settings)
     end = kafka.end_offsets()
     added = lake.append_bronze(session, settings, start, end)
-    context.log.info(f"bronze: read offsets {start} → {end}, inserted {added} records")
+    touched = lake.event_dates(session, settings, start) if added else []
+    context.log.info(f"bronze: read offsets {start} → {end}, inserted {added} records touching {len(touched)} event dates")
     return MaterializeResult(metadata={
         "start_offsets": MetadataValue.json({str(k): v for k, v in start.items()}),
         "end_offsets": MetadataValue.json({str(k): v for k, v in end.items()}),
         "rows_inserted": added,
+        "touched_dates": MetadataValue.json([d.isoformat() for d in touched]),
         "delta_version": lake.delta_version(session, lake.path(settings, lake.BRONZE)),
     })
 
 
-@asset(group_name="lake", compute_kind="spark", deps=[bronze_events], description="Schema-v1 events, one row per event_id (highest event_version wins), partitioned by event_date; rejects quarantined.")
-def silver_events(lab: LabSettings, spark: SparkResource) -> MaterializeResult:
+@asset(group_name="lake", compute_kind="spark", deps=[bronze_events], partitions_def=event_date_partitions,
+       backfill_policy=single_run,
+       description="Schema-v1 events, one row per event_id (highest event_version wins), by event_date; rejects quarantined.")
+def silver_events(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource) -> MaterializeResult:
     settings, session = lab.settings(), spark.session()
-    result = lake.build_silver(session, settings)
+    result = lake.build_silver(session, settings, partition_dates(context))
     return MaterializeResult(metadata={
         "rows": result.rows,
         "rejected": result.rejected,
@@ -37,10 +51,11 @@ def gold_asset(spec: views.ViewSpec):
     """One gold asset per view in lklab.views.VIEWS, all built by the same Spark executor of the spec."""
 
     @asset(name=f"gold_{spec.name}", group_name="lake", compute_kind="spark", deps=[silver_events],
+           partitions_def=event_date_partitions, backfill_policy=single_run,
            description=f"{spec.name} ({spec.entity}, {spec.window_s}s window): {spec.value_column}, by event time (UTC).")
-    def _gold(lab: LabSettings, spark: SparkResource) -> MaterializeResult:
+    def _gold(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource) -> MaterializeResult:
         settings, session = lab.settings(), spark.session()
-        rows = lake.build_gold(session, settings, spec)
+        rows = lake.build_gold(session, settings, spec, partition_dates(context))
         return MaterializeResult(metadata={
             "rows": rows,
             "logic_version": spec.logic_version,
@@ -51,3 +66,10 @@ def gold_asset(spec: views.ViewSpec):
 
 
 gold_assets = [gold_asset(spec) for spec in views.VIEWS.values()]
+
+
+def dates_to_partition_keys(dates: list[date]) -> tuple[str, str] | None:
+    """The partition key range covering these event dates (clipped to the partition set)."""
+    first = datetime.strptime(event_date_partitions.start.strftime("%Y-%m-%d"), "%Y-%m-%d").date()
+    kept = [d for d in dates if d >= first]
+    return (min(kept).isoformat(), max(kept).isoformat()) if kept else None

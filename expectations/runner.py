@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ def _validate(context, suite: gx.ExpectationSuite, df: DataFrame) -> tuple[bool,
     evaluated = 0
     for run in result.run_results.values():
         evaluated += int(run.statistics.get("evaluated_expectations", 0))
-        failures += [_failure_line(r) for r in run.results if not r.success]
+        failures += [_failure_line(r, df) for r in run.results if not r.success]
     return result.success, failures, evaluated
 
 
@@ -190,7 +191,7 @@ def _batch_definition(context, asset_name: str):
         return asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION)
 
 
-def _failure_line(result) -> str:
+def _failure_line(result, df: DataFrame) -> str:
     """`<expectation type>(<columns>) [description]: <what was observed>` on one line."""
     config = result.expectation_config
     kwargs = config.kwargs
@@ -210,13 +211,25 @@ def _failure_line(result) -> str:
         sample = _sample(res.get("partial_unexpected_list") or [])
         return f"{label}: {res['unexpected_count']} unexpected of {total} rows, e.g. {sample}"
     details = res.get("details") or {}
-    if "unexpected_rows" in details:  # UnexpectedRowsExpectation
-        return f"{label}: {res.get('observed_value')} unexpected rows, e.g. {_sample(details['unexpected_rows'])}"
+    if "unexpected_rows_query" in kwargs:
+        # GX returns the offending rows only with result_format COMPLETE (which would also collect
+        # every unexpected value of every other rule), so re-run the query for a small sample.
+        rows = details.get("unexpected_rows") or _query_sample(df, kwargs["unexpected_rows_query"])
+        return f"{label}: {res.get('observed_value')} unexpected rows, e.g. {_sample(rows)}"
     mismatched = details.get("mismatched")
     if isinstance(mismatched, dict):  # ExpectTableColumnsToMatchSet
         parts = [f"{k} {sorted(v)}" for k, v in mismatched.items() if v]
         return f"{label}: observed {res.get('observed_value')}; " + "; ".join(parts)
     return f"{label}: observed {_fmt(res.get('observed_value'))}"
+
+
+def _query_sample(df: DataFrame, query: str) -> list[dict]:
+    view = f"lklab_gx_sample_{uuid.uuid4().hex}"
+    df.createOrReplaceTempView(view)
+    try:
+        return [row.asDict() for row in df.sparkSession.sql(query.replace("{batch}", view)).limit(SAMPLE).collect()]
+    finally:
+        df.sparkSession.catalog.dropTempView(view)
 
 
 def _gap_summary(coverage: DataFrame, revenue: DataFrame) -> str:

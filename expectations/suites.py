@@ -47,9 +47,15 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 FERNET_TOKEN_REGEX = r"^gAAAAA[A-Za-z0-9_\-]+=*$"
 
 
+def _utc(ts: datetime) -> datetime:
+    # Naive bounds mean UTC, like every time in the lake (the Spark session time zone is UTC).
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
 def _bounds(min_time: datetime, max_time: datetime | None) -> tuple[datetime, datetime]:
     # "now" is taken when the suite is built, i.e. once per gate run, not at import.
-    upper = max_time if max_time is not None else datetime.now(timezone.utc) + DEFAULT_FUTURE_SLACK
+    min_time = _utc(min_time)
+    upper = _utc(max_time) if max_time is not None else datetime.now(timezone.utc) + DEFAULT_FUTURE_SLACK
     if min_time >= upper:
         raise ValueError(f"min_time {min_time.isoformat()} is not before max_time {upper.isoformat()}")
     return min_time, upper

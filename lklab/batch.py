@@ -3,7 +3,8 @@ its T record, and run the whole bronze → silver → gold → publish chain thr
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -72,12 +73,51 @@ def dagster_instance(settings: Settings):
     return DagsterInstance.get()
 
 
-def run_batch(settings: Settings):
-    """Run the `lambda_batch` job (bronze → silver → gold → publish) in-process, recorded in the
-    local Dagster instance so `dagster dev` shows the run."""
-    from orchestration.definitions import make_definitions
-    from orchestration.resources import LabSettings
+@dataclass
+class BatchOutcome:
+    success: bool
+    run_ids: list[str] = field(default_factory=list)
+    touched_dates: list[str] = field(default_factory=list)
+    failed_gates: list[str] = field(default_factory=list)
+    gates: list = field(default_factory=list)  # orchestration.gates.GateOutcome of every check run
+    message: str = ""
 
-    job = make_definitions(LabSettings.from_settings(settings)).resolve_job_def("lambda_batch")
+
+def run_batch(settings: Settings, dates: tuple[str, str] | None = None) -> BatchOutcome:
+    """The batch layer through Dagster, recorded in the local instance (visible in `dagster dev`):
+    the `ingest` job appends the log's new offsets to bronze, then the `lambda_batch` job rebuilds
+    the event dates that ingest touched (or `dates`, a backfill range of partition keys) in one
+    run: silver → gold → blocking gates → promotion."""
+    from assets.lake import dates_to_partition_keys
+    from orchestration.definitions import make_definitions
+    from orchestration.gates import failed_gates, gate_outcomes
+    from orchestration.resources import LabSettings
+    from orchestration.sensors import range_tags
+
+    definitions = make_definitions(LabSettings.from_settings(settings))
+    instance = dagster_instance(settings)
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    return job.execute_in_process(run_config=quiet, instance=dagster_instance(settings), raise_on_error=False)
+    outcome = BatchOutcome(success=False)
+    ingest = definitions.resolve_job_def("ingest").execute_in_process(run_config=quiet, instance=instance, raise_on_error=False)
+    outcome.run_ids.append(ingest.run_id)
+    outcome.gates = gate_outcomes(instance, ingest.run_id)
+    if not ingest.success:
+        outcome.failed_gates = failed_gates(instance, ingest.run_id)
+        outcome.message = f"ingest run {ingest.run_id} failed"
+        return outcome
+    [materialization] = ingest.asset_materializations_for_node("bronze_events")
+    outcome.touched_dates = list(materialization.metadata["touched_dates"].value)
+    keys = dates or dates_to_partition_keys([date.fromisoformat(d) for d in outcome.touched_dates])
+    if keys is None:
+        outcome.success, outcome.message = True, "no new events: nothing to rebuild"
+        return outcome
+    batch = definitions.resolve_job_def("lambda_batch").execute_in_process(
+        run_config=quiet, instance=instance, raise_on_error=False, tags=range_tags(*keys)
+    )
+    outcome.run_ids.append(batch.run_id)
+    outcome.failed_gates = failed_gates(instance, batch.run_id)
+    outcome.gates += gate_outcomes(instance, batch.run_id)
+    outcome.success = batch.success and not outcome.failed_gates
+    outcome.message = (f"rebuilt event dates {keys[0]}…{keys[1]} and promoted a new build" if outcome.success
+                       else f"batch run {batch.run_id} stopped; the previous build stays published")
+    return outcome

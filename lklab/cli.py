@@ -181,18 +181,39 @@ def speed_status() -> None:
 # --- batch and query ----------------------------------------------------------------------
 
 @app.command()
-def batch() -> None:
-    """Materialise bronze → silver → gold → promoted batch build through Dagster."""
+def batch(
+    from_day: Annotated[Optional[str], typer.Option("--from-day", help="backfill: first event date (YYYY-MM-DD)")] = None,
+    to_day: Annotated[Optional[str], typer.Option("--to-day", help="backfill: last event date, inclusive")] = None,
+) -> None:
+    """Ingest new offsets into bronze, rebuild the touched event dates (or a backfill range) through
+    Dagster with blocking quality gates, and promote the build."""
+    from datetime import date
+
+    from expectations.runner import data_docs_index
     from lklab.batch import run_batch
 
+    if (from_day is None) != (to_day is None):
+        raise fail("--from-day and --to-day go together")
+    dates = None
+    if from_day and to_day:
+        try:
+            first, last = date.fromisoformat(from_day), date.fromisoformat(to_day)
+        except ValueError:
+            raise fail(f"--from-day/--to-day must be dates like 2026-11-17, got {from_day!r} and {to_day!r}") from None
+        if first > last:
+            raise fail(f"--from-day {from_day} is after --to-day {to_day}")
+        dates = (first.isoformat(), last.isoformat())
     s = settings()
-    with console.status("running the Dagster batch job (bronze → silver → gold → publish)"):
-        result = run_batch(s)
-    for event in result.get_step_failure_events():
-        err.print(f"step {event.step_key} failed: {event.event_specific_data.error.message.strip().splitlines()[0]}")
-    if not result.success:
-        raise fail(f"batch run {result.run_id} failed; the previous build stays published")
-    console.print(f"batch run {result.run_id} succeeded (Dagster home {s.dagster_home})")
+    with console.status("running the Dagster batch layer (ingest → silver → gold → gates → promote)"):
+        outcome = run_batch(s, dates)
+    for line in outcome.failed_gates:
+        err.print(f"gate failed: {line}", highlight=False)
+    docs = data_docs_index(s.home)
+    if docs.exists():
+        console.print(f"data-quality report (GX Data Docs): {docs}")
+    if not outcome.success:
+        raise fail(f"{outcome.message} (runs {', '.join(outcome.run_ids)})")
+    console.print(f"{outcome.message} (Dagster runs {', '.join(outcome.run_ids)}; instance {s.dagster_home})")
 
 
 @app.command()

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     speed_group: str = "lklab-speed"
     speed_web_port: int = 6066
     allowed_lateness_s: int = Field(300, ge=0, description="99.9% of the seed's events arrive within 5 minutes")
+    gate_minute_coverage: bool = Field(True, description="gold revenue_per_minute must have no empty minute per city")
+    ledger_grace_s: int = Field(48 * 3600, ge=0, description="a day reconciles strictly once it is this far behind the watermark")
     speed_heartbeat_timeout_s: float = Field(10.0, gt=0, description="older heartbeat = speed layer down")
     speed_max_lag: int = Field(50_000, ge=0, description="records behind the log end before serving goes batch-only")
     speed_fault: str | None = Field(None, description="test-only: a deliberate bug in the speed layer (see streaming.faults)")

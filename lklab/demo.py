@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lklab import kafka_io, kafka_runtime, merge, oracle, speed, views
+from expectations.runner import data_docs_index
 from lklab.batch import run_batch
 from lklab.config import Settings
 from lklab.generator import GeneratorConfig, bad_lines, generate, write_jsonl, write_ledger
@@ -44,6 +45,16 @@ def _write_input(settings: Settings, workload) -> tuple[Path, int]:
         lines.insert(i * step + i - 1, line)
     path.write_text("\n".join(lines) + "\n")
     return path, len(bad)
+
+
+def _gates_table(gates: list) -> Table:
+    table = Table(title="blocking quality gates (Dagster asset checks)")
+    table.add_column("gate")
+    table.add_column("result")
+    table.add_column("summary")
+    for g in gates:
+        table.add_row(g.gate, "[green]passed[/green]" if g.passed else "[red]FAILED[/red]", g.description)
+    return table
 
 
 def _results_table(rows: list[tuple[str, oracle.Comparison]]) -> Table:
@@ -95,10 +106,14 @@ def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, s
              f"too late for speed (left to batch) {counters.get('late_dropped', 0)}")
 
         step("materialising bronze → silver → gold → publish through Dagster")
-        result = run_batch(settings)
-        if not result.success:
-            console.print(f"[red]batch run {result.run_id} failed[/red]")
+        outcome = run_batch(settings)
+        for line in outcome.failed_gates:
+            console.print(f"[red]gate failed:[/red] {line}")
+        if not outcome.success:
+            console.print(f"[red]{outcome.message}[/red]")
             return 1
+        step(f"{outcome.message}; GX Data Docs: {data_docs_index(settings.home)}")
+        console.print(_gates_table(outcome.gates))
 
         comparisons, T = [], None
         for name in views.VIEWS:

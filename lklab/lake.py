@@ -8,7 +8,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -157,11 +157,49 @@ class SilverResult:
     rows: int
     rejected: int
     duplicates_removed: int
-    max_event_time_by_partition: dict[int, datetime]
 
 
-def build_silver(spark: SparkSession, settings: Settings) -> SilverResult:
-    """Rebuild silver from bronze: parse, quarantine what breaks the schema, dedup, type."""
+DateRange = tuple[date, date]  # [first, end) in UTC event dates; None means every date
+
+
+def _in_range(column: str, dates: DateRange | None) -> F.Column:
+    if dates is None:
+        return F.lit(True)
+    return (F.col(column) >= F.lit(dates[0])) & (F.col(column) < F.lit(dates[1]))
+
+
+def _replace_where(dates: DateRange | None) -> str | None:
+    return None if dates is None else f"event_date >= '{dates[0].isoformat()}' AND event_date < '{dates[1].isoformat()}'"
+
+
+def write_partitions(spark: SparkSession, frame: DataFrame, location: str, dates: DateRange | None) -> None:
+    """Overwrite only the event_date partitions in `dates` (all of them when None): a rebuild or
+    backfill of some days never touches the others."""
+    writer = frame.write.format("delta").mode("overwrite").partitionBy("event_date")
+    predicate = _replace_where(dates)
+    if predicate is None or not exists(spark, location):
+        writer.option("overwriteSchema", "true").save(location)
+    else:
+        writer.option("replaceWhere", predicate).save(location)
+
+
+def event_dates(spark: SparkSession, settings: Settings, start: Offsets | None = None) -> list[date]:
+    """Event dates present in bronze records at or after `start` offsets (all records if None)."""
+    bronze = spark.read.format("delta").load(path(settings, BRONZE))
+    if start:
+        newer = F.lit(False)
+        for partition, offset in start.items():
+            newer = newer | ((F.col("partition") == partition) & (F.col("offset") >= offset))
+        known = F.col("partition").isin(list(start))
+        bronze = bronze.where(newer | ~known)
+    dates = bronze.select(F.to_date(F.to_timestamp(F.get_json_object("value", "$.event_time"))).alias("d")).distinct()
+    return sorted(r["d"] for r in dates.collect() if r["d"] is not None)
+
+
+def build_silver(spark: SparkSession, settings: Settings, dates: DateRange | None = None) -> SilverResult:
+    """Rebuild silver (for `dates`, or all) from bronze: parse, quarantine what breaks the schema,
+    dedup over all of bronze (so a correction that arrives days later still wins), then keep the
+    requested event dates."""
     parsed = parse_bronze(spark.read.format("delta").load(path(settings, BRONZE))).cache()
     rejected = parsed.where(F.col("reject_reason").isNotNull())
     rejected.select("topic", "partition", "offset", "value", "reject_reason").write.format("delta").mode("overwrite").save(
@@ -172,21 +210,14 @@ def build_silver(spark: SparkSession, settings: Settings) -> SilverResult:
         F.col("event_time"),
         F.col("partition").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
-    )
-    latest = dedup_latest(valid).withColumn("event_date", F.to_date("event_time"))
-    latest.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(
-        path(settings, SILVER)
-    )
-    maxima = valid.groupBy("kafka_partition").agg(F.max("event_time").alias("m")).collect()
-    counts = (valid.count(), rejected.count())
+    ).withColumn("event_date", F.to_date("event_time"))
+    latest = dedup_latest(valid).where(_in_range("event_date", dates))
+    write_partitions(spark, latest, path(settings, SILVER), dates)
+    delivered = valid.where(_in_range("event_date", dates)).count()
+    rejected_count = rejected.count()
     parsed.unpersist()
-    rows = spark.read.format("delta").load(path(settings, SILVER)).count()
-    return SilverResult(
-        rows=rows,
-        rejected=counts[1],
-        duplicates_removed=counts[0] - rows,
-        max_event_time_by_partition={r["kafka_partition"]: r["m"] for r in maxima},
-    )
+    rows = spark.read.format("delta").load(path(settings, SILVER)).where(_in_range("event_date", dates)).count()
+    return SilverResult(rows=rows, rejected=rejected_count, duplicates_removed=delivered - rows)
 
 
 # --- gold ---------------------------------------------------------------------------------
@@ -213,9 +244,10 @@ def view_frame(silver: DataFrame, spec: views.ViewSpec) -> DataFrame:
     return rows.groupBy(*keys).agg(*measures).withColumn("event_date", F.to_date("window_start"))
 
 
-def build_gold(spark: SparkSession, settings: Settings, spec: views.ViewSpec) -> int:
-    """Rebuild one gold view from silver (partitioned by event_date); returns its row count."""
-    gold = view_frame(spark.read.format("delta").load(path(settings, SILVER)), spec)
+def build_gold(spark: SparkSession, settings: Settings, spec: views.ViewSpec, dates: DateRange | None = None) -> int:
+    """Rebuild one gold view from silver for `dates` (or all); returns the rows in that range.
+    Windows never straddle a UTC date, so a date's gold depends on that date's silver only."""
+    silver = spark.read.format("delta").load(path(settings, SILVER)).where(_in_range("event_date", dates))
     location = path(settings, gold_table(spec.name))
-    gold.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(location)
-    return spark.read.format("delta").load(location).count()
+    write_partitions(spark, view_frame(silver, spec), location, dates)
+    return spark.read.format("delta").load(location).where(_in_range("event_date", dates)).count()

@@ -1,24 +1,23 @@
 """Dagster Definitions for lklab (loaded by workspace.yaml)."""
-from __future__ import annotations
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from dagster import AssetSelection, Definitions, define_asset_job, load_assets_from_modules
-
+from assets import checks as check_module
 from assets import lake as lake_assets
 from assets import serving as serving_assets
+from assets import speed as speed_assets
+from orchestration.jobs import ingest_job, lambda_batch_job, nightly_ingest
 from orchestration.resources import LabSettings, build_resources
-
-lambda_batch_job = define_asset_job(
-    "lambda_batch",
-    selection=AssetSelection.groups("lake", "serving"),
-    description="bronze → silver → gold → promoted batch build (the Lambda batch layer)",
-)
+from orchestration.sensors import gate_failure_sensor, rebuild_touched_dates, speed_lag_sensor
 
 
 def make_definitions(lab: LabSettings | None = None) -> Definitions:
-    """The same assets and jobs for every deployment; only the resources' configuration differs."""
+    """The same assets, checks and jobs for every deployment; only the resources' configuration differs."""
     return Definitions(
-        assets=load_assets_from_modules([lake_assets, serving_assets]),
-        jobs=[lambda_batch_job],
+        assets=load_assets_from_modules([lake_assets, serving_assets, speed_assets]),
+        asset_checks=load_asset_checks_from_modules([check_module]),
+        jobs=[ingest_job, lambda_batch_job],
+        schedules=[nightly_ingest],
+        sensors=[rebuild_touched_dates, speed_lag_sensor, gate_failure_sensor],
         resources=build_resources(lab),
     )
 

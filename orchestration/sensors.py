@@ -1,0 +1,64 @@
+"""Sensors: chain ingest → partitioned batch, report the speed layer's lag, name failed gates."""
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    DefaultSensorStatus,
+    EventLogEntry,
+    RunFailureSensorContext,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    asset_sensor,
+    run_failure_sensor,
+    sensor,
+)
+
+from assets.lake import dates_to_partition_keys
+from lklab import merge
+from orchestration.gates import failed_gates
+from orchestration.jobs import lambda_batch_job
+from orchestration.resources import LabSettings, ServingResource
+
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def range_tags(first: str, last: str) -> dict[str, str]:
+    return {RANGE_START: first, RANGE_END: last}
+
+
+@asset_sensor(asset_key=AssetKey("bronze_events"), job=lambda_batch_job, default_status=DefaultSensorStatus.RUNNING,
+              description="After each ingest, rebuild exactly the event dates it touched (one run), gates included.")
+def rebuild_touched_dates(context: SensorEvaluationContext, asset_event: EventLogEntry):
+    metadata = asset_event.dagster_event.event_specific_data.materialization.metadata
+    touched = [d for d in (metadata.get("touched_dates").value if "touched_dates" in metadata else [])]
+    from datetime import date
+
+    keys = dates_to_partition_keys([date.fromisoformat(d) for d in touched])
+    if keys is None:
+        return SkipReason("the ingest touched no event dates in the partition set")
+    return RunRequest(run_key=context.cursor or asset_event.run_id, tags=range_tags(*keys))
+
+
+@sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
+        description="Observes the speed layer's lag, heartbeat and watermark every 30 s.")
+def speed_lag_sensor(context: SensorEvaluationContext, lab: LabSettings, serving: ServingResource):
+    settings, engine = lab.settings(), serving.engine()
+    health = merge.current_speed_health(engine, settings)
+    context.log.info(f"speed layer healthy={health.healthy} lag={health.lag} heartbeat_age_s={health.heartbeat_age_s} {health.reason or ''}")
+    return SensorResult(asset_events=[AssetObservation(
+        asset_key="speed_layer",
+        metadata={"healthy": health.healthy, "lag_records": health.lag if health.lag is not None else -1,
+                  "heartbeat_age_s": health.heartbeat_age_s if health.heartbeat_age_s is not None else -1.0,
+                  "reason": health.reason or ""},
+    )])
+
+
+@run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, description="Logs which quality gate stopped a run.")
+def gate_failure_sensor(context: RunFailureSensorContext) -> None:
+    gates = failed_gates(context.instance, context.dagster_run.run_id)
+    if gates:
+        for line in gates:
+            context.log.error(f"run {context.dagster_run.run_id} ({context.dagster_run.job_name}) stopped by gate {line}")
+    else:
+        context.log.error(f"run {context.dagster_run.run_id} ({context.dagster_run.job_name}) failed: {context.failure_event.message}")
