@@ -12,31 +12,44 @@ from lklab.config import Settings
 from lklab.serving import make_engine
 from lklab.spark import get_spark
 
-_OVERRIDABLE = ("home", "bootstrap_servers", "kafka_port", "topic", "dlq_topic", "lake_uri", "serving_url",
-                "spark_master", "spark_driver_memory", "allowed_lateness_s")
+SECRETS = ("pii_key",)  # never Dagster config (it would show in the UI): read from the environment only
 
 
 class LabSettings(ConfigurableResource):
-    """Overrides on top of the LKLAB_* environment; unset fields keep the environment's value."""
+    """Overrides on top of the LKLAB_* environment, one per lklab.config.Settings field (bar
+    secrets); unset fields keep the environment's value. A unit test keeps the two in step."""
 
     home: Optional[str] = None
     bootstrap_servers: Optional[str] = None
+    kafka_host: Optional[str] = None
     kafka_port: Optional[int] = None
+    kafka_controller_port: Optional[int] = None
+    kafka_heap: Optional[str] = None
     topic: Optional[str] = None
     dlq_topic: Optional[str] = None
+    partitions: Optional[int] = None
     lake_uri: Optional[str] = None
-    serving_url: Optional[str] = None
     spark_master: Optional[str] = None
     spark_driver_memory: Optional[str] = None
+    spark_shuffle_partitions: Optional[int] = None
+    serving_url: Optional[str] = None
+    speed_group: Optional[str] = None
+    speed_web_port: Optional[int] = None
     allowed_lateness_s: Optional[int] = None
+    gate_minute_coverage: Optional[bool] = None
+    ledger_grace_s: Optional[int] = None
+    speed_heartbeat_timeout_s: Optional[float] = None
+    speed_max_lag: Optional[int] = None
+    speed_fault: Optional[str] = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LabSettings":
-        dumped = settings.model_dump()
-        return cls(**{k: (str(dumped[k]) if k == "home" else dumped[k]) for k in _OVERRIDABLE})
+        dumped = settings.model_dump(exclude=set(SECRETS))
+        return cls(**{k: (str(v) if k == "home" else v) for k, v in dumped.items()})
 
     def settings(self) -> Settings:
-        return Settings(**{k: getattr(self, k) for k in _OVERRIDABLE if getattr(self, k) is not None})
+        overrides = {k: v for k, v in self.model_dump().items() if k in Settings.model_fields and v is not None}
+        return Settings(**overrides)
 
 
 class SparkResource(ConfigurableResource):

@@ -51,3 +51,12 @@ def test_too_late_means_the_window_is_already_final() -> None:
     assert views.is_too_late(T0 + timedelta(minutes=6, seconds=59), wm, 300)
     assert not views.is_too_late(T0 + timedelta(minutes=7), wm, 300)
     assert not views.is_too_late(T0, None, 300)
+
+
+def test_dagster_lab_settings_cover_every_setting_but_secrets() -> None:
+    from lklab.config import Settings
+    from orchestration.resources import SECRETS, LabSettings
+
+    assert set(LabSettings.model_fields) == set(Settings.model_fields) - set(SECRETS)
+    custom = Settings(home="/tmp/x", gate_minute_coverage=False, allowed_lateness_s=7, speed_fault="refund_sign")
+    assert LabSettings.from_settings(custom).settings() == custom
