@@ -10,7 +10,6 @@ Verified with pyspark 4.0.0 and great_expectations 1.24.1.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import threading
 import uuid
@@ -48,8 +47,6 @@ SAMPLE = 5  # unexpected values quoted per failure line
 # it collects every unexpected value of a big table to the driver.
 GATE_RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
 SAMPLE_RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
-
-log = logging.getLogger(__name__)
 
 # gx.get_context() sets a process-wide "current context" that ValidationDefinition and
 # Checkpoint objects resolve through, so two gates in one process must not interleave.
@@ -188,12 +185,19 @@ def _with_samples(batch_definition, df: DataFrame, failed: list) -> list:
     if not needs:
         return failed
     batch = batch_definition.get_batch(batch_parameters={"dataframe": df})
-    sampled = {}
-    for r in needs:
-        # batch.validate stores nothing and leaves Data Docs alone: the samples are for the lines.
-        again = batch.validate(r.expectation_config.to_domain_obj(), result_format=SAMPLE_RESULT_FORMAT)
-        sampled[id(r)] = again if not again.success else r
+    # One unsaved suite, so GX bundles the metrics; batch.validate stores nothing and leaves
+    # Data Docs alone: the samples are only for the failure lines.
+    probe = gx.ExpectationSuite(name="lklab_samples", expectations=[_unsaved(r.expectation_config) for r in needs])
+    again = batch.validate(probe, result_format=SAMPLE_RESULT_FORMAT).results
+    sampled = {id(r): s for r, s in zip(needs, again) if s.expectation_config.type == r.expectation_config.type and not s.success}
     return [sampled.get(id(r), r) for r in failed]
+
+
+def _unsaved(config) -> gx.expectations.Expectation:
+    # An expectation that carries a stored suite's id may not join another suite.
+    expectation = config.to_domain_obj()
+    expectation.id = None
+    return expectation
 
 
 def _batch_definition(context, asset_name: str):
@@ -239,8 +243,7 @@ def _failure_line(result, df: DataFrame) -> str:
         return f"{label}: {res.get('observed_value')} unexpected rows, e.g. {_sample(rows)}"
     mismatched = details.get("mismatched")
     if isinstance(mismatched, dict):  # ExpectTableColumnsToMatchSet
-        parts = [f"{k} {sorted(v)}" for k, v in mismatched.items() if v]
-        return f"{label}: observed {res.get('observed_value')}; " + "; ".join(parts)
+        return f"{label}: " + "; ".join(f"{k} {sorted(v)}" for k, v in mismatched.items() if v)
     return f"{label}: observed {_fmt(res.get('observed_value'))}"
 
 

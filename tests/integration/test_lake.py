@@ -76,7 +76,7 @@ def test_records_that_break_the_schema_are_quarantined_in_silver(isolated: Setti
 
 
 def test_dagster_batch_promotes_a_build_whose_T_record_drives_the_merge(isolated: Settings, spark) -> None:
-    workload = generate(GeneratorConfig(seed=23, duration_s=900, rides_per_minute=20))
+    workload = generate(GeneratorConfig(seed=23, duration_s=900, rides_per_minute=60))
     produce_events(isolated, workload.deliveries)
     end = kafka_io.run(kafka_io.end_offsets(isolated))
 
