@@ -70,6 +70,7 @@ class GateResult:
 
 
 def gx_root(home: Path) -> Path:
+    """Where the GX project (config, suites, results, Data Docs) of a lklab home lives."""
     return Path(home) / "gx"
 
 
@@ -97,15 +98,24 @@ def _bars_off(bars: Any) -> bool:
 
 
 def data_docs_index(home: Path) -> Path:
-    """The local Data Docs site's index.html (it may not exist before the first run)."""
+    """The local Data Docs site's index.html (it may not exist before the first run).
+
+    A pure lookup: it does not scaffold a GX project under a home that has none yet.
+    """
+    if not (gx_root(home) / "great_expectations.yml").is_file():
+        return _default_index(home)
     return _docs_index(gx_context(home), home)
+
+
+def _default_index(home: Path) -> Path:
+    return gx_root(home) / "uncommitted" / "data_docs" / DOCS_SITE / "index.html"
 
 
 def _docs_index(context, home: Path) -> Path:
     for site in context.get_docs_sites_urls(site_name=DOCS_SITE, only_if_exists=False):
         if site.get("site_url"):
             return _file_url_path(site["site_url"])
-    return gx_root(home) / "uncommitted" / "data_docs" / DOCS_SITE / "index.html"
+    return _default_index(home)
 
 
 def build_data_docs(home: Path) -> Path:
