@@ -50,6 +50,7 @@ def isolated(kafka: Settings, tmp_path: Path) -> Settings:
             "dlq_topic": f"rides.events.{tag}.dlq",
             "speed_group": f"lklab-speed-{tag}",
             "lake_uri": str(tmp_path / "lake"),
+            "speed_web_port": free_port(),  # fresh per test: a port reserved at session start could be taken since
         }
     )
     settings.home.mkdir(parents=True, exist_ok=True)

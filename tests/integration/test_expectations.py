@@ -173,7 +173,7 @@ def test_valid_tables_pass_every_suite_and_update_data_docs(spark, tmp_path: Pat
 # ---------------------------------------------------------------- silver
 
 
-def test_silver_row_rules_each_fail_with_a_line_naming_rule_and_column(spark, tmp_path: Path) -> None:
+def test_each_broken_silver_rule_fails_with_a_line_naming_rule_and_column(spark, tmp_path: Path) -> None:
     future = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=7)
     rows = [
         *SILVER_ROWS,
@@ -188,10 +188,13 @@ def test_silver_row_rules_each_fail_with_a_line_naming_rule_and_column(spark, tm
     df = where(df, "event_id = 'r1-req'", event_type="'ride_teleported'")
     df = where(df, "event_id = 'r1-open'", pii="'Ada +49'")
     df = where(df, "event_id = 'r2-open'", amount_cents="10")
+    # Schema drift too; no rule reads driver_id, so only the schema rule can notice it is gone.
+    df = df.drop("driver_id").withColumn("surge_multiplier", F.lit(1.5))
 
     lines = failing(run_suite(tmp_path, SILVER_EVENTS, df))
 
     expected = {
+        "expect_table_columns_to_match_set": ["missing ['driver_id']", "unexpected ['surge_multiplier']"],
         "expect_column_values_to_be_unique(event_id)": ["2 unexpected of 11 rows", "'r1-pay'"],
         "expect_column_values_to_not_be_null(city)": ["1 unexpected of 11 rows"],
         "expect_column_values_to_be_between(amount_cents)": ["1 unexpected", "-250"],

@@ -1,0 +1,71 @@
+"""The Lambda merge and its health rule against a real SQLite serving store (no other services)."""
+from datetime import datetime, timedelta, timezone
+
+from lklab import merge
+from lklab.builds import BatchBuild, promote
+from lklab.config import Settings
+from lklab.serving import make_engine, speed_heartbeat, speed_progress, speed_view_rows, upsert
+
+T0 = datetime(2026, 11, 17, 10, 0, tzinfo=timezone.utc)
+
+
+def minute(n: int) -> datetime:
+    return T0 + timedelta(minutes=n)
+
+
+def build(build_id: str, T: datetime) -> BatchBuild:
+    return BatchBuild(build_id=build_id, created_at=T0, status="promoted", git_sha="x", logic_version=1, schema_version=1,
+                      offsets={0: [0, 10]}, watermark=T + timedelta(minutes=5), final_through=T, row_counts={},
+                      validation={}, delta_versions={})
+
+
+def setup(tmp_path):
+    settings = Settings(home=tmp_path, speed_heartbeat_timeout_s=5, speed_max_lag=100)
+    engine = make_engine(settings)
+    promote(engine, build("b1", minute(3)), [
+        {"view": "revenue_per_minute", "entity": "berlin", "window_start": minute(m), "value": 100 + m} for m in range(5)
+    ])
+    with engine.begin() as conn:
+        upsert(conn, speed_view_rows, [
+            {"view": "revenue_per_minute", "entity": "berlin", "window_start": minute(m), "value": 900 + m, "events": 1}
+            for m in range(1, 7)
+        ] + [{"view": "revenue_per_minute", "entity": "berlin", "window_start": minute(7), "value": 5, "events": 0}])
+    return settings, engine
+
+
+def test_batch_serves_final_windows_and_speed_the_rest(tmp_path) -> None:
+    _, engine = setup(tmp_path)
+    answer = merge.query(engine, "revenue_per_minute")
+    assert answer.T == minute(3) and answer.build_id == "b1" and answer.mode == "lambda"
+    got = [(r.window_start, r.value, r.source) for r in answer.rows]
+    assert got == [(minute(0), 100, "batch"), (minute(1), 101, "batch"), (minute(2), 102, "batch"),
+                   (minute(3), 903, "speed"), (minute(4), 904, "speed"), (minute(5), 905, "speed"), (minute(6), 906, "speed")]
+    # a window with no contributing event left (events = 0) is no row at all
+    assert minute(7) not in [r.window_start for r in answer.rows]
+
+
+def test_a_newer_promotion_moves_T_atomically(tmp_path) -> None:
+    _, engine = setup(tmp_path)
+    promote(engine, build("b2", minute(5)), [
+        {"view": "revenue_per_minute", "entity": "berlin", "window_start": minute(m), "value": 200 + m} for m in range(6)
+    ])
+    answer = merge.query(engine, "revenue_per_minute", start=minute(2), end=minute(6))
+    assert [(r.window_start, r.value, r.source) for r in answer.rows] == [
+        (minute(2), 202, "batch"), (minute(3), 203, "batch"), (minute(4), 204, "batch"), (minute(5), 905, "speed")]
+
+
+def test_unhealthy_speed_means_batch_only_and_stale(tmp_path) -> None:
+    settings, engine = setup(tmp_path)
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        upsert(conn, speed_heartbeat, [{"group_id": settings.speed_group, "pid": 1, "beat_at": now}])
+        upsert(conn, speed_progress, [{"topic": settings.topic, "partition": 0, "next_offset": 400, "max_event_time": now, "updated_at": now}])
+    assert merge.speed_health(engine, settings, {0: 450}, now=now).healthy
+    lagging = merge.speed_health(engine, settings, {0: 501, 1: 0}, now=now)
+    assert not lagging.healthy and lagging.lag == 101 and "exceeds 100" in lagging.reason
+    silent = merge.speed_health(engine, settings, {0: 400}, now=now + timedelta(seconds=6))
+    assert not silent.healthy and "heartbeat is 6s old" in silent.reason
+
+    answer = merge.query(engine, "revenue_per_minute", health=lagging)
+    assert answer.stale and answer.mode == "batch-only" and answer.stale_reason == lagging.reason
+    assert [(r.window_start, r.value, r.source) for r in answer.rows] == [(minute(m), 100 + m, "batch") for m in range(5)]
