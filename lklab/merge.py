@@ -53,7 +53,7 @@ def speed_health(engine: Engine, settings: Settings, end_offsets: Offsets | None
     with engine.connect() as conn:
         beat = conn.execute(select(speed_heartbeat.c.beat_at).where(speed_heartbeat.c.group_id == settings.speed_group)).scalar()
         done = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.next_offset)
-                                 .where(speed_progress.c.topic == settings.topic)).all())
+                                 .where(speed_progress.c.scope == settings.speed_group, speed_progress.c.topic == settings.topic)).all())
     age = None if beat is None else (now - beat).total_seconds()
     lag = None if end_offsets is None else sum(max(end - done.get(p, 0), 0) for p, end in end_offsets.items())
     if age is None:
@@ -141,7 +141,7 @@ def lambda_status(engine: Engine, settings: Settings) -> LambdaStatus:
     with engine.connect() as conn:
         build = current_build(conn)
         maxima = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.max_event_time)
-                                   .where(speed_progress.c.topic == settings.topic)).all())
+                                   .where(speed_progress.c.scope == settings.speed_group, speed_progress.c.topic == settings.topic)).all())
     wm = views.watermark({p: m for p, m in maxima.items() if m is not None})
     T = build.final_through if build else None
     layers = []

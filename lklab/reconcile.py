@@ -91,7 +91,7 @@ def divergence(
     has consumed at least what the batch read; otherwise a difference would mean nothing."""
     with engine.connect() as conn:
         done = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.next_offset)
-                                 .where(speed_progress.c.topic == settings.topic)).all())
+                                 .where(speed_progress.c.scope == settings.speed_group, speed_progress.c.topic == settings.topic)).all())
         behind = {p: end - done.get(p, 0) for p, (_, end) in batch_offsets.items() if done.get(p, 0) < end}
         if behind:
             return GateReport(True, f"not evaluated: the speed layer is {sum(behind.values())} records behind the batch's input",

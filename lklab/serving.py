@@ -68,6 +68,7 @@ payments_ledger = Table(
 # contributions let a correction retract exactly what the old version added.
 speed_event_state = Table(
     "speed_event_state", metadata,
+    Column("scope", String(249), primary_key=True, comment="the consumer: live speed group or a replay"),
     Column("event_id", String(128), primary_key=True),
     Column("event_version", Integer, nullable=False),
 )
@@ -107,6 +108,7 @@ speed_late_windows = Table(
 )
 speed_progress = Table(
     "speed_progress", metadata,
+    Column("scope", String(249), primary_key=True, comment="the consumer: live speed group or a replay"),
     Column("topic", String(249), primary_key=True),
     Column("partition", Integer, primary_key=True),
     Column("next_offset", BigInteger, nullable=False, comment="committed with the results, in one transaction"),
@@ -121,6 +123,7 @@ speed_heartbeat = Table(
 )
 speed_counters = Table(
     "speed_counters", metadata,
+    Column("scope", String(249), primary_key=True),
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )

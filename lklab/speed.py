@@ -172,8 +172,8 @@ def _status(
     from streaming.sink import read_counters, read_progress
 
     pid = read_pid(settings)
-    progress = read_progress(engine, settings.topic)
-    counters = read_counters(engine)
+    progress = read_progress(engine, settings.topic, settings.speed_group)
+    counters = read_counters(engine, settings.speed_group)
     begin, end = offsets if offsets is not None else ({}, None)
     partitions: dict[int, PartitionLag] = {}
     for p in sorted(set(progress) | set(end or {})):

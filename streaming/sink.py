@@ -53,6 +53,7 @@ CORRECTIONS_APPLIED = "corrections_applied"  # a higher event_version replaced a
 REDELIVERED_SKIPPED = "redelivered_skipped"  # offset below the committed next_offset (Kafka re-delivery)
 COUNTERS = (PROCESSED, DUPLICATES_IGNORED, LATE_DROPPED, DEAD_LETTERED, CORRECTIONS_APPLIED, REDELIVERED_SKIPPED)
 
+DEFAULT_SCOPE = Settings.model_fields["speed_group"].default  # the live speed layer's consumer group
 _IN_CHUNK = 500  # bound parameters per IN list (SQLite's limit is far above; Postgres has none)
 
 
@@ -152,11 +153,11 @@ def _chunks(items: Sequence, size: int = _IN_CHUNK) -> Iterable[Sequence]:
         yield items[i : i + size]
 
 
-def _load_versions(conn: Connection, event_ids: Sequence[str]) -> dict[str, int]:
+def _load_versions(conn: Connection, scope: str, event_ids: Sequence[str]) -> dict[str, int]:
     t = speed_event_state
     found: dict[str, int] = {}
     for chunk in _chunks(sorted(set(event_ids))):
-        found.update(conn.execute(select(t.c.event_id, t.c.event_version).where(t.c.event_id.in_(chunk))).all())
+        found.update(conn.execute(select(t.c.event_id, t.c.event_version).where(t.c.scope == scope, t.c.event_id.in_(chunk))).all())
     return found
 
 
@@ -236,9 +237,9 @@ def _apply_event(event, specs: Sequence[views.ViewSpec], contribs: dict[tuple[st
     return dropped
 
 
-def _load_progress(conn: Connection, topic: str) -> dict[int, tuple[int, datetime | None]]:
+def _load_progress(conn: Connection, scope: str, topic: str) -> dict[int, tuple[int, datetime | None]]:
     t = speed_progress
-    rows = conn.execute(select(t.c.partition, t.c.next_offset, t.c.max_event_time).where(t.c.topic == topic))
+    rows = conn.execute(select(t.c.partition, t.c.next_offset, t.c.max_event_time).where(t.c.scope == scope, t.c.topic == topic))
     return {p: (next_offset, max_time) for p, next_offset, max_time in rows}
 
 
@@ -250,11 +251,14 @@ def apply_records(
     *,
     before_commit: Callable[[ApplyStats], None] | None = None,
     specs: Sequence[views.ViewSpec] | None = None,
+    scope: str | None = None,
 ) -> ApplyStats:
     """Apply one consumed batch of `topic` to every speed view in ONE transaction.
 
     `records` are (partition, offset, value) in consumption order (per-partition offset order).
-    `specs` are the views to maintain (default: lklab.views.VIEWS).
+    `specs` are the views to maintain (default: lklab.views.VIEWS); `scope` names the consumer
+    whose dedup state, offsets and counters these are (default: the live speed group), so a
+    replay into versioned outputs never shares state with the live speed layer.
     `before_commit(stats)`, if given, runs inside the open transaction after every write (the
     worker sends dead letters there); if it raises, nothing of the batch is committed.
     Raises StaleProgressError when another consumer advanced one of these partitions first.
@@ -262,8 +266,9 @@ def apply_records(
     stats = ApplyStats(topic=topic)
     lateness = settings.allowed_lateness_s
     specs = list(views.VIEWS.values()) if specs is None else specs
+    scope = scope or settings.speed_group
     with engine.begin() as conn:
-        progress = _load_progress(conn, topic)
+        progress = _load_progress(conn, scope, topic)
         committed = {p: nxt for p, (nxt, _) in progress.items()}
         max_time: dict[int, datetime] = {p: mt for p, (_, mt) in progress.items() if mt is not None}
 
@@ -285,7 +290,7 @@ def apply_records(
 
         # 2. One SELECT each (chunked IN lists) for the versions and contributions held.
         event_ids = [e.event_id for _, e in fresh]
-        versions = _load_versions(conn, event_ids)
+        versions = _load_versions(conn, scope, event_ids)
         contribs = _load_contribs(conn, event_ids)
 
         # 3. Deltas in Python, in consumption order.
@@ -312,7 +317,7 @@ def apply_records(
 
         # 4. Bulk writes.
         stats.view_changes = deltas.write(conn)
-        upsert(conn, speed_event_state, [{"event_id": eid, "event_version": v} for eid, v in changed_versions.items()])
+        upsert(conn, speed_event_state, [{"scope": scope, "event_id": eid, "event_version": v} for eid, v in changed_versions.items()])
         counts = {
             PROCESSED: stats.processed,
             DUPLICATES_IGNORED: stats.duplicates_ignored,
@@ -321,8 +326,8 @@ def apply_records(
             CORRECTIONS_APPLIED: stats.corrections_applied,
             REDELIVERED_SKIPPED: stats.skipped_redelivered,
         }
-        _add(conn, speed_counters, [{"name": k, "value": v} for k, v in counts.items() if v], add=("value",))
-        _commit_progress(conn, topic, stats.next_offsets, committed, max_time)
+        _add(conn, speed_counters, [{"scope": scope, "name": k, "value": v} for k, v in counts.items() if v], add=("value",))
+        _commit_progress(conn, scope, topic, stats.next_offsets, committed, max_time)
 
         if before_commit is not None:
             before_commit(stats)
@@ -331,6 +336,7 @@ def apply_records(
 
 def _commit_progress(
     conn: Connection,
+    scope: str,
     topic: str,
     advanced: dict[int, int],
     committed: dict[int, int],
@@ -348,7 +354,8 @@ def _commit_progress(
         if partition in committed:
             result = conn.execute(
                 update(t)
-                .where(and_(t.c.topic == topic, t.c.partition == partition, t.c.next_offset == committed[partition]))
+                .where(and_(t.c.scope == scope, t.c.topic == topic, t.c.partition == partition,
+                            t.c.next_offset == committed[partition]))
                 .values(**values)
             )
             if result.rowcount != 1:
@@ -356,9 +363,9 @@ def _commit_progress(
                     f"{topic}[{partition}]: next_offset moved past {committed[partition]} while this batch ran; batch rolled back"
                 )
         else:
-            inserts.append({"topic": topic, "partition": partition, **values})
+            inserts.append({"scope": scope, "topic": topic, "partition": partition, **values})
     if inserts:
-        stmt = _dialect_insert(conn)(t).on_conflict_do_nothing(index_elements=["topic", "partition"])
+        stmt = _dialect_insert(conn)(t).on_conflict_do_nothing(index_elements=["scope", "topic", "partition"])
         for row in inserts:  # one per newly seen partition, once in the topic's lifetime
             if conn.execute(stmt, row).rowcount != 1:
                 raise StaleProgressError(f"{topic}[{row['partition']}]: progress created concurrently; batch rolled back")
@@ -381,13 +388,13 @@ def read_late_windows(engine: Engine, view: str) -> dict[tuple[str, datetime], i
         return {(e, w): n for e, w, n in rows}
 
 
-def read_progress(engine: Engine, topic: str) -> dict[int, PartitionProgress]:
-    """Committed progress per partition of `topic` (partitions never consumed are absent)."""
+def read_progress(engine: Engine, topic: str, scope: str = DEFAULT_SCOPE) -> dict[int, PartitionProgress]:
+    """Committed progress per partition of `topic` for a consumer (partitions never consumed are absent)."""
     t = speed_progress
     with engine.connect() as conn:
         rows = conn.execute(
             select(t.c.partition, t.c.next_offset, t.c.max_event_time, t.c.updated_at)
-            .where(t.c.topic == topic)
+            .where(t.c.scope == scope, t.c.topic == topic)
             .order_by(t.c.partition)
         )
         return {p: PartitionProgress(p, nxt, mt, ua) for p, nxt, mt, ua in rows}
@@ -399,8 +406,8 @@ def beat(engine: Engine, group: str) -> None:
         upsert(conn, speed_heartbeat, [{"group_id": group, "pid": os.getpid(), "beat_at": _now()}])
 
 
-def read_counters(engine: Engine) -> dict[str, int]:
-    """Every speed counter, with the known ones present (0) even before they first move."""
+def read_counters(engine: Engine, scope: str = DEFAULT_SCOPE) -> dict[str, int]:
+    """A consumer's counters, with the known ones present (0) even before they first move."""
     with engine.connect() as conn:
-        found = dict(conn.execute(select(speed_counters.c.name, speed_counters.c.value)).all())
+        found = dict(conn.execute(select(speed_counters.c.name, speed_counters.c.value).where(speed_counters.c.scope == scope)).all())
     return {**{name: 0 for name in COUNTERS}, **found}

@@ -59,7 +59,7 @@ def test_unhealthy_speed_means_batch_only_and_stale(tmp_path) -> None:
     now = datetime.now(timezone.utc)
     with engine.begin() as conn:
         upsert(conn, speed_heartbeat, [{"group_id": settings.speed_group, "pid": 1, "beat_at": now}])
-        upsert(conn, speed_progress, [{"topic": settings.topic, "partition": 0, "next_offset": 400, "max_event_time": now, "updated_at": now}])
+        upsert(conn, speed_progress, [{"scope": settings.speed_group, "topic": settings.topic, "partition": 0, "next_offset": 400, "max_event_time": now, "updated_at": now}])
     assert merge.speed_health(engine, settings, {0: 450}, now=now).healthy
     lagging = merge.speed_health(engine, settings, {0: 501, 1: 0}, now=now)
     assert not lagging.healthy and lagging.lag == 101 and "exceeds 100" in lagging.reason
