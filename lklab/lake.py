@@ -196,6 +196,16 @@ def event_dates(spark: SparkSession, settings: Settings, start: Offsets | None =
     return sorted(r["d"] for r in dates.collect() if r["d"] is not None)
 
 
+def valid_events(parsed: DataFrame) -> DataFrame:
+    """Typed event rows (with their Kafka position and event_date) from parse_bronze's valid rows."""
+    return parsed.where(F.col("reject_reason").isNull()).select(
+        *[F.col(f"e.{name}").alias(name) for name in Event.model_fields if name != "event_time"],
+        F.col("event_time"),
+        F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+    ).withColumn("event_date", F.to_date("event_time"))
+
+
 def build_silver(spark: SparkSession, settings: Settings, dates: DateRange | None = None) -> SilverResult:
     """Rebuild silver (for `dates`, or all) from bronze: parse, quarantine what breaks the schema,
     dedup over all of bronze (so a correction that arrives days later still wins), then keep the
@@ -205,12 +215,7 @@ def build_silver(spark: SparkSession, settings: Settings, dates: DateRange | Non
     rejected.select("topic", "partition", "offset", "value", "reject_reason").write.format("delta").mode("overwrite").save(
         path(settings, SILVER_REJECTS)
     )
-    valid = parsed.where(F.col("reject_reason").isNull()).select(
-        *[F.col(f"e.{name}").alias(name) for name in Event.model_fields if name != "event_time"],
-        F.col("event_time"),
-        F.col("partition").alias("kafka_partition"),
-        F.col("offset").alias("kafka_offset"),
-    ).withColumn("event_date", F.to_date("event_time"))
+    valid = valid_events(parsed)
     latest = dedup_latest(valid).where(_in_range("event_date", dates))
     write_partitions(spark, latest, path(settings, SILVER), dates)
     delivered = valid.where(_in_range("event_date", dates)).count()
