@@ -223,16 +223,28 @@ def query(
     from_: Annotated[Optional[str], typer.Option("--from", help="window start ≥ this ISO time")] = None,
     to: Annotated[Optional[str], typer.Option("--to", help="window start < this ISO time")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    arch: Annotated[str, typer.Option("--arch", help="lambda (merged batch+speed) or kappa (the published version)")] = "lambda",
 ) -> None:
-    """A merged (Lambda) view: batch rows for windows final at T, speed rows for the rest."""
+    """A view as readers see it: Lambda (batch rows for windows final at T, speed for the rest) or
+    Kappa (the version the alias points at)."""
     from lklab import merge, views
     from lklab.serving import make_engine
 
     if view not in views.VIEWS:
         raise fail(f"unknown view {view!r}; one of: {', '.join(views.VIEWS)}")
+    if arch not in ("lambda", "kappa"):
+        raise fail(f"--arch {arch!r}: one of lambda, kappa")
     start, end = parse_iso(from_, "--from"), parse_iso(to, "--to")
     if start and end and start >= end:
         raise fail(f"--from {from_} is not before --to {to}")
+    if arch == "kappa":
+        from lklab import cutover as co
+
+        answer = co.query(make_engine(settings()), view, key, start, end)
+        spec = views.VIEWS[view]
+        print(json.dumps({"view": view, "arch": "kappa", "version": answer.target, "rows": [
+            {spec.entity: e, "window_start": w.isoformat(), spec.value_column: v} for e, w, v in answer.rows]}, indent=2))
+        return
     s = settings()
     engine = make_engine(s)
     answer = merge.query(engine, view, key, start, end, health=merge.current_speed_health(engine, s))
@@ -304,6 +316,78 @@ def serve(
     from lklab.api import create_app
 
     uvicorn.run(create_app(settings()), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def replay(
+    view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily")],
+    version: Annotated[int, typer.Option("--version", help="write <view>__v<N>")],
+    from_: Annotated[str, typer.Option("--from", help="earliest, or partition:offset pairs like 0:120,1:98")] = "earliest",
+    max_rate: Annotated[Optional[float], typer.Option("--max-rate", help="throttle to this many events/s")] = None,
+) -> None:
+    """Kappa replay: run the view's stream logic as a new consumer group from the log into
+    <view>__v<N>, up to the end offsets recorded at start; writes build metadata."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+
+    from lklab import kappa
+    from lklab.serving import make_engine
+
+    s = settings()
+    try:
+        start = kappa.parse_from(from_)
+        with Progress(TextColumn(f"replay {view} → {kappa.output_name(view, version)}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]:,.0f} ev/s"), TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("replay", total=None, rate=0.0)
+            result = kappa.replay(s, make_engine(s), view, version, start, max_rate,
+                                  on_progress=lambda p: bar.update(task, completed=p.done, total=p.total, rate=p.events_per_s))
+    except (kappa.ReplayError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{result.output}: {result.events} events in {result.seconds:.1f}s ({result.events_per_s:,.0f} ev/s), "
+                  f"{result.rows} rows; offsets {result.start_offsets} → {result.target_offsets}")
+
+
+@app.command()
+def cutover(
+    view: Annotated[str, typer.Argument(help="the alias to swap")],
+    to: Annotated[int, typer.Option("--to", help="the version to publish")],
+    why: Annotated[str, typer.Option("--why", help="recorded with the swap")] = "cutover",
+    tolerance: Annotated[float, typer.Option("--tolerance-pct", help="max total |change| vs the published version, in %")] = 0.5,
+) -> None:
+    """Validate <view>__v<N> (GX suite, ledger, diff against the published version) and, only if
+    all pass, swap the alias <view> to it atomically."""
+    from lklab import cutover as co
+    from lklab.serving import make_engine
+
+    s = settings()
+    try:
+        result = co.cutover(s, make_engine(s), view, to, why, tolerance)
+    except (co.CutoverError, KeyError) as exc:
+        raise fail(str(exc).strip("'\"")) from None
+    for check in result.checks:
+        mark = "[green]pass[/green]" if check.passed else "[red]FAIL[/red]"
+        console.print(f"{mark} {check.summary}", highlight=False)
+        for line in check.lines[:10]:
+            console.print(f"     {line}", highlight=False)
+    if not result.swapped:
+        raise fail(f"{view} stays on {result.from_target}: validation of {result.to_target} failed")
+    console.print(f"{view}: {result.from_target} → {result.to_target}")
+
+
+@app.command()
+def rollback(
+    view: Annotated[str, typer.Argument(help="the alias to swap back")],
+    why: Annotated[str, typer.Option("--why", help="recorded with the swap")] = "rollback",
+) -> None:
+    """Swap the alias <view> back to the version it had before its last cutover."""
+    from lklab import cutover as co
+    from lklab.serving import make_engine
+
+    s = settings()
+    try:
+        old, new = co.rollback(make_engine(s), view, why)
+    except co.CutoverError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{view}: {old} → {new} (rolled back)")
 
 
 @app.command()

@@ -53,32 +53,41 @@ def _gold_sums(spark: SparkSession, settings: Settings, view: str, by: list[str]
 
 
 def reconcile_with_ledger(spark: SparkSession, settings: Settings, engine: Engine, watermark: datetime | None) -> GateReport:
-    """Gold money against the ledger, by day and by (driver, day), to the cent. A day is closed
-    once its end plus `ledger_grace_s` (the log's worst lateness) is behind the watermark: a
-    difference on a closed day fails the gate; on an open day it is reported as in flight."""
+    """Gold money against the ledger, by day and by (driver, day), to the cent (see compare_to_ledger)."""
+    revenue_day = _gold_sums(spark, settings, "revenue_per_minute", ["event_date"])
+    driver_day = _gold_sums(spark, settings, "driver_earnings_daily", ["driver_id", "event_date"])
+    return compare_to_ledger(engine, settings, revenue_day, driver_day, watermark)
+
+
+def compare_to_ledger(engine: Engine, settings: Settings, revenue_day: dict[date, int] | None,
+                      driver_day: dict[tuple[str, date], int] | None, watermark: datetime | None) -> GateReport:
+    """Money per day (and per driver-day) against the ledger, to the cent. A day is closed once
+    its end plus `ledger_grace_s` (the log's worst lateness) is behind the watermark: a
+    difference on a closed day fails the gate; on an open day it is reported as in flight.
+    Pass None for a breakdown that the output does not have."""
     ledger_day, ledger_driver = ledger_by_day(engine)
     if not ledger_day:
         return GateReport(True, "no ledger rows: nothing to reconcile against", details={"evaluated": False})
-    revenue_day = _gold_sums(spark, settings, "revenue_per_minute", ["event_date"])
-    driver_day = _gold_sums(spark, settings, "driver_earnings_daily", ["driver_id", "event_date"])
     grace = timedelta(seconds=settings.ledger_grace_s)
     closed = lambda day: watermark is not None and _day_start(day) + timedelta(days=1) + grace <= watermark  # noqa: E731
     failures, in_flight = [], []
-    for day in sorted(set(ledger_day) | set(revenue_day)):
-        want, got = ledger_day.get(day, 0), revenue_day.get(day, 0)
-        if want != got:
-            (failures if closed(day) else in_flight).append(f"revenue {day}: gold {got} vs ledger {want} ({got - want:+d} cents)")
-    for key in sorted(set(ledger_driver) | set(driver_day)):
-        want, got = ledger_driver.get(key, 0), driver_day.get(key, 0)
-        if want != got:
-            (failures if closed(key[1]) else in_flight).append(f"driver {key[0]} {key[1]}: gold {got} vs ledger {want} ({got - want:+d} cents)")
+    if revenue_day is not None:
+        for day in sorted(set(ledger_day) | set(revenue_day)):
+            want, got = ledger_day.get(day, 0), revenue_day.get(day, 0)
+            if want != got:
+                (failures if closed(day) else in_flight).append(f"revenue {day}: got {got} vs ledger {want} ({got - want:+d} cents)")
+    if driver_day is not None:
+        for key in sorted(set(ledger_driver) | set(driver_day)):
+            want, got = ledger_driver.get(key, 0), driver_day.get(key, 0)
+            if want != got:
+                (failures if closed(key[1]) else in_flight).append(f"driver {key[0]} {key[1]}: got {got} vs ledger {want} ({got - want:+d} cents)")
     days = sorted(ledger_day)
     details = {"evaluated": True, "days": [str(d) for d in days], "closed_days": [str(d) for d in days if closed(d)],
                "failures": len(failures), "in_flight": len(in_flight)}
     if failures:
         return GateReport(False, f"{len(failures)} differences from the ledger on closed days", failures[:MAX_REPORTED], details)
     note = f"; {len(in_flight)} differences on open days (events still in flight)" if in_flight else ""
-    return GateReport(True, f"gold equals the ledger to the cent on {len(details['closed_days'])} closed days{note}",
+    return GateReport(True, f"equals the ledger to the cent on {len(details['closed_days'])} closed days{note}",
                       in_flight[:MAX_REPORTED], details)
 
 

@@ -152,6 +152,37 @@ batch_view_rows = Table(
     Column("window_start", UTCDateTime, primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+kappa_builds = Table(
+    "kappa_builds", metadata,
+    Column("output", String(160), primary_key=True, comment="<view>__v<N>"),
+    Column("view", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", String(16), nullable=False, comment="running | complete"),
+    Column("git_sha", String(64)),
+    Column("logic_version", Integer, nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("consumer_group", String(249), nullable=False),
+    Column("start_offsets", JSON, nullable=False),
+    Column("target_offsets", JSON, nullable=False, comment="recorded at start: the replay stops here"),
+    Column("events", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("watermark", UTCDateTime),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("seconds", JSON, comment="wall time and throughput"),
+)
+alias_history = Table(
+    "alias_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("view", String(128), nullable=False),
+    Column("from_target", String(160)),
+    Column("to_target", String(160), nullable=False),
+    Column("action", String(16), nullable=False, comment="cutover | rollback"),
+    Column("who", String(128), nullable=False),
+    Column("why", String(1000), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("checks", JSON, nullable=False),
+)
 serving_aliases = Table(
     "serving_aliases", metadata,
     Column("view", String(128), primary_key=True),

@@ -215,11 +215,11 @@ class _Deltas:
 
 
 def _apply_event(event, specs: Sequence[views.ViewSpec], contribs: dict[tuple[str, str], _Contrib],
-                 deltas: _Deltas, wm: datetime | None, lateness: int) -> bool:
+                 deltas: _Deltas, wm: datetime | None, lateness: int | None) -> bool:
     """Move each view from the event's old contribution to its new one. A view whose old or new
     window is already final is left alone (batch owns it). Returns True if any view dropped it."""
     dropped = False
-    T = views.final_through(wm, lateness)
+    T = None if lateness is None else views.final_through(wm, lateness)
     for spec in specs:
         old, new = contribs.get((spec.name, event.event_id)), _Contrib.of(spec, event)
         if old is None and new is None:
@@ -252,19 +252,22 @@ def apply_records(
     before_commit: Callable[[ApplyStats], None] | None = None,
     specs: Sequence[views.ViewSpec] | None = None,
     scope: str | None = None,
+    close_windows: bool = True,
 ) -> ApplyStats:
     """Apply one consumed batch of `topic` to every speed view in ONE transaction.
 
     `records` are (partition, offset, value) in consumption order (per-partition offset order).
     `specs` are the views to maintain (default: lklab.views.VIEWS); `scope` names the consumer
     whose dedup state, offsets and counters these are (default: the live speed group), so a
-    replay into versioned outputs never shares state with the live speed layer.
+    replay into versioned outputs never shares state with the live speed layer. With
+    `close_windows=False` no window is ever final: a Kappa view has no batch layer behind it, so
+    it must take late events and corrections into any window.
     `before_commit(stats)`, if given, runs inside the open transaction after every write (the
     worker sends dead letters there); if it raises, nothing of the batch is committed.
     Raises StaleProgressError when another consumer advanced one of these partitions first.
     """
     stats = ApplyStats(topic=topic)
-    lateness = settings.allowed_lateness_s
+    lateness = settings.allowed_lateness_s if close_windows else None
     specs = list(views.VIEWS.values()) if specs is None else specs
     scope = scope or settings.speed_group
     with engine.begin() as conn:

@@ -208,7 +208,7 @@ def test_a_three_day_backfill_reproduces_the_first_build_and_the_ledger_gate_blo
     assert first.touched_dates == ["2026-11-10", "2026-11-11", "2026-11-12"]
     first_id = promoted_build_id(settings)
     ledger_gate = next(g for g in first.gates if g.gate.endswith("ledger_reconciliation"))
-    assert ledger_gate.passed and "on 1 closed days" in ledger_gate.description  # only 11-10 ends a day before the watermark
+    assert ledger_gate.passed and "to the cent on 1 closed days" in ledger_gate.description  # only 11-10 ends a day before the watermark
 
     def rows(build_id: str) -> set:
         with engine.connect() as conn:

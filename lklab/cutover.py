@@ -1,0 +1,163 @@
+"""Blue/green cutover for Kappa views: validate `<view>__v<N>` (GX suite, ledger, diff against
+the published version), then swap the alias `<view>` atomically. Every swap is recorded with who,
+when and why; rollback swaps back. Readers read the alias and its rows in one transaction."""
+from __future__ import annotations
+
+import getpass
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Engine, select
+
+from lklab import kappa, reconcile, views
+from lklab.config import Settings
+from lklab.serving import alias_history, serving_aliases, upsert
+
+DEFAULT_TOLERANCE_PCT = 0.5  # the diff gate: total |change| / total |published value|
+
+
+class CutoverError(RuntimeError):
+    """A cutover or rollback that cannot be done; the alias is unchanged."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    summary: str
+    lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CutoverResult:
+    view: str
+    from_target: str | None
+    to_target: str
+    swapped: bool
+    checks: list[Check]
+
+
+@dataclass(frozen=True)
+class KappaAnswer:
+    view: str
+    target: str | None
+    rows: list[tuple]  # (entity, window_start, value)
+
+
+def published(conn, view: str) -> str | None:
+    return conn.execute(select(serving_aliases.c.target).where(serving_aliases.c.view == view)).scalar()
+
+
+def query(engine: Engine, view: str, entity=None, start=None, end=None) -> KappaAnswer:
+    """The published version of a Kappa view: alias and rows in one read transaction, so a
+    reader sees one version, whole, even while a cutover swaps the alias."""
+    views.view(view)
+    with engine.begin() as conn:
+        target = published(conn, view)
+        rows = [] if target is None else kappa.read_output(engine, view, target, entity, start, end, conn=conn)
+    return KappaAnswer(view, target, rows)
+
+
+def _gx_check(settings: Settings, spark, view: str, rows: list[tuple]) -> Check:
+    from pyspark.sql import functions as F
+
+    from expectations.runner import run_suite
+
+    spec = views.view(view)
+    schema = f"{spec.entity} string, window_start timestamp, {spec.value_column} long"
+    frame = spark.createDataFrame([(e, w.replace(tzinfo=None), int(v)) for e, w, v in rows] or [], schema)
+    if spec.measure == views.MONEY:
+        frame = frame.withColumn("events", F.lit(1))  # the speed table keeps counts > 0 only for live rows
+    frame = frame.withColumn("event_date", F.to_date("window_start"))
+    result = run_suite(settings.home, f"gold_{view}", frame,
+                       **({"require_minute_coverage": settings.gate_minute_coverage} if spec.window_s == views.WINDOW_S else {}))
+    return Check("gx", result.passed, f"GX suite gold_{view}: {'passed' if result.passed else 'FAILED'} ({result.evaluated} expectations)",
+                 tuple(result.failures))
+
+
+def _ledger_check(settings: Settings, engine: Engine, view: str, output: str, rows: list[tuple]) -> Check:
+    spec = views.view(view)
+    if spec.measure != views.MONEY:
+        return Check("ledger", True, f"{view} carries no money: nothing to reconcile")
+    per_day, per_driver = defaultdict(int), defaultdict(int)
+    for entity, window, value in rows:
+        per_day[window.date()] += value
+        per_driver[(entity, window.date())] += value
+    record = kappa.build_record(engine, output) or {}
+    report = reconcile.compare_to_ledger(engine, settings, dict(per_day),
+                                         dict(per_driver) if spec.entity == "driver_id" else None, record.get("watermark"))
+    return Check("ledger", report.passed, f"ledger: {report.summary}", tuple(report.differences))
+
+
+def diff(old: list[tuple], new: list[tuple], tolerance_pct: float) -> Check:
+    """Changed, added and removed windows/keys, with totals; fails past the stated tolerance."""
+    before, after = {(e, w): v for e, w, v in old}, {(e, w): v for e, w, v in new}
+    changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
+    added, removed = sorted(after.keys() - before.keys()), sorted(before.keys() - after.keys())
+    moved = sum(abs(after.get(k, 0) - before.get(k, 0)) for k in set(changed) | set(added) | set(removed))
+    base = sum(abs(v) for v in before.values()) or 1
+    pct = 100.0 * moved / base
+    lines = [f"{e} {w.isoformat()}: {before[(e, w)]} → {after[(e, w)]} ({after[(e, w)] - before[(e, w)]:+d})" for e, w in changed[:20]]
+    lines += [f"{e} {w.isoformat()}: new row {after[(e, w)]}" for e, w in added[:10]]
+    lines += [f"{e} {w.isoformat()}: row gone (was {before[(e, w)]})" for e, w in removed[:10]]
+    summary = (f"diff: {len(changed)} changed, {len(added)} added, {len(removed)} removed of {len(before)} published rows; "
+               f"total {sum(before.values())} → {sum(after.values())}; |change| {moved} = {pct:.3f}% (tolerance {tolerance_pct}%)")
+    return Check("diff", pct <= tolerance_pct, summary, tuple(lines))
+
+
+def cutover(settings: Settings, engine: Engine, view: str, version: int, why: str,
+            tolerance_pct: float = DEFAULT_TOLERANCE_PCT, spark=None, who: str | None = None) -> CutoverResult:
+    """Validate `<view>__v<N>` and, only if every check passes, point `<view>` at it atomically."""
+    output = kappa.output_name(view, version)
+    record = kappa.build_record(engine, output)
+    if record is None or record["status"] != "complete":
+        raise CutoverError(f"{output} has no complete replay; run `lklab replay {view} --version {version}` first")
+    with engine.connect() as conn:
+        current = published(conn, view)
+    if current == output:
+        raise CutoverError(f"{view} already points at {output}")
+    new_rows = kappa.read_output(engine, view, output)
+    old_rows = [] if current is None else kappa.read_output(engine, view, current)
+    if spark is None:
+        from lklab.spark import get_spark
+
+        spark = get_spark(settings)
+    checks = [
+        _gx_check(settings, spark, view, new_rows),
+        _ledger_check(settings, engine, view, output, new_rows),
+        diff(old_rows, new_rows, tolerance_pct) if current else Check("diff", True, "diff: nothing published yet"),
+    ]
+    swapped = all(c.passed for c in checks)
+    if swapped:
+        _swap(engine, view, current, output, "cutover", who, why, checks)
+    return CutoverResult(view, current, output, swapped, checks)
+
+
+def rollback(engine: Engine, view: str, why: str, who: str | None = None) -> tuple[str, str]:
+    """Point `<view>` back at the version it had before the last swap to its current target."""
+    with engine.connect() as conn:
+        current = published(conn, view)
+        last = conn.execute(select(alias_history.c.from_target).where(alias_history.c.view == view,
+                                                                      alias_history.c.to_target == current)
+                            .order_by(alias_history.c.id.desc()).limit(1)).scalar()
+    if current is None or last is None:
+        raise CutoverError(f"{view}: no earlier version to roll back to")
+    _swap(engine, view, current, last, "rollback", who, why, [])
+    return current, last
+
+
+def _swap(engine: Engine, view: str, old: str | None, new: str, action: str, who: str | None, why: str, checks: list[Check]) -> None:
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:  # alias and history together: one atomic swap
+        upsert(conn, serving_aliases, [{"view": view, "target": new, "updated_at": now}])
+        conn.execute(alias_history.insert(), [{
+            "view": view, "from_target": old, "to_target": new, "action": action, "who": who or getpass.getuser(),
+            "why": why, "at": now, "checks": [{"name": c.name, "passed": c.passed, "summary": c.summary} for c in checks],
+        }])
+
+
+def history(engine: Engine, view: str) -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(alias_history).where(alias_history.c.view == view)
+                                             .order_by(alias_history.c.id)).mappings()]
