@@ -13,7 +13,7 @@ from lklab import kappa, oracle, views
 from lklab.config import Settings
 from lklab.generator import GeneratorConfig, generate, write_ledger
 from lklab.produce import produce_events
-from lklab.serving import make_engine, payments_ledger
+from lklab.serving import make_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -112,3 +112,21 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
     ]
     assert all(h["who"] for h in history)
     assert views.VIEWS["driver_earnings_daily"]
+
+
+def test_a_replay_runs_as_a_dagster_asset(loaded) -> None:
+    from dagster import DagsterInstance, materialize
+
+    from assets.kappa import kappa_assets, rides_events_log
+    from orchestration.resources import LabSettings, build_resources
+
+    settings, engine, workload = loaded
+    [dau] = [a for a in kappa_assets if a.key.to_user_string() == "kappa_daily_active_users"]
+    result = materialize([dau, rides_events_log], resources=build_resources(LabSettings.from_settings(settings)),
+                         run_config={"ops": {"kappa_daily_active_users": {"config": {"version": 7}}}},
+                         instance=DagsterInstance.ephemeral(), selection=[dau.key])
+    assert result.success
+    [event] = result.asset_materializations_for_node("kappa_daily_active_users")
+    assert event.metadata["output"].value == "daily_active_users__v7"
+    got = as_map(kappa.read_output(engine, "daily_active_users", "daily_active_users__v7"))
+    assert oracle.compare(got, oracle.for_view("daily_active_users", workload.truth)).equal
