@@ -65,7 +65,22 @@ def gold_asset(spec: views.ViewSpec):
     return _gold
 
 
-gold_assets = [gold_asset(spec) for spec in views.VIEWS.values()]
+@asset(group_name="lake", compute_kind="spark", deps=[silver_events], partitions_def=event_date_partitions,
+       backfill_policy=single_run,
+       description="user_sessions (user_id, UTC day): sessions split by > 30 min of inactivity, counted on the day they start; "
+                   "logic version from LKLAB_USER_SESSIONS_LOGIC (1 = the midnight bug, 2 = the fix).")
+def gold_user_sessions(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource) -> MaterializeResult:
+    settings, session = lab.settings(), spark.session()
+    spec = views.USER_SESSIONS[settings.user_sessions_logic]
+    rows = lake.build_gold_sessions(session, settings, spec, partition_dates(context))
+    return MaterializeResult(metadata={
+        "rows": rows,
+        "logic_version": spec.logic_version,
+        "delta_version": lake.delta_version(session, lake.path(settings, lake.gold_table(spec.name))),
+    })
+
+
+gold_assets = [*(gold_asset(spec) for spec in views.VIEWS.values()), gold_user_sessions]
 
 
 def dates_to_partition_keys(dates: list[date]) -> tuple[str, str] | None:

@@ -25,6 +25,7 @@ SILVER_EVENTS = "silver_events"
 GOLD_REVENUE_PER_MINUTE = "gold_revenue_per_minute"
 GOLD_DAILY_ACTIVE_USERS = "gold_daily_active_users"
 GOLD_DRIVER_EARNINGS_DAILY = "gold_driver_earnings_daily"
+GOLD_USER_SESSIONS = "gold_user_sessions"
 MINUTE_COVERAGE = "gold_revenue_per_minute_coverage"
 
 DEFAULT_MIN_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -39,6 +40,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     GOLD_REVENUE_PER_MINUTE: ("city", "window_start", "revenue_cents", "events", "event_date"),
     GOLD_DAILY_ACTIVE_USERS: ("city", "window_start", "active_users", "event_date"),
     GOLD_DRIVER_EARNINGS_DAILY: ("driver_id", "window_start", "earnings_cents", "events", "event_date"),
+    GOLD_USER_SESSIONS: ("user_id", "window_start", "sessions", "duration_ms", "event_date"),
     MINUTE_COVERAGE: ("city", "first_minute", "last_minute", "expected_minutes", "present_minutes", "missing_minutes"),
 }
 
@@ -247,12 +249,30 @@ def minute_coverage_gaps(revenue: DataFrame) -> DataFrame:
     return expected.join(present, ["city", "missing_minute"], "left_anti").orderBy("city", "missing_minute")
 
 
+def gold_user_sessions_suite(min_time: datetime = DEFAULT_MIN_TIME, max_time: datetime | None = None) -> gx.ExpectationSuite:
+    """Sessions per rider and UTC day: unique keys, at least one session, non-negative duration."""
+    lo, hi = _bounds(min_time, max_time)
+    return gx.ExpectationSuite(
+        name=GOLD_USER_SESSIONS,
+        expectations=[
+            _schema(GOLD_USER_SESSIONS),
+            *_not_null("user_id", "window_start", "sessions", "duration_ms", "event_date"),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "window_start"]),
+            gxe.ExpectColumnValuesToBeBetween(column="sessions", min_value=1),
+            gxe.ExpectColumnValuesToBeBetween(column="duration_ms", min_value=0),
+            gxe.ExpectColumnValuesToBeBetween(column="window_start", min_value=lo, max_value=hi),
+            *_gold_window_rules("user_id", "day"),
+        ],
+    )
+
+
 SUITES: dict[str, Callable[..., gx.ExpectationSuite]] = {
     BRONZE_EVENTS: bronze_events_suite,
     SILVER_EVENTS: silver_events_suite,
     GOLD_REVENUE_PER_MINUTE: gold_revenue_per_minute_suite,
     GOLD_DAILY_ACTIVE_USERS: gold_daily_active_users_suite,
     GOLD_DRIVER_EARNINGS_DAILY: gold_driver_earnings_daily_suite,
+    GOLD_USER_SESSIONS: gold_user_sessions_suite,
 }
 
 

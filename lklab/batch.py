@@ -42,7 +42,7 @@ def publish_batch(spark: SparkSession, settings: Settings, engine: Engine, valid
     this only after every blocking quality gate on the gold views has passed."""
     wm = silver_watermark(spark, settings)
     rows = {name: gold_rows(spark, settings, spec) for name, spec in views.VIEWS.items()}
-    tables = [lake.BRONZE, lake.SILVER, *(lake.gold_table(name) for name in views.VIEWS)]
+    tables = [lake.BRONZE, lake.SILVER, *(lake.gold_table(name) for name in (*views.VIEWS, "user_sessions"))]
     build = BatchBuild(
         build_id=new_build_id(),
         created_at=datetime.now(timezone.utc),
@@ -58,8 +58,16 @@ def publish_batch(spark: SparkSession, settings: Settings, engine: Engine, valid
         validation=validation or {"passed": True, "gates": "Dagster blocking asset checks"},
         delta_versions={t: lake.delta_version(spark, lake.path(settings, t)) for t in tables},
     )
-    promote(engine, build, [row for view_rows in rows.values() for row in view_rows])
+    promote(engine, build, [row for view_rows in rows.values() for row in view_rows], gold_sessions(spark, settings))
     return build
+
+
+def gold_sessions(spark: SparkSession, settings: Settings) -> list[dict]:
+    location = lake.path(settings, lake.gold_table("user_sessions"))
+    if not lake.exists(spark, location):
+        return []
+    gold = spark.read.format("delta").load(location).select("user_id", "window_start", "sessions", "duration_ms")
+    return [{"user_id": r[0], "window_start": _utc(r[1]), "sessions": int(r[2]), "duration_ms": int(r[3])} for r in gold.collect()]
 
 
 def dagster_instance(settings: Settings):

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, select
 
-from lklab.serving import batch_builds, batch_view_rows, serving_aliases, upsert
+from lklab.serving import batch_builds, batch_view_rows, serving_aliases, session_rows, upsert
 
 BATCH_ALIAS = "lambda@batch"  # the promoted batch build every merged view reads
 
@@ -49,13 +49,19 @@ class BatchBuild(BaseModel):
     delta_versions: dict[str, int]
 
 
-def promote(engine: Engine, build: BatchBuild, rows: list[dict]) -> None:
+def batch_sessions_view(build_id: str) -> str:
+    return f"user_sessions@{build_id}"
+
+
+def promote(engine: Engine, build: BatchBuild, rows: list[dict], sessions: list[dict] | None = None) -> None:
     """Record the build, load its gold rows and point the batch alias at it, in one transaction:
     readers see the previous build or this one, never a mix."""
     with engine.begin() as conn:
         conn.execute(batch_builds.insert(), [build.model_dump(mode="python") | {"offsets": {str(k): v for k, v in build.offsets.items()}}])
         if rows:
             conn.execute(batch_view_rows.insert(), [{"build_id": build.build_id, **r} for r in rows])
+        if sessions:
+            conn.execute(session_rows.insert(), [{"view": batch_sessions_view(build.build_id), **r} for r in sessions])
         if build.status == "promoted":
             upsert(conn, serving_aliases, [{"view": BATCH_ALIAS, "target": build.build_id, "updated_at": build.created_at}])
 

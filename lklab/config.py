@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     speed_group: str = "lklab-speed"
     speed_web_port: int = 6066
     allowed_lateness_s: int = Field(300, ge=0, description="99.9% of the seed's events arrive within 5 minutes")
+    user_sessions_logic: int = Field(2, ge=1, le=2, description="batch sessionization logic: 1 has the midnight bug, 2 the fix")
     gate_minute_coverage: bool = Field(True, description="gold revenue_per_minute must have no empty minute per city")
     ledger_grace_s: int = Field(48 * 3600, ge=0, description="a day reconciles strictly once it is this far behind the watermark")
     speed_heartbeat_timeout_s: float = Field(10.0, gt=0, description="older heartbeat = speed layer down")

@@ -52,7 +52,8 @@ def published(conn, view: str) -> str | None:
 def query(engine: Engine, view: str, entity=None, start=None, end=None) -> KappaAnswer:
     """The published version of a Kappa view: alias and rows in one read transaction, so a
     reader sees one version, whole, even while a cutover swaps the alias."""
-    views.view(view)
+    if view not in kappa.KAPPA_VIEWS:
+        raise CutoverError(f"unknown view {view!r}; one of: {', '.join(kappa.KAPPA_VIEWS)}")
     with engine.begin() as conn:
         target = published(conn, view)
         rows = [] if target is None else kappa.read_output(engine, view, target, entity, start, end, conn=conn)
@@ -64,6 +65,12 @@ def _gx_check(settings: Settings, spark, view: str, rows: list[tuple]) -> Check:
 
     from expectations.runner import run_suite
 
+    if view == "user_sessions":
+        frame = spark.createDataFrame([(e, w.replace(tzinfo=None), n, ms) for e, w, (n, ms) in rows] or [],
+                                      "user_id string, window_start timestamp, sessions long, duration_ms long")
+        result = run_suite(settings.home, "gold_user_sessions", frame.withColumn("event_date", F.to_date("window_start")))
+        return Check("gx", result.passed, f"GX suite gold_user_sessions: {'passed' if result.passed else 'FAILED'} "
+                     f"({result.evaluated} expectations)", tuple(result.failures))
     spec = views.view(view)
     schema = f"{spec.entity} string, window_start timestamp, {spec.value_column} long"
     frame = spark.createDataFrame([(e, w.replace(tzinfo=None), int(v)) for e, w, v in rows] or [], schema)
@@ -77,8 +84,8 @@ def _gx_check(settings: Settings, spark, view: str, rows: list[tuple]) -> Check:
 
 
 def _ledger_check(settings: Settings, engine: Engine, view: str, output: str, rows: list[tuple]) -> Check:
-    spec = views.view(view)
-    if spec.measure != views.MONEY:
+    spec = views.VIEWS.get(view)
+    if spec is None or spec.measure != views.MONEY:
         return Check("ledger", True, f"{view} carries no money: nothing to reconcile")
     per_day, per_driver = defaultdict(int), defaultdict(int)
     for entity, window, value in rows:
@@ -92,7 +99,10 @@ def _ledger_check(settings: Settings, engine: Engine, view: str, output: str, ro
 
 def diff(old: list[tuple], new: list[tuple], tolerance_pct: float) -> Check:
     """Changed, added and removed windows/keys, with totals; fails past the stated tolerance."""
-    before, after = {(e, w): v for e, w, v in old}, {(e, w): v for e, w, v in new}
+    # Sessionized rows carry (sessions, duration_ms); their size is the session count.
+    size = lambda v: v[0] if isinstance(v, tuple) else v  # noqa: E731
+    before = {(e, w): size(v) for e, w, v in old}
+    after = {(e, w): size(v) for e, w, v in new}
     changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
     added, removed = sorted(after.keys() - before.keys()), sorted(before.keys() - after.keys())
     moved = sum(abs(after.get(k, 0) - before.get(k, 0)) for k in set(changed) | set(added) | set(removed))
@@ -111,6 +121,8 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
     """Validate `<view>__v<N>` and, only if every check passes, point `<view>` at it atomically."""
     output = kappa.output_name(view, version)
     record = kappa.build_record(engine, output)
+    if view not in kappa.KAPPA_VIEWS:
+        raise CutoverError(f"unknown view {view!r}; one of: {', '.join(kappa.KAPPA_VIEWS)}")
     if record is None or record["status"] != "complete":
         raise CutoverError(f"{output} has no complete replay; run `lklab replay {view} --version {version}` first")
     with engine.connect() as conn:

@@ -17,7 +17,7 @@ from lklab.builds import git_sha
 from lklab.config import Settings
 from lklab.events import SCHEMA_VERSION
 from lklab.kafka_io import Offsets
-from lklab.serving import kappa_builds, speed_progress, speed_view_query, upsert
+from lklab.serving import kappa_builds, session_query, speed_progress, speed_view_query, upsert
 from streaming.sink import apply_records
 
 BATCH = 2000
@@ -36,10 +36,16 @@ def replay_scope(view: str, version: int) -> str:
     return f"lklab-replay-{output_name(view, version)}"
 
 
-def spec_for(view: str, version: int) -> views.ViewSpec:
-    """The view's stream logic writing into its versioned output."""
-    base = views.view(view)
-    return dataclasses.replace(base, name=output_name(view, version))
+KAPPA_VIEWS = (*views.VIEWS, "user_sessions")
+
+
+def spec_for(view: str, version: int):
+    """The view's stream logic for version N, writing into its versioned output. user_sessions
+    has real logic versions (v1 with the midnight bug, v2 fixed); later N run the latest logic."""
+    if view == "user_sessions":
+        logic = views.USER_SESSIONS[min(version, max(views.USER_SESSIONS))]
+        return dataclasses.replace(logic, name=output_name(view, version))
+    return dataclasses.replace(views.view(view), name=output_name(view, version))
 
 
 @dataclass
@@ -89,8 +95,8 @@ def replay(
         raise ReplayError(f"--version {version}: versions start at 1")
     if max_rate is not None and max_rate <= 0:
         raise ReplayError(f"--max-rate {max_rate}: must be > 0 events/s")
-    if view not in views.VIEWS:
-        raise ReplayError(f"unknown view {view!r}; one of: {', '.join(views.VIEWS)}")
+    if view not in KAPPA_VIEWS:
+        raise ReplayError(f"unknown view {view!r}; one of: {', '.join(KAPPA_VIEWS)}")
     spec = spec_for(view, version)
     return asyncio.run(_replay(settings, engine, spec, view, version, start, max_rate, on_progress))
 
@@ -136,7 +142,7 @@ async def _replay(settings, engine, spec, view, version, start, max_rate, on_pro
     finally:
         await consumer.stop()
     with engine.connect() as conn:
-        rows = len(conn.execute(speed_view_query(spec)).all())
+        rows = len(read_output(engine, view, spec.name, conn=conn))
         maxima = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.max_event_time)
                                    .where(speed_progress.c.scope == scope, speed_progress.c.topic == settings.topic)).all())
     seconds = time.monotonic() - clock
@@ -165,9 +171,15 @@ def build_record(engine: Engine, output: str) -> dict | None:
 
 
 def read_output(engine: Engine, view: str, target: str, entity=None, start=None, end=None, conn=None) -> list[tuple]:
-    """Rows (entity, window_start, value) of one physical output of a view."""
-    spec = dataclasses.replace(views.view(view), name=target)
+    """Rows of one physical output of a view: (entity, window_start, value), or for user_sessions
+    (user_id, day, (sessions, duration_ms))."""
+    if view == "user_sessions":
+        query = session_query(target, entity, start, end)
+        shape = lambda r: (r[0], r[1], (r[2], r[3]))  # noqa: E731
+    else:
+        query = speed_view_query(dataclasses.replace(views.view(view), name=target), entity, start, end)
+        shape = tuple
     if conn is not None:
-        return [tuple(r) for r in conn.execute(speed_view_query(spec, entity, start, end))]
+        return [shape(r) for r in conn.execute(query)]
     with engine.connect() as c:
-        return [tuple(r) for r in c.execute(speed_view_query(spec, entity, start, end))]
+        return [shape(r) for r in c.execute(query)]

@@ -8,7 +8,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -255,4 +255,38 @@ def build_gold(spark: SparkSession, settings: Settings, spec: views.ViewSpec, da
     silver = spark.read.format("delta").load(path(settings, SILVER)).where(_in_range("event_date", dates))
     location = path(settings, gold_table(spec.name))
     write_partitions(spark, view_frame(silver, spec), location, dates)
+    return spark.read.format("delta").load(location).where(_in_range("event_date", dates)).count()
+
+
+def sessions_frame(silver: DataFrame, spec: views.SessionSpec) -> DataFrame:
+    """user_sessions from silver by executing the SessionSpec's rule with window functions:
+    a new session when the gap exceeds spec.gap_s (or, in v1's bug, the UTC date changes)."""
+    order = Window.partitionBy("user_id").orderBy("event_time", "event_id")
+    prev = F.lag("event_time").over(order)
+    gap = (F.unix_millis("event_time") - F.unix_millis(prev)) > spec.gap_s * 1000
+    new = prev.isNull() | gap
+    if spec.split_at_midnight:
+        new = new | (F.to_date(prev) != F.to_date("event_time"))
+    numbered = silver.select("user_id", "event_id", "event_time").withColumn("new", new.cast("int"))
+    numbered = numbered.withColumn("session", F.sum("new").over(order.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
+    sessions = numbered.groupBy("user_id", "session").agg(F.min("event_time").alias("start"), F.max("event_time").alias("end"))
+    return (
+        sessions.withColumn("window_start", window_start_col(F.col("start"), views.DAY_S))
+        .groupBy("user_id", "window_start")
+        .agg(F.count("*").cast("long").alias("sessions"),
+             F.sum(F.unix_millis("end") - F.unix_millis("start")).cast("long").alias("duration_ms"))
+        .withColumn("event_date", F.to_date("window_start"))
+    )
+
+
+def build_gold_sessions(spark: SparkSession, settings: Settings, spec: views.SessionSpec, dates: DateRange | None = None) -> int:
+    """Rebuild gold user_sessions for `dates`: sessions are computed over the range widened by a
+    day each side (a session may cross midnight), and only sessions starting in range are kept."""
+    silver = spark.read.format("delta").load(path(settings, SILVER))
+    if dates is not None:
+        widened = (dates[0] - timedelta(days=1), dates[1] + timedelta(days=1))
+        silver = silver.where(_in_range("event_date", widened))
+    frame = sessions_frame(silver, spec).where(_in_range("event_date", dates))
+    location = path(settings, gold_table(spec.name))
+    write_partitions(spark, frame, location, dates)
     return spark.read.format("delta").load(location).where(_in_range("event_date", dates)).count()

@@ -158,3 +158,17 @@ def lambda_status(engine: Engine, settings: Settings) -> LambdaStatus:
         ))
     age = None if build is None else (datetime.now(timezone.utc) - build.created_at).total_seconds()
     return LambdaStatus(build, age, health, wm, views.final_through(wm, settings.allowed_lateness_s), layers)
+
+
+def batch_sessions(engine: Engine, entity: str | None = None, start: datetime | None = None, end: datetime | None = None):
+    """user_sessions as the Lambda batch layer serves it: the promoted build's rows, read in one
+    transaction with the build pointer. Returns (build_id, rows of (user, day, (sessions, ms)))."""
+    from lklab.builds import batch_sessions_view
+    from lklab.serving import session_query
+
+    with engine.begin() as conn:
+        build = current_build(conn)
+        if build is None:
+            return None, []
+        rows = conn.execute(session_query(batch_sessions_view(build.build_id), entity, start, end)).all()
+    return build.build_id, [(u, d, (n, ms)) for u, d, n, ms in rows]

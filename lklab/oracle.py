@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from lklab.events import Event, EventType
@@ -132,4 +132,26 @@ def for_view(name: str, truth: Iterable[Event]) -> dict[tuple[str, datetime], in
     for (entity, window), value in compute(truth).items():
         start = window if isinstance(window, datetime) else datetime(window.year, window.month, window.day, tzinfo=timezone.utc)
         out[(entity, start)] = value
+    return out
+
+
+def user_sessions(truth: Iterable[Event], gap_s: int = 30 * 60) -> dict[tuple[str, datetime], tuple[int, int]]:
+    """The correct sessionization (no midnight split), written independently of lklab.views:
+    (user, UTC day the session starts) → (sessions, total duration in ms)."""
+    by_user: dict[str, list[datetime]] = defaultdict(list)
+    for event in final_events(truth):
+        by_user[event.user_id].append(_utc(event))
+    out: dict[tuple[str, datetime], tuple[int, int]] = {}
+    for user, times in by_user.items():
+        times.sort()
+        first = last = times[0]
+        for t in times[1:] + [None]:
+            if t is not None and (t - last).total_seconds() <= gap_s:
+                last = t
+                continue
+            day = datetime(first.year, first.month, first.day, tzinfo=timezone.utc)
+            count, ms = out.get((user, day), (0, 0))
+            out[(user, day)] = (count + 1, ms + (last - first) // timedelta(milliseconds=1))
+            if t is not None:
+                first = last = t
     return out

@@ -99,6 +99,15 @@ speed_view_members = Table(
     Column("events", Integer, nullable=False),
     comment="DISTINCT views: the value is the number of members with events > 0, counted at read",
 )
+session_rows = Table(
+    "session_rows", metadata,
+    Column("view", String(160), primary_key=True, comment="user_sessions__v<N>"),
+    Column("user_id", String(128), primary_key=True),
+    Column("window_start", UTCDateTime, primary_key=True, comment="UTC day the sessions start"),
+    Column("sessions", Integer, nullable=False),
+    Column("duration_ms", BigInteger, nullable=False),
+    comment="sessionized views: recomputed per rider whenever one of the rider's events changes",
+)
 speed_late_windows = Table(
     "speed_late_windows", metadata,
     Column("view", String(64), primary_key=True),
@@ -249,3 +258,16 @@ def speed_view_query(spec: ViewSpec, entity: str | None = None, start: datetime 
     if not_final_after is not None:
         query = query.where(t.c.window_start > not_final_after - timedelta(seconds=spec.window_s))
     return query.order_by(t.c.entity, t.c.window_start)
+
+
+def session_query(view: str, entity: str | None = None, start: datetime | None = None, end: datetime | None = None):
+    """SELECT user_id, window_start, sessions, duration_ms of one sessionized output."""
+    t = session_rows
+    query = select(t.c.user_id, t.c.window_start, t.c.sessions, t.c.duration_ms).where(t.c.view == view)
+    if entity is not None:
+        query = query.where(t.c.user_id == entity)
+    if start is not None:
+        query = query.where(t.c.window_start >= start)
+    if end is not None:
+        query = query.where(t.c.window_start < end)
+    return query.order_by(t.c.user_id, t.c.window_start)

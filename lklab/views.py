@@ -154,3 +154,68 @@ def view(name: str) -> ViewSpec:
         return VIEWS[name]
     except KeyError:
         raise KeyError(f"unknown view {name!r}; one of: {', '.join(VIEWS)}") from None
+
+
+# --- user_sessions: the seed's sessionization scenario ---------------------------------------
+
+SESSIONS = "sessions"
+SESSION_GAP_S = 30 * 60
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """user_sessions (user_id, UTC day): sessions split by more than 30 minutes of inactivity;
+    a session belongs to the day it starts; per day: session count and total duration (ms).
+
+    Logic v1 ships the seed's documented bug: it also splits sessions at midnight UTC, so a
+    rider active across midnight gets two sessions. Logic v2 is the fix."""
+
+    name: str
+    logic_version: int
+    split_at_midnight: bool
+    gap_s: int = SESSION_GAP_S
+    entity: str = "user_id"
+    measure: str = SESSIONS
+    window_s: int = DAY_S
+
+    def contribution(self, event: Event) -> tuple[tuple[str, datetime], str]:
+        """Every event of a rider counts, at its exact event time."""
+        return (event.user_id, event.event_time), event.event_id
+
+    def is_final(self, start: datetime, T: datetime | None) -> bool:
+        return False  # sessions are recomputed per rider; only the Kappa path maintains them in streaming
+
+    def new_session(self, previous: datetime, current: datetime) -> bool:
+        gap = (current - previous).total_seconds() > self.gap_s
+        return gap or (self.split_at_midnight and previous.date() != current.date())
+
+    def sessions(self, times: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
+        out: list[list[datetime]] = []
+        for t in sorted(times):
+            if out and not self.new_session(out[-1][1], t):
+                out[-1][1] = t
+            else:
+                out.append([t, t])
+        return [(a, b) for a, b in out]
+
+    def per_day(self, times_by_user: Mapping[str, Iterable[datetime]]) -> dict[tuple[str, datetime], tuple[int, int]]:
+        """(user, day start) → (sessions, total duration in ms)."""
+        result: dict[tuple[str, datetime], tuple[int, int]] = {}
+        for user, times in times_by_user.items():
+            for start, end in self.sessions(times):
+                key = (user, window_start(start, DAY_S))
+                count, ms = result.get(key, (0, 0))
+                result[key] = (count + 1, ms + int((end - start) / timedelta(milliseconds=1)))
+        return result
+
+    def evaluate(self, events: Iterable[Event]) -> dict[tuple[str, datetime], tuple[int, int]]:
+        times: dict[str, list[datetime]] = {}
+        for event in latest_versions(events).values():
+            times.setdefault(event.user_id, []).append(event.event_time)
+        return self.per_day(times)
+
+
+USER_SESSIONS: dict[int, SessionSpec] = {
+    1: SessionSpec("user_sessions", 1, split_at_midnight=True),
+    2: SessionSpec("user_sessions", 2, split_at_midnight=False),
+}

@@ -36,6 +36,7 @@ class LabSettings(ConfigurableResource):
     speed_group: Optional[str] = None
     speed_web_port: Optional[int] = None
     allowed_lateness_s: Optional[int] = None
+    user_sessions_logic: Optional[int] = None
     gate_minute_coverage: Optional[bool] = None
     ledger_grace_s: Optional[int] = None
     speed_heartbeat_timeout_s: Optional[float] = None

@@ -30,6 +30,7 @@ from lklab import views
 from lklab.config import Settings
 from lklab.events import EventError, parse_event
 from lklab.serving import (
+    session_rows,
     speed_contrib,
     speed_counters,
     speed_event_state,
@@ -181,9 +182,12 @@ class _Deltas:
         self.members: dict[tuple[str, str, datetime, str], int] = {}  # DISTINCT: events
         self.late: dict[tuple[str, str, datetime], int] = {}
         self.contribs: dict[tuple[str, str], _Contrib | None] = {}  # None = delete
+        self.riders: set[tuple[views.SessionSpec, str]] = set()  # sessionized views to recompute per rider
 
     def apply(self, spec: views.ViewSpec, contrib: _Contrib, sign: int) -> None:
-        if spec.measure == views.MONEY:
+        if spec.measure == views.SESSIONS:
+            self.riders.add((spec, contrib.entity))
+        elif spec.measure == views.MONEY:
             row = self.rows.setdefault((spec.name, contrib.entity, contrib.window), [0, 0])
             row[0] += sign * int(contrib.amount or 0)
             row[1] += sign
@@ -211,7 +215,20 @@ class _Deltas:
             {"view": v, "event_id": eid, "entity": c.entity, "window_start": c.window, "amount": c.amount, "member": c.member}
             for (v, eid), c in self.contribs.items() if c is not None
         ])
-        return len(rows) + len(members)
+        for spec, rider in sorted(self.riders, key=lambda r: (r[0].name, r[1])):
+            _resessionize(conn, spec, rider)
+        return len(rows) + len(members) + len(self.riders)
+
+
+def _resessionize(conn: Connection, spec: views.SessionSpec, rider: str) -> None:
+    """Sessions are not additive: recompute one rider's sessions from all of the rider's events."""
+    times = [w for (w,) in conn.execute(select(speed_contrib.c.window_start)
+                                        .where(speed_contrib.c.view == spec.name, speed_contrib.c.entity == rider))]
+    conn.execute(session_rows.delete().where(session_rows.c.view == spec.name, session_rows.c.user_id == rider))
+    rows = [{"view": spec.name, "user_id": user, "window_start": day, "sessions": n, "duration_ms": ms}
+            for (user, day), (n, ms) in spec.per_day({rider: times}).items()]
+    if rows:
+        conn.execute(session_rows.insert(), rows)
 
 
 def _apply_event(event, specs: Sequence[views.ViewSpec], contribs: dict[tuple[str, str], _Contrib],
