@@ -391,6 +391,25 @@ def rollback(
 
 
 @app.command()
+def compare(
+    scenario: Annotated[str, typer.Argument(help="sessionization")],
+    days: Annotated[int, typer.Option(min=2, help="days of generated history")] = 30,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 7,
+) -> None:
+    """Play a fix both ways on the same history and print them side by side (own broker, .lklab/compare)."""
+    from lklab.compare import run_sessionization
+    from lklab.kafka_runtime import KafkaRuntimeError
+
+    if scenario != "sessionization":
+        raise fail(f"unknown scenario {scenario!r}; one of: sessionization")
+    try:
+        code = run_sessionization(days=days, seed=seed, console=console)
+    except (KafkaRuntimeError, TimeoutError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code=code)
+
+
+@app.command()
 def demo(
     minutes: Annotated[int, typer.Option(help="minutes of event time to generate")] = 10,
     seed: Annotated[int, typer.Option(help="generator seed")] = 7,

@@ -215,18 +215,25 @@ class _Deltas:
             {"view": v, "event_id": eid, "entity": c.entity, "window_start": c.window, "amount": c.amount, "member": c.member}
             for (v, eid), c in self.contribs.items() if c is not None
         ])
-        for spec, rider in sorted(self.riders, key=lambda r: (r[0].name, r[1])):
-            _resessionize(conn, spec, rider)
+        by_spec: dict[views.SessionSpec, list[str]] = {}
+        for spec, rider in self.riders:
+            by_spec.setdefault(spec, []).append(rider)
+        for spec, riders in by_spec.items():
+            _resessionize(conn, spec, sorted(riders))
         return len(rows) + len(members) + len(self.riders)
 
 
-def _resessionize(conn: Connection, spec: views.SessionSpec, rider: str) -> None:
-    """Sessions are not additive: recompute one rider's sessions from all of the rider's events."""
-    times = [w for (w,) in conn.execute(select(speed_contrib.c.window_start)
-                                        .where(speed_contrib.c.view == spec.name, speed_contrib.c.entity == rider))]
-    conn.execute(session_rows.delete().where(session_rows.c.view == spec.name, session_rows.c.user_id == rider))
+def _resessionize(conn: Connection, spec: views.SessionSpec, riders: list[str]) -> None:
+    """Sessions are not additive: recompute these riders' sessions from all of their events
+    (one SELECT and one DELETE per chunk of riders, then one bulk INSERT)."""
+    times: dict[str, list[datetime]] = {rider: [] for rider in riders}
+    for chunk in _chunks(riders):
+        for rider, at in conn.execute(select(speed_contrib.c.entity, speed_contrib.c.window_start)
+                                      .where(speed_contrib.c.view == spec.name, speed_contrib.c.entity.in_(chunk))):
+            times[rider].append(at)
+        conn.execute(session_rows.delete().where(session_rows.c.view == spec.name, session_rows.c.user_id.in_(chunk)))
     rows = [{"view": spec.name, "user_id": user, "window_start": day, "sessions": n, "duration_ms": ms}
-            for (user, day), (n, ms) in spec.per_day({rider: times}).items()]
+            for (user, day), (n, ms) in spec.per_day({r: t for r, t in times.items() if t}).items()]
     if rows:
         conn.execute(session_rows.insert(), rows)
 
