@@ -85,9 +85,9 @@ def test_a_late_event_after_T_is_corrected_by_the_next_batch(lab: Settings) -> N
     assert before[key] == truth[key] - held.amount_cents  # batch has not seen it yet
     assert {k: v for k, v in before.items() if k != key} == {k: v for k, v in truth.items() if k != key}
 
-    dropped_before = read_counters(make_engine(lab))["late_dropped"]  # 60 s lateness: some generated events too
+    dropped_before = read_counters(make_engine(lab), lab.speed_group)["late_dropped"]  # 60 s lateness: some generated events too
     produce(lab, [held])  # later than T: the speed layer must not touch the final window
-    assert read_counters(make_engine(lab))["late_dropped"] == dropped_before + 1
+    assert read_counters(make_engine(lab), lab.speed_group)["late_dropped"] == dropped_before + 1
     assert merged(lab, "revenue_per_minute")[key] == truth[key] - held.amount_cents
 
     second = batch_ok(lab)
