@@ -230,10 +230,13 @@ def query(
     from lklab import merge, views
     from lklab.serving import make_engine
 
-    if view not in views.VIEWS:
-        raise fail(f"unknown view {view!r}; one of: {', '.join(views.VIEWS)}")
     if arch not in ("lambda", "kappa"):
         raise fail(f"--arch {arch!r}: one of lambda, kappa")
+    from lklab.kappa import KAPPA_VIEWS
+
+    known = KAPPA_VIEWS if arch == "kappa" else tuple(views.VIEWS)
+    if view not in known:
+        raise fail(f"unknown view {view!r} for --arch {arch}; one of: {', '.join(known)}")
     start, end = parse_iso(from_, "--from"), parse_iso(to, "--to")
     if start and end and start >= end:
         raise fail(f"--from {from_} is not before --to {to}")
@@ -241,9 +244,11 @@ def query(
         from lklab import cutover as co
 
         answer = co.query(make_engine(settings()), view, key, start, end)
-        spec = views.VIEWS[view]
+        entity, value = ("user_id", ("sessions", "duration_ms")) if view == "user_sessions" else \
+            (views.VIEWS[view].entity, (views.VIEWS[view].value_column,))
         print(json.dumps({"view": view, "arch": "kappa", "version": answer.target, "rows": [
-            {spec.entity: e, "window_start": w.isoformat(), spec.value_column: v} for e, w, v in answer.rows]}, indent=2))
+            {entity: e, "window_start": w.isoformat(), **dict(zip(value, v if isinstance(v, tuple) else (v,)))}
+            for e, w, v in answer.rows]}, indent=2))
         return
     s = settings()
     engine = make_engine(s)
