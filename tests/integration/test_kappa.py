@@ -3,6 +3,7 @@ cutover with atomic alias swap, rollback, and a concurrent reader that never see
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -98,6 +99,10 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
         assert "1 changed" in diff.summary and "(+500)" in diff.lines[0]
         assert co.rollback(engine, "driver_earnings_daily", "v2 looks wrong") == ("driver_earnings_daily__v2", "driver_earnings_daily__v1")
         co.cutover(settings, engine, "driver_earnings_daily", 2, "again", tolerance_pct=5.0, spark=spark)
+        reads_before = len(seen)
+        deadline = time.monotonic() + 10
+        while len(seen) < reads_before + 3 and time.monotonic() < deadline:  # the reader must also read after the last swap
+            time.sleep(0.05)
     finally:
         stop.set()
         thread.join()
