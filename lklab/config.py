@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     topic: str = "rides.events"
     dlq_topic: str = "rides.events.dlq"
     partitions: int = Field(4, ge=1)
+    topic_segment_bytes: int | None = Field(None, ge=1024, description="segment size of the topics lklab creates; small = retention bites sooner")
 
     # lake / batch
     lake_uri: str | None = Field(None, description="Delta root; None = <home>/lake")

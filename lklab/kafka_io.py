@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from lklab.config import Settings
@@ -36,8 +37,9 @@ async def ensure_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        configs = {"segment.bytes": str(settings.topic_segment_bytes)} if settings.topic_segment_bytes else None
         wanted = [
-            NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
+            NewTopic(name, num_partitions=settings.partitions, replication_factor=1, topic_configs=configs)
             for name in (settings.topic, settings.dlq_topic)
             if name not in existing
         ]
@@ -112,6 +114,31 @@ async def end_offsets(settings: Settings, topic: str | None = None) -> Offsets:
 async def beginning_offsets(settings: Settings, topic: str | None = None) -> Offsets:
     """First offset still held, per partition (moves up as retention deletes segments)."""
     return await _log_offsets(settings, topic, "beginning_offsets")
+
+
+async def set_retention_bytes(settings: Settings, retention_bytes: int, topic: str | None = None) -> None:
+    """Size-based retention per partition: the broker deletes whole closed segments beyond it at
+    its next retention check, which moves each partition's first retained offset up."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic or settings.topic,
+                                                  configs={"retention.bytes": str(retention_bytes)})])
+    finally:
+        await admin.close()
+
+
+async def delete_before(settings: Settings, offsets: Offsets, topic: str | None = None) -> Offsets:
+    """Kafka's DeleteRecords: drop every record below `offsets[p]` (what retention does, at an
+    exact offset). Returns the new first retained offsets."""
+    topic = topic or settings.topic
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        done = await admin.delete_records({TopicPartition(topic, p): RecordsToDelete(before_offset=o) for p, o in offsets.items()})
+        return {tp.partition: low for tp, low in done.items()}
+    finally:
+        await admin.close()
 
 
 async def read_range(settings: Settings, start: Offsets, end: Offsets, topic: str | None = None) -> list[Record]:

@@ -95,6 +95,7 @@ def _server_properties(settings: Settings) -> str:
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
         "log.retention.hours": "-1",
+        "log.retention.check.interval.ms": "5000",  # topics that set retention see it applied within seconds
         "log.segment.bytes": str(64 * 1024 * 1024),
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())

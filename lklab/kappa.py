@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Engine, select
 
-from lklab import kafka_io, views
+from lklab import kafka_io, snapshots, tiers, views
 from lklab.builds import git_sha
 from lklab.config import Settings
 from lklab.events import SCHEMA_VERSION
 from lklab.kafka_io import Offsets
+from lklab.snapshots import Snapshot
 from lklab.serving import kappa_builds, session_query, speed_progress, speed_view_query, upsert
 from streaming.sink import apply_records
 
@@ -63,6 +66,8 @@ class ReplayResult:
     start_offsets: Offsets
     target_offsets: Offsets
     seconds: float
+    tiers: dict[str, int] = dataclasses.field(default_factory=dict)  # records read per tier
+    snapshot_id: str | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -85,38 +90,190 @@ def _held(engine: Engine, scope: str, topic: str) -> Offsets:
                                  .where(speed_progress.c.scope == scope, speed_progress.c.topic == topic)).all())
 
 
-def replay(
-    settings: Settings, engine: Engine, view: str, version: int, start: Offsets | None = None,
-    max_rate: float | None = None, on_progress: Callable[[ReplayProgress], None] | None = None,
-) -> ReplayResult:
-    """Replay [start (default earliest), end offsets now) into `<view>__v<N>`. Re-running the same
-    version resumes from its own committed offsets up to the same kind of target."""
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What a replay would do, computed without changing anything (`lklab replay --plan`)."""
+
+    view: str
+    output: str
+    scope: str
+    start: Offsets  # where the replay's input starts: the requested offsets or the snapshot's
+    position: Offsets  # where it continues: `start`, or further if this output already holds progress
+    target: Offsets  # the log's end offsets now: the replay stops there
+    kafka_first: Offsets  # Kafka's first retained offset per partition
+    ranges: list[tiers.TierRange]
+    snapshot: Snapshot | None
+    load_snapshot: bool  # False when resuming an output already seeded from this snapshot
+    rate_eps: float | None  # measured replay throughput, for the estimate
+    rate_source: str
+
+    @property
+    def lost(self) -> list[tiers.TierRange]:
+        return [r for r in self.ranges if r.tier == tiers.LOST]
+
+    def records(self, tier: str | None = None) -> int:
+        return sum(r.records for r in self.ranges if tier is None or r.tier == tier)
+
+    def estimated_s(self, max_rate: float | None = None) -> float | None:
+        rate = min(x for x in (self.rate_eps, max_rate) if x) if (self.rate_eps or max_rate) else None
+        return self.records() / rate if rate else None
+
+    def lost_message(self) -> str:
+        spans = ", ".join(f"[{r.partition}] {r.start}..{r.end - 1}" for r in self.lost)
+        return (f"{self.records(tiers.LOST)} records needed by {self.output} are lost from both tiers (Kafka retention "
+                f"dropped them and bronze never ingested them): {spans}; nothing replayed")
+
+
+def measured_rate(engine: Engine) -> tuple[float | None, str]:
+    """The replay throughput of the last benchmark (bench/results.json), else of the last complete
+    replay recorded here; (None, reason) if neither exists."""
+    results = Path(__file__).resolve().parents[1] / "bench" / "results.json"
+    if results.exists():
+        try:
+            eps = json.loads(results.read_text()).get("replay_eps")
+            if eps:
+                return float(eps), f"{results.name} (last benchmark)"
+        except (ValueError, AttributeError):
+            pass
+    with engine.connect() as conn:
+        row = conn.execute(select(kappa_builds.c.output, kappa_builds.c.seconds).where(kappa_builds.c.status == "complete")
+                           .order_by(kappa_builds.c.finished_at.desc()).limit(1)).first()
+    if row and row.seconds and row.seconds.get("events_per_s"):
+        return float(row.seconds["events_per_s"]), f"last complete replay ({row.output})"
+    return None, "no benchmark and no complete replay yet"
+
+
+def _check_args(view: str, version: int, max_rate: float | None = None) -> None:
     if version < 1:
         raise ReplayError(f"--version {version}: versions start at 1")
     if max_rate is not None and max_rate <= 0:
         raise ReplayError(f"--max-rate {max_rate}: must be > 0 events/s")
     if view not in KAPPA_VIEWS:
         raise ReplayError(f"unknown view {view!r}; one of: {', '.join(KAPPA_VIEWS)}")
+
+
+def _snapshot_start(engine: Engine, view: str, spec, scope: str, held: Offsets, ref: str) -> tuple[Snapshot, bool]:
+    """The snapshot to start from, and whether it still has to be loaded (False: resuming)."""
+    try:
+        snap = snapshots.resolve(engine, view, ref)
+        snapshots.migrations_for(snap, view, spec.logic_version, SCHEMA_VERSION)
+    except snapshots.SnapshotError as exc:
+        raise ReplayError(str(exc)) from None
+    if not held:
+        return snap, True
+    record = build_record(engine, spec.name) or {}
+    if record.get("snapshot_id") != snap.snapshot_id:
+        raise ReplayError(f"{spec.name} already has state that did not start from snapshot {snap.snapshot_id}: "
+                          "choose a new --version for a replay from a snapshot")
+    return snap, False
+
+
+def plan(settings: Settings, engine: Engine, view: str, version: int, start: Offsets | None = None,
+         snapshot: str | None = None, spark=None) -> ReplayPlan:
+    """Which offsets a replay would read, from which tier, starting from what; changes nothing."""
+    _check_args(view, version)
+    if start is not None and snapshot is not None:
+        raise ReplayError("--from and --from-snapshot exclude each other: a snapshot fixes the start offsets")
+    spec, scope = spec_for(view, version), replay_scope(view, version)
+    held = _held(engine, scope, settings.topic)
+    snap, load = (None, False) if snapshot is None else _snapshot_start(engine, view, spec, scope, held, snapshot)
+    kafka_first = kafka_io.run(kafka_io.beginning_offsets(settings))
+    target = kafka_io.run(kafka_io.end_offsets(settings))
+    begin = snap.offsets if snap else (start or {})
+    begin = {p: begin.get(p, 0) for p in target}
+    position = {p: max(begin[p], held.get(p, 0)) for p in target}
+    below = tiers.needs_bronze(position, target, kafka_first)
+    if below and spark is None:
+        from lklab.spark import get_spark
+
+        spark = get_spark(settings)
+    runs = tiers.bronze_runs(spark, settings, below) if below else {}
+    rate, source = measured_rate(engine)
+    return ReplayPlan(view, spec.name, scope, begin, position, target, kafka_first,
+                      tiers.plan_ranges(position, target, kafka_first, runs), snap, load, rate, source)
+
+
+class _Pacer:
+    """Progress reporting and the --max-rate throttle, shared by both tiers."""
+
+    def __init__(self, total: int, max_rate: float | None, on_progress: Callable[[ReplayProgress], None] | None) -> None:
+        self.total, self.max_rate, self.on_progress = total, max_rate, on_progress
+        self.done, self.clock = 0, time.monotonic()
+
+    def advance(self, n: int) -> float:
+        """Count n records; returns the seconds to sleep to stay at --max-rate."""
+        self.done += n
+        rate = self.done / max(time.monotonic() - self.clock, 1e-6)
+        if self.on_progress:
+            self.on_progress(ReplayProgress(self.done, self.total, rate))
+        if self.max_rate and rate > self.max_rate:
+            return self.done / self.max_rate - (time.monotonic() - self.clock)
+        return 0.0
+
+
+def replay(
+    settings: Settings, engine: Engine, view: str, version: int, start: Offsets | None = None,
+    max_rate: float | None = None, on_progress: Callable[[ReplayProgress], None] | None = None,
+    snapshot: str | None = None, spark=None,
+) -> ReplayResult:
+    """Replay [start (default: offset 0, or the snapshot's offsets), end offsets now) into
+    `<view>__v<N>`, from bronze where Kafka no longer holds the offsets, then from Kafka.
+    Re-running the same version resumes from its own committed offsets up to the new end."""
+    _check_args(view, version, max_rate)
     spec = spec_for(view, version)
-    return asyncio.run(_replay(settings, engine, spec, view, version, start, max_rate, on_progress))
+    began = datetime.now(timezone.utc)
+    the_plan = plan(settings, engine, view, version, start, snapshot, spark)
+    if the_plan.lost:
+        raise ReplayError(the_plan.lost_message())
+    if the_plan.records(tiers.BRONZE) and spark is None:
+        from lklab.spark import get_spark
+
+        spark = get_spark(settings)
+    if the_plan.load_snapshot:
+        if spark is None:
+            from lklab.spark import get_spark
+
+            spark = get_spark(settings)
+        try:
+            snapshots.load(settings, engine, spark, the_plan.snapshot, spec, the_plan.scope)
+        except snapshots.SnapshotError as exc:
+            raise ReplayError(str(exc)) from None
+    snapshot_id = the_plan.snapshot.snapshot_id if the_plan.snapshot else None
+    _record(engine, spec, view, version, the_plan.scope, the_plan.start, the_plan.target, began, status="running",
+            snapshot_id=snapshot_id)
+    pacer = _Pacer(the_plan.records(), max_rate, on_progress)
+    counts = {tiers.BRONZE: 0, tiers.KAFKA: 0}
+    for span in (r for r in the_plan.ranges if r.tier == tiers.BRONZE):
+        for records in tiers.read_bronze(spark, settings, span):
+            apply_records(engine, settings, settings.topic, records, specs=[spec], scope=the_plan.scope, close_windows=False)
+            counts[tiers.BRONZE] += len(records)
+            time.sleep(max(pacer.advance(len(records)), 0))
+    kafka = {r.partition: r.start for r in the_plan.ranges if r.tier == tiers.KAFKA}
+    counts[tiers.KAFKA] = asyncio.run(_replay_kafka(settings, engine, spec, the_plan.scope, kafka, the_plan.target, pacer))
+    with engine.connect() as conn:
+        rows = len(read_output(engine, view, spec.name, conn=conn))
+        maxima = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.max_event_time)
+                                   .where(speed_progress.c.scope == the_plan.scope, speed_progress.c.topic == settings.topic)).all())
+    seconds = time.monotonic() - pacer.clock
+    done = pacer.done
+    _record(engine, spec, view, version, the_plan.scope, the_plan.start, the_plan.target, began, status="complete", events=done,
+            rows=rows, watermark=views.watermark({p: m for p, m in maxima.items() if m is not None}),
+            seconds={"wall_s": round(seconds, 3), "events_per_s": round(done / seconds, 1) if seconds else None},
+            snapshot_id=snapshot_id, tier_counts=counts)
+    return ReplayResult(spec.name, done, rows, the_plan.start, the_plan.target, seconds, counts, snapshot_id)
 
 
-async def _replay(settings, engine, spec, view, version, start, max_rate, on_progress) -> ReplayResult:
-    began, clock = datetime.now(timezone.utc), time.monotonic()
-    first = await kafka_io.beginning_offsets(settings)
-    target = await kafka_io.end_offsets(settings)
-    start = {p: max(first[p], (start or {}).get(p, first[p])) for p in target}
-    scope = replay_scope(view, version)
-    resume = _held(engine, scope, settings.topic)
-    position = {p: max(start[p], resume.get(p, 0)) for p in target}
-    total = sum(max(target[p] - position[p], 0) for p in target)
-    _record(engine, spec, view, version, scope, start, target, began, status="running")
+async def _replay_kafka(settings: Settings, engine: Engine, spec, scope: str, position: Offsets, target: Offsets,
+                        pacer: _Pacer) -> int:
+    """Consume [position, target) per partition from Kafka with the replay's own group."""
+    if not position:
+        return 0
     done = 0
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=scope, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_poll_records=BATCH)
     await consumer.start()
     try:
-        todo = {p for p in target if position[p] < target[p]}
+        todo = set(position)
         consumer.assign([TopicPartition(settings.topic, p) for p in todo])
         for p in todo:
             consumer.seek(TopicPartition(settings.topic, p), position[p])
@@ -134,31 +291,21 @@ async def _replay(settings, engine, spec, view, version, start, max_rate, on_pro
                                         specs=[spec], scope=scope, close_windows=False)
                 done += len(records)
                 await consumer.commit()  # visibility for Kafka tooling; the sink's offsets are the truth
-            rate = done / max(time.monotonic() - clock, 1e-6)
-            if on_progress:
-                on_progress(ReplayProgress(done, total, rate))
-            if max_rate and rate > max_rate:  # throttle: sleep until the average is back at the limit
-                await asyncio.sleep(done / max_rate - (time.monotonic() - clock))
+            await asyncio.sleep(max(pacer.advance(len(records)), 0))
     finally:
         await consumer.stop()
-    with engine.connect() as conn:
-        rows = len(read_output(engine, view, spec.name, conn=conn))
-        maxima = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.max_event_time)
-                                   .where(speed_progress.c.scope == scope, speed_progress.c.topic == settings.topic)).all())
-    seconds = time.monotonic() - clock
-    _record(engine, spec, view, version, scope, start, target, began, status="complete", events=done, rows=rows,
-            watermark=views.watermark({p: m for p, m in maxima.items() if m is not None}), seconds={"wall_s": round(seconds, 3), "events_per_s": round(done / seconds, 1) if seconds else None})
-    return ReplayResult(spec.name, done, rows, start, target, seconds)
+    return done
 
 
 def _record(engine, spec, view, version, scope, start, target, began, status, events=0, rows=0, watermark=None,
-            seconds=None) -> None:
+            seconds=None, snapshot_id=None, tier_counts=None) -> None:
     row = {
         "output": spec.name, "view": view, "version": version, "status": status, "git_sha": git_sha(),
         "logic_version": spec.logic_version, "schema_version": SCHEMA_VERSION, "consumer_group": scope,
         "start_offsets": {str(k): v for k, v in start.items()}, "target_offsets": {str(k): v for k, v in target.items()},
         "events": events, "rows": rows, "watermark": watermark, "started_at": began,
         "finished_at": datetime.now(timezone.utc) if status == "complete" else None, "seconds": seconds,
+        "snapshot_id": snapshot_id, "tiers": tier_counts,
     }
     with engine.begin() as conn:
         upsert(conn, kappa_builds, [row])

@@ -179,6 +179,8 @@ kappa_builds = Table(
     Column("started_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime),
     Column("seconds", JSON, comment="wall time and throughput"),
+    Column("snapshot_id", String(64), comment="the snapshot the replay started from (None: from the log)"),
+    Column("tiers", JSON, comment="{bronze: records, kafka: records}: where the input came from"),
 )
 alias_history = Table(
     "alias_history", metadata,
@@ -191,6 +193,40 @@ alias_history = Table(
     Column("why", String(1000), nullable=False),
     Column("at", UTCDateTime, nullable=False),
     Column("checks", JSON, nullable=False),
+)
+view_snapshots = Table(
+    "view_snapshots", metadata,
+    Column("snapshot_id", String(64), primary_key=True),
+    Column("view", String(128), nullable=False),
+    Column("source_output", String(160), nullable=False, comment="<view>__v<N> whose state was captured"),
+    Column("topic", String(249), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("git_sha", String(64)),
+    Column("logic_version", Integer, nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("offsets", JSON, nullable=False, comment="{partition: next offset}: the state is consistent with these"),
+    Column("max_event_times", JSON, nullable=False),
+    Column("row_counts", JSON, nullable=False, comment="rows per stored piece; 'output' is the view's row count"),
+    Column("checksum", String(64), nullable=False, comment="sha256 over the metadata and every piece's content digest"),
+    Column("location", String(1000), nullable=False),
+    Column("delta_versions", JSON, nullable=False),
+    comment="immutable Delta snapshots of Kappa view state (lklab.snapshots)",
+)
+publish_log = Table(
+    "publish_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("view", String(128), nullable=False, comment="a Kappa view alias, or lambda@batch for a batch promotion"),
+    Column("arch", String(16), nullable=False, comment="lambda | kappa"),
+    Column("action", String(16), nullable=False, comment="promote | cutover | rollback | refresh"),
+    Column("target", String(160), nullable=False),
+    Column("from_target", String(160)),
+    Column("who", String(128), nullable=False),
+    Column("why", String(1000), nullable=False),
+    Column("build", JSON, nullable=False, comment="git SHA, logic/schema version, input offsets, watermark, T"),
+    Column("snapshot_id", String(64), comment="Kappa: the Delta snapshot of what was published"),
+    Column("delta_versions", JSON, nullable=False, comment="{delta table: version} that holds the published rows"),
+    comment="every publish, for audit as-of queries (lklab.audit)",
 )
 serving_aliases = Table(
     "serving_aliases", metadata,

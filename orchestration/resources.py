@@ -28,6 +28,7 @@ class LabSettings(ConfigurableResource):
     topic: Optional[str] = None
     dlq_topic: Optional[str] = None
     partitions: Optional[int] = None
+    topic_segment_bytes: Optional[int] = None
     lake_uri: Optional[str] = None
     spark_master: Optional[str] = None
     spark_driver_memory: Optional[str] = None

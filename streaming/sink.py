@@ -219,11 +219,11 @@ class _Deltas:
         for spec, rider in self.riders:
             by_spec.setdefault(spec, []).append(rider)
         for spec, riders in by_spec.items():
-            _resessionize(conn, spec, sorted(riders))
+            resessionize(conn, spec, sorted(riders))
         return len(rows) + len(members) + len(self.riders)
 
 
-def _resessionize(conn: Connection, spec: views.SessionSpec, riders: list[str]) -> None:
+def resessionize(conn: Connection, spec: views.SessionSpec, riders: list[str]) -> None:
     """Sessions are not additive: recompute these riders' sessions from all of their events
     (one SELECT and one DELETE per chunk of riders, then one bulk INSERT)."""
     times: dict[str, list[datetime]] = {rider: [] for rider in riders}

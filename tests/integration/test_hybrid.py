@@ -1,0 +1,157 @@
+"""The hybrid snapshot-plus-replay design on real services: Delta snapshots of Kappa state that a
+replay starts from, the two-tier log (bronze below Kafka's retention, Kafka above it), the replay
+pre-flight plan, and refusals that write nothing."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from lklab import kafka_io, kappa, lake, oracle, snapshots, tiers, views
+from lklab.config import Settings
+from lklab.generator import GeneratorConfig, generate, write_ledger
+from lklab.produce import produce_events
+from lklab.serving import kappa_builds, make_engine, speed_contrib, speed_progress, view_snapshots
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+ACROSS_MIDNIGHT = datetime(2026, 11, 17, 23, 40, tzinfo=timezone.utc)  # so user_sessions v1's bug shows
+
+
+@pytest.fixture
+def split(isolated: Settings):
+    """One workload produced in two halves by arrival: the second half holds late events,
+    duplicates and corrections of events in the first, so a snapshot between them is tested."""
+    workload = generate(GeneratorConfig(seed=71, start=ACROSS_MIDNIGHT, duration_s=1800, rides_per_minute=40,
+                                        late_fraction=0.02, correction_fraction=0.2, duplicate_fraction=0.05))
+    engine = make_engine(isolated)
+    write_ledger(engine, workload.truth)
+    half = len(workload.deliveries) // 2
+    produce_events(isolated, workload.deliveries[:half])
+    return isolated, engine, workload
+
+
+def as_map(rows) -> dict:
+    return {(e, w): v for e, w, v in rows}
+
+
+def output(engine, view: str, version: int) -> dict:
+    return as_map(kappa.read_output(engine, view, kappa.output_name(view, version)))
+
+
+def nothing_written(engine, view: str, version: int) -> bool:
+    name, scope = kappa.output_name(view, version), kappa.replay_scope(view, version)
+    with engine.connect() as conn:
+        return (conn.execute(select(speed_progress).where(speed_progress.c.scope == scope)).first() is None
+                and conn.execute(select(speed_contrib).where(speed_contrib.c.view == name)).first() is None
+                and conn.execute(select(kappa_builds).where(kappa_builds.c.output == name)).first() is None)
+
+
+def test_snapshot_plus_replay_equals_full_replay_and_the_oracle(split, spark) -> None:
+    settings, engine, workload = split
+    for view in ("revenue_per_minute", "daily_active_users", "user_sessions"):
+        kappa.replay(settings, engine, view, 1)
+    taken = {view: snapshots.take(settings, engine, spark, view, kappa.spec_for(view, 1), kappa.replay_scope(view, 1))
+             for view in ("revenue_per_minute", "daily_active_users", "user_sessions")}
+    produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
+
+    for view, snap in taken.items():
+        v1_target = kappa.build_record(engine, f"{view}__v1")["target_offsets"]
+        assert snap.offsets == {int(p): o for p, o in v1_target.items()}
+        assert sum(snap.offsets.values()) == len(workload.deliveries) // 2 and snap.row_counts["output"] > 0
+        resumed = kappa.replay(settings, engine, view, 2, snapshot="latest", spark=spark)
+        full = kappa.replay(settings, engine, view, 3)
+        assert resumed.snapshot_id == snap.snapshot_id and resumed.start_offsets == snap.offsets
+        assert resumed.events == len(workload.deliveries) - len(workload.deliveries) // 2  # only what came after
+        assert full.events == len(workload.deliveries)
+        assert output(engine, view, 2) == output(engine, view, 3)
+        if view == "user_sessions":  # v1 → v2 went through the declared migration (the midnight fix)
+            truth = oracle.user_sessions(workload.truth)
+            assert output(engine, view, 2) == truth != views.USER_SESSIONS[1].evaluate(workload.truth)
+        else:
+            assert oracle.compare(output(engine, view, 2), oracle.for_view(view, workload.truth)).equal
+        assert kappa.build_record(engine, f"{view}__v2")["snapshot_id"] == snap.snapshot_id
+    # a replay from a snapshot resumes like any other: a second run reads nothing new
+    assert kappa.replay(settings, engine, "revenue_per_minute", 2, snapshot="latest").events == 0
+    assert [s.snapshot_id for s in snapshots.listing(engine, "revenue_per_minute")] == [taken["revenue_per_minute"].snapshot_id]
+
+    # no migration is declared from sessions logic 2 back to 1: refused, whatever the target holds
+    back = snapshots.take(settings, engine, spark, "user_sessions", kappa.spec_for("user_sessions", 3),
+                          kappa.replay_scope("user_sessions", 3))
+    with pytest.raises(kappa.ReplayError, match="logic version 2, the replay needs 1.*no user_sessions migration 2→1"):
+        kappa.replay(settings, engine, "user_sessions", 1, snapshot=back.snapshot_id, spark=spark)
+
+
+def _flip_bytes(table_dir: str) -> Path:
+    """XOR the data region (between the magic header and the footer) of the table's first
+    Parquet file: whatever Spark then does, it cannot read back the same content."""
+    target = sorted(Path(table_dir).glob("*.parquet"))[0]
+    raw = bytearray(target.read_bytes())
+    footer = int.from_bytes(raw[-8:-4], "little")
+    for i in range(4, len(raw) - 8 - footer, 7):
+        raw[i] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    return target
+
+
+def test_a_corrupted_snapshot_is_refused_and_nothing_is_written(split, spark) -> None:
+    settings, engine, _ = split
+    kappa.replay(settings, engine, "driver_earnings_daily", 1)
+    spec, scope = kappa.spec_for("driver_earnings_daily", 1), kappa.replay_scope("driver_earnings_daily", 1)
+    good = snapshots.take(settings, engine, spark, "driver_earnings_daily", spec, scope)
+    wrong = snapshots.take(settings, engine, spark, "driver_earnings_daily", spec, scope)
+    with engine.begin() as conn:
+        conn.execute(update(view_snapshots).where(view_snapshots.c.snapshot_id == wrong.snapshot_id)
+                     .values(checksum="0" * 64))
+    with pytest.raises(kappa.ReplayError, match=f"snapshot {wrong.snapshot_id}: checksum mismatch"):
+        kappa.replay(settings, engine, "driver_earnings_daily", 2, snapshot=wrong.snapshot_id, spark=spark)
+    assert nothing_written(engine, "driver_earnings_daily", 2)
+
+    _flip_bytes(good.piece_location("contrib"))
+    with pytest.raises(kappa.ReplayError, match=f"snapshot {good.snapshot_id}: (checksum mismatch|piece contrib is unreadable)"):
+        kappa.replay(settings, engine, "driver_earnings_daily", 2, snapshot=good.snapshot_id, spark=spark)
+    assert nothing_written(engine, "driver_earnings_daily", 2)
+
+
+def test_a_replay_across_the_retention_gap_equals_unlimited_retention(split, spark) -> None:
+    settings, engine, workload = split
+    produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
+    end = kafka_io.run(kafka_io.end_offsets(settings))
+    lake.append_bronze(spark, settings, {}, end)
+    unlimited = kappa.replay(settings, engine, "revenue_per_minute", 1)
+
+    cut = {p: o // 3 + p for p, o in end.items()}  # retention drops the oldest third (a different offset per partition)
+    assert kafka_io.run(kafka_io.delete_before(settings, cut)) == cut
+    the_plan = kappa.plan(settings, engine, "revenue_per_minute", 2, spark=spark)
+    assert the_plan.lost == []
+    assert [(r.partition, r.start, r.end, r.tier) for r in the_plan.ranges] == [
+        x for p in sorted(end) for x in ((p, 0, cut[p], tiers.BRONZE), (p, cut[p], end[p], tiers.KAFKA))]
+
+    across = kappa.replay(settings, engine, "revenue_per_minute", 2, spark=spark)
+    assert across.tiers == {tiers.BRONZE: sum(cut.values()), tiers.KAFKA: sum(end.values()) - sum(cut.values())}
+    assert across.events == unlimited.events == len(workload.deliveries)
+    assert output(engine, "revenue_per_minute", 2) == output(engine, "revenue_per_minute", 1)
+    assert oracle.compare(output(engine, "revenue_per_minute", 2), oracle.for_view("revenue_per_minute", workload.truth)).equal
+
+
+def test_the_plan_reports_a_range_lost_from_both_tiers_and_the_replay_refuses(split, spark) -> None:
+    settings, engine, _ = split
+    end = kafka_io.run(kafka_io.end_offsets(settings))
+    ingested = {p: o // 4 for p, o in end.items()}  # bronze stopped early (say the nightly ingest failed)...
+    lake.append_bronze(spark, settings, {}, ingested)
+    retained = {p: o // 2 for p, o in end.items()}  # ...and retention has since passed it
+    kafka_io.run(kafka_io.delete_before(settings, retained))
+
+    the_plan = kappa.plan(settings, engine, "daily_active_users", 1, spark=spark)
+    assert [(r.partition, r.start, r.end) for r in the_plan.lost] == [(p, ingested[p], retained[p]) for p in sorted(end)]
+    assert the_plan.records(tiers.BRONZE) == sum(ingested.values())
+    assert the_plan.records(tiers.KAFKA) == sum(end.values()) - sum(retained.values())
+    with pytest.raises(kappa.ReplayError, match="lost from both tiers"):
+        kappa.replay(settings, engine, "daily_active_users", 1, spark=spark)
+    assert nothing_written(engine, "daily_active_users", 1)
+
+    # a start above the lost range needs neither the lost offsets nor bronze
+    later = kappa.plan(settings, engine, "daily_active_users", 1, start=retained, spark=spark)
+    assert later.lost == [] and later.records() == later.records(tiers.KAFKA)
