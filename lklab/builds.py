@@ -57,13 +57,19 @@ def promote(engine: Engine, build: BatchBuild, rows: list[dict], sessions: list[
     """Record the build, load its gold rows and point the batch alias at it, in one transaction:
     readers see the previous build or this one, never a mix."""
     with engine.begin() as conn:
+        previous = conn.execute(select(serving_aliases.c.target).where(serving_aliases.c.view == BATCH_ALIAS)).scalar()
         conn.execute(batch_builds.insert(), [build.model_dump(mode="python") | {"offsets": {str(k): v for k, v in build.offsets.items()}}])
         if rows:
             conn.execute(batch_view_rows.insert(), [{"build_id": build.build_id, **r} for r in rows])
         if sessions:
             conn.execute(session_rows.insert(), [{"view": batch_sessions_view(build.build_id), **r} for r in sessions])
         if build.status == "promoted":
+            from lklab.audit import LAMBDA, record_publish  # audit reads BATCH_ALIAS from here
+
             upsert(conn, serving_aliases, [{"view": BATCH_ALIAS, "target": build.build_id, "updated_at": build.created_at}])
+            record_publish(conn, at=build.created_at, view=BATCH_ALIAS, arch=LAMBDA, action="promote", target=build.build_id,
+                           from_target=previous, why="batch build passed its gates", delta_versions=build.delta_versions,
+                           build=build.model_dump(mode="json", exclude={"delta_versions", "build_id", "status"}))
 
 
 def current_build(conn) -> BatchBuild | None:

@@ -389,7 +389,7 @@ def rollback(
 
     s = settings()
     try:
-        old, new = co.rollback(make_engine(s), view, why)
+        old, new = co.rollback(s, make_engine(s), view, why)
     except co.CutoverError as exc:
         raise fail(str(exc)) from None
     console.print(f"{view}: {old} → {new} (rolled back)")

@@ -4,15 +4,19 @@ when and why; rollback swaps back. Readers read the alias and its rows in one tr
 from __future__ import annotations
 
 import getpass
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import Engine, select
 
-from lklab import kappa, reconcile, views
+from lklab import kappa, reconcile, snapshots, views
+from lklab.audit import KAPPA, record_publish
 from lklab.config import Settings
 from lklab.serving import alias_history, serving_aliases, upsert
+from lklab.snapshots import Snapshot
+from streaming.sink import read_progress
 
 DEFAULT_TOLERANCE_PCT = 0.5  # the diff gate: total |change| / total |published value|
 
@@ -142,11 +146,29 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
     ]
     swapped = all(c.passed for c in checks)
     if swapped:
-        _swap(engine, view, current, output, "cutover", who, why, checks)
+        snap = publish_snapshot(settings, engine, spark, view, output)
+        _swap(engine, view, current, output, "cutover", who, why, checks, snap)
     return CutoverResult(view, current, output, swapped, checks)
 
 
-def rollback(engine: Engine, view: str, why: str, who: str | None = None) -> tuple[str, str]:
+def publish_snapshot(settings: Settings, engine: Engine, spark, view: str, output: str) -> Snapshot:
+    """The Delta snapshot of `output` as it is now (an existing one if the output has not moved
+    since): what a publish records, so audits can read exactly what was served."""
+    record = kappa.build_record(engine, output)
+    if record is None:
+        raise CutoverError(f"{output} has no replay record")
+    held = {p: progress.next_offset for p, progress in read_progress(engine, settings.topic, record["consumer_group"]).items()}
+    for snap in reversed(snapshots.listing(engine, view)):
+        if snap.source_output == output and snap.offsets == held:
+            return snap
+    if spark is None:
+        from lklab.spark import get_spark
+
+        spark = get_spark(settings)
+    return snapshots.take(settings, engine, spark, view, kappa.spec_for(view, record["version"]), record["consumer_group"])
+
+
+def rollback(settings: Settings, engine: Engine, view: str, why: str, who: str | None = None, spark=None) -> tuple[str, str]:
     """Point `<view>` back at the version it had before the last swap to its current target."""
     with engine.connect() as conn:
         current = published(conn, view)
@@ -155,18 +177,23 @@ def rollback(engine: Engine, view: str, why: str, who: str | None = None) -> tup
                             .order_by(alias_history.c.id.desc()).limit(1)).scalar()
     if current is None or last is None:
         raise CutoverError(f"{view}: no earlier version to roll back to")
-    _swap(engine, view, current, last, "rollback", who, why, [])
+    _swap(engine, view, current, last, "rollback", who, why, [], publish_snapshot(settings, engine, spark, view, last))
     return current, last
 
 
-def _swap(engine: Engine, view: str, old: str | None, new: str, action: str, who: str | None, why: str, checks: list[Check]) -> None:
-    now = datetime.now(timezone.utc)
-    with engine.begin() as conn:  # alias and history together: one atomic swap
+def _swap(engine: Engine, view: str, old: str | None, new: str, action: str, who: str | None, why: str, checks: list[Check],
+          snap: Snapshot) -> None:
+    now, who = datetime.now(timezone.utc), who or getpass.getuser()
+    build = json.loads(json.dumps(kappa.build_record(engine, new), default=str))
+    with engine.begin() as conn:  # alias, history and publish record together: one atomic swap
         upsert(conn, serving_aliases, [{"view": view, "target": new, "updated_at": now}])
         conn.execute(alias_history.insert(), [{
-            "view": view, "from_target": old, "to_target": new, "action": action, "who": who or getpass.getuser(),
+            "view": view, "from_target": old, "to_target": new, "action": action, "who": who,
             "why": why, "at": now, "checks": [{"name": c.name, "passed": c.passed, "summary": c.summary} for c in checks],
         }])
+        record_publish(conn, at=now, view=view, arch=KAPPA, action=action, target=new, from_target=old, why=why, who=who,
+                       build=build, delta_versions={snap.piece_location("output"): snap.delta_versions["output"]},
+                       snapshot_id=snap.snapshot_id)
 
 
 def history(engine: Engine, view: str) -> list[dict]:

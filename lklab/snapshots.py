@@ -212,7 +212,7 @@ def _row(record: Snapshot) -> dict:
     return row
 
 
-def _record(row) -> Snapshot:
+def from_row(row) -> Snapshot:
     return Snapshot.model_validate({**row, "offsets": {int(k): v for k, v in row["offsets"].items()},
                                     "max_event_times": {int(k): v for k, v in row["max_event_times"].items()}})
 
@@ -222,7 +222,7 @@ def listing(engine: Engine, view: str | None = None) -> list[Snapshot]:
     if view is not None:
         query = query.where(view_snapshots.c.view == view)
     with engine.connect() as conn:
-        return [_record(r) for r in conn.execute(query).mappings()]
+        return [from_row(r) for r in conn.execute(query).mappings()]
 
 
 def resolve(engine: Engine, view: str, ref: str) -> Snapshot:

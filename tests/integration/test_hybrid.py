@@ -3,17 +3,19 @@ replay starts from, the two-tier log (bronze below Kafka's retention, Kafka abov
 pre-flight plan, and refusals that write nothing."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
 
-from lklab import kafka_io, kappa, lake, oracle, snapshots, tiers, views
+from lklab import audit, batch, kafka_io, kappa, lake, oracle, snapshots, tiers, views
+from lklab import cutover as co
 from lklab.config import Settings
 from lklab.generator import GeneratorConfig, generate, write_ledger
 from lklab.produce import produce_events
-from lklab.serving import kappa_builds, make_engine, speed_contrib, speed_progress, view_snapshots
+from lklab.serving import batch_view_rows, kappa_builds, make_engine, speed_contrib, speed_progress, view_snapshots
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -39,6 +41,12 @@ def as_map(rows) -> dict:
 
 def output(engine, view: str, version: int) -> dict:
     return as_map(kappa.read_output(engine, view, kappa.output_name(view, version)))
+
+
+def batch_rows(engine, build_id: str, view: str) -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(batch_view_rows).where(batch_view_rows.c.build_id == build_id,
+                                                                              batch_view_rows.c.view == view)).mappings()]
 
 
 def nothing_written(engine, view: str, version: int) -> bool:
@@ -155,3 +163,65 @@ def test_the_plan_reports_a_range_lost_from_both_tiers_and_the_replay_refuses(sp
     # a start above the lost range needs neither the lost offsets nor bronze
     later = kappa.plan(settings, engine, "daily_active_users", 1, start=retained, spark=spark)
     assert later.lost == [] and later.records() == later.records(tiers.KAFKA)
+
+
+def _changed(before: dict, after: dict, keep=lambda key: True) -> tuple:
+    changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k] and keep(k))
+    assert changed, "the workload must change some published value, or this test proves nothing"
+    return changed[0]
+
+
+def test_audit_as_of_returns_what_kappa_served_before_a_later_cutover(split, spark) -> None:
+    settings, engine, workload = split
+    view = "driver_earnings_daily"
+    assert co.query(engine, view).target is None
+    kappa.replay(settings, engine, view, 1)
+    assert co.cutover(settings, engine, view, 1, "first publication", spark=spark).swapped
+    published_v1, between = output(engine, view, 1), datetime.now(timezone.utc)
+    time.sleep(0.05)
+
+    produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
+    kappa.replay(settings, engine, view, 1)  # v1 keeps consuming: the serving rows move in place...
+    kappa.replay(settings, engine, view, 2)
+    assert co.cutover(settings, engine, view, 2, "second half", tolerance_pct=100, spark=spark).swapped
+    key, window = _changed(published_v1, output(engine, view, 2))
+
+    then = audit.answer(settings, engine, spark, view, key, window, between, arch="kappa")
+    assert then.value == published_v1[(key, window)] != output(engine, view, 1)[(key, window)]  # ...the audit does not
+    assert then.publish["target"] == f"{view}__v1" and then.publish["action"] == "cutover"
+    assert sum(then.lineage["offsets"].values()) == len(workload.deliveries) // 2  # what v1 had consumed when published
+    now = audit.answer(settings, engine, spark, view, key, window, datetime.now(timezone.utc), arch="kappa")
+    assert now.value == output(engine, view, 2)[(key, window)] and now.publish["target"] == f"{view}__v2"
+    with pytest.raises(audit.AuditError, match="nothing of driver_earnings_daily"):
+        audit.answer(settings, engine, spark, view, key, window, datetime(2020, 1, 1, tzinfo=timezone.utc), arch="kappa")
+
+
+def _batch_build(spark, settings: Settings, engine):
+    end = kafka_io.run(kafka_io.end_offsets(settings))
+    lake.append_bronze(spark, settings, lake.bronze_next_offsets(spark, settings), end)
+    lake.build_silver(spark, settings)
+    for spec in views.VIEWS.values():
+        lake.build_gold(spark, settings, spec)
+    lake.build_gold_sessions(spark, settings, views.USER_SESSIONS[settings.user_sessions_logic])
+    return batch.publish_batch(spark, settings, engine)
+
+
+def test_audit_as_of_reads_the_batch_build_in_force_with_delta_time_travel(split, spark) -> None:
+    settings, engine, workload = split
+    view = "revenue_per_minute"
+    first = _batch_build(spark, settings, engine)
+    between = datetime.now(timezone.utc)
+    time.sleep(0.05)
+    produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
+    second = _batch_build(spark, settings, engine)
+    gold = lambda build: {(r["entity"], r["window_start"]): r["value"]  # noqa: E731
+                          for r in batch_rows(engine, build.build_id, view)}
+    key, window = _changed(gold(first), gold(second), keep=lambda k: views.view(view).is_final(k[1], first.final_through))
+
+    then = audit.answer(settings, engine, spark, view, key, window, between)
+    assert (then.value, then.publish["target"]) == (gold(first)[(key, window)], first.build_id)
+    assert then.served_from.startswith(f"gold gold/{view}@v{first.delta_versions['gold/' + view]}")
+    assert audit.answer(settings, engine, spark, view, key, window, datetime.now(timezone.utc)).value == gold(second)[(key, window)]
+    late = max(w for _, w in gold(second))  # not final at T: the merge served it from speed, which keeps no history
+    unversioned = audit.answer(settings, engine, spark, view, key, late, datetime.now(timezone.utc))
+    assert unversioned.value is None and unversioned.served_from == "speed layer (not versioned)"

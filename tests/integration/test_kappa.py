@@ -97,7 +97,7 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
         assert swapped.swapped, [c.summary for c in swapped.checks]
         diff = next(c for c in swapped.checks if c.name == "diff")
         assert "1 changed" in diff.summary and "(+500)" in diff.lines[0]
-        assert co.rollback(engine, "driver_earnings_daily", "v2 looks wrong") == ("driver_earnings_daily__v2", "driver_earnings_daily__v1")
+        assert co.rollback(settings, engine, "driver_earnings_daily", "v2 looks wrong", spark=spark) == ("driver_earnings_daily__v2", "driver_earnings_daily__v1")
         co.cutover(settings, engine, "driver_earnings_daily", 2, "again", tolerance_pct=5.0, spark=spark)
         reads_before = len(seen)
         deadline = time.monotonic() + 10
