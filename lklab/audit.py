@@ -134,3 +134,30 @@ def _gold_rows(spark, settings: Settings, view: str, table: str, version: int, k
     frame = (spark.read.format("delta").option("versionAsOf", version).load(lake.path(settings, table))
              .where((F.col(entity) == key) & (F.col("window_start") == F.lit(window))).select(*columns))
     return [tuple(r) if len(columns) > 1 else r[0] for r in frame.collect()]
+
+
+PUBLISH_LOG_TABLE = "audit/publish_log"
+
+
+def mirror_to_delta(spark, settings: Settings, engine: Engine) -> int:
+    """Copy publish records not yet in the Delta history table (MERGE on id, so re-runs add
+    nothing): the lake keeps the publish history next to the data it points at. Returns rows added."""
+    import json
+
+    from delta.tables import DeltaTable
+
+    from lklab import lake
+
+    rows = [{**r, "build": json.dumps(r["build"], sort_keys=True, default=str),
+             "delta_versions": json.dumps(r["delta_versions"], sort_keys=True)} for r in history(engine)]
+    if not rows:
+        return 0
+    schema = ("id long, at timestamp, view string, arch string, action string, target string, from_target string, "
+              "who string, why string, build string, snapshot_id string, delta_versions string")
+    frame = spark.createDataFrame([tuple(r[c.split()[0]] for c in schema.split(", ")) for r in rows], schema)
+    location = lake.path(settings, PUBLISH_LOG_TABLE)
+    if not lake.exists(spark, location):
+        frame.write.format("delta").save(location)
+        return len(rows)
+    (DeltaTable.forPath(spark, location).alias("h").merge(frame.alias("n"), "h.id = n.id").whenNotMatchedInsertAll().execute())
+    return int(DeltaTable.forPath(spark, location).history(1).collect()[0]["operationMetrics"].get("numTargetRowsInserted", 0))

@@ -325,13 +325,17 @@ def serve(
 
 @app.command()
 def replay(
-    view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily")],
+    view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily | user_sessions")],
     version: Annotated[int, typer.Option("--version", help="write <view>__v<N>")],
-    from_: Annotated[str, typer.Option("--from", help="earliest, or partition:offset pairs like 0:120,1:98")] = "earliest",
+    from_: Annotated[Optional[str], typer.Option("--from", help="earliest (default), or partition:offset pairs like 0:120,1:98")] = None,
+    from_snapshot: Annotated[Optional[str], typer.Option("--from-snapshot", help="latest, or a snapshot id: load its state, "
+                                                         "read the log from its offsets")] = None,
     max_rate: Annotated[Optional[float], typer.Option("--max-rate", help="throttle to this many events/s")] = None,
+    plan_only: Annotated[bool, typer.Option("--plan", help="change nothing: print the plan (tiers, lost ranges, estimate)")] = False,
 ) -> None:
-    """Kappa replay: run the view's stream logic as a new consumer group from the log into
-    <view>__v<N>, up to the end offsets recorded at start; writes build metadata."""
+    """Kappa replay: run the view's stream logic as a new consumer group into <view>__v<N>, up to
+    the end offsets recorded at start, reading offsets Kafka no longer holds from bronze; writes
+    build metadata."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     from lklab import kappa
@@ -339,16 +343,147 @@ def replay(
 
     s = settings()
     try:
-        start = kappa.parse_from(from_)
+        start = None if from_ in (None, "earliest") else kappa.parse_from(from_)
+        engine = make_engine(s)
+        if plan_only:
+            the_plan = kappa.plan(s, engine, view, version, start, from_snapshot)
+            print_plan(s, engine, the_plan, max_rate)
+            if the_plan.lost:
+                raise fail(the_plan.lost_message().replace("; nothing replayed", ""))
+            return
         with Progress(TextColumn(f"replay {view} → {kappa.output_name(view, version)}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]:,.0f} ev/s"), TimeRemainingColumn(), console=console) as bar:
             task = bar.add_task("replay", total=None, rate=0.0)
-            result = kappa.replay(s, make_engine(s), view, version, start, max_rate,
+            result = kappa.replay(s, engine, view, version, start, max_rate, snapshot=from_snapshot,
                                   on_progress=lambda p: bar.update(task, completed=p.done, total=p.total, rate=p.events_per_s))
     except (kappa.ReplayError, LookupError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"{result.output}: {result.events} events in {result.seconds:.1f}s ({result.events_per_s:,.0f} ev/s), "
-                  f"{result.rows} rows; offsets {result.start_offsets} → {result.target_offsets}")
+    origin = f"snapshot {result.snapshot_id} + " if result.snapshot_id else ""
+    console.print(f"{result.output}: {origin}{result.events} events in {result.seconds:.1f}s ({result.events_per_s:,.0f} ev/s; "
+                  f"bronze {result.tiers.get('bronze', 0)}, kafka {result.tiers.get('kafka', 0)}), {result.rows} rows; "
+                  f"offsets {result.start_offsets} → {result.target_offsets}")
+
+
+def print_plan(s: Settings, engine, the_plan, max_rate: Optional[float]) -> None:
+    from lklab import merge, tiers
+
+    table = Table(title=f"replay plan: {the_plan.view} → {the_plan.output} (group {the_plan.scope})")
+    for column in ("partition", "offsets", "records", "tier"):
+        table.add_column(column, justify="right" if column == "records" else "left")
+    for r in the_plan.ranges:
+        tier = "[red]LOST from both tiers[/red]" if r.tier == tiers.LOST else r.tier
+        table.add_row(str(r.partition), f"{r.start}..{r.end - 1}", f"{r.records:,}", tier)
+    console.print(table)
+    snap = the_plan.snapshot
+    console.print(f"snapshot: {snap.snapshot_id} of {snap.source_output} at offsets {snap.offsets} ({snap.row_counts['output']:,} rows, "
+                  f"logic v{snap.logic_version}, schema v{snap.schema_version}, {'load' if the_plan.load_snapshot else 'already loaded: resume'})"
+                  if snap else "snapshot: none (state starts empty)", highlight=False)
+    console.print(f"records: {the_plan.records():,} (bronze {the_plan.records(tiers.BRONZE):,}, kafka {the_plan.records(tiers.KAFKA):,}, "
+                  f"lost {the_plan.records(tiers.LOST):,}); end offsets {the_plan.target}", highlight=False)
+    estimate = the_plan.estimated_s(max_rate)
+    rate = f"{the_plan.rate_eps:,.0f} ev/s from {the_plan.rate_source}" if the_plan.rate_eps else the_plan.rate_source
+    console.print(f"estimate: {f'{estimate:,.1f} s' if estimate is not None else 'unknown'} ({rate}"
+                  f"{f', capped by --max-rate {max_rate:,.0f}' if max_rate else ''})", highlight=False)
+    health = merge.current_speed_health(engine, s)
+    kafka_records = the_plan.records(tiers.KAFKA)
+    console.print(f"live speed layer: {'healthy' if health.healthy else f'NOT healthy ({health.reason})'}, lag {health.lag}. "
+                  f"The replay uses its own group, so live offsets are untouched; it adds {kafka_records:,} broker fetches"
+                  f"{f' at up to {max_rate:,.0f} ev/s' if max_rate else ' unthrottled (set --max-rate to bound it)'} and the "
+                  f"same number of writes to the serving store the live worker writes to; bronze reads touch only the lake.",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command()
+def snapshot(
+    view: Annotated[str, typer.Argument(help="the view to snapshot, or `list`")],
+    list_view: Annotated[Optional[str], typer.Argument(help="with `list`: only this view's snapshots")] = None,
+    version: Annotated[Optional[int], typer.Option("--version", help="snapshot <view>__v<N> (default: the published version)")] = None,
+) -> None:
+    """Write an immutable Delta snapshot of a Kappa output's state, with the offsets it is
+    consistent with, its logic and schema version, row counts, checksum and git SHA
+    (`lklab snapshot list [VIEW]` lists them)."""
+    from lklab import snapshots
+    from lklab.serving import make_engine
+
+    s = settings()
+    engine = make_engine(s)
+    if view == "list":
+        return print_snapshots(snapshots.listing(engine, list_view))
+    try:
+        snap = take_snapshot(s, engine, view, version)
+    except (snapshots.SnapshotError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    print_snapshots([snap])
+
+
+def take_snapshot(s: Settings, engine, view: str, version: Optional[int]):
+    from lklab import cutover as co
+    from lklab import kappa, snapshots
+
+    if view not in kappa.KAPPA_VIEWS:
+        raise snapshots.SnapshotError(f"unknown view {view!r}; one of: {', '.join(kappa.KAPPA_VIEWS)}")
+    if version is None:
+        with engine.connect() as conn:
+            output = co.published(conn, view)
+        if output is None:
+            raise snapshots.SnapshotError(f"{view} has no published version: pass --version N")
+    else:
+        output = kappa.output_name(view, version)
+    record = kappa.build_record(engine, output)
+    if record is None:
+        raise snapshots.SnapshotError(f"{output} was never replayed: run `lklab replay {view} --version N` first")
+    from lklab.spark import get_spark
+
+    return snapshots.take(s, engine, get_spark(s), view, kappa.spec_for(view, record["version"]), record["consumer_group"])
+
+
+def print_snapshots(found) -> None:
+    table = Table(title="snapshots")
+    for column in ("id", "of", "created", "offsets", "rows", "logic", "schema", "checksum", "git"):
+        table.add_column(column)
+    for snap in found:
+        table.add_row(snap.snapshot_id, snap.source_output, snap.created_at.isoformat(timespec="seconds"),
+                      ",".join(f"{p}:{o}" for p, o in sorted(snap.offsets.items())), f"{snap.row_counts['output']:,}",
+                      str(snap.logic_version), str(snap.schema_version), snap.checksum[:12], snap.git_sha[:12])
+    console.print(table)
+
+
+@app.command()
+def audit(
+    view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily | user_sessions")],
+    key: Annotated[str, typer.Option("--key", help="the entity: city, driver_id or user_id")],
+    window: Annotated[str, typer.Option("--window", help="the window start, ISO UTC")],
+    as_of: Annotated[str, typer.Option("--as-of", help="the instant to answer for, like 2026-11-17T10:00Z")],
+    arch: Annotated[str, typer.Option("--arch", help="lambda (the merge behind lambda@batch) or kappa (the view's alias)")] = "lambda",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """What a view served for one key and window at a past instant, from which publish, build,
+    code version and input offsets (Delta time travel on the recorded versions)."""
+    from lklab import audit as au
+    from lklab.serving import make_engine
+    from lklab.spark import get_spark
+
+    s = settings()
+    when, start = parse_iso(as_of, "--as-of"), parse_iso(window, "--window")
+    try:
+        found = au.answer(s, make_engine(s), get_spark(s), view, key, start, when, arch)
+    except au.AuditError as exc:
+        raise fail(str(exc)) from None
+    body = {"view": view, "arch": found.arch, "key": key, "window": start.isoformat(), "as_of": when.isoformat(),
+            "value": found.value, "found": found.found, "served_from": found.served_from, "note": found.note,
+            "publish": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in found.publish.items()},
+            "lineage": found.lineage}
+    if as_json:
+        print(json.dumps(body, indent=2, default=str))
+        return
+    pub = found.publish
+    console.print(f"{view} {key} {start.isoformat()} as of {when.isoformat()}: [bold]{found.value}[/bold]"
+                  f"{f'  ({found.note})' if found.note else ''}", highlight=False, soft_wrap=True)
+    console.print(f"served from {found.served_from}; published {pub['at'].isoformat()} by {pub['who']} ({pub['action']} "
+                  f"{pub['from_target']} → {pub['target']}: {pub['why']})", highlight=False, soft_wrap=True)
+    lineage = found.lineage
+    console.print(f"git {lineage.get('git_sha')}, logic v{lineage.get('logic_version')}, schema v{lineage.get('schema_version')}, "
+                  f"input offsets {lineage.get('offsets') or lineage.get('target_offsets')}", highlight=False, soft_wrap=True)
 
 
 @app.command()

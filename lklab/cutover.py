@@ -184,16 +184,47 @@ def rollback(settings: Settings, engine: Engine, view: str, why: str, who: str |
 def _swap(engine: Engine, view: str, old: str | None, new: str, action: str, who: str | None, why: str, checks: list[Check],
           snap: Snapshot) -> None:
     now, who = datetime.now(timezone.utc), who or getpass.getuser()
-    build = json.loads(json.dumps(kappa.build_record(engine, new), default=str))
     with engine.begin() as conn:  # alias, history and publish record together: one atomic swap
         upsert(conn, serving_aliases, [{"view": view, "target": new, "updated_at": now}])
         conn.execute(alias_history.insert(), [{
             "view": view, "from_target": old, "to_target": new, "action": action, "who": who,
             "why": why, "at": now, "checks": [{"name": c.name, "passed": c.passed, "summary": c.summary} for c in checks],
         }])
-        record_publish(conn, at=now, view=view, arch=KAPPA, action=action, target=new, from_target=old, why=why, who=who,
-                       build=build, delta_versions={snap.piece_location("output"): snap.delta_versions["output"]},
-                       snapshot_id=snap.snapshot_id)
+        _record_publish(conn, engine, now, view, old, new, action, who, why, snap)
+
+
+def _record_publish(conn, engine: Engine, now: datetime, view: str, old: str | None, new: str, action: str, who: str,
+                    why: str, snap: Snapshot) -> None:
+    build = json.loads(json.dumps(kappa.build_record(engine, new), default=str))
+    record_publish(conn, at=now, view=view, arch=KAPPA, action=action, target=new, from_target=old, why=why, who=who,
+                   build=build, delta_versions={snap.piece_location("output"): snap.delta_versions["output"]},
+                   snapshot_id=snap.snapshot_id)
+
+
+@dataclass(frozen=True)
+class Refresh:
+    view: str
+    output: str
+    events: int
+    snapshot: Snapshot
+
+
+def refresh(settings: Settings, engine: Engine, view: str, spark=None, who: str | None = None) -> Refresh | None:
+    """The hybrid design's daily step for a published Kappa view: resume its replay up to the log's
+    end, snapshot the result, and record the refreshed output as a publish (audits stay exact).
+    None if nothing of the view is published."""
+    with engine.connect() as conn:
+        output = published(conn, view)
+    if output is None:
+        return None
+    record = kappa.build_record(engine, output)
+    result = kappa.replay(settings, engine, view, record["version"], spark=spark)
+    snap = publish_snapshot(settings, engine, spark, view, output)
+    if result.events:
+        with engine.begin() as conn:
+            _record_publish(conn, engine, datetime.now(timezone.utc), view, output, output, "refresh", who or getpass.getuser(),
+                            f"caught up {result.events} events", snap)
+    return Refresh(view, output, result.events, snap)
 
 
 def history(engine: Engine, view: str) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Jobs and schedules: ingest (bronze) and the partitioned Lambda batch (silver → gold → gates → promote)."""
+"""Jobs and schedules: ingest (bronze), the partitioned Lambda batch (silver → gold → gates → promote)
+and the hybrid daily snapshots."""
 from dagster import AssetSelection, ScheduleDefinition, define_asset_job
 
 ingest_job = define_asset_job(
@@ -16,4 +17,15 @@ lambda_batch_job = define_asset_job(
 nightly_ingest = ScheduleDefinition(
     job=ingest_job, cron_schedule="0 2 * * *", execution_timezone="UTC",
     description="Nightly batch layer: ingest at 02:00 UTC; the rebuild_touched_dates sensor runs the batch for the dates it touched.",
+)
+
+hybrid_job = define_asset_job(
+    "hybrid_snapshots",
+    selection=AssetSelection.groups("hybrid"),
+    description="Catch up every published Kappa view, snapshot it to Delta, and mirror the publish history.",
+)
+
+daily_snapshots = ScheduleDefinition(
+    job=hybrid_job, cron_schedule="0 3 * * *", execution_timezone="UTC",
+    description="Daily snapshots at 03:00 UTC, after the nightly ingest: they bound how far back any replay must read.",
 )

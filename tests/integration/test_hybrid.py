@@ -225,3 +225,25 @@ def test_audit_as_of_reads_the_batch_build_in_force_with_delta_time_travel(split
     late = max(w for _, w in gold(second))  # not final at T: the merge served it from speed, which keeps no history
     unversioned = audit.answer(settings, engine, spark, view, key, late, datetime.now(timezone.utc))
     assert unversioned.value is None and unversioned.served_from == "speed layer (not versioned)"
+
+
+def test_the_daily_dagster_job_catches_up_snapshots_and_keeps_the_publish_history(split, spark) -> None:
+    from orchestration.definitions import make_definitions
+    from orchestration.resources import LabSettings
+
+    settings, engine, workload = split
+    kappa.replay(settings, engine, "revenue_per_minute", 1)
+    assert co.cutover(settings, engine, "revenue_per_minute", 1, "publish", spark=spark).swapped
+    produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
+
+    job = make_definitions(LabSettings.from_settings(settings)).resolve_job_def("hybrid_snapshots")
+    run = job.execute_in_process(instance=batch.dagster_instance(settings), raise_on_error=False)
+    assert run.success
+    end = kafka_io.run(kafka_io.end_offsets(settings))
+    latest = snapshots.listing(engine, "revenue_per_minute")[-1]
+    assert latest.offsets == end and latest.source_output == "revenue_per_minute__v1"
+    assert oracle.compare(output(engine, "revenue_per_minute", 1), oracle.for_view("revenue_per_minute", workload.truth)).equal
+    actions = [(p["action"], p["snapshot_id"]) for p in audit.history(engine, "revenue_per_minute")]
+    assert actions[0][0] == "cutover" and actions[-1] == ("refresh", latest.snapshot_id)
+    mirrored = spark.read.format("delta").load(lake.path(settings, audit.PUBLISH_LOG_TABLE))
+    assert sorted(r["id"] for r in mirrored.collect()) == [p["id"] for p in audit.history(engine)]
