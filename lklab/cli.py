@@ -97,14 +97,14 @@ def kafka_status() -> None:
 @app.command()
 def produce(file: Annotated[Path, typer.Option("--file", "-f", help="JSONL, one schema-v1 event per line")]) -> None:
     """Import your own events: valid lines go to the topic, bad lines to the dead-letter topic with a reason."""
-    from lklab.produce import produce_file
+    from lklab.produce import ProduceError, produce_file
 
     s = settings()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task(f"producing {file}", total=None)
         try:
             report = produce_file(s, file, on_progress=lambda n: bar.update(task, description=f"producing {file}: line {n}"))
-        except (FileNotFoundError, LookupError, OSError) as exc:
+        except (FileNotFoundError, LookupError, OSError, ProduceError) as exc:
             raise fail(str(exc)) from None
     for reason in report.reasons:
         err.print(f"dead-lettered {reason}", highlight=False)

@@ -30,8 +30,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-DEMO_SEGMENT_BYTES = 16 * 1024  # small segments, so a short retention deletes some of them
-DEMO_RETENTION_BYTES = 48 * 1024  # per partition: Kafka keeps roughly the newest quarter of the demo's log
+DEMO_SEGMENT_BYTES = 64 * 1024  # small segments, so a short retention deletes some of them
+DEMO_RETENTION_BYTES = 128 * 1024  # per partition: Kafka keeps roughly the newest half of the demo's log
 
 
 def demo_settings() -> Settings:

@@ -76,7 +76,8 @@ async def producer(settings: Settings):
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
-        max_batch_size=256 * 1024,
+        # Kafka refuses a batch larger than a segment; topics with small segments get small batches
+        max_batch_size=min(256 * 1024, settings.topic_segment_bytes // 2) if settings.topic_segment_bytes else 256 * 1024,
         compression_type=None,
     )
     await prod.start()

@@ -2,6 +2,7 @@
 dead-letter topic with a one-line reason; nothing stops the import and nothing is dropped."""
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from lklab import kafka_io
 from lklab.config import Settings
 from lklab.events import Event, EventError, decode, parse_event, validate_dict
 from lklab.pii import PiiCipher
+
+CONFIRM_EVERY = 5000  # records in flight before waiting for their acknowledgements
 
 
 @dataclass
@@ -40,6 +43,7 @@ async def produce_lines(
     """Send each valid line keyed by ride_id (acks=all, idempotent); each bad line to the DLQ."""
     await kafka_io.ensure_topics(settings)
     cipher, report = PiiCipher(settings), ProduceReport()
+    pending: list[tuple[str, asyncio.Future]] = []
     async with kafka_io.producer(settings) as producer:
         for number, line in enumerate(lines, start=1):
             where = f"{source}:{number}"
@@ -49,14 +53,34 @@ async def produce_lines(
                 event = validate_line(line, cipher)
             except EventError as exc:
                 report.reject(where, exc.reason)
-                await producer.send(settings.dlq_topic, key=source.encode(), value=kafka_io.dlq_payload(exc.reason, where, line.rstrip("\n")))
+                sent = await producer.send(settings.dlq_topic, key=source.encode(),
+                                           value=kafka_io.dlq_payload(exc.reason, where, line.rstrip("\n")))
             else:
                 report.accepted += 1
-                await producer.send(settings.topic, key=event.ride_id.encode(), value=event.to_json().encode())
+                sent = await producer.send(settings.topic, key=event.ride_id.encode(), value=event.to_json().encode())
+            pending.append((where, sent))
+            if len(pending) >= CONFIRM_EVERY:
+                await _confirm(pending, settings)
             if on_progress and number % 1000 == 0:
                 on_progress(number)
         await producer.flush()
+        await _confirm(pending, settings)
     return report
+
+
+class ProduceError(RuntimeError):
+    """Kafka did not acknowledge a record; the import stopped there."""
+
+
+async def _confirm(pending: list[tuple[str, asyncio.Future]], settings: Settings) -> None:
+    """Wait for the broker's acknowledgement of every record sent so far: a send only counts once
+    it is acknowledged, so a refusal stops the import with the line it happened at."""
+    results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+    for (where, _), result in zip(pending, results):
+        if isinstance(result, BaseException):
+            raise ProduceError(f"{where}: Kafka at {settings.bootstrap} did not acknowledge the record "
+                               f"({type(result).__name__}: {result}); lines before it up to the last acknowledged batch are on the log")
+    pending.clear()
 
 
 def produce_file(settings: Settings, path: Path, on_progress: Callable[[int], None] | None = None) -> ProduceReport:

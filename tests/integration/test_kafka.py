@@ -80,3 +80,22 @@ def test_starting_twice_is_refused_and_a_busy_port_is_named(kafka: Settings, tmp
 def test_missing_file_gives_a_clear_error(isolated: Settings, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no such file"):
         produce_file(isolated, tmp_path / "nope.jsonl")
+
+
+def test_a_record_the_broker_refuses_stops_the_import_with_its_line(isolated: Settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from lklab.produce import ProduceError
+
+    async def tiny_topic() -> None:  # the broker accepts no record over 200 bytes here
+        admin = AIOKafkaAdminClient(bootstrap_servers=isolated.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(isolated.topic + ".tiny", 1, 1, topic_configs={"max.message.bytes": "200"})])
+        finally:
+            await admin.close()
+
+    kafka_io.run(tiny_topic())
+    tiny = isolated.model_copy(update={"topic": isolated.topic + ".tiny"})
+    with pytest.raises(ProduceError, match=r"generator:1: Kafka at .* did not acknowledge the record"):
+        produce_events(tiny, generate(GeneratorConfig(seed=12, duration_s=60, rides_per_minute=5)).deliveries)
