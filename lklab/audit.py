@@ -76,7 +76,8 @@ def _in_force(engine: Engine, alias: str, arch: str, as_of: datetime) -> dict:
 
 def answer(settings: Settings, engine: Engine, spark, view: str, key: str, window: datetime, as_of: datetime,
            arch: str = LAMBDA) -> AuditAnswer:
-    """What `view` served for (key, window) at `as_of`, and from which publish."""
+    """What `view` served for (key, window) at `as_of`, and from which publish. `spark` may be
+    None: a session is started only when there is Delta to read."""
     if view not in AUDIT_VIEWS:
         raise AuditError(f"unknown view {view!r}; one of: {', '.join(AUDIT_VIEWS)}")
     if arch not in (LAMBDA, KAPPA):
@@ -94,7 +95,7 @@ def _kappa(settings: Settings, engine: Engine, spark, view: str, key: str, windo
     if row is None:
         raise AuditError(f"publish {publish['id']} of {view} names snapshot {publish['snapshot_id']}, which is not in the catalog")
     snap = snapshots.from_row(row)
-    rows = snapshots.read_output(spark, snap, key, window)
+    rows = snapshots.read_output(_spark(spark, settings), snap, key, window)
     value = None if not rows else (rows[0]["value"] if view != "user_sessions" else (rows[0]["value"], rows[0]["duration_ms"]))
     return AuditAnswer(view, KAPPA, key, window, as_of, value, f"snapshot {snap.snapshot_id} (Delta {snap.piece_location('output')}"
                        f"@v{snap.delta_versions['output']})", publish, found=bool(rows),
@@ -118,10 +119,18 @@ def _lambda(settings: Settings, engine: Engine, spark, view: str, key: str, wind
     if table not in publish["delta_versions"]:
         raise AuditError(f"build {publish['target']} recorded no Delta version of {table}")
     version = publish["delta_versions"][table]
-    rows = _gold_rows(spark, settings, view, table, version, key, window)
+    rows = _gold_rows(_spark(spark, settings), settings, view, table, version, key, window)
     return AuditAnswer(view, LAMBDA, key, window, as_of, rows[0] if rows else None, f"gold {table}@v{version} "
                        f"(build {publish['target']})", publish, found=bool(rows),
                        note="" if rows else "no row for this key and window in that build", lineage=build)
+
+
+def _spark(spark, settings: Settings):
+    if spark is not None:
+        return spark
+    from lklab.spark import get_spark
+
+    return get_spark(settings)
 
 
 def _gold_rows(spark, settings: Settings, view: str, table: str, version: int, key: str, window: datetime) -> list:

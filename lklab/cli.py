@@ -461,12 +461,11 @@ def audit(
     code version and input offsets (Delta time travel on the recorded versions)."""
     from lklab import audit as au
     from lklab.serving import make_engine
-    from lklab.spark import get_spark
 
     s = settings()
     when, start = parse_iso(as_of, "--as-of"), parse_iso(window, "--window")
     try:
-        found = au.answer(s, make_engine(s), get_spark(s), view, key, start, when, arch)
+        found = au.answer(s, make_engine(s), None, view, key, start, when, arch)
     except au.AuditError as exc:
         raise fail(str(exc)) from None
     body = {"view": view, "arch": found.arch, "key": key, "window": start.isoformat(), "as_of": when.isoformat(),

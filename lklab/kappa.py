@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 from sqlalchemy import Engine, select
 
 from lklab import kafka_io, snapshots, tiers, views
@@ -169,8 +170,9 @@ def _snapshot_start(engine: Engine, view: str, spec, scope: str, held: Offsets, 
 
 
 def plan(settings: Settings, engine: Engine, view: str, version: int, start: Offsets | None = None,
-         snapshot: str | None = None, spark=None) -> ReplayPlan:
-    """Which offsets a replay would read, from which tier, starting from what; changes nothing."""
+         snapshot: str | None = None, spark=None, end: Offsets | None = None) -> ReplayPlan:
+    """Which offsets a replay would read, from which tier, starting from what; changes nothing.
+    `end` fixes the end offsets (a replay re-planning keeps the ones it recorded at start)."""
     _check_args(view, version)
     if start is not None and snapshot is not None:
         raise ReplayError("--from and --from-snapshot exclude each other: a snapshot fixes the start offsets")
@@ -178,15 +180,13 @@ def plan(settings: Settings, engine: Engine, view: str, version: int, start: Off
     held = _held(engine, scope, settings.topic)
     snap, load = (None, False) if snapshot is None else _snapshot_start(engine, view, spec, scope, held, snapshot)
     kafka_first = kafka_io.run(kafka_io.beginning_offsets(settings))
-    target = kafka_io.run(kafka_io.end_offsets(settings))
+    target = end or kafka_io.run(kafka_io.end_offsets(settings))
     begin = snap.offsets if snap else (start or {})
     begin = {p: begin.get(p, 0) for p in target}
     position = {p: max(begin[p], held.get(p, 0)) for p in target}
     below = tiers.needs_bronze(position, target, kafka_first)
-    if below and spark is None:
-        from lklab.spark import get_spark
-
-        spark = get_spark(settings)
+    if below:
+        spark = spark or _session(settings)
     runs = tiers.bronze_runs(spark, settings, below) if below else {}
     rate, source = measured_rate(engine)
     return ReplayPlan(view, spec.name, scope, begin, position, target, kafka_first,
@@ -225,15 +225,9 @@ def replay(
     the_plan = plan(settings, engine, view, version, start, snapshot, spark)
     if the_plan.lost:
         raise ReplayError(the_plan.lost_message())
-    if the_plan.records(tiers.BRONZE) and spark is None:
-        from lklab.spark import get_spark
-
-        spark = get_spark(settings)
+    spark = spark or _spark_if(the_plan, settings)
     if the_plan.load_snapshot:
-        if spark is None:
-            from lklab.spark import get_spark
-
-            spark = get_spark(settings)
+        spark = spark or _session(settings)
         try:
             snapshots.load(settings, engine, spark, the_plan.snapshot, spec, the_plan.scope)
         except snapshots.SnapshotError as exc:
@@ -243,13 +237,25 @@ def replay(
             snapshot_id=snapshot_id)
     pacer = _Pacer(the_plan.records(), max_rate, on_progress)
     counts = {tiers.BRONZE: 0, tiers.KAFKA: 0}
-    for span in (r for r in the_plan.ranges if r.tier == tiers.BRONZE):
-        for records in tiers.read_bronze(spark, settings, span):
-            apply_records(engine, settings, settings.topic, records, specs=[spec], scope=the_plan.scope, close_windows=False)
-            counts[tiers.BRONZE] += len(records)
-            time.sleep(max(pacer.advance(len(records)), 0))
-    kafka = {r.partition: r.start for r in the_plan.ranges if r.tier == tiers.KAFKA}
-    counts[tiers.KAFKA] = asyncio.run(_replay_kafka(settings, engine, spec, the_plan.scope, kafka, the_plan.target, pacer))
+    first_plan = the_plan
+    while True:
+        for span in (r for r in the_plan.ranges if r.tier == tiers.BRONZE):
+            for records in tiers.read_bronze(spark, settings, span):
+                apply_records(engine, settings, settings.topic, records, specs=[spec], scope=the_plan.scope, close_windows=False)
+                counts[tiers.BRONZE] += len(records)
+                time.sleep(max(pacer.advance(len(records)), 0))
+        kafka = {r.partition: r.start for r in the_plan.ranges if r.tier == tiers.KAFKA}
+        try:
+            asyncio.run(_replay_kafka(settings, engine, spec, the_plan.scope, kafka, the_plan.target, pacer, counts))
+            break
+        except OffsetOutOfRangeError:
+            # Retention deleted offsets after the plan was made: plan again from the committed
+            # progress, to the same end offsets; bronze serves what Kafka dropped, or we stop.
+            the_plan = plan(settings, engine, view, version, start, snapshot_id, spark, end=first_plan.target)
+            if the_plan.lost:
+                raise ReplayError(the_plan.lost_message()) from None
+            spark = spark or _spark_if(the_plan, settings)
+    the_plan = first_plan
     with engine.connect() as conn:
         rows = len(read_output(engine, view, spec.name, conn=conn))
         maxima = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.max_event_time)
@@ -263,14 +269,25 @@ def replay(
     return ReplayResult(spec.name, done, rows, the_plan.start, the_plan.target, seconds, counts, snapshot_id)
 
 
+def _session(settings: Settings):
+    from lklab.spark import get_spark
+
+    return get_spark(settings)
+
+
+def _spark_if(the_plan: ReplayPlan, settings: Settings):
+    """A Spark session if the plan reads bronze (None otherwise: Kafka-only replays need no JVM)."""
+    return _session(settings) if the_plan.records(tiers.BRONZE) else None
+
+
 async def _replay_kafka(settings: Settings, engine: Engine, spec, scope: str, position: Offsets, target: Offsets,
-                        pacer: _Pacer) -> int:
-    """Consume [position, target) per partition from Kafka with the replay's own group."""
+                        pacer: _Pacer, counts: dict[str, int]) -> None:
+    """Consume [position, target) per partition from Kafka with the replay's own group. Raises
+    OffsetOutOfRangeError if retention deleted a position meanwhile (never skips silently)."""
     if not position:
-        return 0
-    done = 0
+        return
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=scope, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_poll_records=BATCH)
+                                auto_offset_reset="none", max_poll_records=BATCH)
     await consumer.start()
     try:
         todo = set(position)
@@ -289,12 +306,11 @@ async def _replay_kafka(settings: Settings, engine: Engine, spec, scope: str, po
             if records:
                 await asyncio.to_thread(apply_records, engine, settings, settings.topic, records,
                                         specs=[spec], scope=scope, close_windows=False)
-                done += len(records)
+                counts[tiers.KAFKA] += len(records)
                 await consumer.commit()  # visibility for Kafka tooling; the sink's offsets are the truth
             await asyncio.sleep(max(pacer.advance(len(records)), 0))
     finally:
         await consumer.stop()
-    return done
 
 
 def _record(engine, spec, view, version, scope, start, target, began, status, events=0, rows=0, watermark=None,

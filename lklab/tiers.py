@@ -94,7 +94,7 @@ def read_bronze(spark, settings: Settings, span: TierRange, chunk: int = READ_CH
         rows = (bronze.where((F.col("topic") == settings.topic) & (F.col("partition") == span.partition)
                              & (F.col("offset") >= first) & (F.col("offset") < nxt))
                 .select("offset", "value").dropDuplicates(["offset"]).orderBy("offset").toArrow().to_pylist())
-        if len(rows) != nxt - first:
-            raise RuntimeError(f"bronze {settings.topic}[{span.partition}] holds {len(rows)} of offsets [{first}, {nxt}): "
-                               "it changed since the plan")
+        if [r["offset"] for r in rows] != list(range(first, nxt)):  # the sink's offset fence needs every offset, in order
+            raise RuntimeError(f"bronze {settings.topic}[{span.partition}] returned {len(rows)} of offsets [{first}, {nxt}) "
+                               "or out of order: it changed since the plan")
         yield [(span.partition, r["offset"], None if r["value"] is None else r["value"].encode()) for r in rows]

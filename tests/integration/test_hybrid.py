@@ -15,11 +15,19 @@ from lklab import cutover as co
 from lklab.config import Settings
 from lklab.generator import GeneratorConfig, generate, write_ledger
 from lklab.produce import produce_events
-from lklab.serving import batch_view_rows, kappa_builds, make_engine, speed_contrib, speed_progress, view_snapshots
+from lklab.serving import (
+    batch_view_rows,
+    kappa_builds,
+    make_engine,
+    speed_contrib,
+    speed_event_state,
+    speed_progress,
+    view_snapshots,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-ACROSS_MIDNIGHT = datetime(2026, 11, 17, 23, 40, tzinfo=timezone.utc)  # so user_sessions v1's bug shows
+ACROSS_MIDNIGHT = datetime(2026, 11, 17, 23, 50, tzinfo=timezone.utc)  # the first half crosses midnight: v1's bug shows
 
 
 @pytest.fixture
@@ -49,6 +57,12 @@ def batch_rows(engine, build_id: str, view: str) -> list[dict]:
                                                                               batch_view_rows.c.view == view)).mappings()]
 
 
+def dedup_state(engine, view: str, version: int) -> dict[str, int]:
+    t = speed_event_state
+    with engine.connect() as conn:
+        return dict(conn.execute(select(t.c.event_id, t.c.event_version).where(t.c.scope == kappa.replay_scope(view, version))).all())
+
+
 def nothing_written(engine, view: str, version: int) -> bool:
     name, scope = kappa.output_name(view, version), kappa.replay_scope(view, version)
     with engine.connect() as conn:
@@ -63,6 +77,8 @@ def test_snapshot_plus_replay_equals_full_replay_and_the_oracle(split, spark) ->
         kappa.replay(settings, engine, view, 1)
     taken = {view: snapshots.take(settings, engine, spark, view, kappa.spec_for(view, 1), kappa.replay_scope(view, 1))
              for view in ("revenue_per_minute", "daily_active_users", "user_sessions")}
+    first_half = workload.deliveries[:len(workload.deliveries) // 2]
+    assert views.USER_SESSIONS[1].evaluate(first_half) != views.USER_SESSIONS[2].evaluate(first_half)  # the migration matters
     produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
 
     for view, snap in taken.items():
@@ -75,6 +91,7 @@ def test_snapshot_plus_replay_equals_full_replay_and_the_oracle(split, spark) ->
         assert resumed.events == len(workload.deliveries) - len(workload.deliveries) // 2  # only what came after
         assert full.events == len(workload.deliveries)
         assert output(engine, view, 2) == output(engine, view, 3)
+        assert dedup_state(engine, view, 2) == dedup_state(engine, view, 3) != {}  # the snapshot carried the dedup state
         if view == "user_sessions":  # v1 → v2 went through the declared migration (the midnight fix)
             truth = oracle.user_sessions(workload.truth)
             assert output(engine, view, 2) == truth != views.USER_SESSIONS[1].evaluate(workload.truth)
@@ -142,6 +159,19 @@ def test_a_replay_across_the_retention_gap_equals_unlimited_retention(split, spa
     assert across.events == unlimited.events == len(workload.deliveries)
     assert output(engine, "revenue_per_minute", 2) == output(engine, "revenue_per_minute", 1)
     assert oracle.compare(output(engine, "revenue_per_minute", 2), oracle.for_view("revenue_per_minute", workload.truth)).equal
+
+    # retention moves on while a replay runs (after its plan, before its Kafka phase): it must not
+    # skip to Kafka's new first offset; it plans again and reads the newly dropped range from bronze
+    later = {p: (2 * o) // 3 for p, o in end.items()}
+    hits = []
+
+    def retention_strikes(progress) -> None:
+        if not hits:
+            hits.append(kafka_io.run(kafka_io.delete_before(settings, later)))
+
+    raced = kappa.replay(settings, engine, "revenue_per_minute", 3, spark=spark, on_progress=retention_strikes)
+    assert hits == [later] and raced.tiers == {tiers.BRONZE: sum(later.values()), tiers.KAFKA: sum(end.values()) - sum(later.values())}
+    assert output(engine, "revenue_per_minute", 3) == output(engine, "revenue_per_minute", 1)
 
 
 def test_the_plan_reports_a_range_lost_from_both_tiers_and_the_replay_refuses(split, spark) -> None:
