@@ -387,7 +387,7 @@ def print_plan(s: Settings, engine, the_plan, max_rate: Optional[float]) -> None
     health = merge.current_speed_health(engine, s)
     kafka_records = the_plan.records(tiers.KAFKA)
     console.print(f"live speed layer: {'healthy' if health.healthy else f'NOT healthy ({health.reason})'}, lag {health.lag}. "
-                  f"The replay uses its own group, so live offsets are untouched; it adds {kafka_records:,} broker fetches"
+                  f"The replay uses its own group, so live offsets are untouched; it fetches {kafka_records:,} records from the broker"
                   f"{f' at up to {max_rate:,.0f} ev/s' if max_rate else ' unthrottled (set --max-rate to bound it)'} and the "
                   f"same number of writes to the serving store the live worker writes to; bronze reads touch only the lake.",
                   highlight=False, soft_wrap=True)

@@ -70,8 +70,9 @@ def _count_compare(actual: dict, expected: dict) -> oracle.Comparison:
 
 def run_sessionization(days: int = 30, seed: int = 7, console: Console | None = None) -> int:
     console = console or Console()
-    settings = demo_settings().model_copy(update={
-        "home": demo_settings().home.parent / "compare", "gate_minute_coverage": False, "user_sessions_logic": 1})
+    base = demo_settings()
+    settings = base.model_copy(update={"home": base.home.parent / "compare", "gate_minute_coverage": False, "user_sessions_logic": 1,
+                                       "topic_segment_bytes": None})  # no retention drill here: full-size batches
     shutil.rmtree(settings.home, ignore_errors=True)
     settings.home.mkdir(parents=True)
     engine = make_engine(settings)

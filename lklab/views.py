@@ -33,10 +33,6 @@ def signed_amount(event: Event) -> int | None:
     return None if sign is None or event.amount_cents is None else sign * event.amount_cents
 
 
-def revenue_key(event: Event) -> tuple[str, datetime]:
-    return event.city, window_start(event.event_time)
-
-
 def supersedes(new_version: int, old_version: int | None) -> bool:
     """Does a delivery with new_version replace what is held? Equal versions are re-deliveries."""
     return old_version is None or new_version > old_version
@@ -50,17 +46,6 @@ def latest_versions(events: Iterable[Event]) -> dict[str, Event]:
         if supersedes(event.event_version, held.event_version if held else None):
             kept[event.event_id] = event
     return kept
-
-
-def revenue_per_minute(events: Iterable[Event]) -> dict[tuple[str, datetime], int]:
-    """Reference (in-memory) evaluation of revenue_per_minute over a delivered stream."""
-    totals: dict[tuple[str, datetime], int] = {}
-    for event in latest_versions(events).values():
-        amount = signed_amount(event)
-        if amount is not None:
-            key = revenue_key(event)
-            totals[key] = totals.get(key, 0) + amount
-    return totals
 
 
 def watermark(max_event_time_by_partition: Mapping[int, datetime]) -> datetime | None:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
+from typer.testing import CliRunner
 
 from lklab import audit, batch, kafka_io, kappa, lake, oracle, snapshots, tiers, views
 from lklab import cutover as co
+from lklab.cli import app
 from lklab.config import Settings
 from lklab.generator import GeneratorConfig, generate, write_ledger
 from lklab.produce import produce_events
@@ -188,6 +190,12 @@ def test_the_plan_reports_a_range_lost_from_both_tiers_and_the_replay_refuses(sp
     assert the_plan.records(tiers.KAFKA) == sum(end.values()) - sum(retained.values())
     with pytest.raises(kappa.ReplayError, match="lost from both tiers"):
         kappa.replay(settings, engine, "daily_active_users", 1, spark=spark)
+    assert nothing_written(engine, "daily_active_users", 1)
+
+    # the CLI pre-flight prints the plan and exits 2 on the lost range, changing nothing
+    shown = CliRunner().invoke(app, ["replay", "daily_active_users", "--version", "1", "--plan"], env=settings.to_env())
+    assert shown.exit_code == 2 and "LOST" in shown.stdout and "snapshot: none" in shown.stdout
+    assert f"{the_plan.records(tiers.LOST)} records needed by daily_active_users__v1 are lost from both tiers" in shown.stderr
     assert nothing_written(engine, "daily_active_users", 1)
 
     # a start above the lost range needs neither the lost offsets nor bronze

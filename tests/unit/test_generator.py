@@ -141,14 +141,14 @@ def test_truth_is_complete_rides_inside_the_window(large: Workload) -> None:
 
 def test_shared_view_logic_matches_the_oracle(large: Workload, default: Workload) -> None:
     for workload in (default, large):
-        result = oracle.compare(views.revenue_per_minute(workload.deliveries), oracle.revenue_per_minute(workload.truth))
+        result = oracle.compare(views.VIEWS["revenue_per_minute"].evaluate(workload.deliveries), oracle.revenue_per_minute(workload.truth))
         assert result.equal, str(result)
 
 
 def test_reading_v1_only_would_be_caught(default: Workload) -> None:
     """Guard against a vacuous check: ignoring corrections really changes the answer."""
     v1_only = [e for e in default.deliveries if e.event_version == 1]
-    result = oracle.compare(views.revenue_per_minute(v1_only), oracle.revenue_per_minute(default.truth))
+    result = oracle.compare(views.VIEWS["revenue_per_minute"].evaluate(v1_only), oracle.revenue_per_minute(default.truth))
     assert not result.equal and result.max_abs_error > 0
 
 

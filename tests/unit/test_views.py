@@ -26,12 +26,12 @@ def test_revenue_subtracts_refunds_and_counts_duplicates_once() -> None:
         ev("next", 700, timedelta(seconds=60)),  # next minute
         ev("open", None, timedelta(seconds=1), kind=EventType.APP_OPENED),
     ]
-    assert views.revenue_per_minute(stream) == {("berlin", T0): 700, ("berlin", T0 + timedelta(minutes=1)): 700}
+    assert views.VIEWS["revenue_per_minute"].evaluate(stream) == {("berlin", T0): 700, ("berlin", T0 + timedelta(minutes=1)): 700}
 
 
 def test_a_correction_replaces_the_old_amount() -> None:
     stream = [ev("cap", 1000, timedelta(seconds=5)), ev("cap", 1250, timedelta(seconds=5), version=2)]
-    assert views.revenue_per_minute(stream) == {("berlin", T0): 1250}
+    assert views.VIEWS["revenue_per_minute"].evaluate(stream) == {("berlin", T0): 1250}
 
 
 def test_window_start_is_utc_minute_aligned() -> None:
