@@ -14,6 +14,7 @@ class ReplayConfig(Config):
     version: int
     from_offsets: str = "earliest"  # or partition:offset pairs like 0:120,1:98
     max_rate: float | None = None  # events/s
+    from_snapshot: str | None = None  # latest, or a snapshot id (then from_offsets must stay earliest)
 
 
 def kappa_asset(spec: views.ViewSpec):
@@ -21,8 +22,9 @@ def kappa_asset(spec: views.ViewSpec):
            description=f"Kappa replay of {spec.name} into {spec.name}__v<N> (bounded by the end offsets at start).")
     def _replay(context: AssetExecutionContext, config: ReplayConfig, lab: LabSettings, serving: ServingResource) -> MaterializeResult:
         settings = lab.settings()
-        result = kappa.replay(settings, serving.engine(), spec.name, config.version, kappa.parse_from(config.from_offsets),
-                              config.max_rate, on_progress=None)
+        start = None if config.from_offsets == "earliest" else kappa.parse_from(config.from_offsets)
+        result = kappa.replay(settings, serving.engine(), spec.name, config.version, start, config.max_rate,
+                              snapshot=config.from_snapshot)
         context.log.info(f"{result.output}: {result.events} events at {result.events_per_s:,.0f} ev/s")
         return MaterializeResult(metadata={
             "output": result.output,
@@ -32,6 +34,8 @@ def kappa_asset(spec: views.ViewSpec):
             "events_per_s": round(result.events_per_s, 1),
             "start_offsets": MetadataValue.json({str(k): v for k, v in result.start_offsets.items()}),
             "target_offsets": MetadataValue.json({str(k): v for k, v in result.target_offsets.items()}),
+            "records_per_tier": MetadataValue.json(result.tiers),
+            "snapshot_id": result.snapshot_id or "",
         })
 
     return _replay
