@@ -2,15 +2,21 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lklab.events import EventError, parse_event, schema
-from lklab.generator import bad_lines
+from lklab.generator import GeneratorConfig, bad_lines, generate
 
 GOOD = {
     "event_id": "e1", "event_version": 1, "schema_version": 1, "event_type": "payment_captured",
     "event_time": "2026-11-17T10:00:00Z", "ride_id": "r1", "user_id": "u1", "driver_id": "d1",
     "city": "berlin", "amount_cents": 1200,
 }
+
+
+SAMPLES = [json.loads(e.to_json()) for e in generate(GeneratorConfig(seed=5, duration_s=120, rides_per_minute=10)).deliveries[:60]]
+FIELDS = sorted({k for e in SAMPLES for k in e})
 
 
 def line(**changes) -> str:
@@ -63,3 +69,27 @@ def test_schema_file_names_every_model_field() -> None:
     from lklab.events import Event
 
     assert set(schema()["properties"]) == set(Event.model_fields)
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**12), st.text(max_size=12), st.just("2026-11-17T10:00:00Z"),
+                    st.sampled_from(["payment_captured", "app_opened", "ride_requested", "payment_refunded"]),
+                    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(base=st.sampled_from(SAMPLES), drop=st.sets(st.sampled_from(FIELDS), max_size=2),
+       changes=st.dictionaries(st.sampled_from([*FIELDS, "extra", "pii"]), _VALUES, max_size=3))
+def test_the_fast_validator_agrees_with_the_reference_schema_validator(base, drop, changes) -> None:
+    """The hot path checks events with the schema compiled by fastjsonschema; the jsonschema
+    reference validator must give the same verdict on valid and broken records alike."""
+    import fastjsonschema
+
+    from lklab.events import _fast_check, _validator
+
+    record = {k: v for k, v in {**base, **changes}.items() if k not in drop}
+    try:
+        _fast_check()(record)
+        fast_ok = True
+    except fastjsonschema.JsonSchemaValueException:
+        fast_ok = False
+    assert fast_ok == _validator().is_valid(record), record
