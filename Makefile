@@ -1,6 +1,6 @@
 # The two commands: `make demo` runs the main job, `make test` runs the tests.
 # Both install what they need first (scripts/setup.sh is idempotent).
-.PHONY: setup demo test unit dagster-ui bench-isolation clean
+.PHONY: setup demo test unit dagster-ui bench bench-isolation clean
 
 setup:
 	@scripts/setup.sh
@@ -13,6 +13,10 @@ test: setup
 
 unit: setup
 	.venv/bin/pytest -q tests/unit
+
+bench: setup
+	.venv/bin/pip install -q -e ".[bench]"
+	.venv/bin/python bench/suite.py $(BENCH_ARGS)
 
 bench-isolation: setup
 	.venv/bin/python bench/replay_isolation.py
