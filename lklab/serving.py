@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -80,6 +81,7 @@ speed_contrib = Table(
     Column("window_start", UTCDateTime, nullable=False),
     Column("amount", BigInteger, comment="MONEY views: the signed amount"),
     Column("member", String(128), comment="DISTINCT views: the member (user_id)"),
+    Index("speed_contrib_by_entity", "view", "entity"),  # sessionized views re-read a rider's events
 )
 speed_view_rows = Table(
     "speed_view_rows", metadata,

@@ -162,12 +162,13 @@ def _load_versions(conn: Connection, scope: str, event_ids: Sequence[str]) -> di
     return found
 
 
-def _load_contribs(conn: Connection, event_ids: Sequence[str]) -> dict[tuple[str, str], _Contrib]:
+def _load_contribs(conn: Connection, view_names: Sequence[str], event_ids: Sequence[str]) -> dict[tuple[str, str], _Contrib]:
     t = speed_contrib
     found: dict[tuple[str, str], _Contrib] = {}
     for chunk in _chunks(sorted(set(event_ids))):
-        rows = conn.execute(
-            select(t.c.view, t.c.event_id, t.c.entity, t.c.window_start, t.c.amount, t.c.member).where(t.c.event_id.in_(chunk))
+        rows = conn.execute(  # view first: the primary key (view, event_id) serves the lookup, not a scan
+            select(t.c.view, t.c.event_id, t.c.entity, t.c.window_start, t.c.amount, t.c.member)
+            .where(t.c.view.in_(view_names), t.c.event_id.in_(chunk))
         )
         for view_name, event_id, entity, window, amount, member in rows:
             found[(view_name, event_id)] = _Contrib(entity, window, amount, member)
@@ -318,7 +319,7 @@ def apply_records(
         # 2. One SELECT each (chunked IN lists) for the versions and contributions held.
         event_ids = [e.event_id for _, e in fresh]
         versions = _load_versions(conn, scope, event_ids)
-        contribs = _load_contribs(conn, event_ids)
+        contribs = _load_contribs(conn, [spec.name for spec in specs], event_ids)
 
         # 3. Deltas in Python, in consumption order.
         deltas = _Deltas()
