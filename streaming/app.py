@@ -146,6 +146,10 @@ def make_app(settings: Settings) -> faust.App:
                     raise
                 except Exception as exc:  # noqa: BLE001 - anything else must not be acked
                     _crash(exc)
+                if stats.offsets_missed:
+                    log.warning("%s: %d offsets were gone from the log when this worker reached them (retention outran "
+                                "it); their events are missing from the speed views until batch covers them",
+                                topic, stats.offsets_missed)
                 log.info(
                     "applied %s: %d records, %d processed, %d duplicate, %d late, %d dead-lettered, "
                     "%d corrections, %d re-delivered skipped, watermark %s, next offsets %s",

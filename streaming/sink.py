@@ -52,7 +52,10 @@ LATE_DROPPED = "late_dropped"  # too late for at least one view's window (alread
 DEAD_LETTERED = "dead_lettered"  # broke the event contract; sent to the DLQ topic
 CORRECTIONS_APPLIED = "corrections_applied"  # a higher event_version replaced a held contribution
 REDELIVERED_SKIPPED = "redelivered_skipped"  # offset below the committed next_offset (Kafka re-delivery)
-COUNTERS = (PROCESSED, DUPLICATES_IGNORED, LATE_DROPPED, DEAD_LETTERED, CORRECTIONS_APPLIED, REDELIVERED_SKIPPED)
+# Offsets the log no longer held when this consumer reached them: retention outran it (the consumer
+# resets to the log start). Those events are not in this state; batch or a replay from bronze must cover them.
+OFFSETS_MISSED = "offsets_missed"
+COUNTERS = (PROCESSED, DUPLICATES_IGNORED, LATE_DROPPED, DEAD_LETTERED, CORRECTIONS_APPLIED, REDELIVERED_SKIPPED, OFFSETS_MISSED)
 
 DEFAULT_SCOPE = Settings.model_fields["speed_group"].default  # the live speed layer's consumer group
 _IN_CHUNK = 500  # bound parameters per IN list (SQLite's limit is far above; Postgres has none)
@@ -78,6 +81,7 @@ class ApplyStats:
     topic: str
     processed: int = 0
     skipped_redelivered: int = 0
+    offsets_missed: int = 0  # gaps in a partition's offsets since the last committed one
     duplicates_ignored: int = 0
     late_dropped: int = 0
     corrections_applied: int = 0
@@ -307,6 +311,8 @@ def apply_records(
             if offset < next_offset.get(partition, 0):
                 stats.skipped_redelivered += 1
                 continue
+            if partition in next_offset and offset > next_offset[partition]:
+                stats.offsets_missed += offset - next_offset[partition]
             next_offset[partition] = offset + 1
             stats.next_offsets[partition] = offset + 1
             try:
@@ -353,6 +359,7 @@ def apply_records(
             DEAD_LETTERED: stats.dead_lettered,
             CORRECTIONS_APPLIED: stats.corrections_applied,
             REDELIVERED_SKIPPED: stats.skipped_redelivered,
+            OFFSETS_MISSED: stats.offsets_missed,
         }
         _add(conn, speed_counters, [{"scope": scope, "name": k, "value": v} for k, v in counts.items() if v], add=("value",))
         _commit_progress(conn, scope, topic, stats.next_offsets, committed, max_time)

@@ -114,6 +114,17 @@ def test_offset_below_next_offset_is_skipped(engine, settings) -> None:
     assert read_progress(engine, TOPIC)[2].next_offset == 2
 
 
+def test_offsets_the_log_no_longer_held_are_counted_as_missed(engine, settings) -> None:
+    """Retention outran the consumer: Kafka resets it to the new log start, so offsets jump."""
+    apply_records(engine, settings, TOPIC, [(1, 0, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=100)),
+                                            (1, 1, ev("r2-cap", CAP, "2026-11-17T10:00:11", amount=100))])
+    stats = apply_records(engine, settings, TOPIC, [(1, 7, ev("r3-cap", CAP, "2026-11-17T10:00:12", amount=5)),
+                                                    (1, 9, ev("r4-cap", CAP, "2026-11-17T10:00:13", amount=5)),
+                                                    (3, 40, ev("r5-cap", CAP, "2026-11-17T10:00:14", amount=5))])
+    assert stats.offsets_missed == 5 + 1  # 2..6 and 8 on partition 1; partition 3 had no progress to miss from
+    assert read_counters(engine)["offsets_missed"] == 6 and read_progress(engine, TOPIC)[1].next_offset == 10
+
+
 def test_correction_retracts_old_contribution_exactly(engine, settings) -> None:
     apply_records(engine, settings, TOPIC, [
         (0, 0, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=1000)),
