@@ -331,9 +331,9 @@ def write_results(figures: dict[str, Figure], sizes: dict, notes: list[str], ext
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000, help="deliveries for raw, replay and batch")
-    parser.add_argument("--speed-events", type=int, default=200_000, help="deliveries for the sustained speed-layer run")
-    parser.add_argument("--history-events", type=int, default=600_000, help="deliveries over 30 days for snapshot vs full")
+    parser.add_argument("--events", type=int, default=500_000, help="deliveries for raw, replay and batch")
+    parser.add_argument("--speed-events", type=int, default=100_000, help="deliveries for the sustained speed-layer run")
+    parser.add_argument("--history-events", type=int, default=300_000, help="deliveries over 30 days for snapshot vs full")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--latency-s", type=float, default=15.0)
     parser.add_argument("--replay-rate", type=float, default=2000.0, help="the throttled replay during the isolation run")
