@@ -3,6 +3,7 @@ replay starts from, the two-tier log (bronze below Kafka's retention, Kafka abov
 pre-flight plan, and refusals that write nothing."""
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -228,6 +229,12 @@ def test_audit_as_of_returns_what_kappa_served_before_a_later_cutover(split, spa
     assert then.value == published_v1[(key, window)] != output(engine, view, 1)[(key, window)]  # ...the audit does not
     assert then.publish["target"] == f"{view}__v1" and then.publish["action"] == "cutover"
     assert sum(then.lineage["offsets"].values()) == len(workload.deliveries) // 2  # what v1 had consumed when published
+    shown = CliRunner().invoke(app, ["audit", view, "--key", key, "--window", window.isoformat(), "--as-of", between.isoformat(),
+                                     "--arch", "kappa", "--json"], env=settings.to_env())
+    body = json.loads(shown.stdout)
+    assert shown.exit_code == 0 and body["value"] == then.value and body["publish"]["target"] == f"{view}__v1"
+    listed = CliRunner().invoke(app, ["snapshot", "list", view], env={**settings.to_env(), "COLUMNS": "250"})
+    assert listed.exit_code == 0 and then.publish["snapshot_id"] in listed.stdout
     now = audit.answer(settings, engine, spark, view, key, window, datetime.now(timezone.utc), arch="kappa")
     assert now.value == output(engine, view, 2)[(key, window)] and now.publish["target"] == f"{view}__v2"
     with pytest.raises(audit.AuditError, match="nothing of driver_earnings_daily"):
