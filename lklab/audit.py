@@ -21,6 +21,7 @@ from lklab import snapshots, views
 from lklab.builds import BATCH_ALIAS
 from lklab.config import Settings
 from lklab.serving import publish_log, view_snapshots
+from lklab.spark import ensure_spark
 
 LAMBDA, KAPPA = "lambda", "kappa"
 AUDIT_VIEWS = (*views.VIEWS, "user_sessions")
@@ -32,12 +33,12 @@ class AuditError(RuntimeError):
 
 def record_publish(conn: Connection, *, at: datetime, view: str, arch: str, action: str, target: str,
                    from_target: str | None, why: str, build: dict, delta_versions: dict[str, int],
-                   snapshot_id: str | None = None, who: str | None = None) -> None:
+                   snapshot_id: str | None = None, who: str | None = None, checks: list[dict] | None = None) -> None:
     """Append one publish; call it inside the transaction that publishes."""
     conn.execute(publish_log.insert(), [{
         "at": at, "view": view, "arch": arch, "action": action, "target": target, "from_target": from_target,
         "who": who or getpass.getuser(), "why": why, "build": build, "snapshot_id": snapshot_id,
-        "delta_versions": delta_versions,
+        "delta_versions": delta_versions, "checks": checks or [],
     }])
 
 
@@ -95,7 +96,7 @@ def _kappa(settings: Settings, engine: Engine, spark, view: str, key: str, windo
     if row is None:
         raise AuditError(f"publish {publish['id']} of {view} names snapshot {publish['snapshot_id']}, which is not in the catalog")
     snap = snapshots.from_row(row)
-    rows = snapshots.read_output(_spark(spark, settings), snap, key, window)
+    rows = snapshots.read_output(ensure_spark(settings, spark), snap, key, window)
     value = None if not rows else (rows[0]["value"] if view != "user_sessions" else (rows[0]["value"], rows[0]["duration_ms"]))
     return AuditAnswer(view, KAPPA, key, window, as_of, value, f"snapshot {snap.snapshot_id} (Delta {snap.piece_location('output')}"
                        f"@v{snap.delta_versions['output']})", publish, found=bool(rows),
@@ -119,18 +120,10 @@ def _lambda(settings: Settings, engine: Engine, spark, view: str, key: str, wind
     if table not in publish["delta_versions"]:
         raise AuditError(f"build {publish['target']} recorded no Delta version of {table}")
     version = publish["delta_versions"][table]
-    rows = _gold_rows(_spark(spark, settings), settings, view, table, version, key, window)
+    rows = _gold_rows(ensure_spark(settings, spark), settings, view, table, version, key, window)
     return AuditAnswer(view, LAMBDA, key, window, as_of, rows[0] if rows else None, f"gold {table}@v{version} "
                        f"(build {publish['target']})", publish, found=bool(rows),
                        note="" if rows else "no row for this key and window in that build", lineage=build)
-
-
-def _spark(spark, settings: Settings):
-    if spark is not None:
-        return spark
-    from lklab.spark import get_spark
-
-    return get_spark(settings)
 
 
 def _gold_rows(spark, settings: Settings, view: str, table: str, version: int, key: str, window: datetime) -> list:
@@ -158,11 +151,12 @@ def mirror_to_delta(spark, settings: Settings, engine: Engine) -> int:
     from lklab import lake
 
     rows = [{**r, "build": json.dumps(r["build"], sort_keys=True, default=str),
-             "delta_versions": json.dumps(r["delta_versions"], sort_keys=True)} for r in history(engine)]
+             "delta_versions": json.dumps(r["delta_versions"], sort_keys=True), "checks": json.dumps(r["checks"])}
+            for r in history(engine)]
     if not rows:
         return 0
     schema = ("id long, at timestamp, view string, arch string, action string, target string, from_target string, "
-              "who string, why string, build string, snapshot_id string, delta_versions string")
+              "who string, why string, build string, snapshot_id string, delta_versions string, checks string")
     frame = spark.createDataFrame([tuple(r[c.split()[0]] for c in schema.split(", ")) for r in rows], schema)
     location = lake.path(settings, PUBLISH_LOG_TABLE)
     if not lake.exists(spark, location):

@@ -1,6 +1,6 @@
 """Blue/green cutover for Kappa views: validate `<view>__v<N>` (GX suite, ledger, diff against
-the published version), then swap the alias `<view>` atomically. Every swap is recorded with who,
-when and why; rollback swaps back. Readers read the alias and its rows in one transaction."""
+the published version), then swap the alias `<view>` atomically. Every swap is recorded in the
+publish log with who, when, why and the checks; rollback swaps back. Readers read the alias and its rows in one transaction."""
 from __future__ import annotations
 
 import getpass
@@ -14,8 +14,9 @@ from sqlalchemy import Engine, select
 from lklab import kappa, reconcile, snapshots, views
 from lklab.audit import KAPPA, record_publish
 from lklab.config import Settings
-from lklab.serving import alias_history, serving_aliases, upsert
+from lklab.serving import publish_log, serving_aliases, upsert
 from lklab.snapshots import Snapshot
+from lklab.spark import ensure_spark
 from streaming.sink import read_progress
 
 DEFAULT_TOLERANCE_PCT = 0.5  # the diff gate: total |change| / total |published value|
@@ -135,10 +136,7 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
         raise CutoverError(f"{view} already points at {output}")
     new_rows = kappa.read_output(engine, view, output)
     old_rows = [] if current is None else kappa.read_output(engine, view, current)
-    if spark is None:
-        from lklab.spark import get_spark
-
-        spark = get_spark(settings)
+    spark = ensure_spark(settings, spark)
     checks = [
         _gx_check(settings, spark, view, new_rows),
         _ledger_check(settings, engine, view, output, new_rows),
@@ -161,20 +159,16 @@ def publish_snapshot(settings: Settings, engine: Engine, spark, view: str, outpu
     for snap in reversed(snapshots.listing(engine, view)):
         if snap.source_output == output and snap.offsets == held:
             return snap
-    if spark is None:
-        from lklab.spark import get_spark
-
-        spark = get_spark(settings)
-    return snapshots.take(settings, engine, spark, view, kappa.spec_for(view, record["version"]), record["consumer_group"])
+    return snapshots.take(settings, engine, ensure_spark(settings, spark), view, kappa.spec_for(view, record["version"]),
+                          record["consumer_group"])
 
 
 def rollback(settings: Settings, engine: Engine, view: str, why: str, who: str | None = None, spark=None) -> tuple[str, str]:
     """Point `<view>` back at the version it had before the last swap to its current target."""
     with engine.connect() as conn:
         current = published(conn, view)
-        last = conn.execute(select(alias_history.c.from_target).where(alias_history.c.view == view,
-                                                                      alias_history.c.to_target == current)
-                            .order_by(alias_history.c.id.desc()).limit(1)).scalar()
+        last = conn.execute(select(publish_log.c.from_target).where(*_swaps(view), publish_log.c.target == current)
+                            .order_by(publish_log.c.id.desc()).limit(1)).scalar()
     if current is None or last is None:
         raise CutoverError(f"{view}: no earlier version to roll back to")
     _swap(engine, view, current, last, "rollback", who, why, [], publish_snapshot(settings, engine, spark, view, last))
@@ -184,21 +178,18 @@ def rollback(settings: Settings, engine: Engine, view: str, why: str, who: str |
 def _swap(engine: Engine, view: str, old: str | None, new: str, action: str, who: str | None, why: str, checks: list[Check],
           snap: Snapshot) -> None:
     now, who = datetime.now(timezone.utc), who or getpass.getuser()
-    with engine.begin() as conn:  # alias, history and publish record together: one atomic swap
+    with engine.begin() as conn:  # alias and its publish record (who, why, checks, build, snapshot): one atomic swap
         upsert(conn, serving_aliases, [{"view": view, "target": new, "updated_at": now}])
-        conn.execute(alias_history.insert(), [{
-            "view": view, "from_target": old, "to_target": new, "action": action, "who": who,
-            "why": why, "at": now, "checks": [{"name": c.name, "passed": c.passed, "summary": c.summary} for c in checks],
-        }])
-        _record_publish(conn, engine, now, view, old, new, action, who, why, snap)
+        _record_publish(conn, engine, now, view, old, new, action, who, why, snap, checks)
 
 
 def _record_publish(conn, engine: Engine, now: datetime, view: str, old: str | None, new: str, action: str, who: str,
-                    why: str, snap: Snapshot) -> None:
+                    why: str, snap: Snapshot, checks: list[Check] = ()) -> None:
     build = json.loads(json.dumps(kappa.build_record(engine, new), default=str))
     record_publish(conn, at=now, view=view, arch=KAPPA, action=action, target=new, from_target=old, why=why, who=who,
                    build=build, delta_versions={snap.piece_location("output"): snap.delta_versions["output"]},
-                   snapshot_id=snap.snapshot_id)
+                   snapshot_id=snap.snapshot_id,
+                   checks=[{"name": c.name, "passed": c.passed, "summary": c.summary} for c in checks])
 
 
 @dataclass(frozen=True)
@@ -227,7 +218,12 @@ def refresh(settings: Settings, engine: Engine, view: str, spark=None, who: str 
     return Refresh(view, output, result.events, snap)
 
 
+def _swaps(view: str) -> tuple:
+    """The publish records that moved the alias (refreshes keep it where it is)."""
+    return (publish_log.c.view == view, publish_log.c.arch == KAPPA, publish_log.c.action.in_(("cutover", "rollback")))
+
+
 def history(engine: Engine, view: str) -> list[dict]:
+    """Every swap of the alias `<view>`, oldest first: who, when, why, from and to, checks."""
     with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(alias_history).where(alias_history.c.view == view)
-                                             .order_by(alias_history.c.id)).mappings()]
+        return [dict(r) for r in conn.execute(select(publish_log).where(*_swaps(view)).order_by(publish_log.c.id)).mappings()]

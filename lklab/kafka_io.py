@@ -95,26 +95,32 @@ async def _partitions(consumer: AIOKafkaConsumer, settings: Settings, topic: str
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
-async def _log_offsets(settings: Settings, topic: str | None, which: str) -> Offsets:
+async def _log_offsets(settings: Settings, topic: str | None, *which: str) -> list[Offsets]:
+    """Per partition offsets for each of `which` (beginning_offsets, end_offsets), one consumer."""
     topic = topic or settings.topic
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, request_timeout_ms=10_000)
     try:
         await consumer.start()
         parts = await _partitions(consumer, settings, topic)
-        found = await getattr(consumer, which)(parts)
-        return {tp.partition: offset for tp, offset in found.items()}
+        return [{tp.partition: offset for tp, offset in (await getattr(consumer, name)(parts)).items()} for name in which]
     finally:
         await consumer.stop()
 
 
 async def end_offsets(settings: Settings, topic: str | None = None) -> Offsets:
     """Next offset to be written, per partition (the high watermark)."""
-    return await _log_offsets(settings, topic, "end_offsets")
+    return (await _log_offsets(settings, topic, "end_offsets"))[0]
 
 
 async def beginning_offsets(settings: Settings, topic: str | None = None) -> Offsets:
     """First offset still held, per partition (moves up as retention deletes segments)."""
-    return await _log_offsets(settings, topic, "beginning_offsets")
+    return (await _log_offsets(settings, topic, "beginning_offsets"))[0]
+
+
+async def log_range(settings: Settings, topic: str | None = None) -> tuple[Offsets, Offsets]:
+    """(first retained, next to be written) per partition, read together."""
+    first, end = await _log_offsets(settings, topic, "beginning_offsets", "end_offsets")
+    return first, end
 
 
 async def set_retention_bytes(settings: Settings, retention_bytes: int, topic: str | None = None) -> None:

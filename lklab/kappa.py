@@ -21,6 +21,7 @@ from lklab.config import Settings
 from lklab.events import SCHEMA_VERSION
 from lklab.kafka_io import Offsets
 from lklab.snapshots import Snapshot
+from lklab.spark import ensure_spark
 from lklab.serving import kappa_builds, session_query, speed_progress, speed_view_query, upsert
 from streaming.sink import apply_records
 
@@ -179,14 +180,14 @@ def plan(settings: Settings, engine: Engine, view: str, version: int, start: Off
     spec, scope = spec_for(view, version), replay_scope(view, version)
     held = _held(engine, scope, settings.topic)
     snap, load = (None, False) if snapshot is None else _snapshot_start(engine, view, spec, scope, held, snapshot)
-    kafka_first = kafka_io.run(kafka_io.beginning_offsets(settings))
-    target = end or kafka_io.run(kafka_io.end_offsets(settings))
+    kafka_first, now_end = kafka_io.run(kafka_io.log_range(settings))
+    target = end or now_end
     begin = snap.offsets if snap else (start or {})
     begin = {p: begin.get(p, 0) for p in target}
     position = {p: max(begin[p], held.get(p, 0)) for p in target}
     below = tiers.needs_bronze(position, target, kafka_first)
     if below:
-        spark = spark or _session(settings)
+        spark = ensure_spark(settings, spark)
     runs = tiers.bronze_runs(spark, settings, below) if below else {}
     rate, source = measured_rate(engine)
     return ReplayPlan(view, spec.name, scope, begin, position, target, kafka_first,
@@ -227,7 +228,7 @@ def replay(
         raise ReplayError(the_plan.lost_message())
     spark = spark or _spark_if(the_plan, settings)
     if the_plan.load_snapshot:
-        spark = spark or _session(settings)
+        spark = ensure_spark(settings, spark)
         try:
             snapshots.load(settings, engine, spark, the_plan.snapshot, spec, the_plan.scope)
         except snapshots.SnapshotError as exc:
@@ -269,15 +270,9 @@ def replay(
     return ReplayResult(spec.name, done, rows, the_plan.start, the_plan.target, seconds, counts, snapshot_id)
 
 
-def _session(settings: Settings):
-    from lklab.spark import get_spark
-
-    return get_spark(settings)
-
-
 def _spark_if(the_plan: ReplayPlan, settings: Settings):
     """A Spark session if the plan reads bronze (None otherwise: Kafka-only replays need no JVM)."""
-    return _session(settings) if the_plan.records(tiers.BRONZE) else None
+    return ensure_spark(settings) if the_plan.records(tiers.BRONZE) else None
 
 
 async def _replay_kafka(settings: Settings, engine: Engine, spec, scope: str, position: Offsets, target: Offsets,

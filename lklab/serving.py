@@ -184,18 +184,6 @@ kappa_builds = Table(
     Column("snapshot_id", String(64), comment="the snapshot the replay started from (None: from the log)"),
     Column("tiers", JSON, comment="{bronze: records, kafka: records}: where the input came from"),
 )
-alias_history = Table(
-    "alias_history", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("view", String(128), nullable=False),
-    Column("from_target", String(160)),
-    Column("to_target", String(160), nullable=False),
-    Column("action", String(16), nullable=False, comment="cutover | rollback"),
-    Column("who", String(128), nullable=False),
-    Column("why", String(1000), nullable=False),
-    Column("at", UTCDateTime, nullable=False),
-    Column("checks", JSON, nullable=False),
-)
 view_snapshots = Table(
     "view_snapshots", metadata,
     Column("snapshot_id", String(64), primary_key=True),
@@ -228,7 +216,8 @@ publish_log = Table(
     Column("build", JSON, nullable=False, comment="git SHA, logic/schema version, input offsets, watermark, T"),
     Column("snapshot_id", String(64), comment="Kappa: the Delta snapshot of what was published"),
     Column("delta_versions", JSON, nullable=False, comment="{delta table: version} that holds the published rows"),
-    comment="every publish, for audit as-of queries (lklab.audit)",
+    Column("checks", JSON, nullable=False, comment="the validation a Kappa cutover passed (name, passed, summary)"),
+    comment="every publish, for audit as-of queries (lklab.audit) and the alias history (lklab.cutover)",
 )
 serving_aliases = Table(
     "serving_aliases", metadata,

@@ -1,9 +1,12 @@
 """One Spark session factory, with Delta Lake and the Kafka source configured from local jars."""
 from __future__ import annotations
 
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING
 
 from lklab.config import Settings
+
+if TYPE_CHECKING:  # pyspark is imported when a session is first needed, not by every importer
+    from pyspark.sql import SparkSession
 
 
 def spark_jars(settings: Settings) -> list[str]:
@@ -15,6 +18,8 @@ def spark_jars(settings: Settings) -> list[str]:
 
 def get_spark(settings: Settings) -> SparkSession:
     """The process-wide session (getOrCreate): tests and Dagster runs share one JVM."""
+    from pyspark.sql import SparkSession
+
     local_dir = settings.home / "spark"
     local_dir.mkdir(parents=True, exist_ok=True)
     builder = (
@@ -40,3 +45,8 @@ def get_spark(settings: Settings) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def ensure_spark(settings: Settings, spark: SparkSession | None = None) -> SparkSession:
+    """`spark` if the caller has one, else the process-wide session (started on first use)."""
+    return spark if spark is not None else get_spark(settings)

@@ -93,7 +93,7 @@ def read_bronze(spark, settings: Settings, span: TierRange, chunk: int = READ_CH
         nxt = min(first + chunk, span.end)
         rows = (bronze.where((F.col("topic") == settings.topic) & (F.col("partition") == span.partition)
                              & (F.col("offset") >= first) & (F.col("offset") < nxt))
-                .select("offset", "value").dropDuplicates(["offset"]).orderBy("offset").toArrow().to_pylist())
+                .select("offset", "value").orderBy("offset").toArrow().to_pylist())  # unique: bronze MERGEs on the offset
         if [r["offset"] for r in rows] != list(range(first, nxt)):  # the sink's offset fence needs every offset, in order
             raise RuntimeError(f"bronze {settings.topic}[{span.partition}] returned {len(rows)} of offsets [{first}, {nxt}) "
                                "or out of order: it changed since the plan")

@@ -109,7 +109,7 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
     assert not errors, errors[:5]  # never a mix, never empty
     assert {"driver_earnings_daily__v1", "driver_earnings_daily__v2"} <= set(seen)
     history = co.history(engine, "driver_earnings_daily")
-    assert [(h["action"], h["to_target"], h["why"]) for h in history] == [
+    assert [(h["action"], h["target"], h["why"]) for h in history] == [
         ("cutover", "driver_earnings_daily__v1", "first publication"),
         ("cutover", "driver_earnings_daily__v2", "publish v2"),
         ("rollback", "driver_earnings_daily__v1", "v2 looks wrong"),
