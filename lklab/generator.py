@@ -215,8 +215,8 @@ def _maybe_correct(
     else:
         # captured >= AMOUNT_MIN_CENTS > 1, so a different refund <= captured always exists
         wrong = _other_amount(rng, event.amount_cents, 1, captured)
-    final = event.model_copy(update={"event_version": 2})
-    return final, event.model_copy(update={"amount_cents": wrong})
+    final = event.replace(event_version=2)
+    return final, event.replace(amount_cents=wrong)
 
 
 @dataclass(frozen=True)

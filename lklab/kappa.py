@@ -23,9 +23,9 @@ from lklab.kafka_io import Offsets
 from lklab.snapshots import Snapshot
 from lklab.spark import ensure_spark
 from lklab.serving import kappa_builds, session_query, speed_progress, speed_view_query, upsert
-from streaming.sink import apply_records
+from streaming.sink import CheckpointedSink
 
-BATCH = 2000
+BATCH = 10_000
 
 
 class ReplayError(RuntimeError):
@@ -215,11 +215,12 @@ class _Pacer:
 def replay(
     settings: Settings, engine: Engine, view: str, version: int, start: Offsets | None = None,
     max_rate: float | None = None, on_progress: Callable[[ReplayProgress], None] | None = None,
-    snapshot: str | None = None, spark=None,
+    snapshot: str | None = None, spark=None, checkpoint_every: int = 100_000,
 ) -> ReplayResult:
     """Replay [start (default: offset 0, or the snapshot's offsets), end offsets now) into
     `<view>__v<N>`, from bronze where Kafka no longer holds the offsets, then from Kafka.
-    Re-running the same version resumes from its own committed offsets up to the new end."""
+    Re-running the same version resumes from its own committed offsets up to the new end.
+    State and offsets are checkpointed every `checkpoint_every` records (streaming.sink.CheckpointedSink)."""
     _check_args(view, version, max_rate)
     spec = spec_for(view, version)
     began = datetime.now(timezone.utc)
@@ -240,18 +241,21 @@ def replay(
     counts = {tiers.BRONZE: 0, tiers.KAFKA: 0}
     first_plan = the_plan
     while True:
+        sink = CheckpointedSink(engine, settings, settings.topic, [spec], the_plan.scope, every=checkpoint_every)
         for span in (r for r in the_plan.ranges if r.tier == tiers.BRONZE):
             for records in tiers.read_bronze(spark, settings, span):
-                apply_records(engine, settings, settings.topic, records, specs=[spec], scope=the_plan.scope, close_windows=False)
+                sink.apply(records)
                 counts[tiers.BRONZE] += len(records)
                 time.sleep(max(pacer.advance(len(records)), 0))
         kafka = {r.partition: r.start for r in the_plan.ranges if r.tier == tiers.KAFKA}
         try:
-            asyncio.run(_replay_kafka(settings, engine, spec, the_plan.scope, kafka, the_plan.target, pacer, counts))
+            asyncio.run(_replay_kafka(settings, sink, kafka, the_plan.target, pacer, counts))
+            sink.checkpoint()
             break
         except OffsetOutOfRangeError:
-            # Retention deleted offsets after the plan was made: plan again from the committed
-            # progress, to the same end offsets; bronze serves what Kafka dropped, or we stop.
+            # Retention deleted offsets after the plan was made: checkpoint what was applied, plan
+            # again from that progress to the same end offsets; bronze serves what Kafka dropped, or we stop.
+            sink.checkpoint()
             the_plan = plan(settings, engine, view, version, start, snapshot_id, spark, end=first_plan.target)
             if the_plan.lost:
                 raise ReplayError(the_plan.lost_message()) from None
@@ -275,14 +279,15 @@ def _spark_if(the_plan: ReplayPlan, settings: Settings):
     return ensure_spark(settings) if the_plan.records(tiers.BRONZE) else None
 
 
-async def _replay_kafka(settings: Settings, engine: Engine, spec, scope: str, position: Offsets, target: Offsets,
+async def _replay_kafka(settings: Settings, sink: CheckpointedSink, position: Offsets, target: Offsets,
                         pacer: _Pacer, counts: dict[str, int]) -> None:
     """Consume [position, target) per partition from Kafka with the replay's own group. Raises
     OffsetOutOfRangeError if retention deleted a position meanwhile (never skips silently)."""
     if not position:
         return
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=scope, enable_auto_commit=False,
-                                auto_offset_reset="none", max_poll_records=BATCH)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=sink.scope, enable_auto_commit=False,
+                                auto_offset_reset="none", max_poll_records=BATCH,
+                                fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024)
     await consumer.start()
     try:
         todo = set(position)
@@ -299,10 +304,15 @@ async def _replay_kafka(settings: Settings, engine: Engine, spec, scope: str, po
                     todo.discard(tp.partition)
                     consumer.pause(tp)
             if records:
-                await asyncio.to_thread(apply_records, engine, settings, settings.topic, records,
-                                        specs=[spec], scope=scope, close_windows=False)
+                # In-memory apply on the loop thread; a checkpoint's DB writes run in a thread
+                # (SQLite releases the GIL), while the consumer keeps fetching.
+                if sink.since + len(records) >= sink.every:
+                    await asyncio.to_thread(sink.apply, records)
+                    # visibility for Kafka tooling; the checkpointed offsets are the truth
+                    await consumer.commit({TopicPartition(settings.topic, p): o for p, o in sink.committed.items() if p in position})
+                else:
+                    sink.apply(records)
                 counts[tiers.KAFKA] += len(records)
-                await consumer.commit()  # visibility for Kafka tooling; the sink's offsets are the truth
             await asyncio.sleep(max(pacer.advance(len(records)), 0))
     finally:
         await consumer.stop()

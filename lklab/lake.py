@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 
 from lklab import views
 from lklab.config import Settings
-from lklab.events import PAYMENT_TYPES, Event, EventType, schema
+from lklab.events import EVENT_FIELDS, PAYMENT_TYPES, Event, EventType, schema
 from lklab.kafka_io import Offsets
 
 BRONZE, SILVER, SILVER_REJECTS = "bronze/rides_events", "silver/rides_events", "silver/rides_events_rejects"
@@ -117,7 +117,8 @@ def _spark_type(annotation) -> T.DataType:
 
 def event_struct() -> T.StructType:
     """Spark schema of the event JSON, derived from the one Event model."""
-    return T.StructType([T.StructField(name, _spark_type(f.annotation)) for name, f in Event.model_fields.items()])
+    hints = typing.get_type_hints(Event)
+    return T.StructType([T.StructField(name, _spark_type(hints[name])) for name in EVENT_FIELDS])
 
 
 def _rejection_reason() -> F.Column:
@@ -199,7 +200,7 @@ def event_dates(spark: SparkSession, settings: Settings, start: Offsets | None =
 def valid_events(parsed: DataFrame) -> DataFrame:
     """Typed event rows (with their Kafka position and event_date) from parse_bronze's valid rows."""
     return parsed.where(F.col("reject_reason").isNull()).select(
-        *[F.col(f"e.{name}").alias(name) for name in Event.model_fields if name != "event_time"],
+        *[F.col(f"e.{name}").alias(name) for name in EVENT_FIELDS if name != "event_time"],
         F.col("event_time"),
         F.col("partition").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),

@@ -40,6 +40,7 @@ from lklab.serving import (
     speed_view_members,
     speed_view_query,
     speed_view_rows,
+    bulk_upsert,
     upsert,
 )
 
@@ -109,9 +110,9 @@ class PartitionProgress:
     updated_at: datetime
 
 
-@dataclass(frozen=True)
-class _Contrib:
-    """What one event contributes to one view (mirrors a speed_contrib row)."""
+class _Contrib(NamedTuple):
+    """What one event contributes to one view (mirrors a speed_contrib row). A tuple, because a
+    replay holds one per event in memory, and tuples of plain values are left alone by the GC."""
 
     entity: str
     window: datetime
@@ -216,10 +217,7 @@ class _Deltas:
         gone = [(v, eid) for (v, eid), c in self.contribs.items() if c is None]
         for view_name, event_id in gone:
             conn.execute(speed_contrib.delete().where(and_(speed_contrib.c.view == view_name, speed_contrib.c.event_id == event_id)))
-        upsert(conn, speed_contrib, [
-            {"view": v, "event_id": eid, "entity": c.entity, "window_start": c.window, "amount": c.amount, "member": c.member}
-            for (v, eid), c in self.contribs.items() if c is not None
-        ])
+        bulk_upsert(conn, speed_contrib, [(v, eid, *c) for (v, eid), c in self.contribs.items() if c is not None])
         by_spec: dict[views.SessionSpec, list[str]] = {}
         for spec, rider in self.riders:
             by_spec.setdefault(spec, []).append(rider)
@@ -272,6 +270,68 @@ def _load_progress(conn: Connection, scope: str, topic: str) -> dict[int, tuple[
     return {p: (next_offset, max_time) for p, next_offset, max_time in rows}
 
 
+def _fence_and_parse(records: Sequence[InputRecord], next_offset: dict[int, int], stats: ApplyStats) -> list[tuple[int, Any]]:
+    """Skip offsets below next_offset (re-deliveries), advance it, parse; bad records become dead letters."""
+    fresh: list[tuple[int, Any]] = []  # (partition, Event) in consumption order
+    for partition, offset, raw in records:
+        if offset < next_offset.get(partition, 0):
+            stats.skipped_redelivered += 1
+            continue
+        if partition in next_offset and offset > next_offset[partition]:
+            stats.offsets_missed += offset - next_offset[partition]
+        next_offset[partition] = offset + 1
+        stats.next_offsets[partition] = offset + 1
+        try:
+            event = parse_event(raw if raw is not None else b"")
+        except EventError as exc:
+            stats.dead_letters.append(DeadLetter(exc.reason, partition, offset, raw or b""))
+            continue
+        fresh.append((partition, event))
+    return fresh
+
+
+def _fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], versions: dict[str, int],
+          contribs: dict[tuple[str, str], _Contrib], max_time: dict[int, datetime], deltas: _Deltas,
+          changed_versions: dict[str, int], stats: ApplyStats, lateness: int | None) -> None:
+    """The view deltas of these events, in consumption order, against the held state (updated in place)."""
+    wm = views.watermark(max_time)
+    for partition, event in fresh:
+        stats.processed += 1
+        # The event advances its own partition first, so the first event seen on a partition
+        # is judged against that partition's progress, never only against the others'.
+        if partition not in max_time or event.event_time > max_time[partition]:
+            max_time[partition] = event.event_time
+            wm = views.watermark(max_time)
+        held = versions.get(event.event_id)
+        if not views.supersedes(event.event_version, held):
+            stats.duplicates_ignored += 1
+            continue
+        if held is not None:
+            stats.corrections_applied += 1
+        if _apply_event(event, specs, contribs, deltas, wm, lateness):
+            stats.late_dropped += 1
+        versions[event.event_id] = changed_versions[event.event_id] = event.event_version
+    stats.watermark = wm
+
+
+def _persist(conn: Connection, scope: str, topic: str, deltas: _Deltas, changed_versions: dict[str, int],
+             stats: ApplyStats, committed: dict[int, int], max_time: dict[int, datetime]) -> None:
+    """Views, per-event state, counters and offsets, in the caller's transaction (offset-fenced)."""
+    stats.view_changes = deltas.write(conn)
+    bulk_upsert(conn, speed_event_state, [(scope, eid, v) for eid, v in changed_versions.items()])
+    counts = {
+        PROCESSED: stats.processed,
+        DUPLICATES_IGNORED: stats.duplicates_ignored,
+        LATE_DROPPED: stats.late_dropped,
+        DEAD_LETTERED: stats.dead_lettered,
+        CORRECTIONS_APPLIED: stats.corrections_applied,
+        REDELIVERED_SKIPPED: stats.skipped_redelivered,
+        OFFSETS_MISSED: stats.offsets_missed,
+    }
+    _add(conn, speed_counters, [{"scope": scope, "name": k, "value": v} for k, v in counts.items() if v], add=("value",))
+    _commit_progress(conn, scope, topic, stats.next_offsets, committed, max_time)
+
+
 def apply_records(
     engine: Engine,
     settings: Settings,
@@ -303,70 +363,74 @@ def apply_records(
         progress = _load_progress(conn, scope, topic)
         committed = {p: nxt for p, (nxt, _) in progress.items()}
         max_time: dict[int, datetime] = {p: mt for p, (_, mt) in progress.items() if mt is not None}
-
-        # 1. Offset fence and parsing (no DB work).
-        next_offset = dict(committed)
-        fresh: list[tuple[int, Any]] = []  # (partition, Event) in consumption order
-        for partition, offset, raw in records:
-            if offset < next_offset.get(partition, 0):
-                stats.skipped_redelivered += 1
-                continue
-            if partition in next_offset and offset > next_offset[partition]:
-                stats.offsets_missed += offset - next_offset[partition]
-            next_offset[partition] = offset + 1
-            stats.next_offsets[partition] = offset + 1
-            try:
-                event = parse_event(raw if raw is not None else b"")
-            except EventError as exc:
-                stats.dead_letters.append(DeadLetter(exc.reason, partition, offset, raw or b""))
-                continue
-            fresh.append((partition, event))
-
-        # 2. One SELECT each (chunked IN lists) for the versions and contributions held.
+        fresh = _fence_and_parse(records, dict(committed), stats)
         event_ids = [e.event_id for _, e in fresh]
         versions = _load_versions(conn, scope, event_ids)
         contribs = _load_contribs(conn, [spec.name for spec in specs], event_ids)
-
-        # 3. Deltas in Python, in consumption order.
-        deltas = _Deltas()
-        changed_versions: dict[str, int] = {}
-        wm = views.watermark(max_time)
-        for partition, event in fresh:
-            stats.processed += 1
-            # The event advances its own partition first, so the first event seen on a partition
-            # is judged against that partition's progress, never only against the others'.
-            if partition not in max_time or event.event_time > max_time[partition]:
-                max_time[partition] = event.event_time
-                wm = views.watermark(max_time)
-            held = versions.get(event.event_id)
-            if not views.supersedes(event.event_version, held):
-                stats.duplicates_ignored += 1
-                continue
-            if held is not None:
-                stats.corrections_applied += 1
-            if _apply_event(event, specs, contribs, deltas, wm, lateness):
-                stats.late_dropped += 1
-            versions[event.event_id] = changed_versions[event.event_id] = event.event_version
-        stats.watermark = wm
-
-        # 4. Bulk writes.
-        stats.view_changes = deltas.write(conn)
-        upsert(conn, speed_event_state, [{"scope": scope, "event_id": eid, "event_version": v} for eid, v in changed_versions.items()])
-        counts = {
-            PROCESSED: stats.processed,
-            DUPLICATES_IGNORED: stats.duplicates_ignored,
-            LATE_DROPPED: stats.late_dropped,
-            DEAD_LETTERED: stats.dead_lettered,
-            CORRECTIONS_APPLIED: stats.corrections_applied,
-            REDELIVERED_SKIPPED: stats.skipped_redelivered,
-            OFFSETS_MISSED: stats.offsets_missed,
-        }
-        _add(conn, speed_counters, [{"scope": scope, "name": k, "value": v} for k, v in counts.items() if v], add=("value",))
-        _commit_progress(conn, scope, topic, stats.next_offsets, committed, max_time)
-
+        deltas, changed_versions = _Deltas(), {}
+        _fold(fresh, specs, versions, contribs, max_time, deltas, changed_versions, stats, lateness)
+        _persist(conn, scope, topic, deltas, changed_versions, stats, committed, max_time)
         if before_commit is not None:
             before_commit(stats)
     return stats
+
+
+class CheckpointedSink:
+    """A replay's sink: its state lives in memory and is checkpointed to the serving store, with
+    the offsets, in one transaction every `every` records (and at close).
+
+    Same effect as apply_records batch by batch (the same fence, fold and writes), but a replay
+    owns its scope alone, so the state is read once at start instead of per batch, and each
+    event's state is written once per checkpoint instead of once per batch. A crash loses only
+    the work since the last checkpoint: the offsets committed with it are where a re-run resumes,
+    and the offset fence makes that exactly-once. The output moves checkpoint by checkpoint.
+    Memory: one entry per event ever seen, per view (a heap state backend, as in Flink)."""
+
+    def __init__(self, engine: Engine, settings: Settings, topic: str, specs: Sequence[views.ViewSpec], scope: str,
+                 *, close_windows: bool = False, every: int = 100_000) -> None:
+        self.engine, self.topic, self.specs, self.scope, self.every = engine, topic, list(specs), scope, every
+        self.lateness = settings.allowed_lateness_s if close_windows else None
+        with engine.connect() as conn:
+            progress = _load_progress(conn, scope, topic)
+            self.versions = _all_versions(conn, scope)
+            self.contribs = _all_contribs(conn, [spec.name for spec in self.specs])
+        self.committed = {p: nxt for p, (nxt, _) in progress.items()}
+        self.max_time: dict[int, datetime] = {p: mt for p, (_, mt) in progress.items() if mt is not None}
+        self.next_offset = dict(self.committed)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pending, self.deltas, self.changed, self.since = ApplyStats(topic=self.topic), _Deltas(), {}, 0
+
+    def apply(self, records: Sequence[InputRecord]) -> None:
+        fresh = _fence_and_parse(records, self.next_offset, self.pending)
+        _fold(fresh, self.specs, self.versions, self.contribs, self.max_time, self.deltas, self.changed,
+              self.pending, self.lateness)
+        self.since += len(records)
+        if self.since >= self.every:
+            self.checkpoint()
+
+    def checkpoint(self) -> ApplyStats:
+        """Write everything since the last checkpoint in one transaction; returns what it wrote."""
+        done = self.pending
+        if done.next_offsets:
+            with self.engine.begin() as conn:
+                _persist(conn, self.scope, self.topic, self.deltas, self.changed, done, self.committed, self.max_time)
+            self.committed.update(done.next_offsets)
+        self._reset()
+        return done
+
+
+def _all_versions(conn: Connection, scope: str) -> dict[str, int]:
+    t = speed_event_state
+    return dict(conn.execute(select(t.c.event_id, t.c.event_version).where(t.c.scope == scope)).all())
+
+
+def _all_contribs(conn: Connection, view_names: Sequence[str]) -> dict[tuple[str, str], _Contrib]:
+    t = speed_contrib
+    rows = conn.execute(select(t.c.view, t.c.event_id, t.c.entity, t.c.window_start, t.c.amount, t.c.member)
+                        .where(t.c.view.in_(view_names)))
+    return {(v, eid): _Contrib(entity, window, amount, member) for v, eid, entity, window, amount, member in rows}
 
 
 def _commit_progress(

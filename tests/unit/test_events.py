@@ -66,9 +66,9 @@ def test_generator_bad_lines_all_fail() -> None:
 
 
 def test_schema_file_names_every_model_field() -> None:
-    from lklab.events import Event
+    from lklab.events import Event, _Wire
 
-    assert set(schema()["properties"]) == set(Event.model_fields)
+    assert set(schema()["properties"]) == set(Event.__struct_fields__) == set(_Wire.__struct_fields__)
 
 
 _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**12), st.text(max_size=12), st.just("2026-11-17T10:00:00Z"),
@@ -93,3 +93,33 @@ def test_the_fast_validator_agrees_with_the_reference_schema_validator(base, dro
     except fastjsonschema.JsonSchemaValueException:
         fast_ok = False
     assert fast_ok == _validator().is_valid(record), record
+
+
+@settings(max_examples=600, deadline=None)
+@given(base=st.sampled_from(SAMPLES), drop=st.sets(st.sampled_from(FIELDS), max_size=2),
+       changes=st.dictionaries(st.sampled_from([*FIELDS, "extra", "pii"]), _VALUES, max_size=3))
+def test_the_wire_fast_path_is_never_more_lenient(base, drop, changes) -> None:
+    """What the msgspec wire path accepts, the reference path accepts too, as the same Event."""
+    from lklab.events import _fast, _from_dict, _validator
+
+    record = {k: v for k, v in {**base, **changes}.items() if k not in drop}
+    fast = _fast(json.dumps(record).encode())
+    if fast is not None:
+        assert _validator().is_valid(record), record
+        assert fast == _from_dict(record)
+    assert _outcome(json.dumps(record)) == _outcome(record)
+
+
+def _outcome(raw):
+    try:
+        return parse_event(raw)
+    except EventError as exc:
+        return exc.reason
+
+
+def test_the_wire_fast_path_takes_ordinary_events() -> None:
+    """The fast path must actually be taken for well-formed events, or it saves nothing."""
+    from lklab.events import _fast
+
+    assert all(_fast(json.dumps(s)) is not None for s in SAMPLES)
+    assert _fast(line(event_type="app_opened")) is None  # the cross-field rule goes the reference way

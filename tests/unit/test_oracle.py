@@ -84,9 +84,7 @@ def test_non_utc_event_times_are_bucketed_in_utc() -> None:
     from datetime import timedelta
 
     cet = timezone(timedelta(hours=1))
-    event = ev("r9-cap", CAP, "2026-11-17T00:30:00", amount=100).model_copy(
-        update={"event_time": datetime(2026, 11, 18, 0, 30, tzinfo=cet)}
-    )
+    event = ev("r9-cap", CAP, "2026-11-17T00:30:00", amount=100).replace(event_time=datetime(2026, 11, 18, 0, 30, tzinfo=cet))
     assert oracle.revenue_per_minute([event]) == {("berlin", _ts("2026-11-17T23:30:00")): 100}
     assert oracle.daily_active_users([event]) == {("berlin", DAY): 1}
 
