@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     serving_url: str | None = Field(None, description="SQLAlchemy URL; None = SQLite (WAL) under <home>")
     speed_group: str = "lklab-speed"
     speed_web_port: int = 6066
+    speed_batch_max: int = Field(5000, ge=1, description="records per speed-layer sink transaction, at most")
+    speed_batch_within_s: float = Field(0.2, gt=0, description="a partial batch is applied after this long: added latency")
+    speed_prefetch: int = Field(20_000, ge=1, description="Faust stream buffer per partition (back-pressure)")
     allowed_lateness_s: int = Field(300, ge=0, description="99.9% of the seed's events arrive within 5 minutes")
     user_sessions_logic: int = Field(2, ge=1, le=2, description="batch sessionization logic: 1 has the midnight bug, 2 the fix")
     gate_minute_coverage: bool = Field(True, description="gold revenue_per_minute must have no empty minute per city")

@@ -33,6 +33,7 @@ from lklab.config import Settings
 from lklab.events import SCHEMA_VERSION
 from lklab.kafka_io import Offsets
 from lklab.serving import (
+    bulk_upsert,
     session_rows,
     speed_contrib,
     speed_event_state,
@@ -311,9 +312,9 @@ def load(settings: Settings, engine: Engine, spark, snap: Snapshot, spec, scope:
         for piece in pieces(spec):
             if piece.restore is None:
                 continue
-            rows = [piece.restore(r, spec.name, scope, settings.topic) for r in tables[piece.name].to_pylist()]
-            for i in range(0, len(rows), 5000):
-                conn.execute(piece.table.insert(), rows[i:i + 5000])
+            columns = [c.name for c in piece.table.columns]
+            restored = (piece.restore(r, spec.name, scope, settings.topic) for r in tables[piece.name].to_pylist())
+            bulk_upsert(conn, piece.table, [tuple(r[c] for c in columns) for r in restored])
         for step in steps:
             step(conn, spec)
 

@@ -36,6 +36,9 @@ class LabSettings(ConfigurableResource):
     serving_url: Optional[str] = None
     speed_group: Optional[str] = None
     speed_web_port: Optional[int] = None
+    speed_batch_max: Optional[int] = None
+    speed_batch_within_s: Optional[float] = None
+    speed_prefetch: Optional[int] = None
     allowed_lateness_s: Optional[int] = None
     user_sessions_logic: Optional[int] = None
     gate_minute_coverage: Optional[bool] = None

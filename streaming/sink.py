@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -377,13 +378,16 @@ def apply_records(
 
 class CheckpointedSink:
     """A replay's sink: its state lives in memory and is checkpointed to the serving store, with
-    the offsets, in one transaction every `every` records (and at close).
+    the offsets, in one transaction every `every` records (and at checkpoint()).
 
     Same effect as apply_records batch by batch (the same fence, fold and writes), but a replay
     owns its scope alone, so the state is read once at start instead of per batch, and each
     event's state is written once per checkpoint instead of once per batch. A crash loses only
     the work since the last checkpoint: the offsets committed with it are where a re-run resumes,
     and the offset fence makes that exactly-once. The output moves checkpoint by checkpoint.
+
+    Checkpoints are written by one background thread while the next records are folded (the
+    driver releases the GIL while it writes); at most one is in flight, and they commit in order.
     Memory: one entry per event ever seen, per view (a heap state backend, as in Flink)."""
 
     def __init__(self, engine: Engine, settings: Settings, topic: str, specs: Sequence[views.ViewSpec], scope: str,
@@ -397,6 +401,8 @@ class CheckpointedSink:
         self.committed = {p: nxt for p, (nxt, _) in progress.items()}
         self.max_time: dict[int, datetime] = {p: mt for p, (_, mt) in progress.items() if mt is not None}
         self.next_offset = dict(self.committed)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"checkpoint-{scope}")
+        self._in_flight: Future | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -408,17 +414,37 @@ class CheckpointedSink:
               self.pending, self.lateness)
         self.since += len(records)
         if self.since >= self.every:
-            self.checkpoint()
+            self._start_checkpoint()
 
-    def checkpoint(self) -> ApplyStats:
-        """Write everything since the last checkpoint in one transaction; returns what it wrote."""
+    def _start_checkpoint(self) -> None:
+        self._wait()
         done = self.pending
         if done.next_offsets:
-            with self.engine.begin() as conn:
-                _persist(conn, self.scope, self.topic, self.deltas, self.changed, done, self.committed, self.max_time)
-            self.committed.update(done.next_offsets)
+            self._in_flight = self._writer.submit(self._write, done, self.deltas, self.changed, dict(self.max_time))
         self._reset()
-        return done
+
+    def _write(self, done: ApplyStats, deltas: _Deltas, changed: dict[str, int], max_time: dict[int, datetime]) -> None:
+        with self.engine.begin() as conn:
+            _persist(conn, self.scope, self.topic, deltas, changed, done, dict(self.committed), max_time)
+        self.committed.update(done.next_offsets)
+
+    def _wait(self) -> None:
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            in_flight.result()  # re-raises a failed checkpoint here, in the replay's thread
+
+    def checkpoint(self) -> dict[int, int]:
+        """Write everything applied so far and wait for it; returns the committed offsets."""
+        self._start_checkpoint()
+        self._wait()
+        return dict(self.committed)
+
+    def close(self) -> None:
+        """Stop the writer thread; what was not checkpointed is dropped (a re-run redoes it)."""
+        try:
+            self._wait()
+        finally:
+            self._writer.shutdown(wait=True)
 
 
 def _all_versions(conn: Connection, scope: str) -> dict[str, int]:
