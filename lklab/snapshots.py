@@ -153,6 +153,16 @@ def _digest(frame) -> list:
     return [int(row["n"]), str(int(row["h"]))]
 
 
+def _read_with_digest(frame) -> tuple[list, pa.Table]:
+    """The piece and its _digest from ONE Spark job: each row's xxhash64 comes with the row, and
+    the sum is taken here with Python's exact integers (as the decimal sum in _digest)."""
+    from pyspark.sql import functions as F
+
+    hashed = frame.withColumn("__row_hash", F.xxhash64(*frame.columns)).toArrow()
+    digest = [hashed.num_rows, str(sum(hashed.column("__row_hash").to_pylist()))]
+    return digest, hashed.drop_columns(["__row_hash"])
+
+
 def checksum(meta: dict, digests: dict[str, list]) -> str:
     body = json.dumps({"meta": meta, "pieces": digests}, sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()
@@ -283,8 +293,10 @@ def verify(spark, snap: Snapshot, spec) -> dict[str, pa.Table]:
     for piece in pieces(spec):
         try:
             frame = spark.read.format("delta").option("versionAsOf", snap.delta_versions[piece.name]).load(snap.piece_location(piece.name))
-            digests[piece.name] = _digest(frame)
-            tables[piece.name] = frame.toArrow() if piece.restore else None
+            if piece.restore:
+                digests[piece.name], tables[piece.name] = _read_with_digest(frame)
+            else:
+                digests[piece.name], tables[piece.name] = _digest(frame), None
         except Exception as exc:  # noqa: BLE001 - any read failure means the snapshot is unusable
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise SnapshotError(f"snapshot {snap.snapshot_id}: piece {piece.name} is unreadable ({first}): refusing to load it") from None
