@@ -8,7 +8,6 @@ the sizes of the recorded run and what bounds the figures that miss their target
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -55,31 +54,39 @@ def workload(events: int, seed: int, days: float = 1.0):
                                     users=20_000, drivers=2_000))
 
 
-def load(settings: Settings, deliveries, topic: str | None = None) -> None:
-    """Bench set-up: already valid events straight to the topic, keyed by ride_id, with
-    confluent-kafka (librdkafka): aiokafka's per-send cost made loading 5M events take minutes.
-    acks=all and idempotent, murmur2 partitioning as the Java client and aiokafka do; every
-    delivery report is checked."""
+def _producer(settings: Settings, linger_ms: int):
+    """confluent-kafka (librdkafka) for the bench's own traffic: aiokafka's per-send cost made
+    loading 5M events take minutes, and a Python-paced producer took CPU from the worker it
+    measures. acks=all, idempotent, murmur2 partitioning as the Java client and aiokafka."""
     from confluent_kafka import Producer
 
+    return Producer({"bootstrap.servers": settings.bootstrap, "acks": "all", "enable.idempotence": True,
+                     "partitioner": "murmur2_random", "linger.ms": linger_ms, "batch.size": 1_000_000,
+                     "queue.buffering.max.messages": 500_000, "queue.buffering.max.kbytes": 512 * 1024})
+
+
+def _produce(producer, topic: str, key: bytes, value: bytes, on_delivery) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, on_delivery=on_delivery)
+            return
+        except BufferError:  # the local queue is full: let librdkafka drain it
+            producer.poll(0.05)
+
+
+def load(settings: Settings, deliveries, topic: str | None = None) -> None:
+    """Bench set-up: already valid events straight to the topic, keyed by ride_id; every delivery
+    report is checked."""
     target = topic or settings.topic
     kafka_io.run(kafka_io.ensure_topics(settings.model_copy(update={"topic": target})))
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "acks": "all", "enable.idempotence": True,
-                         "partitioner": "murmur2_random", "linger.ms": 20, "batch.size": 1_000_000,
-                         "queue.buffering.max.messages": 500_000, "queue.buffering.max.kbytes": 512 * 1024})
-    failed: list[str] = []
+    producer, failed = _producer(settings, linger_ms=20), []
 
     def report(err, msg) -> None:
         if err is not None:
             failed.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
     for event in deliveries:
-        while True:
-            try:
-                producer.produce(target, event.to_json().encode(), event.ride_id.encode(), on_delivery=report)
-                break
-            except BufferError:  # the local queue is full: let librdkafka drain it
-                producer.poll(0.05)
+        _produce(producer, target, event.ride_id.encode(), event.to_json().encode(), report)
         producer.poll(0)
     if producer.flush(120) or failed:
         raise RuntimeError(f"bench load into {target}: {len(failed)} deliveries failed, first: {failed[:1]}")
@@ -186,15 +193,26 @@ def _watch(run: Settings, visible: dict[tuple[int, int], float], stop: threading
         time.sleep(0.01)
 
 
-async def _paced(run: Settings, deliveries, rate: float) -> list[tuple[int, int, float]]:
-    """Send at a steady rate; returns (partition, offset, sent at) per record."""
-    async with kafka_io.producer(run) as producer:
-        clock, pending = time.monotonic(), []
-        for i, event in enumerate(deliveries):
-            await asyncio.sleep(max(0.0, clock + i / rate - time.monotonic()))
-            pending.append((time.monotonic(), await producer.send(run.topic, key=event.ride_id.encode(), value=event.to_json().encode())))
-        metas = await asyncio.gather(*(future for _, future in pending))
-    return [(m.partition, m.offset, at) for (at, _), m in zip(pending, metas)]
+def _paced(run: Settings, deliveries, rate: float) -> list[tuple[int, int, float]]:
+    """Send at a steady rate (in 2 ms ticks); returns (partition, offset, sent at) per record."""
+    payloads = [(e.ride_id.encode(), e.to_json().encode()) for e in deliveries]
+    producer, sent_at, landed = _producer(run, linger_ms=1), [0.0] * len(payloads), [None] * len(payloads)
+
+    def report(i: int):
+        return lambda err, msg: landed.__setitem__(i, (msg.partition(), msg.offset()) if err is None else err)
+
+    clock, i = time.monotonic(), 0
+    while i < len(payloads):
+        due = min(len(payloads), int((time.monotonic() - clock) * rate) + 1)
+        for i in range(i, due):
+            sent_at[i] = time.monotonic()
+            _produce(producer, run.topic, *payloads[i], report(i))
+        i = due
+        producer.poll(0)
+        time.sleep(0.002)
+    if producer.flush(60) or any(not isinstance(x, tuple) for x in landed):
+        raise RuntimeError(f"paced send to {run.topic}: {sum(not isinstance(x, tuple) for x in landed)} deliveries failed")
+    return [(p, o, at) for (p, o), at in zip(landed, sent_at)]
 
 
 def speed_latency(settings: Settings, tag: str, rate: float, seconds: float, seed: int,
@@ -217,7 +235,7 @@ def speed_latency(settings: Settings, tag: str, rate: float, seconds: float, see
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)  # let it get going before the window opens
     try:
-        sent = kafka_io.run(_paced(run, deliveries, rate))
+        sent = _paced(run, deliveries, rate)
         deadline = time.monotonic() + 120
         while any((p, o) not in visible for p, o, _ in sent) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -388,7 +406,8 @@ def main() -> None:
     parser.add_argument("--replay-rate", type=float, default=2000.0, help="the throttled replay during the isolation run")
     args = parser.parse_args()
     settings = demo_settings().model_copy(update={"home": Path.cwd() / ".lklab" / "bench", "topic": "bench.events",
-                                                  "topic_segment_bytes": None, "gate_minute_coverage": False})
+                                                  "topic_segment_bytes": None, "gate_minute_coverage": False,
+                                                  "spark_driver_memory": "2g"})
     shutil.rmtree(settings.home, ignore_errors=True)
     settings.home.mkdir(parents=True)
     say = lambda text: print(f"[bench {datetime.now():%H:%M:%S}] {text}", flush=True)  # noqa: E731
