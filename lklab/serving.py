@@ -269,14 +269,15 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], updat
 def bulk_upsert(conn: Connection, table: Table, rows: Sequence[tuple]) -> None:
     """upsert() for many rows given as tuples in the table's column order, for the hot path:
     the statement is compiled once and goes to the driver's executemany, with each column's
-    bind processing (UTC datetimes included) applied here. Measured about 3x faster than
-    upsert() on SQLite, where SQLAlchemy builds a parameter dict per row."""
+    bind processing (UTC datetimes included) applied here. Measured about 2x faster than
+    upsert() on SQLite (4.6 against 8.8 µs per contribution row), where SQLAlchemy builds and
+    processes a parameter dict per row."""
     if not rows:
         return
     insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
     stmt = insert(table)
-    keys = {c.name for c in table.primary_key.columns}
-    stmt = stmt.on_conflict_do_update(index_elements=list(keys),
+    keys = [c.name for c in table.primary_key.columns]
+    stmt = stmt.on_conflict_do_update(index_elements=keys,
                                       set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys})
     names = [c.name for c in table.columns]
     compiled = stmt.compile(dialect=conn.dialect, column_keys=names)
