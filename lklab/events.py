@@ -78,9 +78,23 @@ class Event(msgspec.Struct, frozen=True, gc=False):
 
 EVENT_FIELDS: tuple[str, ...] = Event.__struct_fields__
 
+def format_time(ts: datetime) -> str:
+    """Canonical UTC wire format: 2026-11-17T10:00:00.123Z (millisecond precision)."""
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    return json.loads(resources.files("lklab.schemas").joinpath("event.v1.json").read_text())
+
+
 _Id = Annotated[str, Meta(min_length=1, max_length=128)]
 _Count = Annotated[int, Meta(ge=1)]
-_TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|\+00:00)$"
+_TIME_PATTERN = schema()["properties"]["event_time"]["pattern"]  # the reference's own rule
 
 
 class _Wire(msgspec.Struct, gc=False):
@@ -101,20 +115,6 @@ class _Wire(msgspec.Struct, gc=False):
 
 
 _WIRE = msgspec.json.Decoder(_Wire)
-
-
-def format_time(ts: datetime) -> str:
-    """Canonical UTC wire format: 2026-11-17T10:00:00.123Z (millisecond precision)."""
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
-
-
-@lru_cache(maxsize=1)
-def schema() -> dict[str, Any]:
-    return json.loads(resources.files("lklab.schemas").joinpath("event.v1.json").read_text())
 
 
 @lru_cache(maxsize=1)
