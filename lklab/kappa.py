@@ -336,9 +336,10 @@ async def _replay_kafka(settings: Settings, sink: CheckpointedSink, position: Of
                 checkpointing = sink.since + len(records) >= sink.every
                 sink.apply(records)  # in memory; a due checkpoint is written by the sink's own thread
                 counts[tiers.KAFKA] += len(records)
-                done = {TopicPartition(settings.topic, p): o for p, o in dict(sink.committed).items() if p in position}
-                if checkpointing and done:  # visibility for Kafka tooling; the checkpointed offsets are the truth
-                    await consumer.commit(done)
+                if checkpointing:  # visibility for Kafka tooling; the checkpointed offsets are the truth
+                    done = {TopicPartition(settings.topic, p): o for p, o in dict(sink.committed).items() if p in position}
+                    if done:
+                        await consumer.commit(done)
             await asyncio.sleep(max(pacer.advance(len(records)), 0))
     finally:
         await consumer.stop()

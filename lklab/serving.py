@@ -251,19 +251,28 @@ def make_engine(settings: Settings) -> Engine:
     return engine
 
 
-def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], update: Iterable[str] | None = None) -> None:
-    """INSERT … ON CONFLICT (primary key) DO UPDATE (or DO NOTHING when update is empty)."""
-    if not rows:
-        return
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
-    stmt = insert(table)
+def dialect_insert(conn: Connection):
+    """The dialect's INSERT (with ON CONFLICT) for the serving stores lklab supports."""
+    try:
+        return {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
+    except KeyError:
+        raise NotImplementedError(f"serving store dialect {conn.dialect.name!r} is not supported (sqlite, postgresql)") from None
+
+
+def _upsert_statement(conn: Connection, table: Table, update: Iterable[str] | None = None):
+    """INSERT … ON CONFLICT (primary key) DO UPDATE the non-key (or `update`) columns, or DO NOTHING."""
+    stmt = dialect_insert(conn)(table)
     keys = [c.name for c in table.primary_key.columns]
     columns = list(update) if update is not None else [c.name for c in table.columns if c.name not in keys]
     if columns:
-        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in columns})
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-    conn.execute(stmt, list(rows))
+        return stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in columns})
+    return stmt.on_conflict_do_nothing(index_elements=keys)
+
+
+def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], update: Iterable[str] | None = None) -> None:
+    """INSERT … ON CONFLICT (primary key) DO UPDATE (or DO NOTHING when update is empty)."""
+    if rows:
+        conn.execute(_upsert_statement(conn, table, update), list(rows))
 
 
 def bulk_upsert(conn: Connection, table: Table, rows: Sequence[tuple]) -> None:
@@ -274,13 +283,8 @@ def bulk_upsert(conn: Connection, table: Table, rows: Sequence[tuple]) -> None:
     processes a parameter dict per row."""
     if not rows:
         return
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
-    stmt = insert(table)
-    keys = [c.name for c in table.primary_key.columns]
-    stmt = stmt.on_conflict_do_update(index_elements=keys,
-                                      set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys})
     names = [c.name for c in table.columns]
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=names)
+    compiled = _upsert_statement(conn, table).compile(dialect=conn.dialect, column_keys=names)
     procs = [(i, p) for i, c in enumerate(table.columns) if (p := c.type.dialect_impl(conn.dialect).bind_processor(conn.dialect))]
     if procs:
         procs = [(i, _memo(p)) for i, p in procs]  # window starts repeat: convert each value once

@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, Table, and_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from lklab import views
@@ -42,6 +41,7 @@ from lklab.serving import (
     speed_view_query,
     speed_view_rows,
     bulk_upsert,
+    dialect_insert,
     upsert,
 )
 
@@ -133,13 +133,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _dialect_insert(conn: Connection):
-    try:
-        return {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
-    except KeyError:
-        raise NotImplementedError(f"serving store dialect {conn.dialect.name!r} is not supported (sqlite, postgresql)") from None
-
-
 def _add(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], add: Sequence[str]) -> None:
     """INSERT … ON CONFLICT (pk) DO UPDATE SET col = col + excluded.col.
 
@@ -147,7 +140,7 @@ def _add(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], add: Se
     can add to the same (city, window) or counter row without losing an update."""
     if not rows:
         return
-    stmt = _dialect_insert(conn)(table)
+    stmt = dialect_insert(conn)(table)
     keys = [c.name for c in table.primary_key.columns]
     stmt = stmt.on_conflict_do_update(
         index_elements=keys, set_={c: table.c[c] + stmt.excluded[c] for c in add}
@@ -160,23 +153,33 @@ def _chunks(items: Sequence, size: int = _IN_CHUNK) -> Iterable[Sequence]:
         yield items[i : i + size]
 
 
-def _load_versions(conn: Connection, scope: str, event_ids: Sequence[str]) -> dict[str, int]:
+def _by_ids(query, column, ids: Sequence[str] | None) -> Iterable:
+    """`query` as is (ids None: all rows), or once per chunk of ids (an IN list each)."""
+    if ids is None:
+        yield query
+        return
+    for chunk in _chunks(sorted(set(ids))):
+        yield query.where(column.in_(chunk))
+
+
+def _load_versions(conn: Connection, scope: str, event_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """The held versions of these events, or of every event of the scope (None)."""
     t = speed_event_state
     found: dict[str, int] = {}
-    for chunk in _chunks(sorted(set(event_ids))):
-        found.update(conn.execute(select(t.c.event_id, t.c.event_version).where(t.c.scope == scope, t.c.event_id.in_(chunk))).all())
+    for query in _by_ids(select(t.c.event_id, t.c.event_version).where(t.c.scope == scope), t.c.event_id, event_ids):
+        found.update(conn.execute(query).all())
     return found
 
 
-def _load_contribs(conn: Connection, view_names: Sequence[str], event_ids: Sequence[str]) -> dict[tuple[str, str], _Contrib]:
+def _load_contribs(conn: Connection, view_names: Sequence[str],
+                   event_ids: Sequence[str] | None = None) -> dict[tuple[str, str], _Contrib]:
+    """The held contributions of these events to these views, or of every event (None)."""
     t = speed_contrib
+    # view first: the primary key (view, event_id) serves the lookup, not a scan
+    base = select(t.c.view, t.c.event_id, t.c.entity, t.c.window_start, t.c.amount, t.c.member).where(t.c.view.in_(view_names))
     found: dict[tuple[str, str], _Contrib] = {}
-    for chunk in _chunks(sorted(set(event_ids))):
-        rows = conn.execute(  # view first: the primary key (view, event_id) serves the lookup, not a scan
-            select(t.c.view, t.c.event_id, t.c.entity, t.c.window_start, t.c.amount, t.c.member)
-            .where(t.c.view.in_(view_names), t.c.event_id.in_(chunk))
-        )
-        for view_name, event_id, entity, window, amount, member in rows:
+    for query in _by_ids(base, t.c.event_id, event_ids):
+        for view_name, event_id, entity, window, amount, member in conn.execute(query):
             found[(view_name, event_id)] = _Contrib(entity, window, amount, member)
     return found
 
@@ -396,8 +399,8 @@ class CheckpointedSink:
         self.lateness = settings.allowed_lateness_s if close_windows else None
         with engine.connect() as conn:
             progress = _load_progress(conn, scope, topic)
-            self.versions = _all_versions(conn, scope)
-            self.contribs = _all_contribs(conn, [spec.name for spec in self.specs])
+            self.versions = _load_versions(conn, scope)
+            self.contribs = _load_contribs(conn, [spec.name for spec in self.specs])
         self.committed = {p: nxt for p, (nxt, _) in progress.items()}
         self.max_time: dict[int, datetime] = {p: mt for p, (_, mt) in progress.items() if mt is not None}
         self.next_offset = dict(self.committed)
@@ -447,18 +450,6 @@ class CheckpointedSink:
             self._writer.shutdown(wait=True)
 
 
-def _all_versions(conn: Connection, scope: str) -> dict[str, int]:
-    t = speed_event_state
-    return dict(conn.execute(select(t.c.event_id, t.c.event_version).where(t.c.scope == scope)).all())
-
-
-def _all_contribs(conn: Connection, view_names: Sequence[str]) -> dict[tuple[str, str], _Contrib]:
-    t = speed_contrib
-    rows = conn.execute(select(t.c.view, t.c.event_id, t.c.entity, t.c.window_start, t.c.amount, t.c.member)
-                        .where(t.c.view.in_(view_names)))
-    return {(v, eid): _Contrib(entity, window, amount, member) for v, eid, entity, window, amount, member in rows}
-
-
 def _commit_progress(
     conn: Connection,
     scope: str,
@@ -490,7 +481,7 @@ def _commit_progress(
         else:
             inserts.append({"scope": scope, "topic": topic, "partition": partition, **values})
     if inserts:
-        stmt = _dialect_insert(conn)(t).on_conflict_do_nothing(index_elements=["scope", "topic", "partition"])
+        stmt = dialect_insert(conn)(t).on_conflict_do_nothing(index_elements=["scope", "topic", "partition"])
         for row in inserts:  # one per newly seen partition, once in the topic's lifetime
             if conn.execute(stmt, row).rowcount != 1:
                 raise StaleProgressError(f"{topic}[{row['partition']}]: progress created concurrently; batch rolled back")
