@@ -163,6 +163,21 @@ batch_view_rows = Table(
     Column("window_start", UTCDateTime, primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+# Every Lambda batch run's outcome, promoted or not: a blocked run is what readers are told about
+# (lklab.merge), and the dates of runs that did not promote are what the next `lklab batch` rebuilds.
+batch_runs = Table(
+    "batch_runs", metadata,
+    Column("run_id", String(64), primary_key=True, comment="the Dagster run id"),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("status", String(16), nullable=False, comment="running | promoted | blocked | failed"),
+    Column("first_date", String(10), comment="first event date (YYYY-MM-DD) the run rebuilt"),
+    Column("last_date", String(10), comment="last event date (inclusive)"),
+    Column("gate", String(200), comment="the first failed gate (<asset>.<check>), when blocked"),
+    Column("reason", String(2000), comment="one line: why it did not promote"),
+    Column("diverged", JSON, comment="[{view, entity, window_start}] the divergence gates named"),
+    Column("build_id", String(64), comment="the build it promoted"),
+)
 kappa_builds = Table(
     "kappa_builds", metadata,
     Column("output", String(160), primary_key=True, comment="<view>__v<N>"),
