@@ -127,7 +127,7 @@ def generate(
 
     s = settings()
     workload = make_workload(GeneratorConfig(seed=seed, duration_s=minutes * 60, rides_per_minute=rides_per_minute))
-    write_jsonl(workload.deliveries, out)
+    write_jsonl(workload.deliveries, out, workload.config.local_offsets)
     ledger = write_ledger(make_engine(s), workload.truth)
     console.print(f"wrote {len(workload.deliveries)} deliveries of {len(workload.truth)} events to {out}; "
                   f"{ledger} payments in the ledger ({s.serving})")

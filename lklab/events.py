@@ -8,7 +8,8 @@ reason. So the fast path can only be faster, never more lenient; a unit test kee
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from functools import lru_cache
 from importlib import resources
@@ -62,11 +63,12 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     amount_cents: int | None = None
     pii: str | None = None  # Fernet token; plaintext never reaches the log
 
-    def to_json(self) -> str:
+    def to_json(self, offset: timedelta | None = None) -> str:
+        """The wire form; event_time in UTC with a Z, or in the given local offset."""
         data = {name: getattr(self, name) for name in self.__struct_fields__}
         data["event_type"] = self.event_type.value
-        data["event_time"] = format_time(self.event_time)
-        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+        data["event_time"] = format_time(self.event_time, offset)
+        return json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
     def replace(self, **changes: Any) -> "Event":
         return msgspec.structs.replace(self, **changes)
@@ -78,13 +80,27 @@ class Event(msgspec.Struct, frozen=True, gc=False):
 
 EVENT_FIELDS: tuple[str, ...] = Event.__struct_fields__
 
-def format_time(ts: datetime) -> str:
-    """Canonical UTC wire format: 2026-11-17T10:00:00.123Z (millisecond precision)."""
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+def format_time(ts: datetime, offset: timedelta | None = None) -> str:
+    """The wire format. Canonical (offset None): UTC with a Z, 2026-11-17T10:00:00.123Z, with
+    milliseconds, or microseconds when the instant has them (nothing is rounded away). With an
+    offset, the same instant in that local time, e.g. 2026-11-17T12:00:00.123+02:00."""
+    if offset is None:
+        return _format_local(ts.astimezone(timezone.utc)) + "Z"
+    local = ts.astimezone(timezone(offset))
+    sign, minutes = ("-" if offset < timedelta(0) else "+"), abs(int(offset.total_seconds())) // 60
+    return _format_local(local) + f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _format_local(ts: datetime) -> str:
+    fraction = f"{ts.microsecond // 1000:03d}" if ts.microsecond % 1000 == 0 else f"{ts.microsecond:06d}"
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + fraction
 
 
 def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    """An ISO-8601 time as an aware UTC datetime. Text without an offset is read as UTC (CLI and
+    API flags); events are stricter: the schema requires the offset."""
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 @lru_cache(maxsize=1)
@@ -129,10 +145,21 @@ def _describe(error) -> str:
     if error.validator == "enum":
         return f"field '{path}': {error.instance!r} is not one of {', '.join(error.validator_value)}"
     if error.validator == "pattern" and path == "event_time":
-        return f"field 'event_time': {error.instance!r} is not an ISO-8601 UTC timestamp like 2026-11-17T10:00:00Z"
+        return _describe_time(error.instance)
     if path == "amount_cents" and error.validator == "type" and error.validator_value == "null":
         return "field 'amount_cents' is only allowed on payment events"
     return f"field '{path}': {error.message}" if path else error.message
+
+
+_NO_OFFSET = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+
+
+def _describe_time(text: str) -> str:
+    if _NO_OFFSET.match(text):
+        return (f"field 'event_time': {text!r} has no UTC offset, so it names no instant; "
+                "add Z or ±HH:MM, e.g. 2026-11-17T10:00:00Z or 2026-11-17T12:00:00+02:00")
+    return (f"field 'event_time': {text!r} is not an ISO-8601 timestamp with an offset, "
+            "like 2026-11-17T10:00:00Z or 2026-11-17T12:00:00+02:00")
 
 
 def _rank(error) -> tuple[bool, int]:
@@ -161,7 +188,7 @@ def validate_dict(data: Any) -> dict[str, Any]:
     try:
         parse_time(data["event_time"])
     except ValueError as exc:
-        raise EventError(f"field 'event_time': {data['event_time']!r} is not a valid UTC timestamp ({exc})") from None
+        raise EventError(f"field 'event_time': {data['event_time']!r} is not a valid timestamp ({exc})") from None
     return data
 
 
@@ -180,8 +207,8 @@ def _fast(raw: bytes | str) -> Event | None:
         return None
     if (w.amount_cents is None) == (w.event_type in PAYMENT_TYPES):
         return None  # the cross-field rule: the reference path words it
-    try:  # the pattern allows only Z or +00:00, both of which fromisoformat reads as UTC
-        at = datetime.fromisoformat(w.event_time)
+    try:  # the pattern requires an offset (Z or ±HH:MM): normalise the instant to UTC here, at the edge
+        at = datetime.fromisoformat(w.event_time).astimezone(timezone.utc)
     except ValueError:
         return None
     return Event(w.event_id, w.event_version, w.schema_version, w.event_type, at, w.ride_id, w.user_id, w.driver_id,

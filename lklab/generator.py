@@ -3,6 +3,10 @@
 The generator is the oracle's source: it knows every final event, so every view has a known
 true answer. Deliveries add what production adds on top: arrival delay (mostly small, rarely
 up to two days), out-of-order event time, duplicate deliveries and versioned corrections.
+A correction may change any field but event_id, as the contract allows: the amount, the
+event time (by minutes, across T and across midnight), the city or the driver, and it may
+arrive before the version it corrects. Cities include sparse ones and non-ASCII names, and
+the wire form of an event time carries a local UTC offset for most events.
 
 Everything is drawn from one `random.Random(seed)` and no clock is read, so the same config
 gives byte-identical output.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -40,6 +45,10 @@ MAX_RIDE_SPAN_MS = sum(high for _, _, high in RIDE_STEPS)
 REFUND_DELAY_MAX_MS = 3_600_000
 DRIVERLESS = frozenset({EventType.APP_OPENED, EventType.RIDE_REQUESTED})
 
+# Wire offsets of event times (a fleet's phones report local time): chosen per delivery from
+# its event_id, so output stays byte-identical per seed. None is UTC written with a Z.
+WIRE_OFFSETS_MIN = (None, 0, 60, 120, -300, 330, -180, None, -420, 540)
+
 ON_TIME_MEAN_DELAY_MS = 15_000
 DUPLICATE_DELAY_MAX_MS = 30_000
 CORRECTION_DELAY_MAX_MS = 240_000
@@ -54,12 +63,18 @@ class GeneratorConfig(BaseModel):
     start: datetime = datetime(2026, 11, 17, 10, 0, 0, tzinfo=timezone.utc)
     duration_s: int = Field(600, ge=1, description="event-time span of the workload")
     rides_per_minute: int = Field(60, ge=0)
-    cities: list[str] = Field(default_factory=lambda: ["berlin", "lisbon", "paris"], min_length=1)
+    cities: list[str] = Field(default_factory=lambda: ["berlin", "lisbon", "paris", "são paulo"], min_length=1)
+    sparse_cities: list[str] = Field(default_factory=lambda: ["zürich"], description="cities with few riders (empty minutes)")
+    sparse_user_share: float = Field(0.02, ge=0, le=1, description="of users, spread over sparse_cities")
     late_fraction: float = Field(0.001, ge=0, le=1)
     late_max_s: int = Field(48 * 3600, ge=2)
     on_time_max_s: int = Field(300, ge=1)
     duplicate_fraction: float = Field(0.02, ge=0, le=1)
     correction_fraction: float = Field(0.05, ge=0, le=1, description="of payment events")
+    other_correction_fraction: float = Field(0.01, ge=0, le=1, description="of other events (time, city or driver moves)")
+    correction_first_fraction: float = Field(0.2, ge=0, le=1, description="of corrections: delivered before their original")
+    correction_shift_max_s: int = Field(900, ge=1, description="a corrected event time moves by 1 s up to this")
+    local_offsets: bool = Field(True, description="wire event times carry local UTC offsets (else all Z)")
     refund_fraction: float = Field(0.05, ge=0, le=1, description="of rides")
     users: int = Field(200, ge=1)
     drivers: int = Field(50, ge=1)
@@ -136,10 +151,22 @@ class _Cast:
     def of(cls, config: GeneratorConfig) -> _Cast:
         cities = config.cities
         drivers = [f"d{k:04d}" for k in range(config.drivers)]
-        by_city: dict[str, list[str]] = {c: [] for c in cities}
+        by_city: dict[str, list[str]] = {c: [] for c in (*cities, *config.sparse_cities)}
         for k, driver in enumerate(drivers):
             by_city[cities[k % len(cities)]].append(driver)
-        return cls([cities[k % len(cities)] for k in range(config.users)], by_city, drivers)
+        return cls([cls._home(config, k) for k in range(config.users)], by_city, drivers)
+
+    @staticmethod
+    def _home(config: GeneratorConfig, user: int) -> str:
+        """Every 1/sparse_user_share-th user lives in a sparse city (floor(users * share) of them)."""
+        share, sparse = config.sparse_user_share, config.sparse_cities
+        if sparse and int((user + 1) * share) > int(user * share):
+            return sparse[int(user * share) % len(sparse)]
+        return config.cities[user % len(config.cities)]
+
+    @property
+    def cities(self) -> list[str]:
+        return list(self.drivers_by_city)
 
     def driver_in(self, city: str, rng: random.Random) -> str:
         # Fewer drivers than cities: some cities borrow drivers rather than have no rides.
@@ -199,24 +226,59 @@ def _ride(
             city=city,
             amount_cents=amounts.get(event_type),
         )
-        out.append(_maybe_correct(config, rng, event, captured))
+        out.append(_maybe_correct(config, rng, cast, event, captured))
     return out
 
 
 def _maybe_correct(
-    config: GeneratorConfig, rng: random.Random, event: Event, captured: int
+    config: GeneratorConfig, rng: random.Random, cast: _Cast, event: Event, captured: int
 ) -> tuple[Event, Event | None]:
-    """Truth holds the corrected amount (v2); the first delivery (v1) carried a wrong one."""
-    if event.event_type not in PAYMENT_TYPES or rng.random() >= config.correction_fraction:
+    """Truth holds the corrected event (v2); the first version (v1) was wrong in one or two of
+    the fields a correction may change: amount, event time, city, driver."""
+    payment = event.event_type in PAYMENT_TYPES
+    if rng.random() >= (config.correction_fraction if payment else config.other_correction_fraction):
         return event, None
+    kinds = ["amount"] if payment else []
+    kinds += ["time"] + (["city"] if len(cast.cities) > 1 else [])
+    kinds += ["driver"] if event.driver_id is not None and len(cast.all_drivers) > 1 else []
+    chosen = rng.sample(kinds, 1 if len(kinds) == 1 or rng.random() < 0.75 else 2)
+    wrong = event
+    for kind in sorted(chosen):
+        wrong = _WRONG[kind](config, rng, cast, wrong, captured)
+    return event.replace(event_version=2), wrong
+
+
+def _wrong_amount(config: GeneratorConfig, rng: random.Random, cast: _Cast, event: Event, captured: int) -> Event:
     assert event.amount_cents is not None
     if event.event_type is EventType.PAYMENT_CAPTURED:
-        wrong = _other_amount(rng, event.amount_cents, AMOUNT_MIN_CENTS, AMOUNT_MAX_CENTS)
+        return event.replace(amount_cents=_other_amount(rng, event.amount_cents, AMOUNT_MIN_CENTS, AMOUNT_MAX_CENTS))
+    # captured >= AMOUNT_MIN_CENTS > 1, so a different refund <= captured always exists
+    return event.replace(amount_cents=_other_amount(rng, event.amount_cents, 1, captured))
+
+
+def _wrong_time(config: GeneratorConfig, rng: random.Random, cast: _Cast, event: Event, captured: int) -> Event:
+    """Moved by 1 s up to correction_shift_max_s, to another minute (and across the allowed
+    lateness, so across T); within that reach of midnight, half the time across midnight."""
+    at, reach = to_ms(event.event_time), config.correction_shift_max_s * 1000
+    midnight = to_ms(datetime.combine(event.event_time.date(), datetime.min.time(), timezone.utc))
+    nearest = min((midnight, midnight + 86_400_000), key=lambda m: abs(m - at))
+    to_midnight = nearest - at  # > 0: midnight is ahead
+    if 0 < abs(to_midnight) <= reach and rng.random() < 0.5:
+        shift = to_midnight + (1 if to_midnight > 0 else -1) * rng.randint(0 if to_midnight > 0 else 1, 60_000)
     else:
-        # captured >= AMOUNT_MIN_CENTS > 1, so a different refund <= captured always exists
-        wrong = _other_amount(rng, event.amount_cents, 1, captured)
-    final = event.replace(event_version=2)
-    return final, event.replace(amount_cents=wrong)
+        shift = rng.choice((-1, 1)) * rng.randint(1000, reach)
+    return event.replace(event_time=from_ms(at + shift))
+
+
+def _wrong_city(config: GeneratorConfig, rng: random.Random, cast: _Cast, event: Event, captured: int) -> Event:
+    return event.replace(city=rng.choice([c for c in cast.cities if c != event.city]))
+
+
+def _wrong_driver(config: GeneratorConfig, rng: random.Random, cast: _Cast, event: Event, captured: int) -> Event:
+    return event.replace(driver_id=rng.choice([d for d in cast.all_drivers if d != event.driver_id]))
+
+
+_WRONG = {"amount": _wrong_amount, "city": _wrong_city, "driver": _wrong_driver, "time": _wrong_time}
 
 
 @dataclass(frozen=True)
@@ -251,23 +313,31 @@ class _Schedule:
         return self.add(event, to_ms(event.event_time) + delay)
 
     def follow_up(self, original: _Delivery, event: Event, max_delay_ms: int, reserve_ms: int = 0) -> _Delivery:
-        """Deliver event strictly after original, keeping reserve_ms of headroom for its own duplicate."""
-        event_ms = to_ms(original.event.event_time)
-        on_time = original.arrival_ms - event_ms <= self.on_time_ms
-        bound = event_ms + (self.on_time_ms if on_time else self.late_ms) - reserve_ms
-        room = min(max_delay_ms, bound - original.arrival_ms)
-        return self.add(event, original.arrival_ms + self.rng.randint(1, room))
+        """Deliver event strictly after original and never before its own event time, keeping
+        reserve_ms of headroom for its own duplicate. The lateness class is the original's,
+        measured from the event's own time: a correction that moves the time back by more than
+        the class allows is later than the class (as it would be in production)."""
+        on_time = original.arrival_ms - to_ms(original.event.event_time) <= self.on_time_ms
+        own_ms = to_ms(event.event_time)
+        low = max(original.arrival_ms + 1, own_ms)
+        bound = own_ms + (self.on_time_ms if on_time else self.late_ms) - reserve_ms
+        return self.add(event, self.rng.randint(low, max(low, min(original.arrival_ms + max_delay_ms, bound))))
 
 
 def _schedule(
     config: GeneratorConfig, rng: random.Random, rides: list[tuple[Event, Event | None]]
 ) -> list[_Delivery]:
-    """Primaries first, then corrections after their original, then duplicates of any of them."""
+    """Primaries first, then corrections after their original (or, for correction_first_fraction
+    of them, the original after its correction), then duplicates of any of them."""
     schedule = _Schedule(config, rng)
-    corrected = [(schedule.primary(first or final), final) for final, first in rides]
-    for original, final in corrected:
-        if original.event is not final:
-            schedule.follow_up(original, final, CORRECTION_DELAY_MAX_MS, reserve_ms=1)
+    pairs = []
+    for final, first in rides:
+        early = first is not None and rng.random() < config.correction_first_fraction
+        leader, follower = (final, first) if early else (first or final, final)
+        pairs.append((schedule.primary(leader), follower))
+    for leader, follower in pairs:
+        if leader.event is not follower:
+            schedule.follow_up(leader, follower, CORRECTION_DELAY_MAX_MS, reserve_ms=1)
     for item in list(schedule.items):
         if rng.random() < config.duplicate_fraction:
             schedule.follow_up(item, item.event, DUPLICATE_DELAY_MAX_MS)
@@ -290,12 +360,25 @@ def generate(config: GeneratorConfig | None = None) -> Workload:
     )
 
 
-def write_jsonl(events: Iterable[Event], path: str | Path) -> int:
-    """One `Event.to_json()` per line (the import file format); returns the number of lines."""
+def wire_offset(event: Event) -> timedelta | None:
+    """The local UTC offset this delivery's event time is written in (fixed per event_id and
+    version); None: UTC with a Z."""
+    minutes = WIRE_OFFSETS_MIN[zlib.crc32(f"{event.event_id}/{event.event_version}".encode()) % len(WIRE_OFFSETS_MIN)]
+    return None if minutes is None else timedelta(minutes=minutes)
+
+
+def wire_json(event: Event, local_offsets: bool = True) -> str:
+    """An event as a producer in the field writes it: its event time in a local offset."""
+    return event.to_json(wire_offset(event) if local_offsets else None)
+
+
+def write_jsonl(events: Iterable[Event], path: str | Path, local_offsets: bool = True) -> int:
+    """One event per line (the import file format), event times in local offsets unless
+    local_offsets is False; returns the number of lines."""
     count = 0
     with open(path, "w", encoding="utf-8", newline="\n") as out:
         for event in events:
-            out.write(event.to_json() + "\n")
+            out.write(wire_json(event, local_offsets) + "\n")
             count += 1
     return count
 

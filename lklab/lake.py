@@ -128,7 +128,8 @@ def _rejection_reason() -> F.Column:
     checks += [(e[f].isNull(), f"field '{f}' missing or of the wrong type") for f in schema()["required"] if f != "driver_id"]
     checks += [
         (~e["event_type"].isin([t.value for t in EventType]), "unknown event_type"),
-        (F.col("event_time").isNull(), "event_time is not an ISO-8601 UTC timestamp"),
+        (~e["event_time"].rlike(schema()["properties"]["event_time"]["pattern"]) | F.col("event_time").isNull(),
+         "event_time is not an ISO-8601 timestamp with an offset (Z or ±HH:MM)"),
         (e["event_version"] < 1, "event_version below 1"),
         (e["event_type"].isin([t.value for t in PAYMENT_TYPES]) & (e["amount_cents"].isNull() | (e["amount_cents"] < 0)),
          "payment without a non-negative amount_cents"),

@@ -90,9 +90,13 @@ def produce_file(settings: Settings, path: Path, on_progress: Callable[[int], No
         return kafka_io.run(produce_lines(settings, handle, str(path), on_progress))
 
 
-def produce_events(settings: Settings, events: Iterable[Event], source: str = "generator") -> ProduceReport:
-    """Generated events take the same path as a user's file."""
-    return kafka_io.run(produce_lines(settings, (e.to_json() for e in events), source))
+def produce_events(settings: Settings, events: Iterable[Event], source: str = "generator",
+                   local_offsets: bool = True) -> ProduceReport:
+    """Generated events take the same path as a user's file, event times in local offsets as a
+    fleet's producers write them (normalised to UTC by the import)."""
+    from lklab.generator import wire_json
+
+    return kafka_io.run(produce_lines(settings, (wire_json(e, local_offsets) for e in events), source))
 
 
 def read_dead_letters(settings: Settings) -> list[dict]:

@@ -48,9 +48,14 @@ def latest_versions(events: Iterable[Event]) -> dict[str, Event]:
     return kept
 
 
-def watermark(max_event_time_by_partition: Mapping[int, datetime]) -> datetime | None:
-    """Event-time watermark of a multi-partition consumer: the slowest partition's progress."""
-    return min(max_event_time_by_partition.values()) if max_event_time_by_partition else None
+def watermark(max_event_time_by_partition: Mapping[int, datetime], partitions: int | None = None) -> datetime | None:
+    """Event-time watermark of a multi-partition consumer: the slowest partition's progress.
+    With `partitions` (the topic's partition count), there is none until every partition has
+    reported: a partition that has not been read yet may still hold the oldest events, and a
+    watermark that moved back when it appeared would reopen windows already handed to batch."""
+    if not max_event_time_by_partition or (partitions is not None and len(max_event_time_by_partition) < partitions):
+        return None
+    return min(max_event_time_by_partition.values())
 
 
 def final_through(wm: datetime | None, allowed_lateness_s: int) -> datetime | None:

@@ -247,23 +247,27 @@ def resessionize(conn: Connection, spec: views.SessionSpec, riders: list[str]) -
 
 def _apply_event(event, specs: Sequence[views.ViewSpec], contribs: dict[tuple[str, str], _Contrib],
                  deltas: _Deltas, wm: datetime | None, lateness: int | None) -> bool:
-    """Move each view from the event's old contribution to its new one. A view whose old or new
-    window is already final is left alone (batch owns it). Returns True if any view dropped it."""
+    """Move each view from the event's old contribution to its new one, side by side: the old
+    one is retracted where its window is still open, the new one added where its window is still
+    open, and a side whose window is already final is left to batch (recorded as such). A
+    correction may move an event to another window, day, city or driver, so the two sides are
+    judged apart. The held contribution becomes the new one either way: a final window never
+    reopens, so what was not added there is never retracted later. Returns True if any side was
+    left to batch."""
     dropped = False
     T = None if lateness is None else views.final_through(wm, lateness)
     for spec in specs:
         old, new = contribs.get((spec.name, event.event_id)), _Contrib.of(spec, event)
         if old is None and new is None:
             continue
-        final = [c for c in (old, new) if c is not None and spec.is_final(c.window, T)]
-        if final:
-            deltas.dropped(spec, final[-1])
-            dropped = True
-            continue
-        if old is not None:
-            deltas.apply(spec, old, -1)
-        if new is not None:
-            deltas.apply(spec, new, +1)
+        for contrib, sign in ((old, -1), (new, +1)):
+            if contrib is None:
+                continue
+            if spec.is_final(contrib.window, T):
+                deltas.dropped(spec, contrib)
+                dropped = True
+            else:
+                deltas.apply(spec, contrib, sign)
         contribs[(spec.name, event.event_id)] = deltas.contribs[(spec.name, event.event_id)] = new
     return dropped
 
@@ -296,16 +300,17 @@ def _fence_and_parse(records: Sequence[InputRecord], next_offset: dict[int, int]
 
 def _fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], versions: dict[str, int],
           contribs: dict[tuple[str, str], _Contrib], max_time: dict[int, datetime], deltas: _Deltas,
-          changed_versions: dict[str, int], stats: ApplyStats, lateness: int | None) -> None:
-    """The view deltas of these events, in consumption order, against the held state (updated in place)."""
-    wm = views.watermark(max_time)
+          changed_versions: dict[str, int], stats: ApplyStats, lateness: int | None, partitions: int | None = None) -> None:
+    """The view deltas of these events, in consumption order, against the held state (updated in place).
+    Windows close only once all `partitions` have reported (views.watermark)."""
+    wm = views.watermark(max_time, partitions)
     for partition, event in fresh:
         stats.processed += 1
         # The event advances its own partition first, so the first event seen on a partition
         # is judged against that partition's progress, never only against the others'.
         if partition not in max_time or event.event_time > max_time[partition]:
             max_time[partition] = event.event_time
-            wm = views.watermark(max_time)
+            wm = views.watermark(max_time, partitions)
         held = versions.get(event.event_id)
         if not views.supersedes(event.event_version, held):
             stats.duplicates_ignored += 1
@@ -372,7 +377,7 @@ def apply_records(
         versions = _load_versions(conn, scope, event_ids)
         contribs = _load_contribs(conn, [spec.name for spec in specs], event_ids)
         deltas, changed_versions = _Deltas(), {}
-        _fold(fresh, specs, versions, contribs, max_time, deltas, changed_versions, stats, lateness)
+        _fold(fresh, specs, versions, contribs, max_time, deltas, changed_versions, stats, lateness, settings.partitions)
         _persist(conn, scope, topic, deltas, changed_versions, stats, committed, max_time)
         if before_commit is not None:
             before_commit(stats)
@@ -396,7 +401,7 @@ class CheckpointedSink:
     def __init__(self, engine: Engine, settings: Settings, topic: str, specs: Sequence[views.ViewSpec], scope: str,
                  *, close_windows: bool = False, every: int = 100_000) -> None:
         self.engine, self.topic, self.specs, self.scope, self.every = engine, topic, list(specs), scope, every
-        self.lateness = settings.allowed_lateness_s if close_windows else None
+        self.lateness, self.partitions = (settings.allowed_lateness_s if close_windows else None), settings.partitions
         with engine.connect() as conn:
             progress = _load_progress(conn, scope, topic)
             self.versions = _load_versions(conn, scope)
@@ -414,7 +419,7 @@ class CheckpointedSink:
     def apply(self, records: Sequence[InputRecord]) -> None:
         fresh = _fence_and_parse(records, self.next_offset, self.pending)
         _fold(fresh, self.specs, self.versions, self.contribs, self.max_time, self.deltas, self.changed,
-              self.pending, self.lateness)
+              self.pending, self.lateness, self.partitions)
         self.since += len(records)
         if self.since >= self.every:
             self._start_checkpoint()

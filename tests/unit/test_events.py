@@ -5,8 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lklab.events import EventError, parse_event, schema
-from lklab.generator import GeneratorConfig, bad_lines, generate
+from datetime import datetime, timedelta, timezone
+
+from lklab.events import EventError, format_time, parse_event, schema
+from lklab.generator import GeneratorConfig, bad_lines, generate, wire_json
 
 GOOD = {
     "event_id": "e1", "event_version": 1, "schema_version": 1, "event_type": "payment_captured",
@@ -15,7 +17,7 @@ GOOD = {
 }
 
 
-SAMPLES = [json.loads(e.to_json()) for e in generate(GeneratorConfig(seed=5, duration_s=120, rides_per_minute=10)).deliveries[:60]]
+SAMPLES = [json.loads(wire_json(e)) for e in generate(GeneratorConfig(seed=5, duration_s=120, rides_per_minute=10)).deliveries[:60]]
 FIELDS = sorted({k for e in SAMPLES for k in e})
 
 
@@ -28,6 +30,23 @@ def test_a_valid_event_round_trips() -> None:
     event = parse_event(line())
     assert parse_event(event.to_json()) == event
     assert event.amount_cents == 1200 and event.event_time.isoformat() == "2026-11-17T10:00:00+00:00"
+
+
+@pytest.mark.parametrize("text", ["2026-11-17T10:00:00Z", "2026-11-17T10:00:00+00:00", "2026-11-17T12:00:00+02:00",
+                                  "2026-11-17T05:00:00-05:00", "2026-11-17T15:30:00.000+05:30", "2026-11-16T23:15:00-10:45"])
+def test_an_explicit_offset_names_the_same_instant_and_is_normalised_to_utc(text: str) -> None:
+    event = parse_event(line(event_time=text))
+    assert event.event_time == datetime(2026, 11, 17, 10, tzinfo=timezone.utc)
+    assert event.event_time.utcoffset() == timedelta(0)
+    assert json.loads(event.to_json())["event_time"] == "2026-11-17T10:00:00.000Z"
+    assert parse_event(event.to_json()) == event
+
+
+@given(at=st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1), timezones=st.just(timezone.utc)),
+       minutes=st.integers(-23 * 60 - 59, 23 * 60 + 59))
+def test_any_offset_round_trips_to_the_same_instant(at: datetime, minutes: int) -> None:
+    text = format_time(at, timedelta(minutes=minutes))
+    assert parse_event(line(event_time=text)).event_time == at
 
 
 def test_a_later_schema_version_with_added_fields_is_accepted() -> None:
@@ -46,7 +65,10 @@ def test_a_later_schema_version_with_added_fields_is_accepted() -> None:
         (line(event_type="app_opened"), "only allowed on payment events"),
         (line(amount_cents=...), "'amount_cents' is missing"),
         (line(event_time="yesterday"), "field 'event_time'"),
-        (line(event_time="2026-13-01T00:00:00Z"), "not a valid UTC timestamp"),
+        (line(event_time="2026-13-01T00:00:00Z"), "not a valid timestamp"),
+            (line(event_time="2026-11-17T10:00:00"), "has no UTC offset"),
+            (line(event_time="2026-11-17T10:00:00+0200"), "not an ISO-8601 timestamp with an offset"),
+            (line(event_time="2026-11-17T10:00:00+24:00"), "not a valid timestamp"),
         (line(event_version=0), "field 'event_version'"),
         ("[1, 2]", "expected a JSON object"),
         (line(pii={"name": "Ada", "phone": "1"}), "plaintext PII"),
@@ -71,7 +93,10 @@ def test_schema_file_names_every_model_field() -> None:
     assert set(schema()["properties"]) == set(Event.__struct_fields__) == set(_Wire.__struct_fields__)
 
 
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**12), st.text(max_size=12), st.just("2026-11-17T10:00:00Z"),
+_TIMES = st.sampled_from(["2026-11-17T10:00:00Z", "2026-11-17T12:00:00.5+02:00", "2026-11-16T23:30:00-10:30",
+                          "2026-11-17T10:00:00", "2026-11-17T10:00:00+2:00", "2026-11-17T10:00:00+24:00",
+                          "2026-11-17T10:00:00.1234567Z", "2026-11-17T10:00:00-00:00", "2026-11-17T10:00:00z"])
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**12), st.text(max_size=12), _TIMES,
                     st.sampled_from(["payment_captured", "app_opened", "ride_requested", "payment_refunded"]),
                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 

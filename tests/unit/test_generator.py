@@ -1,6 +1,7 @@
 """The workload generator: deterministic, and delivers the way production does (late, duplicated, corrected)."""
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -52,8 +53,20 @@ def test_config_rejects_naive_start_and_inverted_lateness() -> None:
         GeneratorConfig(on_time_max_s=600, late_max_s=600)
 
 
+def _moved(workload: Workload) -> set[str]:
+    """event_ids whose versions disagree on event_time (a correction moved the event)."""
+    times: dict[str, set[datetime]] = defaultdict(set)
+    for event in workload.deliveries:
+        times[event.event_id].add(event.event_time)
+    return {eid for eid, seen in times.items() if len(seen) > 1}
+
+
 def test_lateness_profile(large: Workload) -> None:
-    lateness = large.lateness_s()
+    # Events a correction moved in time are late for their new window by up to the move; the
+    # seed's profile is about the rest.
+    moved = _moved(large)
+    lateness = [s for s, e in zip(large.lateness_s(), large.deliveries) if e.event_id not in moved]
+    assert min(large.lateness_s()) >= 0  # nothing arrives before it happened, moved or not
     n = len(lateness)
     assert n > 50_000
     late = [s for s in lateness if s > LARGE.on_time_max_s]
@@ -91,17 +104,51 @@ def test_corrections_raise_version_change_amount_and_come_later(large: Workload)
         versions[event.event_id][event.event_version].add(event.amount_cents)
 
     corrected = [eid for eid, by_version in versions.items() if 2 in by_version]
-    payments = sum(1 for e in large.truth if e.event_type in PAYMENT_TYPES)
-    assert 0.8 * LARGE.correction_fraction * payments < len(corrected) < 1.2 * LARGE.correction_fraction * payments
     truth = {e.event_id: e for e in large.truth}
+    payments = sum(1 for e in large.truth if e.event_type in PAYMENT_TYPES)
+    corrected_payments = sum(1 for eid in corrected if truth[eid].event_type in PAYMENT_TYPES)
+    assert 0.8 * LARGE.correction_fraction * payments < corrected_payments < 1.2 * LARGE.correction_fraction * payments
+    others = len(truth) - payments
+    assert 0.7 * LARGE.other_correction_fraction * others < len(corrected) - corrected_payments < 1.3 * LARGE.other_correction_fraction * others
+    delivered: dict[tuple[str, int], object] = {}
+    for event in large.deliveries:
+        delivered.setdefault((event.event_id, event.event_version), event)
+    changed: Counter[str] = Counter()
+    early = 0
     for eid in corrected:
         assert set(versions[eid]) == {1, 2}
-        (v1,), (v2,) = versions[eid][1], versions[eid][2]
-        assert v1 != v2
-        assert truth[eid].event_type in PAYMENT_TYPES
-        assert truth[eid].event_version == 2 and truth[eid].amount_cents == v2
-        assert first_arrival[(eid, 2)] > first_arrival[(eid, 1)]
+        first, final = delivered[(eid, 1)], delivered[(eid, 2)]
+        assert final == truth[eid] and truth[eid].event_version == 2
+        diff = {f for f in ("amount_cents", "event_time", "city", "driver_id") if getattr(first, f) != getattr(final, f)}
+        assert 1 <= len(diff) <= 2 and first.replace(**{f: getattr(final, f) for f in diff}, event_version=2) == final
+        changed.update(diff)
+        early += first_arrival[(eid, 2)] < first_arrival[(eid, 1)]
+    # Every kind of change occurs, and some corrections arrive before the version they correct.
+    assert all(changed[f] > 20 for f in ("amount_cents", "event_time", "city", "driver_id")), changed
+    assert 0.1 * len(corrected) < early < 0.3 * len(corrected)
     assert all(max(v) == 1 for eid, v in versions.items() if eid not in set(corrected))
+
+
+def test_time_corrections_cross_minutes_allowed_lateness_and_midnight() -> None:
+    config = GeneratorConfig(start=datetime(2026, 11, 17, 23, 45, tzinfo=timezone.utc), duration_s=1800,
+                             rides_per_minute=120, correction_fraction=0.3, other_correction_fraction=0.1)
+    workload = generate(config)
+    truth = {e.event_id: e for e in workload.truth}
+    moves = [(e.event_time, truth[e.event_id].event_time) for e in workload.deliveries if e.event_version == 1
+             and e.event_time != truth[e.event_id].event_time]
+    assert any(a.date() != b.date() for a, b in moves)  # across midnight
+    assert any(abs((a - b).total_seconds()) > 300 for a, b in moves)  # beyond the default allowed lateness
+    assert sum(views.window_start(a) != views.window_start(b) for a, b in moves) > 0.9 * len(moves)  # to another minute
+
+
+def test_wire_lines_carry_local_offsets_that_name_the_true_instant(default: Workload, tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    write_jsonl(default.deliveries, path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    suffixes = Counter(json.loads(line)["event_time"][23:] for line in lines)
+    assert {"Z", "+00:00", "+02:00", "-05:00", "+05:30"} <= set(suffixes)
+    assert [parse_event(line) for line in lines] == default.deliveries
+    assert "são paulo" in path.read_text(encoding="utf-8")  # UTF-8 on the wire, not \u escapes
 
 
 def test_every_delivery_parses_back(default: Workload) -> None:
@@ -136,7 +183,9 @@ def test_truth_is_complete_rides_inside_the_window(large: Workload) -> None:
             assert refund.event_time >= ride[EventType.PAYMENT_CAPTURED].event_time
     assert 0.8 * LARGE.refund_fraction * len(rides) < refunds < 1.2 * LARGE.refund_fraction * len(rides)
     # Cities come from the config and each one sees traffic.
-    assert {e.city for e in large.truth} == set(LARGE.cities)
+    assert {e.city for e in large.truth} == {*LARGE.cities, *LARGE.sparse_cities}
+    per_city = Counter(e.city for e in large.truth)
+    assert all(per_city[c] < per_city[LARGE.cities[0]] / 10 for c in LARGE.sparse_cities)  # sparse: empty minutes
 
 
 def test_shared_view_logic_matches_the_oracle(large: Workload, default: Workload) -> None:
@@ -189,7 +238,7 @@ def test_short_window_and_tiny_cast_still_work() -> None:
     workload = generate(config)
     assert len({e.ride_id for e in workload.truth}) == 10
     end = config.start + timedelta(seconds=1)
-    assert all(config.start <= e.event_time < end for e in workload.deliveries)
+    assert all(config.start <= e.event_time < end for e in workload.truth)
     assert len(workload.deliveries) == 2 * (len(workload.truth) + 2 * 10)  # every payment corrected, all duplicated
 
 
@@ -205,8 +254,11 @@ def test_follow_ups_stay_in_their_originals_lateness_class() -> None:
     config = GeneratorConfig(on_time_max_s=1, late_max_s=2, late_fraction=0.3, rides_per_minute=600,
                              duplicate_fraction=1.0, correction_fraction=1.0)
     workload = generate(config)
+    moved = _moved(workload)  # a moved event is late for its new window by the move itself
     first_lateness: dict[str, float] = {}
     for event, lateness in zip(workload.deliveries, workload.lateness_s()):
+        if event.event_id in moved:
+            continue
         original = first_lateness.setdefault(event.event_id, lateness)
         bound = config.on_time_max_s if original <= config.on_time_max_s else config.late_max_s
         assert original <= lateness <= bound

@@ -33,7 +33,7 @@ def ev(eid: str, etype: EventType, at: str, *, city: str = "berlin", amount: int
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, allowed_lateness_s=300)
+    return Settings(home=tmp_path, allowed_lateness_s=300, partitions=2)  # the tests' topic has partitions 0 and 1
 
 
 @pytest.fixture
@@ -154,6 +154,37 @@ def test_correction_retracts_old_contribution_exactly(engine, settings) -> None:
     assert stats.duplicates_ignored == 2
     assert snapshot(engine) == before
     assert read_counters(engine)["corrections_applied"] == 2
+
+
+def test_a_correction_across_T_moves_what_each_open_side_holds(engine, settings) -> None:
+    """A correction whose old and new windows fall on different sides of T: the open side is
+    retracted or added, the final side is left to batch and recorded (issue 11, item 1)."""
+    from streaming.sink import read_late_windows
+
+    apply_records(engine, settings, TOPIC, [
+        (0, 0, ev("a-cap", CAP, "2026-11-17T10:16:00", amount=500)),
+        (1, 0, ev("h1-open", OPEN, "2026-11-17T10:16:30")),
+    ])
+    # Both partitions reach 10:20: watermark 10:20, T = 10:15 (windows before it are final).
+    apply_records(engine, settings, TOPIC, [
+        (0, 1, ev("h0-open", OPEN, "2026-11-17T10:20:00")),
+        (1, 1, ev("h1b-open", OPEN, "2026-11-17T10:20:10")),
+        (0, 2, ev("b-cap", CAP, "2026-11-17T10:12:00", amount=70)),  # final window: left to batch
+    ])
+    assert view(engine) == {("berlin", "10:16"): 500}
+    stats = apply_records(engine, settings, TOPIC, [
+        # moved from an open window (10:16) into a final one (10:10), and to another city
+        (0, 3, ev("a-cap", CAP, "2026-11-17T10:10:00", amount=500, city="porto", version=2)),
+        # moved from a final window (10:12) into an open one (10:17)
+        (1, 2, ev("b-cap", CAP, "2026-11-17T10:17:00", amount=70, version=2)),
+    ])
+    assert view(engine) == {("berlin", "10:17"): 70}
+    assert stats.late_dropped == 2 and stats.corrections_applied == 2
+    assert read_late_windows(engine, "revenue_per_minute") == {
+        ("berlin", ts("2026-11-17T10:12:00")): 2, ("porto", ts("2026-11-17T10:10:00")): 1}
+    # The held contribution is the new one: moving b back to 10:16 retracts 10:17 exactly.
+    apply_records(engine, settings, TOPIC, [(1, 3, ev("b-cap", CAP, "2026-11-17T10:16:00", amount=71, version=3))])
+    assert view(engine) == {("berlin", "10:16"): 71}
 
 
 def test_correction_within_one_batch(engine, settings) -> None:
