@@ -97,6 +97,8 @@ def kafka_status() -> None:
 @app.command()
 def produce(file: Annotated[Path, typer.Option("--file", "-f", help="JSONL, one schema-v1 event per line")]) -> None:
     """Import your own events: valid lines go to the topic, bad lines to the dead-letter topic with a reason."""
+    from aiokafka.errors import KafkaError
+
     from lklab.produce import ProduceError, produce_file
 
     s = settings()
@@ -104,13 +106,22 @@ def produce(file: Annotated[Path, typer.Option("--file", "-f", help="JSONL, one 
         task = bar.add_task(f"producing {file}", total=None)
         try:
             report = produce_file(s, file, on_progress=lambda n: bar.update(task, description=f"producing {file}: line {n}"))
-        except (FileNotFoundError, LookupError, OSError, ProduceError) as exc:
+        except ProduceError as exc:
+            report, stopped = exc.report, exc
+        except (FileNotFoundError, LookupError, OSError) as exc:
             raise fail(str(exc)) from None
+        except (KafkaError, TimeoutError) as exc:
+            raise fail(f"Kafka at {s.bootstrap}: {type(exc).__name__}: {exc} (is it running? `lklab kafka status`)") from None
+        else:
+            stopped = None
     for reason in report.reasons:
         err.print(f"dead-lettered {reason}", highlight=False)
     if report.dead_lettered > len(report.reasons):
         err.print(f"... and {report.dead_lettered - len(report.reasons)} more (read them from {s.dlq_topic})")
-    console.print(f"accepted {report.accepted}, dead-lettered {report.dead_lettered} (to {s.dlq_topic})")
+    console.print(f"accepted {report.accepted}, dead-lettered {report.dead_lettered} (to {s.dlq_topic})"
+                  f"{'; the import stopped' if stopped else ''}")
+    if stopped:
+        raise fail(str(stopped))
 
 
 @app.command()
