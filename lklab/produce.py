@@ -26,7 +26,6 @@ class ProduceReport:
 
     def reject(self, where: str, reason: str) -> None:
         self.dead_lettered += 1
-        reason = short_reason(reason)
         if len(self.reasons) < 20:
             self.reasons.append(f"{where}: {reason}")
 
@@ -102,9 +101,9 @@ class _Import:
         self.pending.append(_Sent(where, line, await self.producer.send(topic, key=key, value=value), False))
 
     async def dead_letter(self, where: str, reason: str, line: str) -> None:
-        topic = self.settings.dlq_topic
+        topic, reason = self.settings.dlq_topic, short_reason(reason)
         try:
-            value = kafka_io.dlq_payload(short_reason(reason), where, line, self.limits[topic] - kafka_io.record_size(self.key, b""))
+            value = kafka_io.dlq_payload(reason, where, line, self.limits[topic] - kafka_io.record_size(self.key, b""))
         except ValueError as exc:
             raise ProduceError(f"{where}: {reason}, and {exc} (topic {topic}); nothing is dropped, so the import stopped here",
                                self.report) from None
