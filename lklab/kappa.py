@@ -101,7 +101,7 @@ def parse_from(value: str) -> Offsets | None:
         return None
     offsets: Offsets = {}
     for pair in value.split(","):
-        partition, colon, offset = pair.strip().partition(":")
+        partition, _, offset = pair.strip().partition(":")
         try:
             p, o = int(partition), int(offset)
         except ValueError:
@@ -197,7 +197,7 @@ def check_args(view: str, version: int, max_rate: float | None = None, start: Of
         raise ReplayError(f"unknown view {view!r}; one of: {', '.join(KAPPA_VIEWS)}")
     if version < 1:
         raise ReplayError(f"--version {version}: versions start at 1")
-    if max_rate is not None and max_rate <= 0:
+    if max_rate is not None and not max_rate > 0:  # NaN too
         raise ReplayError(f"--max-rate {max_rate:g}: must be > 0 events/s")
     if start is not None and snapshot is not None:
         raise ReplayError("--from and --from-snapshot exclude each other: a snapshot fixes the start offsets")

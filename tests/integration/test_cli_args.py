@@ -44,6 +44,7 @@ def test_bad_replay_arguments_are_one_line_before_anything_starts(with_events: S
         ("--from", "0=1"): "error: --from '0=1': '0=1' is not partition:offset; expected 'earliest' or pairs like 0:120,1:98",
         ("--max-rate", "-5"): "error: --max-rate -5: must be > 0 events/s",
         ("--max-rate", "0", "--plan"): "error: --max-rate 0: must be > 0 events/s",
+        ("--max-rate", "nan"): "error: --max-rate nan: must be > 0 events/s",
     }
     before = files(with_events.home)
     for extra, message in bad.items():
