@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from datetime import datetime
@@ -36,10 +37,17 @@ def _console(stderr: bool = False) -> Console:
 
 console = _console()
 err = _console(stderr=True)
+# aiokafka logs each failed connection attempt; with no handler configured Python would print
+# them to stderr next to the one-line error that the exception becomes here.
+logging.getLogger("aiokafka").addHandler(logging.NullHandler())
 
 def fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
+
+
+def kafka_failure(s: Settings, exc: Exception) -> typer.Exit:
+    return fail(f"Kafka at {s.bootstrap} failed: {exc} (is it running? `lklab kafka status`)")
 
 
 def settings() -> Settings:
@@ -125,7 +133,7 @@ def produce(file: Annotated[Path, typer.Option("--file", "-f", help="JSONL, one 
         except (FileNotFoundError, LookupError, OSError) as exc:
             raise fail(str(exc)) from None
         except (KafkaError, TimeoutError) as exc:
-            raise fail(f"Kafka at {s.bootstrap}: {type(exc).__name__}: {exc} (is it running? `lklab kafka status`)") from None
+            raise kafka_failure(s, exc) from None
         else:
             stopped = None
     for reason in report.reasons:
@@ -375,7 +383,7 @@ def replay(
     except (kappa.ReplayError, LookupError) as exc:
         raise fail(str(exc)) from None
     except KafkaError as exc:
-        raise fail(f"Kafka at {s.bootstrap}: {type(exc).__name__}: {exc} (is it running? `lklab kafka status`)") from None
+        raise kafka_failure(s, exc) from None
     try:
         engine = make_engine(s)
         if plan_only:

@@ -93,3 +93,15 @@ def test_piped_output_keeps_long_lines_whole(isolated: Settings, tmp_path: Path)
     [line] = result.stderr.splitlines()
     assert line.startswith(f"dead-lettered {path}:1: ") and "ride_teleported_" + "x" * 120 in line and len(line) > 200
     assert result.stdout.splitlines() == [f"accepted 0, dead-lettered 1 (to {isolated.dlq_topic})"]
+
+
+def test_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    nowhere = Settings(home=tmp_path / "home", kafka_port=free_port())  # nothing listens there
+    path = tmp_path / "events.jsonl"
+    path.write_text("{}\n")
+    for args in (("produce", "--file", str(path)), ("replay", "revenue_per_minute", "--version", "1", "--from", "0:1")):
+        result = lklab(nowhere, *args)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"error: Kafka at {nowhere.bootstrap} failed: KafkaConnectionError"), result.stderr
