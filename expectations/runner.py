@@ -31,6 +31,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig  # noq
 from pyspark.sql import DataFrame  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
+from expectations import offline_docs  # noqa: E402
 from expectations.suites import (  # noqa: E402
     GOLD_REVENUE_PER_MINUTE,
     build_suite,
@@ -123,7 +124,14 @@ def build_data_docs(home: Path) -> Path:
     with _locked(home):
         context = gx_context(home)
         context.build_data_docs(site_names=[DOCS_SITE])
-        return _docs_index(context, home)
+        return _offline(_docs_index(context, home))
+
+
+def _offline(index: Path) -> Path:
+    """Point the site's pages at local copies of the scripts and styles GX loads from CDNs."""
+    if index.is_file():
+        offline_docs.localize(index.parent)
+    return index
 
 
 def run_suite(home: Path, table: str, df: DataFrame, **suite_params: Any) -> GateResult:
@@ -148,7 +156,7 @@ def run_suite(home: Path, table: str, df: DataFrame, **suite_params: Any) -> Gat
                     gaps = _gap_summary(coverage, df)
                     lines = [f"{line}; {gaps}" if "(missing_minutes)" in line else line for line in lines]
             passed, failures, evaluated = passed and ok, failures + lines, evaluated + count
-        index = _docs_index(context, home)
+        index = _offline(_docs_index(context, home))
     return GateResult(
         table=table,
         suite=suite.name,

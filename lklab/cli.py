@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
@@ -21,12 +24,30 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(speed_app, name="speed")
 lambda_app = typer.Typer(help="The Lambda serving layer: T, freshness and who serves what.", no_args_is_help=True)
 app.add_typer(lambda_app, name="lambda")
-console = Console()
-err = Console(stderr=True)
+UNWRAPPED_WIDTH = 100_000  # piped output: one record per line, never cut, for grep and scripts
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich wraps at 80 columns whenever its stream is not a terminal; piped into grep or a file,
+    lines stay whole instead (COLUMNS, when set, still wins)."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=UNWRAPPED_WIDTH if piped else None)
+
+
+console = _console()
+err = _console(stderr=True)
+# aiokafka logs each failed connection attempt; with no handler configured Python would print
+# them to stderr next to the one-line error that the exception becomes here.
+logging.getLogger("aiokafka").addHandler(logging.NullHandler())
 
 def fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
+
+
+def kafka_failure(s: Settings, exc: Exception) -> typer.Exit:
+    return fail(f"Kafka at {s.bootstrap} failed: {exc} (is it running? `lklab kafka status`)")
 
 
 def settings() -> Settings:
@@ -97,20 +118,32 @@ def kafka_status() -> None:
 @app.command()
 def produce(file: Annotated[Path, typer.Option("--file", "-f", help="JSONL, one schema-v1 event per line")]) -> None:
     """Import your own events: valid lines go to the topic, bad lines to the dead-letter topic with a reason."""
+    from aiokafka.errors import KafkaError
+
     from lklab.produce import ProduceError, produce_file
 
     s = settings()
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as bar:  # piped, a transient bar leaves only a blank line
         task = bar.add_task(f"producing {file}", total=None)
         try:
             report = produce_file(s, file, on_progress=lambda n: bar.update(task, description=f"producing {file}: line {n}"))
-        except (FileNotFoundError, LookupError, OSError, ProduceError) as exc:
+        except ProduceError as exc:
+            report, stopped = exc.report, exc
+        except (FileNotFoundError, LookupError, OSError) as exc:
             raise fail(str(exc)) from None
+        except (KafkaError, TimeoutError) as exc:
+            raise kafka_failure(s, exc) from None
+        else:
+            stopped = None
     for reason in report.reasons:
         err.print(f"dead-lettered {reason}", highlight=False)
     if report.dead_lettered > len(report.reasons):
         err.print(f"... and {report.dead_lettered - len(report.reasons)} more (read them from {s.dlq_topic})")
-    console.print(f"accepted {report.accepted}, dead-lettered {report.dead_lettered} (to {s.dlq_topic})")
+    console.print(f"accepted {report.accepted}, dead-lettered {report.dead_lettered} (to {s.dlq_topic})"
+                  f"{'; the import stopped' if stopped else ''}")
+    if stopped:
+        raise fail(str(stopped))
 
 
 @app.command()
@@ -327,7 +360,8 @@ def serve(
 def replay(
     view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily | user_sessions")],
     version: Annotated[int, typer.Option("--version", help="write <view>__v<N>")],
-    from_: Annotated[Optional[str], typer.Option("--from", help="earliest (default), or partition:offset pairs like 0:120,1:98")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="earliest (default), or partition:offset pairs like 0:120,1:98; "
+                                                 "partitions not named start from the earliest offset")] = None,
     from_snapshot: Annotated[Optional[str], typer.Option("--from-snapshot", help="latest, or a snapshot id: load its state, "
                                                          "read the log from its offsets")] = None,
     max_rate: Annotated[Optional[float], typer.Option("--max-rate", help="throttle to this many events/s")] = None,
@@ -336,6 +370,7 @@ def replay(
     """Kappa replay: run the view's stream logic as a new consumer group into <view>__v<N>, up to
     the end offsets recorded at start, reading offsets Kafka no longer holds from bronze; writes
     build metadata."""
+    from aiokafka.errors import KafkaError
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     from lklab import kappa
@@ -344,6 +379,12 @@ def replay(
     s = settings()
     try:
         start = None if from_ in (None, "earliest") else kappa.parse_from(from_)
+        kappa.check_request(s, view, version, start, from_snapshot, max_rate)
+    except (kappa.ReplayError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    except KafkaError as exc:
+        raise kafka_failure(s, exc) from None
+    try:
         engine = make_engine(s)
         if plan_only:
             the_plan = kappa.plan(s, engine, view, version, start, from_snapshot)
@@ -499,6 +540,7 @@ def cutover(
 
     s = settings()
     try:
+        co.check_args(view, to, tolerance)
         result = co.cutover(s, make_engine(s), view, to, why, tolerance)
     except (co.CutoverError, KeyError) as exc:
         raise fail(str(exc).strip("'\"")) from None

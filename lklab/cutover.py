@@ -121,13 +121,22 @@ def diff(old: list[tuple], new: list[tuple], tolerance_pct: float) -> Check:
     return Check("diff", pct <= tolerance_pct, summary, tuple(lines))
 
 
+def check_args(view: str, version: int, tolerance_pct: float) -> None:
+    """The arguments of a cutover, checked before anything is read or started."""
+    if view not in kappa.KAPPA_VIEWS:
+        raise CutoverError(f"unknown view {view!r}; one of: {', '.join(kappa.KAPPA_VIEWS)}")
+    if version < 1:
+        raise CutoverError(f"--to {version}: versions start at 1")
+    if not 0 <= tolerance_pct <= 100:
+        raise CutoverError(f"--tolerance-pct {tolerance_pct:g}: must be between 0 and 100 (% of the published total)")
+
+
 def cutover(settings: Settings, engine: Engine, view: str, version: int, why: str,
             tolerance_pct: float = DEFAULT_TOLERANCE_PCT, spark=None, who: str | None = None) -> CutoverResult:
     """Validate `<view>__v<N>` and, only if every check passes, point `<view>` at it atomically."""
+    check_args(view, version, tolerance_pct)
     output = kappa.output_name(view, version)
     record = kappa.build_record(engine, output)
-    if view not in kappa.KAPPA_VIEWS:
-        raise CutoverError(f"unknown view {view!r}; one of: {', '.join(kappa.KAPPA_VIEWS)}")
     if record is None or record["status"] != "complete":
         raise CutoverError(f"{output} has no complete replay; run `lklab replay {view} --version {version}` first")
     with engine.connect() as conn:

@@ -11,11 +11,17 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, TopicAlreadyExistsError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from lklab.config import Settings
 
 Offsets = dict[int, int]  # partition -> offset
+MAX_REQUEST_BYTES = 1024 * 1024  # the producer's max_request_size: no single send may exceed it
+DLQ_PREVIEW_BYTES = 64 * 1024  # what a dead letter keeps of a line too large to keep whole
+# The broker refuses these for the record itself, not for its own state: such a record can be
+# dead-lettered and the import go on. Anything else (broker gone, timeouts) stops the import.
+RECORD_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 @dataclass(frozen=True)
@@ -68,16 +74,42 @@ async def _wait_for_metadata(settings: Settings, topics: list[str], timeout_s: f
         await consumer.stop()
 
 
+async def record_limits(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
+    """The largest record batch, in bytes, a send to each topic can carry: the producer's
+    max_request_size or the topic's max.message.bytes, whichever is smaller."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        wanted = [ConfigResource(ConfigResourceType.TOPIC, t, configs={"max.message.bytes": None}) for t in topics]
+        limits = {}
+        for response in await admin.describe_configs(wanted):
+            for _error, _message, _type, name, entries, *_ in response.resources:
+                limits[name] = min([MAX_REQUEST_BYTES, *(int(e[1]) for e in entries if e[0] == "max.message.bytes")])
+        return limits
+    finally:
+        await admin.close()
+
+
+def record_size(key: bytes | None, value: bytes | None) -> int:
+    """The bytes one record takes on the wire in a batch of its own (what the broker compares
+    with max.message.bytes)."""
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+
+
 @asynccontextmanager
-async def producer(settings: Settings):
-    """acks=all + idempotence: a retried send never duplicates a record within a producer session."""
+async def producer(settings: Settings, max_batch_bytes: int | None = None):
+    """acks=all + idempotence: a retried send never duplicates a record within a producer session.
+    `max_batch_bytes`: the smallest record limit of the topics it sends to, so that a batch of
+    records that each fit is never refused as a whole."""
+    batch = min(256 * 1024, settings.topic_segment_bytes // 2) if settings.topic_segment_bytes else 256 * 1024
     prod = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap,
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
         # Kafka refuses a batch larger than a segment; topics with small segments get small batches
-        max_batch_size=min(256 * 1024, settings.topic_segment_bytes // 2) if settings.topic_segment_bytes else 256 * 1024,
+        max_batch_size=min(batch, max_batch_bytes) if max_batch_bytes else batch,
+        max_request_size=MAX_REQUEST_BYTES,
         compression_type=None,
     )
     await prod.start()
@@ -176,10 +208,26 @@ async def read_range(settings: Settings, start: Offsets, end: Offsets, topic: st
     return sorted(out, key=lambda r: (r.partition, r.offset))
 
 
-def dlq_payload(reason: str, source: str, raw: bytes | str) -> bytes:
-    """Dead-letter record: the original bytes (as text) with the one-line reason and where it came from."""
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    return json.dumps({"reason": reason, "source": source, "raw": text}, separators=(",", ":")).encode()
+def dlq_payload(reason: str, source: str, raw: bytes | str, max_bytes: int | None = None) -> bytes:
+    """Dead-letter record: the original bytes (as text) with the one-line reason and where it came
+    from. When the whole line would not fit in `max_bytes`, `raw` keeps its first bytes (at most
+    DLQ_PREVIEW_BYTES, fewer if still too large), `raw_bytes` gives the line's size and
+    `raw_kept_bytes` how much of it was kept."""
+    data = raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw
+    letter = {"reason": reason, "source": source, "raw": data.decode("utf-8", errors="replace")}
+    payload = _compact(letter)
+    keep = min(len(data), DLQ_PREVIEW_BYTES)
+    while max_bytes is not None and len(payload) > max_bytes:
+        if keep == 0:
+            raise ValueError(f"a dead letter for {source} does not fit in {max_bytes:,} bytes even without its line")
+        kept = data[:keep].decode("utf-8", errors="ignore")  # never half a character
+        payload = _compact({**letter, "raw": kept, "raw_bytes": len(data), "raw_kept_bytes": len(kept.encode())})
+        keep //= 2
+    return payload
+
+
+def _compact(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def chunks(items: Iterable, size: int) -> Iterator[list]:

@@ -95,13 +95,40 @@ class ReplayResult:
 
 
 def parse_from(value: str) -> Offsets | None:
-    """`earliest` → None; `0:120,1:98` → {0: 120, 1: 98}."""
+    """`earliest` → None; `0:120,1:98` → {0: 120, 1: 98}. Partitions it does not name start
+    from the earliest offset, like `earliest` (check_start checks them against the log)."""
     if value == "earliest":
         return None
-    try:
-        return {int(p): int(o) for p, o in (part.split(":") for part in value.split(","))}
-    except ValueError:
-        raise ReplayError(f"--from {value!r}: expected 'earliest' or partition:offset pairs like 0:120,1:98") from None
+    offsets: Offsets = {}
+    for pair in value.split(","):
+        partition, _, offset = pair.strip().partition(":")
+        try:
+            p, o = int(partition), int(offset)
+        except ValueError:
+            raise ReplayError(f"--from {value!r}: {pair!r} is not partition:offset; expected 'earliest' or pairs like 0:120,1:98") from None
+        if p < 0 or o < 0:
+            raise ReplayError(f"--from {value!r}: {pair!r}: partitions and offsets are never negative")
+        if p in offsets:
+            raise ReplayError(f"--from {value!r}: partition {p} is given twice")
+        offsets[p] = o
+    return offsets
+
+
+def check_start(start: Offsets | None, end: Offsets, topic: str) -> None:
+    """Each partition of a --from exists and its offset is within the log (at most its end offset)."""
+    for p, o in sorted((start or {}).items()):
+        if p not in end:
+            raise ReplayError(f"--from {p}:{o}: topic {topic} has {len(end)} partitions (0..{len(end) - 1}); there is no partition {p}")
+        if o > end[p]:
+            raise ReplayError(f"--from {p}:{o}: partition {p} of {topic} ends at offset {end[p]}; {o} is past its end")
+
+
+def check_request(settings: Settings, view: str, version: int, start: Offsets | None = None,
+                  snapshot: str | None = None, max_rate: float | None = None) -> None:
+    """Every argument of a replay, checked before anything starts: only the log's end offsets are read."""
+    check_args(view, version, max_rate, start, snapshot)
+    if start:
+        check_start(start, kafka_io.run(kafka_io.end_offsets(settings)), settings.topic)
 
 
 def _held(engine: Engine, scope: str, topic: str) -> Offsets:
@@ -163,13 +190,17 @@ def measured_rate(engine: Engine) -> tuple[float | None, str]:
     return None, "no benchmark and no complete replay yet"
 
 
-def _check_args(view: str, version: int, max_rate: float | None = None) -> None:
-    if version < 1:
-        raise ReplayError(f"--version {version}: versions start at 1")
-    if max_rate is not None and max_rate <= 0:
-        raise ReplayError(f"--max-rate {max_rate}: must be > 0 events/s")
+def check_args(view: str, version: int, max_rate: float | None = None, start: Offsets | None = None,
+               snapshot: str | None = None) -> None:
+    """The arguments of a replay that need nothing but themselves to check."""
     if view not in KAPPA_VIEWS:
         raise ReplayError(f"unknown view {view!r}; one of: {', '.join(KAPPA_VIEWS)}")
+    if version < 1:
+        raise ReplayError(f"--version {version}: versions start at 1")
+    if max_rate is not None and not max_rate > 0:  # NaN too
+        raise ReplayError(f"--max-rate {max_rate:g}: must be > 0 events/s")
+    if start is not None and snapshot is not None:
+        raise ReplayError("--from and --from-snapshot exclude each other: a snapshot fixes the start offsets")
 
 
 def _snapshot_start(engine: Engine, view: str, spec, scope: str, held: Offsets, ref: str) -> tuple[Snapshot, bool]:
@@ -192,14 +223,13 @@ def plan(settings: Settings, engine: Engine, view: str, version: int, start: Off
          snapshot: str | None = None, spark=None, end: Offsets | None = None) -> ReplayPlan:
     """Which offsets a replay would read, from which tier, starting from what; changes nothing.
     `end` fixes the end offsets (a replay re-planning keeps the ones it recorded at start)."""
-    _check_args(view, version)
-    if start is not None and snapshot is not None:
-        raise ReplayError("--from and --from-snapshot exclude each other: a snapshot fixes the start offsets")
+    check_args(view, version, start=start, snapshot=snapshot)
     spec, scope = spec_for(view, version), replay_scope(view, version)
     held = _held(engine, scope, settings.topic)
     snap, load = (None, False) if snapshot is None else _snapshot_start(engine, view, spec, scope, held, snapshot)
     kafka_first, now_end = kafka_io.run(kafka_io.log_range(settings))
     target = end or now_end
+    check_start(start, target, settings.topic)
     begin = snap.offsets if snap else (start or {})
     begin = {p: begin.get(p, 0) for p in target}
     position = {p: max(begin[p], held.get(p, 0)) for p in target}
@@ -239,7 +269,7 @@ def replay(
     `<view>__v<N>`, from bronze where Kafka no longer holds the offsets, then from Kafka.
     Re-running the same version resumes from its own committed offsets up to the new end.
     State and offsets are checkpointed every `checkpoint_every` records (streaming.sink.CheckpointedSink)."""
-    _check_args(view, version, max_rate)
+    check_args(view, version, max_rate)
     spec = spec_for(view, version)
     began = datetime.now(timezone.utc)
     the_plan = plan(settings, engine, view, version, start, snapshot, spark)

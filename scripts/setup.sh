@@ -46,4 +46,26 @@ fetch_jars() {  # name, pom, goal
 }
 fetch_jars kafka lklab/runtime/kafka-pom.xml dependency:copy-dependencies
 fetch_jars spark lklab/runtime/spark-pom.xml dependency:copy
+
+# Data Docs render offline from local copies of the scripts and styles GX's templates load from
+# CDNs (expectations/offline_docs.py lists them); they come from their npm packages, once.
+WEB=$ROOT/.lklab/web
+WEB_HASH=$(sha256sum expectations/offline_docs.py | cut -c1-16)
+if [ "$(cat "$WEB/.stamp" 2>/dev/null)" != "$WEB_HASH" ]; then
+  command -v npm >/dev/null || die "npm not found; install it (apt-get install npm): Data Docs need local copies of their scripts"
+  say "fetching the Data Docs scripts and styles from npm"
+  .venv/bin/python -m expectations.offline_docs fetch || die "could not fetch the Data Docs assets (see above)"
+  echo "$WEB_HASH" > "$WEB/.stamp"
+else
+  say "Data Docs assets up to date"
+fi
+
+# Headless Chromium: the tests render Data Docs and the API's /docs with no network.
+if ! command -v chromium >/dev/null; then
+  command -v apt-get >/dev/null || die "chromium not found; install it (the offline-rendering tests use it headless)"
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  say "installing chromium (headless, for the offline-rendering tests)"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; } \
+    || die "could not install chromium with apt-get"
+fi
 say "ready"

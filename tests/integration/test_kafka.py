@@ -1,5 +1,6 @@
 """The embedded broker and the import path, on a real Kafka."""
 import json
+import re
 
 import pytest
 
@@ -80,22 +81,75 @@ def test_starting_twice_is_refused_and_a_busy_port_is_named(kafka: Settings, tmp
 def test_missing_file_gives_a_clear_error(isolated: Settings, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no such file"):
         produce_file(isolated, tmp_path / "nope.jsonl")
+    with pytest.raises(FileNotFoundError, match="no such file .it is a directory"):
+        produce_file(isolated, tmp_path)
 
 
-def test_a_record_the_broker_refuses_stops_the_import_with_its_line(isolated: Settings) -> None:
+def _events(seed: int, n: int) -> list[dict]:
+    return [json.loads(e.to_json()) for e in generate(GeneratorConfig(seed=seed, duration_s=60, rides_per_minute=5)).deliveries[:n]]
+
+
+def test_oversized_lines_are_dead_lettered_with_their_size_and_the_import_goes_on(isolated: Settings, tmp_path) -> None:
+    good, huge_bad, huge_valid = _events(21, 4), _events(22, 1)[0], _events(23, 1)[0]
+    huge_bad["city"] = "Z" * 5 * 1024 * 1024  # breaks the schema: the dead letter would be 5 MB
+    huge_valid["pii"] = {"name": "N" * 2 * 1024 * 1024, "phone": "+1"}  # valid, but 2.7 MB once sealed
+    lines = [json.dumps(good[0]), json.dumps(huge_bad), json.dumps(good[1]), json.dumps(huge_valid),
+             json.dumps(good[2]), json.dumps(good[3])]
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    report = produce_file(isolated, path)
+
+    assert (report.accepted, report.dead_lettered) == (4, 2)
+    end = kafka_io.run(kafka_io.end_offsets(isolated))
+    landed = sorted(parse_event(r.value).event_id for r in kafka_io.run(kafka_io.read_range(isolated, {}, end)))
+    assert landed == sorted(e["event_id"] for e in good)
+    bad_letter, valid_letter = sorted(read_dead_letters(isolated), key=lambda d: d["source"])
+    assert bad_letter["source"] == f"{path}:2" and "city" in bad_letter["reason"] and len(bad_letter["reason"]) < 400
+    assert bad_letter["raw_bytes"] == len(lines[1]) and bad_letter["raw_kept_bytes"] == kafka_io.DLQ_PREVIEW_BYTES
+    assert bad_letter["raw"] == lines[1][:kafka_io.DLQ_PREVIEW_BYTES]
+    assert valid_letter["source"] == f"{path}:4"
+    assert re.fullmatch(rf"record is [\d,]+ bytes; topic {re.escape(isolated.topic)} accepts at most 1,048,576",
+                        valid_letter["reason"]), valid_letter["reason"]
+    assert valid_letter["raw_bytes"] == len(lines[3]) and valid_letter["raw"] == lines[3][:kafka_io.DLQ_PREVIEW_BYTES]
+
+
+def _topic_with_max_message_bytes(settings: Settings, topic: str, limit: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from lklab.produce import ProduceError
-
-    async def tiny_topic() -> None:  # the broker accepts no record over 200 bytes here
-        admin = AIOKafkaAdminClient(bootstrap_servers=isolated.bootstrap)
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(isolated.topic + ".tiny", 1, 1, topic_configs={"max.message.bytes": "200"})])
+            await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": str(limit)})])
         finally:
             await admin.close()
 
-    kafka_io.run(tiny_topic())
+    kafka_io.run(create())
+
+
+def test_a_record_over_the_topics_own_limit_is_dead_lettered(isolated: Settings) -> None:
+    _topic_with_max_message_bytes(isolated, isolated.topic + ".tiny", 200)  # no event fits in 200 bytes
     tiny = isolated.model_copy(update={"topic": isolated.topic + ".tiny"})
-    with pytest.raises(ProduceError, match=r"generator:1: Kafka at .* did not acknowledge the record"):
-        produce_events(tiny, generate(GeneratorConfig(seed=12, duration_s=60, rides_per_minute=5)).deliveries)
+    events = generate(GeneratorConfig(seed=12, duration_s=60, rides_per_minute=5)).deliveries[:3]
+    report = produce_events(tiny, events)
+    assert (report.accepted, report.dead_lettered) == (0, 3)
+    letters = sorted(read_dead_letters(tiny), key=lambda d: d["source"])
+    assert [d["source"] for d in letters] == ["generator:1", "generator:2", "generator:3"]
+    assert all(re.fullmatch(r"record is \d+ bytes; topic \S+\.tiny accepts at most 200", d["reason"]) for d in letters)
+    assert [d["raw"] for d in letters] == [e.to_json() for e in events]  # small enough to keep whole
+
+
+def test_a_line_that_cannot_even_be_dead_lettered_stops_the_import_with_its_line(isolated: Settings) -> None:
+    from lklab.produce import ProduceError
+
+    _topic_with_max_message_bytes(isolated, isolated.dlq_topic + ".tiny", 150)  # not even a reason fits
+    tiny = isolated.model_copy(update={"dlq_topic": isolated.dlq_topic + ".tiny"})
+    with pytest.raises(ProduceError, match=r"^generator:1: malformed JSON.*does not fit in .* nothing is dropped"):
+        produce_events_raw(tiny, ["{not json", "{}"])
+
+
+def produce_events_raw(settings: Settings, lines: list[str]):
+    from lklab.produce import produce_lines
+
+    return kafka_io.run(produce_lines(settings, lines, "generator"))
