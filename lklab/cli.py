@@ -202,16 +202,16 @@ def db_status() -> None:
 
     with store_schema() as engine:
         st = migrations.status(engine)
-    console.print(f"serving store {st.url}", highlight=False)
+    console.print(f"serving store {st.url}", highlight=False, soft_wrap=True)
     if st.current is None:
         held = "none (no lklab tables yet)"
     elif not st.stamped:
         held = f"{migrations.title(st.current)} (made before migrations: no alembic_version yet; the upgrade stamps it)"
     else:
         held = migrations.title(st.current)
-    console.print(f"  revision: {held}", highlight=False)
-    console.print(f"  head:     {migrations.title(st.head)}", highlight=False)
-    console.print(f"  pending:  {', '.join(migrations.title(r) for r in st.pending) or 'none'}", highlight=False)
+    console.print(f"  revision: {held}", highlight=False, soft_wrap=True)
+    console.print(f"  head:     {migrations.title(st.head)}", highlight=False, soft_wrap=True)
+    console.print(f"  pending:  {', '.join(migrations.title(r) for r in st.pending) or 'none'}", highlight=False, soft_wrap=True)
     if not st.at_head:
         console.print(f"run `{migrations.UPGRADE_COMMAND}` (or start any lklab process with LKLAB_SERVING_AUTO_MIGRATE on)", soft_wrap=True)
         raise typer.Exit(code=1)
@@ -226,7 +226,7 @@ def db_upgrade() -> None:
     with store_schema() as engine:
         found, applied = migrations.upgrade(engine)
     if found.stamped and not applied:
-        console.print(f"serving store {found.url} is already at head {migrations.title(found.head)}", highlight=False)
+        console.print(f"serving store {found.url} is already at head {migrations.title(found.head)}", highlight=False, soft_wrap=True)
         return
     stamped = "" if found.stamped or found.current is None else f"stamped {found.current} (made before migrations), "
     console.print(f"serving store {found.url}: {stamped}applied {', '.join(migrations.title(r) for r in applied) or 'nothing'}; "
@@ -240,7 +240,7 @@ def db_revision(message: Annotated[str, typer.Argument(help="what the schema cha
     from lklab import migrations
 
     path = migrations.new_revision(message)
-    console.print(f"wrote {path}: review it (autogenerate misses renames and comment-only changes)", highlight=False)
+    console.print(f"wrote {path}: review it (autogenerate misses renames and comment-only changes)", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -254,16 +254,26 @@ def store_schema():
     s = settings()
     try:
         engine = store_engine(s)
-    except SQLAlchemyError as exc:  # a malformed LKLAB_SERVING_URL, an unknown driver
-        raise fail(f"serving store {s.serving.split('@')[-1]}: {str(exc).splitlines()[0]}") from None
+    except (SQLAlchemyError, ImportError) as exc:  # a malformed LKLAB_SERVING_URL, a driver not installed
+        raise fail(f"serving store {hidden_password(s.serving)}: {str(exc).splitlines()[0]}") from None
     try:
         yield engine
     except StoreSchemaError as exc:
         raise fail(str(exc)) from None
-    except SQLAlchemyError as exc:
-        raise fail(f"serving store {engine.url.render_as_string(hide_password=True)}: {str(exc).splitlines()[0]}") from None
+    except SQLAlchemyError as exc:  # unreachable, refused credentials
+        raise fail(f"serving store {hidden_password(s.serving)}: {str(exc.orig or exc).splitlines()[0]}") from None
     finally:
         engine.dispose()
+
+
+def hidden_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(LKLAB_SERVING_URL is not a SQLAlchemy URL)"
 
 
 # --- batch and query ----------------------------------------------------------------------
