@@ -112,10 +112,15 @@ def bring_to_head(engine: Engine, auto_migrate: bool) -> None:
     if found.at_head:
         return
     if not auto_migrate:
-        held = found.current or "no lklab schema"
-        raise StoreSchemaError(f"serving store {found.url} holds {held}, behind this code's {found.head} "
-                               f"(pending {', '.join(found.pending) or 'only stamping'}) and LKLAB_SERVING_AUTO_MIGRATE "
-                               f"is off: run `{UPGRADE_COMMAND}`")
+        if found.current is None:
+            held = "no lklab tables"
+        elif not found.stamped:
+            held = f"{found.current}, made before migrations with no revision recorded"
+        else:
+            held = found.current
+        todo = f"pending {', '.join(title(r) for r in found.pending)}" if found.pending else "the upgrade only records it"
+        raise StoreSchemaError(f"serving store {found.url} is behind this code's {found.head}: it holds {held} ({todo}) and "
+                               f"LKLAB_SERVING_AUTO_MIGRATE is off: run `{UPGRADE_COMMAND}`")
     upgrade(engine)
 
 

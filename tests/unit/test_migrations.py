@@ -165,7 +165,7 @@ def test_a_store_older_than_the_baseline_is_refused_unchanged(settings: Settings
 
 
 def test_a_store_ahead_of_the_code_is_refused_and_left_as_it_was(settings: Settings) -> None:
-    engine = make_engine(settings)
+    engine = store_at(settings, HEAD)
     written = fill_every_table(engine, rows_per_table=1)
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
@@ -190,7 +190,8 @@ def test_with_auto_migrate_off_a_store_behind_is_refused_naming_the_upgrade_comm
 
     message = str(refused.value)
     assert "\n" not in message
-    assert f"holds {OLDER[-1]}, behind this code's {HEAD}" in message and message.endswith("run `lklab db upgrade`")
+    assert f"is behind this code's {HEAD}: it holds {OLDER[-1]} (pending {migrations.title(HEAD)})" in message
+    assert message.endswith("run `lklab db upgrade`")
     assert version(old) == [OLDER[-1]] and "batch_runs" not in tables(old)
 
 
