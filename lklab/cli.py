@@ -5,7 +5,7 @@ import json
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -13,6 +13,11 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lklab.config import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy import Engine
 
 app = typer.Typer(help="lklab: Lambda, Kappa and hybrid pipelines side by side on Kafka, Spark/Delta, Faust, Dagster and GX.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -50,7 +55,7 @@ def parse_iso(value: Optional[str], flag: str) -> Optional[datetime]:
         raise fail(f"{flag} {value!r} is not an ISO-8601 time like 2026-11-17T10:00Z") from None
 
 
-def serving_engine(s: Settings):
+def serving_engine(s: Settings) -> Engine:
     """The serving store at this code's schema revision (upgraded if behind), or one line saying why not."""
     from lklab.migrations import StoreSchemaError
     from lklab.serving import make_engine
@@ -200,7 +205,7 @@ def db_status() -> None:
     pending revisions; changes nothing. Exit 1 when the store is not at head."""
     from lklab import migrations
 
-    with store_schema() as engine:
+    with store_as_found() as engine:
         st = migrations.status(engine)
     console.print(f"serving store {st.url}", highlight=False, soft_wrap=True)
     if st.current is None:
@@ -223,7 +228,7 @@ def db_upgrade() -> None:
     migrations is stamped with the revision it holds first). Safe while other lklab processes run."""
     from lklab import migrations
 
-    with store_schema() as engine:
+    with store_as_found() as engine:
         found, applied = migrations.upgrade(engine)
     if found.stamped and not applied:
         console.print(f"serving store {found.url} is already at head {migrations.title(found.head)}", highlight=False, soft_wrap=True)
@@ -244,36 +249,26 @@ def db_revision(message: Annotated[str, typer.Argument(help="what the schema cha
 
 
 @contextmanager
-def store_schema():
+def store_as_found() -> Iterator[Engine]:
     """The configured store's engine, schema as found, for `lklab db`; store errors become one line."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from lklab.migrations import StoreSchemaError
+    from lklab.migrations import StoreSchemaError, public_url
     from lklab.serving import store_engine
 
     s = settings()
     try:
         engine = store_engine(s)
     except (SQLAlchemyError, ImportError) as exc:  # a malformed LKLAB_SERVING_URL, a driver not installed
-        raise fail(f"serving store {hidden_password(s.serving)}: {str(exc).splitlines()[0]}") from None
+        raise fail(f"serving store {public_url(s.serving)}: {str(exc).splitlines()[0]}") from None
     try:
         yield engine
     except StoreSchemaError as exc:
         raise fail(str(exc)) from None
     except SQLAlchemyError as exc:  # unreachable, refused credentials
-        raise fail(f"serving store {hidden_password(s.serving)}: {str(exc.orig or exc).splitlines()[0]}") from None
+        raise fail(f"serving store {public_url(s.serving)}: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}") from None
     finally:
         engine.dispose()
-
-
-def hidden_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(LKLAB_SERVING_URL is not a SQLAlchemy URL)"
 
 
 # --- batch and query ----------------------------------------------------------------------

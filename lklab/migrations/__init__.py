@@ -24,9 +24,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.engine import Connection, Inspector
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
@@ -99,8 +99,12 @@ def render_frozen_type(type_: str, obj, autogen_context) -> str | bool:
     return False
 
 
-def public_url(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+def public_url(url: str | URL) -> str:
+    """The store URL as it may be shown: password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(LKLAB_SERVING_URL is not a SQLAlchemy URL)"
 
 
 def bring_to_head(engine: Engine, auto_migrate: bool) -> None:
@@ -127,14 +131,14 @@ def bring_to_head(engine: Engine, auto_migrate: bool) -> None:
 def status(engine: Engine) -> StoreStatus:
     """The store's revision against the code's head, changing nothing."""
     with engine.connect() as conn:
-        current, stamped = _stored_revision(conn, public_url(engine))
-    return StoreStatus(public_url(engine), current, stamped, head(), pending(current))
+        current, stamped = _stored_revision(conn, public_url(engine.url))
+    return StoreStatus(public_url(engine.url), current, stamped, head(), pending(current))
 
 
 def upgrade(engine: Engine) -> tuple[StoreStatus, list[str]]:
     """Stamp a store from before migrations, then apply the pending revisions, in one transaction
     under the upgrade lock. Returns the status found inside the lock and the revisions applied."""
-    url = public_url(engine)
+    url = public_url(engine.url)
     with _upgrade_connection(engine) as conn, conn.begin():
         current, stamped = _stored_revision(conn, url)  # again: another process may have upgraded meanwhile
         found = StoreStatus(url, current, stamped, head(), pending(current))
