@@ -5,9 +5,10 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -15,6 +16,11 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lklab.config import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy import Engine
 
 app = typer.Typer(help="lklab: Lambda, Kappa and hybrid pipelines side by side on Kafka, Spark/Delta, Faust, Dagster and GX.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -24,6 +30,8 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(speed_app, name="speed")
 lambda_app = typer.Typer(help="The Lambda serving layer: T, freshness and who serves what.", no_args_is_help=True)
 app.add_typer(lambda_app, name="lambda")
+db_app = typer.Typer(help="The serving store's schema: revision, pending migrations, upgrade.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 UNWRAPPED_WIDTH = 100_000  # piped output: one record per line, never cut, for grep and scripts
 
 
@@ -66,6 +74,17 @@ def parse_iso(value: Optional[str], flag: str) -> Optional[datetime]:
         return parse_time(value)
     except ValueError:
         raise fail(f"{flag} {value!r} is not an ISO-8601 time like 2026-11-17T10:00Z") from None
+
+
+def serving_engine(s: Settings) -> Engine:
+    """The serving store at this code's schema revision (upgraded if behind), or one line saying why not."""
+    from lklab.migrations import StoreSchemaError
+    from lklab.serving import make_engine
+
+    try:
+        return make_engine(s)
+    except StoreSchemaError as exc:
+        raise fail(str(exc)) from None
 
 
 # --- kafka --------------------------------------------------------------------------------
@@ -156,12 +175,11 @@ def generate(
     """Write a deterministic workload (late, duplicate, corrected events) and its payments ledger."""
     from lklab.generator import GeneratorConfig, write_jsonl, write_ledger
     from lklab.generator import generate as make_workload
-    from lklab.serving import make_engine
 
     s = settings()
     workload = make_workload(GeneratorConfig(seed=seed, duration_s=minutes * 60, rides_per_minute=rides_per_minute))
     write_jsonl(workload.deliveries, out, workload.config.local_offsets)
-    ledger = write_ledger(make_engine(s), workload.truth)
+    ledger = write_ledger(serving_engine(s), workload.truth)
     console.print(f"wrote {len(workload.deliveries)} deliveries of {len(workload.truth)} events to {out}; "
                   f"{ledger} payments in the ledger ({s.serving})")
 
@@ -172,11 +190,12 @@ def generate(
 def speed_start() -> None:
     """Run the Faust worker in the background."""
     from lklab import speed
+    from lklab.migrations import StoreSchemaError
 
     s = settings()
     try:
         pid = speed.start(s)
-    except (speed.SpeedError, RuntimeError, TimeoutError, LookupError) as exc:
+    except (speed.SpeedError, StoreSchemaError, RuntimeError, TimeoutError, LookupError) as exc:
         raise fail(str(exc)) from None
     console.print(f"speed worker running: pid {pid}, log {s.logs_dir / 'speed.log'}")
 
@@ -211,6 +230,80 @@ def speed_status() -> None:
         raise typer.Exit(code=1)
 
 
+# --- db -----------------------------------------------------------------------------------
+
+@db_app.command("status")
+def db_status() -> None:
+    """The serving store (URL without password), its schema revision, this code's head and the
+    pending revisions; changes nothing. Exit 1 when the store is not at head."""
+    from lklab import migrations
+
+    with store_as_found() as engine:
+        st = migrations.status(engine)
+    console.print(f"serving store {st.url}", highlight=False, soft_wrap=True)
+    if st.current is None:
+        held = "none (no lklab tables yet)"
+    elif not st.stamped:
+        held = f"{migrations.title(st.current)} (made before migrations: no alembic_version yet; the upgrade stamps it)"
+    else:
+        held = migrations.title(st.current)
+    console.print(f"  revision: {held}", highlight=False, soft_wrap=True)
+    console.print(f"  head:     {migrations.title(st.head)}", highlight=False, soft_wrap=True)
+    console.print(f"  pending:  {', '.join(migrations.title(r) for r in st.pending) or 'none'}", highlight=False, soft_wrap=True)
+    if not st.at_head:
+        console.print(f"run `{migrations.UPGRADE_COMMAND}` (or start any lklab process with LKLAB_SERVING_AUTO_MIGRATE on)", soft_wrap=True)
+        raise typer.Exit(code=1)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the serving store to this code's head revision, keeping its data (a store made before
+    migrations is stamped with the revision it holds first). Safe while other lklab processes run."""
+    from lklab import migrations
+
+    with store_as_found() as engine:
+        found, applied = migrations.upgrade(engine)
+    if found.stamped and not applied:
+        console.print(f"serving store {found.url} is already at head {migrations.title(found.head)}", highlight=False, soft_wrap=True)
+        return
+    stamped = "" if found.stamped or found.current is None else f"stamped {found.current} (made before migrations), "
+    console.print(f"serving store {found.url}: {stamped}applied {', '.join(migrations.title(r) for r in applied) or 'nothing'}; "
+                  f"now at {found.head}", highlight=False, soft_wrap=True)
+
+
+@db_app.command("revision")
+def db_revision(message: Annotated[str, typer.Argument(help="what the schema change does, e.g. 'batch_runs: add attempt'")]) -> None:
+    """For developers: write the next revision file with the operations that turn the head schema
+    into lklab.serving's tables (Alembic autogenerate). Review it before committing."""
+    from lklab import migrations
+
+    path = migrations.new_revision(message)
+    console.print(f"wrote {path}: review it (autogenerate misses renames and comment-only changes)", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def store_as_found() -> Iterator[Engine]:
+    """The configured store's engine, schema as found, for `lklab db`; store errors become one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from lklab.migrations import StoreSchemaError, public_url
+    from lklab.serving import store_engine
+
+    s = settings()
+    try:
+        engine = store_engine(s)
+    except (SQLAlchemyError, ImportError) as exc:  # a malformed LKLAB_SERVING_URL, a driver not installed
+        raise fail(f"serving store {public_url(s.serving)}: {str(exc).splitlines()[0]}") from None
+    try:
+        yield engine
+    except StoreSchemaError as exc:
+        raise fail(str(exc)) from None
+    except SQLAlchemyError as exc:  # unreachable, refused credentials
+        raise fail(f"serving store {public_url(s.serving)}: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}") from None
+    finally:
+        engine.dispose()
+
+
 # --- batch and query ----------------------------------------------------------------------
 
 @app.command()
@@ -237,6 +330,7 @@ def batch(
             raise fail(f"--from-day {from_day} is after --to-day {to_day}")
         dates = (first.isoformat(), last.isoformat())
     s = settings()
+    serving_engine(s).dispose()  # a store this code cannot serve is refused here, before Dagster starts
     with console.status("running the Dagster batch layer (ingest → silver → gold → gates → promote)"):
         outcome = run_batch(s, dates)
     for line in outcome.failed_gates:
@@ -261,7 +355,6 @@ def query(
     """A view as readers see it: Lambda (batch rows for windows final at T, speed for the rest) or
     Kappa (the version the alias points at)."""
     from lklab import merge, views
-    from lklab.serving import make_engine
 
     if arch not in ("lambda", "kappa"):
         raise fail(f"--arch {arch!r}: one of lambda, kappa")
@@ -276,7 +369,7 @@ def query(
     if arch == "kappa":
         from lklab import cutover as co
 
-        answer = co.query(make_engine(settings()), view, key, start, end)
+        answer = co.query(serving_engine(settings()), view, key, start, end)
         entity, value = ("user_id", ("sessions", "duration_ms")) if view == "user_sessions" else \
             (views.VIEWS[view].entity, (views.VIEWS[view].value_column,))
         print(json.dumps({"view": view, "arch": "kappa", "version": answer.target, "rows": [
@@ -284,7 +377,7 @@ def query(
             for e, w, v in answer.rows]}, indent=2))
         return
     s = settings()
-    engine = make_engine(s)
+    engine = serving_engine(s)
     answer = merge.query(engine, view, key, start, end, health=merge.current_speed_health(engine, s))
     spec = views.VIEWS[view]
     if as_json:
@@ -321,10 +414,9 @@ def lambda_status() -> None:
     """T (from the promoted batch build), the speed layer's watermark, lag and health, the age of
     the last batch, and which windows come from which layer."""
     from lklab import merge
-    from lklab.serving import make_engine
 
     s = settings()
-    st = merge.lambda_status(make_engine(s), s)
+    st = merge.lambda_status(serving_engine(s), s)
     b = st.build
     if b is None:
         console.print("no promoted batch build yet: every window comes from the speed layer (run `lklab batch`)")
@@ -352,8 +444,13 @@ def serve(
     import uvicorn
 
     from lklab.api import create_app
+    from lklab.migrations import StoreSchemaError
 
-    uvicorn.run(create_app(settings()), host=host, port=port, log_level="warning")
+    try:
+        api = create_app(settings())
+    except StoreSchemaError as exc:
+        raise fail(str(exc)) from None
+    uvicorn.run(api, host=host, port=port, log_level="warning")
 
 
 @app.command()
@@ -374,7 +471,6 @@ def replay(
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     from lklab import kappa
-    from lklab.serving import make_engine
 
     s = settings()
     try:
@@ -385,7 +481,7 @@ def replay(
     except KafkaError as exc:
         raise kafka_failure(s, exc) from None
     try:
-        engine = make_engine(s)
+        engine = serving_engine(s)
         if plan_only:
             the_plan = kappa.plan(s, engine, view, version, start, from_snapshot)
             print_plan(s, engine, the_plan, max_rate)
@@ -444,10 +540,9 @@ def snapshot(
     consistent with, its logic and schema version, row counts, checksum and git SHA
     (`lklab snapshot list [VIEW]` lists them)."""
     from lklab import snapshots
-    from lklab.serving import make_engine
 
     s = settings()
-    engine = make_engine(s)
+    engine = serving_engine(s)
     if view == "list":
         return print_snapshots(snapshots.listing(engine, list_view))
     try:
@@ -501,12 +596,11 @@ def audit(
     """What a view served for one key and window at a past instant, from which publish, build,
     code version and input offsets (Delta time travel on the recorded versions)."""
     from lklab import audit as au
-    from lklab.serving import make_engine
 
     s = settings()
     when, start = parse_iso(as_of, "--as-of"), parse_iso(window, "--window")
     try:
-        found = au.answer(s, make_engine(s), None, view, key, start, when, arch)
+        found = au.answer(s, serving_engine(s), None, view, key, start, when, arch)
     except au.AuditError as exc:
         raise fail(str(exc)) from None
     body = {"view": view, "arch": found.arch, "key": key, "window": start.isoformat(), "as_of": when.isoformat(),
@@ -536,12 +630,11 @@ def cutover(
     """Validate <view>__v<N> (GX suite, ledger, diff against the published version) and, only if
     all pass, swap the alias <view> to it atomically."""
     from lklab import cutover as co
-    from lklab.serving import make_engine
 
     s = settings()
     try:
         co.check_args(view, to, tolerance)
-        result = co.cutover(s, make_engine(s), view, to, why, tolerance)
+        result = co.cutover(s, serving_engine(s), view, to, why, tolerance)
     except (co.CutoverError, KeyError) as exc:
         raise fail(str(exc).strip("'\"")) from None
     for check in result.checks:
@@ -561,11 +654,10 @@ def rollback(
 ) -> None:
     """Swap the alias <view> back to the version it had before its last cutover."""
     from lklab import cutover as co
-    from lklab.serving import make_engine
 
     s = settings()
     try:
-        old, new = co.rollback(s, make_engine(s), view, why)
+        old, new = co.rollback(s, serving_engine(s), view, why)
     except co.CutoverError as exc:
         raise fail(str(exc)) from None
     console.print(f"{view}: {old} → {new} (rolled back)")
@@ -580,12 +672,13 @@ def compare(
     """Play a fix both ways on the same history and print them side by side (own broker, .lklab/compare)."""
     from lklab.compare import run_sessionization
     from lklab.kafka_runtime import KafkaRuntimeError
+    from lklab.migrations import StoreSchemaError
 
     if scenario != "sessionization":
         raise fail(f"unknown scenario {scenario!r}; one of: sessionization")
     try:
         code = run_sessionization(days=days, seed=seed, console=console)
-    except (KafkaRuntimeError, TimeoutError, LookupError) as exc:
+    except (KafkaRuntimeError, StoreSchemaError, TimeoutError, LookupError) as exc:
         raise fail(str(exc)) from None
     raise typer.Exit(code=code)
 
@@ -598,11 +691,12 @@ def demo(
     """The main job: own broker + Faust worker + Dagster batch on generated events, merged view vs the oracle."""
     from lklab.demo import run_demo
     from lklab.kafka_runtime import KafkaRuntimeError
+    from lklab.migrations import StoreSchemaError
     from lklab.speed import SpeedError
 
     try:
         code = run_demo(minutes=minutes, seed=seed, console=console)
-    except (KafkaRuntimeError, SpeedError, TimeoutError, LookupError) as exc:
+    except (KafkaRuntimeError, SpeedError, StoreSchemaError, TimeoutError, LookupError) as exc:
         raise fail(str(exc)) from None
     raise typer.Exit(code=code)
 

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
 
     # speed layer / serving
     serving_url: str | None = Field(None, description="SQLAlchemy URL; None = SQLite (WAL) under <home>")
+    serving_auto_migrate: bool = Field(True, description="upgrade a serving store behind the code on start; off = refuse and name `lklab db upgrade`")
     speed_group: str = "lklab-speed"
     speed_web_port: int = 6066
     speed_batch_max: int = Field(5000, ge=1, description="records per speed-layer sink transaction, at most")

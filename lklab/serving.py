@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.types import TypeDecorator
 
 from lklab.config import Settings
+from lklab.migrations import bring_to_head
 from lklab.views import MONEY, ViewSpec
 
 
@@ -254,15 +255,26 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_engine(settings: Settings) -> Engine:
-    """Engine for the configured store; creates the schema if missing."""
+def store_engine(settings: Settings) -> Engine:
+    """Engine for the configured store, its schema as found (what `lklab db` inspects and upgrades)."""
     url = settings.serving
     if url.startswith("sqlite"):
         settings.home.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    metadata.create_all(engine)
+    return engine
+
+
+def make_engine(settings: Settings) -> Engine:
+    """Engine for the configured store, its schema at this code's head revision (lklab.migrations):
+    created, or upgraded when `serving_auto_migrate` is on; otherwise StoreSchemaError (one line)."""
+    engine = store_engine(settings)
+    try:
+        bring_to_head(engine, settings.serving_auto_migrate)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 

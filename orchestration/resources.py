@@ -34,6 +34,7 @@ class LabSettings(ConfigurableResource):
     spark_driver_memory: Optional[str] = None
     spark_shuffle_partitions: Optional[int] = None
     serving_url: Optional[str] = None
+    serving_auto_migrate: Optional[bool] = None
     speed_group: Optional[str] = None
     speed_web_port: Optional[int] = None
     speed_batch_max: Optional[int] = None
