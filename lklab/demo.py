@@ -59,7 +59,8 @@ def _gates_table(gates: list) -> Table:
     table.add_column("result")
     table.add_column("summary")
     for g in gates:
-        table.add_row(g.gate, "[green]passed[/green]" if g.passed else "[red]FAILED[/red]", g.description)
+        table.add_row(g.gate, {"pass": "[green]pass[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}[g.status],
+                      g.description)
     return table
 
 

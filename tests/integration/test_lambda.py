@@ -197,8 +197,8 @@ def test_data_that_breaks_a_gx_suite_blocks_promotion_and_the_old_build_stays(la
 
 
 def test_a_three_day_backfill_reproduces_the_first_build_and_the_ledger_gate_blocks_a_mismatch(isolated: Settings) -> None:
-    # Sparse data: empty minutes are legitimate. A one-day ledger grace closes day one only.
-    settings = isolated.model_copy(update={"gate_minute_coverage": False, "ledger_grace_s": 86_400})
+    # Sparse data: empty minutes are legitimate (coverage warns). A one-day ledger grace closes day one only.
+    settings = isolated.model_copy(update={"ledger_grace_s": 86_400})
     workload = generate(GeneratorConfig(seed=48, duration_s=3 * 86_400, rides_per_minute=1, start=datetime(2026, 11, 10, tzinfo=timezone.utc)))
     engine = make_engine(settings)
     write_ledger(engine, workload.truth)
