@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -201,7 +203,7 @@ def run_batch(settings: Settings, dates: tuple[str, str] | None = None,
 
 
 def _run_batch(settings: Settings, dates: tuple[str, str] | None, engine: Engine, deadline: float, on_wait, outcome: BatchOutcome) -> BatchOutcome:
-    from dagster import make_new_run_id
+    from dagster import BetaWarning
 
     from assets.lake import dates_to_partition_keys
     from orchestration.definitions import make_definitions
@@ -209,6 +211,7 @@ def _run_batch(settings: Settings, dates: tuple[str, str] | None, engine: Engine
     from orchestration.resources import LabSettings
     from orchestration.sensors import range_tags
 
+    warnings.filterwarnings("ignore", category=BetaWarning)  # backfill_policy is beta: not the user's concern
     definitions = make_definitions(LabSettings.from_settings(settings))
     instance = dagster_instance(settings)
     # CRITICAL: a failed gate is reported as one line by the caller, not as Dagster's stack traces.
@@ -228,7 +231,7 @@ def _run_batch(settings: Settings, dates: tuple[str, str] | None, engine: Engine
     if keys is None:
         outcome.success, outcome.message = True, "no new events and no blocked dates: nothing to rebuild"
         return outcome
-    run_id = make_new_run_id()
+    run_id = str(uuid.uuid4())  # a Dagster run id, chosen before the run so the lease can name it
     _take_lease(settings, engine, instance, run_id, keys, deadline, on_wait)
     batch = definitions.resolve_job_def("lambda_batch").execute_in_process(
         run_config=quiet, instance=instance, raise_on_error=False, tags=range_tags(*keys), run_id=run_id,

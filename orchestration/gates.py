@@ -15,8 +15,9 @@ class GateOutcome:
     status: str = "pass"  # pass | warn (failed at WARN severity: did not block) | fail
 
     def line(self) -> str:
-        """`<status> <gate>: <reason>`, one line (the description already quotes the first problem)."""
-        return GateLine(self.gate, self.status, self.description or self.first_problem).line()
+        """`<status> <gate>: <reason>`, one line: the summary and the first problem behind it."""
+        extra = f" | {self.first_problem}" if self.first_problem and self.first_problem not in self.description else ""
+        return GateLine(self.gate, self.status, f"{self.description}{extra}").line()
 
 
 def _first(metadata, *keys: str) -> str:
