@@ -117,7 +117,7 @@ def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, s
         step("materialising bronze → silver → gold → publish through Dagster")
         outcome = run_batch(settings)
         for line in outcome.failed_gates:
-            console.print(f"[red]gate failed:[/red] {line}")
+            console.print(line, highlight=False)
         if not outcome.success:
             console.print(f"[red]{outcome.message}[/red]")
             return 1

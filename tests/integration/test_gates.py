@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from lklab import merge, oracle, speed, views
+from lklab import lake, merge, oracle, runs, speed, views
 from lklab.api import create_app
 from lklab.batch import dagster_instance, run_batch
 from lklab.cli import app
@@ -23,6 +23,7 @@ from lklab.config import Settings
 from lklab.generator import GeneratorConfig, generate, write_ledger
 from lklab.produce import produce_events
 from lklab.serving import batch_runs, make_engine, payments_ledger, speed_late_windows
+from lklab.spark import get_spark
 from tests.integration.test_lambda import CAP, START, batch_ok, event, lab, merged, produce, promoted_build_id  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -140,6 +141,7 @@ def test_two_batch_runs_launched_together_on_the_same_dates_never_write_together
     from orchestration.resources import LabSettings
     from orchestration.sensors import range_tags
 
+    isolated = isolated.model_copy(update={"allowed_lateness_s": 60})  # minutes become final within the small workload
     workload = generate(GeneratorConfig(seed=54, duration_s=240, rides_per_minute=60))
     produce_events(isolated, workload.deliveries)
     batch_ok(isolated)  # ingest + a first build
@@ -172,13 +174,25 @@ def test_two_batch_runs_launched_together_on_the_same_dates_never_write_together
     for earlier, later in zip(promoted, promoted[1:]):
         assert earlier.finished_at <= later.started_at, rows  # one writer at a time
     daemon_run = results["daemon"]
+    print(f"race: daemon run {'promoted too, one after the other' if daemon_run.success else 'lost the lease'}; rows {rows}")
     if not daemon_run.success:  # it lost the lease: it wrote nothing and said why
         failure = next(e for e in daemon_run.all_events if e.is_step_failure)
         assert "being rebuilt by batch run" in failure.step_failure_data.error.message
         assert daemon_run.run_id not in {r.run_id for r in rows}
     assert results["cli"].success and len(promoted) == 2 + daemon_run.success
-    T = merge.query(engine, "revenue_per_minute").T
-    for name, spec in views.VIEWS.items():
-        final = {k: v for k, v in oracle.for_view(name, workload.truth).items() if spec.is_final(k[1], T)}
-        served = {(r.entity, r.window_start): r.value for r in merge.query(engine, name).rows if r.source == "batch"}
-        assert final and oracle.compare(served, final).equal, name
+    # A run launched while another holds the dates (its lease is live) writes nothing and says why.
+    runs.take_lease(engine, "holder-run", day, day, isolated.batch_lease_timeout_s)
+    silver = lake.path(isolated, lake.SILVER)
+    version = lake.delta_version(get_spark(isolated), silver)
+    refused = definitions.resolve_job_def("lambda_batch").execute_in_process(
+        run_config=quiet, instance=dagster_instance(isolated), raise_on_error=False, tags=range_tags(day, day))
+    failure = next(e for e in refused.all_events if e.is_step_failure)
+    assert not refused.success and "being rebuilt by batch run holder-run" in failure.step_failure_data.error.message
+    assert lake.delta_version(get_spark(isolated), silver) == version
+    runs.promoted(engine, "holder-run", promoted[-1].build_id)  # release it for the check below
+
+    answer = merge.query(engine, "revenue_per_minute")  # minutes are final within the workload; days are not
+    spec = views.VIEWS["revenue_per_minute"]
+    final = {k: v for k, v in oracle.for_view("revenue_per_minute", workload.truth).items() if spec.is_final(k[1], answer.T)}
+    served = {(r.entity, r.window_start): r.value for r in answer.rows if r.source == "batch"}
+    assert final and oracle.compare(served, final).equal
