@@ -92,14 +92,19 @@ run_coordinator:
 OLD_DAGSTER_YAML = "telemetry:\n  enabled: false\n"  # what earlier lklab versions wrote
 
 
-def dagster_instance(settings: Settings):
-    """The local Dagster instance under <home>/dagster, with the queued run coordinator."""
-    from dagster import DagsterInstance
-
+def write_dagster_yaml(settings: Settings) -> None:
+    """<home>/dagster/dagster.yaml with the run queue's limit (kept if the user wrote their own)."""
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     config = settings.dagster_home / "dagster.yaml"
     if not config.exists() or config.read_text() == OLD_DAGSTER_YAML:
         config.write_text(DAGSTER_YAML)
+
+
+def dagster_instance(settings: Settings):
+    """The local Dagster instance under <home>/dagster, with the queued run coordinator."""
+    from dagster import DagsterInstance
+
+    write_dagster_yaml(settings)
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     return DagsterInstance.get()
 

@@ -2,6 +2,7 @@
 Faust, Dagster, GX). Expected values come from the generator's oracle."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from lklab import lake, merge, oracle, runs, speed, views
+from lklab import lake, merge, oracle, speed, views
 from lklab.api import create_app
 from lklab.batch import dagster_instance, run_batch
 from lklab.cli import app
@@ -101,8 +102,6 @@ def test_a_sparse_city_warns_and_a_divergence_block_is_signalled_to_readers(lab:
     finally:
         for name in lab.to_env():
             os.environ.pop(name, None)
-    import json
-
     assert set(json.loads(cli_json.stdout)) == set(body) and json.loads(cli_json.stdout)["batch_blocked"] == body["batch_blocked"]
     assert "batch layer BLOCKED" in status.stdout and "None" not in status.stdout, status.stdout
 
@@ -137,6 +136,7 @@ def test_the_next_batch_rebuilds_the_dates_a_blocked_run_left_and_clears_the_sig
 
 
 def test_two_batch_runs_launched_together_on_the_same_dates_never_write_together(isolated: Settings) -> None:
+    from lklab import runs
     from orchestration.definitions import make_definitions
     from orchestration.resources import LabSettings
     from orchestration.sensors import range_tags
