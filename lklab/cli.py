@@ -165,12 +165,12 @@ def speed_status() -> None:
     state = f"running (pid {st.pid})" if st.running else "stopped"
     lag = "unknown" if st.total_lag is None else str(st.total_lag)
     console.print(f"speed worker {state}, group {st.group}, topic {st.topic}: total lag {lag}, "
-                  f"watermark {st.watermark}, final through {st.final_through}")
+                  f"watermark {show(st.watermark)}, final through {show(st.final_through)}")
     if st.kafka_error:
         err.print(f"Kafka not reachable: {st.kafka_error}")
     table = Table("partition", "next offset", "end offset", "lag", "max event time")
     for p in sorted(st.partitions.values(), key=lambda x: x.partition):
-        table.add_row(str(p.partition), str(p.next_offset), str(p.end_offset), str(p.lag), str(p.max_event_time))
+        table.add_row(str(p.partition), str(p.next_offset), str(p.end_offset), show(p.lag), show(p.max_event_time))
     console.print(table)
     if st.counters:
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(st.counters.items())))
