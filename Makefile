@@ -22,6 +22,7 @@ bench-isolation: setup
 	.venv/bin/python bench/replay_isolation.py
 
 dagster-ui: setup
+	.venv/bin/python -c 'from lklab.batch import write_dagster_yaml; from lklab.config import Settings; write_dagster_yaml(Settings())'
 	DAGSTER_HOME=$(CURDIR)/.lklab/dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:

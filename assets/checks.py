@@ -1,14 +1,18 @@
 """Blocking quality gates: Great Expectations suites on bronze, silver and every gold view, gold
-against the payments ledger, and batch against speed (divergence). A failure stops the
-promotion step downstream, so the previous published build stays."""
+against the payments ledger, and batch against speed (divergence). Each gate has a severity
+(lklab.gates): a failed `fail` gate stops the promotion step downstream, so the previous published
+build stays, and records itself on the run's batch_runs row; a failed `warn` gate is reported
+to Dagster as a WARN check result, which does not block."""
 from datetime import date
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, MetadataValue, asset_check
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check
 
 from assets.lake import bronze_events, silver_events
 from expectations.runner import GateResult, run_suite
-from lklab import lake, reconcile, views
+from lklab import lake, reconcile, runs, views
 from lklab.batch import silver_watermark
+from lklab.gates import severity, suite_severities
+from lklab.gates import status as gate_status
 from orchestration.resources import LabSettings, ServingResource, SparkResource
 
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
@@ -32,52 +36,66 @@ def _scoped(frame, dates: lake.DateRange | None):
     return frame.where((frame.event_date >= dates[0]) & (frame.event_date < dates[1]))
 
 
-def _gx(result: GateResult) -> AssetCheckResult:
-    return AssetCheckResult(
-        passed=result.passed,
-        description=f"{result.suite}: {'passed' if result.passed else 'FAILED'} ({result.evaluated} expectations)",
-        metadata={
-            "failures": MetadataValue.md("\n".join(f"- {line}" for line in result.failures) or "none"),
-            "expectations": result.evaluated,
-            "data_docs": MetadataValue.path(str(result.data_docs_index or "")),
-        },
-    )
+def _name(context: AssetCheckExecutionContext) -> str:
+    return context.check_specs[0].name
 
 
-def _gate(report: reconcile.GateReport) -> AssetCheckResult:
-    return AssetCheckResult(
-        passed=report.passed,
-        description=report.summary,
-        metadata={
-            "differences": MetadataValue.md("\n".join(f"- {line}" for line in report.differences) or "none"),
-            "details": MetadataValue.json(report.details),
-        },
-    )
+def _result(context: AssetCheckExecutionContext, serving: ServingResource, status: str, reason: str,
+            metadata: dict, diverged: list[dict] | None = None) -> AssetCheckResult:
+    """pass, warn (failed, WARN severity: shown, not blocking) or fail (ERROR: blocks, and is
+    recorded on the run's batch_runs row with the windows it found diverged)."""
+    if status == "fail":
+        spec = context.check_specs[0]
+        runs.record_gate(serving.engine(), context.run.run_id, f"{spec.asset_key.to_user_string()}.{spec.name}", reason, diverged)
+    return AssetCheckResult(passed=status == "pass", description=reason, metadata=metadata,
+                            severity=AssetCheckSeverity.ERROR if status == "fail" else AssetCheckSeverity.WARN)
+
+
+def _gx(context: AssetCheckExecutionContext, serving: ServingResource, result: GateResult) -> AssetCheckResult:
+    return _result(context, serving, result.status, result.summary(), {
+        "failures": MetadataValue.md("\n".join(f"- {line}" for line in result.failures) or "none"),
+        "warnings": MetadataValue.md("\n".join(f"- {line}" for line in result.warnings) or "none"),
+        "expectations": result.evaluated,
+        "data_docs": MetadataValue.path(str(result.data_docs_index or "")),
+    })
+
+
+def _gate(context: AssetCheckExecutionContext, lab: LabSettings, serving: ServingResource,
+          report: reconcile.GateReport) -> AssetCheckResult:
+    status = gate_status(report.passed, severity(lab.settings().gate_severity, _name(context)))
+    return _result(context, serving, status, report.summary, {
+        "differences": MetadataValue.md("\n".join(f"- {line}" for line in report.differences) or "none"),
+        "details": MetadataValue.json(report.details),
+    }, report.details.get("diverged"))
+
+
+def _suite(context: AssetCheckExecutionContext, lab: LabSettings, serving: ServingResource, table: str, frame) -> AssetCheckResult:
+    settings = lab.settings()
+    return _gx(context, serving, run_suite(settings.home, table, frame, **suite_severities(settings, table)))
 
 
 @asset_check(asset=bronze_events, blocking=True, name="gx_bronze_events", description="GX suite bronze_events")
-def gx_bronze_events(lab: LabSettings, spark: SparkResource) -> AssetCheckResult:
+def gx_bronze_events(context: AssetCheckExecutionContext, lab: LabSettings, spark: SparkResource,
+                     serving: ServingResource) -> AssetCheckResult:
     settings, session = lab.settings(), spark.session()
-    return _gx(run_suite(settings.home, "bronze_events", session.read.format("delta").load(lake.path(settings, lake.BRONZE))))
+    return _suite(context, lab, serving, "bronze_events", session.read.format("delta").load(lake.path(settings, lake.BRONZE)))
 
 
 @asset_check(asset=silver_events, blocking=True, name="gx_silver_events", description="GX suite silver_events")
-def gx_silver_events(context: AssetCheckExecutionContext, lab: LabSettings, spark: SparkResource) -> AssetCheckResult:
+def gx_silver_events(context: AssetCheckExecutionContext, lab: LabSettings, spark: SparkResource,
+                     serving: ServingResource) -> AssetCheckResult:
     settings, session = lab.settings(), spark.session()
     silver = _scoped(session.read.format("delta").load(lake.path(settings, lake.SILVER)), run_dates(context))
-    return _gx(run_suite(settings.home, "silver_events", silver))
+    return _suite(context, lab, serving, "silver_events", silver)
 
 
 def gx_gold_check(spec: views.ViewSpec):
-    params = {"require_minute_coverage": True} if spec.window_s == views.WINDOW_S else {}
-
     @asset_check(asset=AssetKey(f"gold_{spec.name}"), blocking=True, name=f"gx_gold_{spec.name}",
                  description=f"GX suite gold_{spec.name}")
-    def _check(context: AssetCheckExecutionContext, lab: LabSettings, spark: SparkResource) -> AssetCheckResult:
+    def _check(context: AssetCheckExecutionContext, lab: LabSettings, spark: SparkResource, serving: ServingResource) -> AssetCheckResult:
         settings, session = lab.settings(), spark.session()
         gold = _scoped(session.read.format("delta").load(lake.path(settings, lake.gold_table(spec.name))), run_dates(context))
-        coverage = {"require_minute_coverage": settings.gate_minute_coverage} if params else {}
-        return _gx(run_suite(settings.home, f"gold_{spec.name}", gold, **coverage))
+        return _suite(context, lab, serving, f"gold_{spec.name}", gold)
 
     return _check
 
@@ -85,11 +103,11 @@ def gx_gold_check(spec: views.ViewSpec):
 def divergence_check(spec: views.ViewSpec):
     @asset_check(asset=AssetKey(f"gold_{spec.name}"), blocking=True, name=f"divergence_{spec.name}",
                  description=f"batch vs speed on the windows of {spec.name} both hold that are final at T")
-    def _check(lab: LabSettings, spark: SparkResource, serving: ServingResource) -> AssetCheckResult:
+    def _check(context: AssetCheckExecutionContext, lab: LabSettings, spark: SparkResource, serving: ServingResource) -> AssetCheckResult:
         settings, session = lab.settings(), spark.session()
         T = views.final_through(silver_watermark(session, settings), settings.allowed_lateness_s)
         offsets = lake.bronze_offsets_held(session, settings)
-        return _gate(reconcile.divergence(session, settings, serving.engine(), spec, T, offsets))
+        return _gate(context, lab, serving, reconcile.divergence(session, settings, serving.engine(), spec, T, offsets))
 
     return _check
 
@@ -97,17 +115,19 @@ def divergence_check(spec: views.ViewSpec):
 @asset_check(asset=AssetKey("gold_driver_earnings_daily"), blocking=True, name="ledger_reconciliation",
              additional_deps=[AssetKey("gold_revenue_per_minute")],
              description="revenue and driver earnings against the payments ledger, by day, to the cent")
-def ledger_reconciliation(lab: LabSettings, spark: SparkResource, serving: ServingResource) -> AssetCheckResult:
+def ledger_reconciliation(context: AssetCheckExecutionContext, lab: LabSettings, spark: SparkResource,
+                          serving: ServingResource) -> AssetCheckResult:
     settings, session = lab.settings(), spark.session()
-    return _gate(reconcile.reconcile_with_ledger(session, settings, serving.engine(), silver_watermark(session, settings)))
+    return _gate(context, lab, serving, reconcile.reconcile_with_ledger(session, settings, serving.engine(), silver_watermark(session, settings)))
 
 
 @asset_check(asset=AssetKey("gold_user_sessions"), blocking=True, name="gx_gold_user_sessions",
              description="GX suite gold_user_sessions")
-def gx_gold_user_sessions(context: AssetCheckExecutionContext, lab: LabSettings, spark: SparkResource) -> AssetCheckResult:
+def gx_gold_user_sessions(context: AssetCheckExecutionContext, lab: LabSettings, spark: SparkResource,
+                          serving: ServingResource) -> AssetCheckResult:
     settings, session = lab.settings(), spark.session()
     gold = _scoped(session.read.format("delta").load(lake.path(settings, lake.gold_table("user_sessions"))), run_dates(context))
-    return _gx(run_suite(settings.home, "gold_user_sessions", gold))
+    return _suite(context, lab, serving, "gold_user_sessions", gold)
 
 
 quality_gates = [

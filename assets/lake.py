@@ -2,11 +2,11 @@
 silver and gold partitioned by UTC event date."""
 from datetime import date, datetime
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from lklab import lake, views
+from lklab import lake, runs, views
 from orchestration.partitions import event_date_partitions, single_run
-from orchestration.resources import KafkaResource, LabSettings, SparkResource
+from orchestration.resources import KafkaResource, LabSettings, ServingResource, SparkResource
 
 
 def partition_dates(context: AssetExecutionContext) -> lake.DateRange:
@@ -35,10 +35,18 @@ def bronze_events(context: AssetExecutionContext, lab: LabSettings, spark: Spark
 
 @asset(group_name="lake", compute_kind="spark", deps=[bronze_events], partitions_def=event_date_partitions,
        backfill_policy=single_run,
-       description="Schema-v1 events, one row per event_id (highest event_version wins), by event_date; rejects quarantined.")
-def silver_events(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource) -> MaterializeResult:
+       description="Schema-v1 events, one row per event_id (highest event_version wins), by event_date; rejects quarantined "
+                   "to silver_rejects with a reason (the `drop` severity). The first write of a batch run: it takes the "
+                   "run's lease on its event dates, so one run per date writes and promotes at a time.")
+def silver_events(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource, serving: ServingResource) -> MaterializeResult:
     settings, session = lab.settings(), spark.session()
-    result = lake.build_silver(session, settings, partition_dates(context))
+    dates = partition_dates(context)
+    last = date.fromordinal(dates[1].toordinal() - 1)
+    try:
+        runs.take_lease(serving.engine(), context.run.run_id, dates[0].isoformat(), last.isoformat(), settings.batch_lease_timeout_s)
+    except runs.DatesBusy as busy:
+        raise Failure(description=str(busy)) from None
+    result = lake.build_silver(session, settings, dates)
     return MaterializeResult(metadata={
         "rows": result.rows,
         "rejected": result.rejected,

@@ -2,6 +2,7 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets.lake import gold_assets
+from lklab import runs
 from lklab.batch import publish_batch
 from orchestration.partitions import event_date_partitions, single_run
 from orchestration.resources import LabSettings, ServingResource, SparkResource
@@ -13,6 +14,7 @@ from orchestration.resources import LabSettings, ServingResource, SparkResource
                    "Runs only when every blocking quality gate upstream passed; otherwise the previous build stays published.")
 def lambda_batch_build(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource, serving: ServingResource) -> MaterializeResult:
     build = publish_batch(spark.session(), lab.settings(), serving.engine())
+    runs.promoted(serving.engine(), context.run.run_id, build.build_id)
     context.log.info(f"promoted {build.build_id}: T={build.final_through}")
     return MaterializeResult(metadata={
         "build_id": build.build_id,

@@ -406,7 +406,7 @@ def main() -> None:
     parser.add_argument("--replay-rate", type=float, default=2000.0, help="the throttled replay during the isolation run")
     args = parser.parse_args()
     settings = demo_settings().model_copy(update={"home": Path.cwd() / ".lklab" / "bench", "topic": "bench.events",
-                                                  "topic_segment_bytes": None, "gate_minute_coverage": False,
+                                                  "topic_segment_bytes": None,
                                                   "spark_driver_memory": "2g"})
     shutil.rmtree(settings.home, ignore_errors=True)
     settings.home.mkdir(parents=True)

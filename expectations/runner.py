@@ -39,6 +39,7 @@ from expectations.suites import (  # noqa: E402
     minute_coverage_gaps,
     minute_coverage_suite,
 )
+from lklab.gates import GATES, MINUTE_COVERAGE, Severity  # noqa: E402
 
 DATASOURCE = "lklab_lake"
 BATCH_DEFINITION = "whole_dataframe"
@@ -56,7 +57,9 @@ _process_lock = threading.RLock()
 
 @dataclass(frozen=True)
 class GateResult:
-    """Outcome of one quality gate: one line per failed expectation, and where Data Docs are."""
+    """Outcome of one quality gate: one line per failed expectation, and where Data Docs are.
+    `failures` block (severity fail); `warnings` are failed expectations of severity warn: shown,
+    never blocking. `passed` is False only when something failed."""
 
     table: str
     suite: str
@@ -64,10 +67,24 @@ class GateResult:
     failures: list[str] = field(default_factory=list)
     evaluated: int = 0
     data_docs_index: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """pass | warn | fail, as every command prints a gate."""
+        return "fail" if not self.passed else ("warn" if self.warnings else "pass")
+
+    def summary(self) -> str:
+        """One line: the verdict and the first failure (or warning)."""
+        first = (self.failures or self.warnings or [""])[0]
+        more = len(self.failures) + len(self.warnings) - 1
+        tail = f": {first}" + (f" (+{more} more)" if more > 0 else "") if first else ""
+        return f"{self.suite} ({self.evaluated} expectations){tail}"
 
     def describe(self) -> str:
-        head = f"{self.suite}: {'passed' if self.passed else 'FAILED'} ({self.evaluated} expectations)"
-        return "\n".join([head, *(f"  - {line}" for line in self.failures)])
+        verdict = {"pass": "passed", "warn": "passed with warnings", "fail": "FAILED"}[self.status]
+        head = f"{self.suite}: {verdict} ({self.evaluated} expectations)"
+        return "\n".join([head, *(f"  - {line}" for line in self.failures), *(f"  - warn: {line}" for line in self.warnings)])
 
 
 def gx_root(home: Path) -> Path:
@@ -139,14 +156,22 @@ def run_suite(home: Path, table: str, df: DataFrame, **suite_params: Any) -> Gat
 
     `suite_params` go to the table's suite builder (e.g. min_time, max_time). For
     gold_revenue_per_minute, `require_minute_coverage` (default True) also validates
-    `minute_coverage(df)` with the coverage suite; its failures are reported in the same result.
+    `minute_coverage(df)` with the coverage suite, at `coverage_severity` (default: the gate's
+    default in lklab.gates, warn): its failures go to `warnings` or, at fail, to `failures`.
+    `severity` (default fail) is that of the table's own suite.
     Repeated calls add-or-update every GX object, so the latest call's parameters win.
     """
-    require_coverage = bool(suite_params.pop("require_minute_coverage", True)) if table == GOLD_REVENUE_PER_MINUTE else False
+    gold_revenue = table == GOLD_REVENUE_PER_MINUTE
+    require_coverage = bool(suite_params.pop("require_minute_coverage", True)) if gold_revenue else False
+    coverage_level = Severity(suite_params.pop("coverage_severity", GATES[MINUTE_COVERAGE][0])) if gold_revenue else None
+    level = Severity(suite_params.pop("severity", Severity.FAIL))
     suite = build_suite(table, **suite_params)
     with _locked(home), _cached(df):
         context = gx_context(home)
         passed, failures, evaluated = _validate(context, suite, df)
+        warnings: list[str] = []
+        if level != Severity.FAIL:
+            passed, failures, warnings = True, [], failures
         if require_coverage:
             coverage = minute_coverage(df)
             with _cached(coverage):
@@ -155,7 +180,11 @@ def run_suite(home: Path, table: str, df: DataFrame, **suite_params: Any) -> Gat
                     # GX only sees per-city counts; name the actual missing minutes on the same line.
                     gaps = _gap_summary(coverage, df)
                     lines = [f"{line}; {gaps}" if "(missing_minutes)" in line else line for line in lines]
-            passed, failures, evaluated = passed and ok, failures + lines, evaluated + count
+            evaluated += count
+            if coverage_level == Severity.FAIL:
+                passed, failures = passed and ok, failures + lines
+            else:
+                warnings += lines
         index = _offline(_docs_index(context, home))
     return GateResult(
         table=table,
@@ -164,6 +193,7 @@ def run_suite(home: Path, table: str, df: DataFrame, **suite_params: Any) -> Gat
         failures=failures,
         evaluated=evaluated,
         data_docs_index=index if index.is_file() else None,
+        warnings=warnings,
     )
 
 

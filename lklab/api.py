@@ -100,19 +100,8 @@ def create_app(settings: Settings) -> FastAPI:
         if lo and hi and lo >= hi:
             raise HTTPException(422, f"query parameter 'from' ({start}) is not before 'to' ({end})")
         health = merge.current_speed_health(engine, settings)
-        answer = merge.query(engine, view, key, lo, hi, health=health)
-        spec = views.VIEWS[view]
-        return {
-            "view": view,
-            "T": answer.T.isoformat() if answer.T else None,
-            "build_id": answer.build_id,
-            "mode": answer.mode,
-            "stale": answer.stale,
-            "stale_reason": answer.stale_reason,
-            "truncated": len(answer.rows) > limit,
-            "rows": [{spec.entity: r.entity, "window_start": r.window_start.isoformat(), spec.value_column: r.value,
-                      "source": r.source} for r in answer.rows[:limit]],
-        }
+        answer = merge.query(engine, view, key, lo, hi, health=health, policy=settings.blocked_windows_policy)
+        return merge.answer_json(answer, limit)
 
     @app.get("/lambda/status")
     def status() -> dict[str, Any]:
@@ -126,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
                       "watermark": st.speed_watermark.isoformat() if st.speed_watermark else None,
                       "final_through": st.speed_final_through.isoformat() if st.speed_final_through else None},
             "layers": [layer.__dict__ for layer in st.layers],
+            "batch_blocked": merge.blocked_json(st.batch_blocked),
         }
 
     @app.get("/health", responses={503: {"description": "the speed layer is not healthy (same body)"}})

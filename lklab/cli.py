@@ -217,12 +217,12 @@ def speed_status() -> None:
     state = f"running (pid {st.pid})" if st.running else "stopped"
     lag = "unknown" if st.total_lag is None else str(st.total_lag)
     console.print(f"speed worker {state}, group {st.group}, topic {st.topic}: total lag {lag}, "
-                  f"watermark {st.watermark}, final through {st.final_through}")
+                  f"watermark {show(st.watermark)}, final through {show(st.final_through)}")
     if st.kafka_error:
         err.print(f"Kafka not reachable: {st.kafka_error}")
     table = Table("partition", "next offset", "end offset", "lag", "max event time")
     for p in sorted(st.partitions.values(), key=lambda x: x.partition):
-        table.add_row(str(p.partition), str(p.next_offset), str(p.end_offset), str(p.lag), str(p.max_event_time))
+        table.add_row(str(p.partition), str(p.next_offset), str(p.end_offset), show(p.lag), show(p.max_event_time))
     console.print(table)
     if st.counters:
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(st.counters.items())))
@@ -332,15 +332,25 @@ def batch(
     s = settings()
     serving_engine(s).dispose()  # a store this code cannot serve is refused here, before Dagster starts
     with console.status("running the Dagster batch layer (ingest → silver → gold → gates → promote)"):
-        outcome = run_batch(s, dates)
-    for line in outcome.failed_gates:
-        err.print(f"gate failed: {line}", highlight=False)
+        outcome = run_batch(s, dates, on_wait=lambda message: err.print(message, highlight=False))
+    if outcome.retried_dates:
+        console.print(f"rebuilding event dates whose last batch run did not promote: {', '.join(outcome.retried_dates)}",
+                      highlight=False)
+    print_gates(outcome.gates)
     docs = data_docs_index(s.home)
     if docs.exists():
         console.print(f"data-quality report (GX Data Docs): {docs}")
     if not outcome.success:
-        raise fail(f"{outcome.message} (runs {', '.join(outcome.run_ids)})")
+        raise fail(f"{outcome.message} (runs {', '.join(outcome.run_ids) or 'none'})")
     console.print(f"{outcome.message} (Dagster runs {', '.join(outcome.run_ids)}; instance {s.dagster_home})")
+
+
+def print_gates(gates) -> None:
+    """One line per gate: pass, warn or fail, with its reason (never a traceback)."""
+    colour = {"pass": "green", "warn": "yellow", "fail": "red"}
+    for gate in gates:
+        line = gate.line()
+        console.print(f"[{colour[gate.status]}]{line[:4]}[/]{line[4:]}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -378,35 +388,34 @@ def query(
         return
     s = settings()
     engine = serving_engine(s)
-    answer = merge.query(engine, view, key, start, end, health=merge.current_speed_health(engine, s))
+    answer = merge.query(engine, view, key, start, end, health=merge.current_speed_health(engine, s), policy=s.blocked_windows_policy)
     spec = views.VIEWS[view]
     if as_json:
-        print(json.dumps(answer_json(answer), indent=2))
+        print(json.dumps(merge.answer_json(answer), indent=2))
         return
     if answer.stale:
         err.print(f"[yellow]stale:[/yellow] {answer.stale_reason}; serving batch-only")
-    table = Table(title=f"{view} (T = {answer.T}, build {answer.build_id}, mode {answer.mode})")
+    if answer.batch_blocked:
+        err.print(f"[yellow]batch blocked:[/yellow] {blocked_line(answer.batch_blocked)}; {policy_line(answer)}", highlight=False)
+    build = f"T = {answer.T.isoformat()}, build {answer.build_id}" if answer.build_id else "no promoted batch build yet"
+    table = Table(title=f"{view} ({build}, mode {answer.mode})")
     for column in (spec.entity, "window_start", spec.value_column, "source"):
         table.add_column(column)
     for r in answer.rows:
-        table.add_row(r.entity, r.window_start.isoformat(), str(r.value), r.source)
+        table.add_row(r.entity, r.window_start.isoformat(), str(r.value), r.source + (" (diverged)" if r.diverged else "") + (" (left to batch)" if r.left_to_batch else ""))
     console.print(table)
 
 
-def answer_json(answer) -> dict:
-    from lklab import views
+def blocked_line(blocked) -> str:
+    gate = f"gate {blocked.gate}" if blocked.gate else "a run failure"
+    return (f"since {blocked.since.isoformat(timespec='seconds')}, stopped by {gate}: {blocked.reason} "
+            f"(run {blocked.run_id}, event dates {blocked.first_date}…{blocked.last_date})")
 
-    spec = views.VIEWS[answer.view]
-    return {
-        "view": answer.view,
-        "T": answer.T.isoformat() if answer.T else None,
-        "build_id": answer.build_id,
-        "mode": answer.mode,
-        "stale": answer.stale,
-        "stale_reason": answer.stale_reason,
-        "rows": [{spec.entity: r.entity, "window_start": r.window_start.isoformat(), spec.value_column: r.value, "source": r.source}
-                 for r in answer.rows],
-    }
+
+def policy_line(answer) -> str:
+    if answer.policy == "refuse":
+        return f"{answer.withheld} speed rows of diverged windows withheld (policy refuse)"
+    return f"{sum(r.diverged for r in answer.rows)} speed rows of diverged windows served, flagged (policy serve-flagged)"
 
 
 @lambda_app.command("status")
@@ -421,18 +430,30 @@ def lambda_status() -> None:
     if b is None:
         console.print("no promoted batch build yet: every window comes from the speed layer (run `lklab batch`)")
     else:
-        console.print(f"T = {b.final_through}  (batch build {b.build_id}, {st.batch_age_s:.0f}s old, watermark {b.watermark}, "
+        console.print(f"T = {show(b.final_through)}  (batch build {b.build_id}, {st.batch_age_s:.0f}s old, watermark {show(b.watermark)}, "
                       f"allowed lateness {s.allowed_lateness_s}s, git {b.git_sha})")
         console.print(f"  offsets consumed: {b.offsets}")
+    if st.batch_blocked:
+        console.print(f"[red]batch layer BLOCKED[/red] {blocked_line(st.batch_blocked)}. Readers get "
+                      f"{'the speed rows of diverged windows flagged' if s.blocked_windows_policy == 'serve-flagged' else 'no speed rows for diverged windows'} "
+                      f"(LKLAB_BLOCKED_WINDOWS_POLICY={s.blocked_windows_policy}). Fix the cause, then run `lklab batch`: "
+                      f"it rebuilds the blocked dates.", highlight=False, soft_wrap=True)
     h = st.speed
     state = "healthy" if h.healthy else f"UNHEALTHY: {h.reason} → serving is batch-only, answers flagged stale"
     age = "never" if h.heartbeat_age_s is None else f"{h.heartbeat_age_s:.1f}s ago"
     console.print(f"speed: {state}; heartbeat {age}; lag {h.lag if h.lag is not None else 'unknown'} records; "
-                  f"watermark {st.speed_watermark}; final through {st.speed_final_through}")
+                  f"watermark {show(st.speed_watermark)}; final through {show(st.speed_final_through)}")
     table = Table("view", "batch rows", "batch serves", "speed rows", "speed serves", title="who serves what")
     for layer in st.layers:
         table.add_row(layer.view, str(layer.batch_rows), layer.batch_serves, str(layer.speed_rows), layer.speed_serves)
     console.print(table)
+
+
+def show(value) -> str:
+    """A time (or anything) for humans: ISO, or 'none yet' instead of Python's None."""
+    if value is None:
+        return "none yet"
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 @app.command()
@@ -637,14 +658,13 @@ def cutover(
         result = co.cutover(s, serving_engine(s), view, to, why, tolerance)
     except (co.CutoverError, KeyError) as exc:
         raise fail(str(exc).strip("'\"")) from None
+    colour = {"pass": "green", "warn": "yellow", "fail": "red"}
     for check in result.checks:
-        mark = "[green]pass[/green]" if check.passed else "[red]FAIL[/red]"
-        console.print(f"{mark} {check.summary}", highlight=False)
-        for line in check.lines[:10]:
-            console.print(f"     {line}", highlight=False)
+        console.print(f"[{colour[check.status]}]{check.status:<4}[/] {check.name}: {check.summary}", highlight=False, soft_wrap=True)
     if not result.swapped:
-        raise fail(f"{view} stays on {result.from_target}: validation of {result.to_target} failed")
-    console.print(f"{view}: {result.from_target} → {result.to_target}")
+        failed = ", ".join(c.name for c in result.checks if c.status == "fail")
+        raise fail(f"{view} stays on {result.from_target or 'nothing published'}: {result.to_target} failed {failed}")
+    console.print(f"{view}: {result.from_target or 'nothing published'} → {result.to_target}")
 
 
 @app.command()

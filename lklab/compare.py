@@ -71,7 +71,7 @@ def _count_compare(actual: dict, expected: dict) -> oracle.Comparison:
 def run_sessionization(days: int = 30, seed: int = 7, console: Console | None = None) -> int:
     console = console or Console()
     base = demo_settings()
-    settings = base.model_copy(update={"home": base.home.parent / "compare", "gate_minute_coverage": False, "user_sessions_logic": 1,
+    settings = base.model_copy(update={"home": base.home.parent / "compare", "user_sessions_logic": 1,
                                        "topic_segment_bytes": None})  # no retention drill here: full-size batches
     shutil.rmtree(settings.home, ignore_errors=True)
     settings.home.mkdir(parents=True)

@@ -1,9 +1,11 @@
 """Settings for one lklab deployment (embedded by default, scaled by config only)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,7 +43,13 @@ class Settings(BaseSettings):
     speed_prefetch: int = Field(20_000, ge=1, description="Faust stream buffer per partition (back-pressure)")
     allowed_lateness_s: int = Field(300, ge=0, description="99.9% of the seed's events arrive within 5 minutes")
     user_sessions_logic: int = Field(2, ge=1, le=2, description="batch sessionization logic: 1 has the midnight bug, 2 the fix")
-    gate_minute_coverage: bool = Field(True, description="gold revenue_per_minute must have no empty minute per city")
+    gate_severity: dict[str, str] = Field(default_factory=dict, description="per-gate severity overrides (fail | warn | drop); "
+                                          "names and defaults in lklab.gates.GATES")
+    blocked_windows_policy: Literal["serve-flagged", "refuse"] = Field(
+        "serve-flagged", description="while the batch layer is blocked: serve speed rows of diverged windows flagged, or refuse them")
+    batch_wait_s: float = Field(600.0, ge=0, description="`lklab batch` waits this long for a batch run in flight on its dates")
+    batch_lease_timeout_s: float = Field(3600.0, gt=0, description="a running batch run's hold on its dates expires after this long")
+    schedules_running: bool = Field(False, description="the nightly_ingest and daily_snapshots schedules start switched on")
     ledger_grace_s: int = Field(48 * 3600, ge=0, description="a day reconciles strictly once it is this far behind the watermark")
     speed_heartbeat_timeout_s: float = Field(10.0, gt=0, description="older heartbeat = speed layer down")
     speed_max_lag: int = Field(50_000, ge=0, description="records behind the log end before serving goes batch-only")
@@ -49,6 +57,13 @@ class Settings(BaseSettings):
 
     # PII
     pii_key: str | None = Field(None, description="Fernet key; None = a 0600 key file under <home>")
+
+    @field_validator("gate_severity")
+    @classmethod
+    def _known_gates(cls, value: dict[str, str]) -> dict[str, str]:
+        from lklab.gates import check_overrides
+
+        return check_overrides(value)
 
     @property
     def bootstrap(self) -> str:
@@ -77,7 +92,7 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """LKLAB_* variables that rebuild these settings in a child process (workers, Dagster runs)."""
         return {
-            f"LKLAB_{name.upper()}": str(value)
+            f"LKLAB_{name.upper()}": json.dumps(value) if isinstance(value, dict) else str(value)
             for name, value in self.model_dump().items()
             if value is not None
         }

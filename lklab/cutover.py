@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select
 from lklab import kappa, reconcile, snapshots, views
 from lklab.audit import KAPPA, record_publish
 from lklab.config import Settings
+from lklab.gates import Severity, severity, suite_severities
 from lklab.serving import publish_log, serving_aliases, upsert
 from lklab.snapshots import Snapshot
 from lklab.spark import ensure_spark
@@ -28,10 +29,18 @@ class CutoverError(RuntimeError):
 
 @dataclass(frozen=True)
 class Check:
+    """One cutover check. `passed` is False only for a failure that blocks (severity fail);
+    `warned` marks a failure of a warn-severity gate (shown, not blocking)."""
+
     name: str
     passed: bool
     summary: str
     lines: tuple[str, ...] = ()
+    warned: bool = False
+
+    @property
+    def status(self) -> str:
+        return "fail" if not self.passed else ("warn" if self.warned else "pass")
 
 
 @dataclass(frozen=True)
@@ -73,19 +82,16 @@ def _gx_check(settings: Settings, spark, view: str, rows: list[tuple]) -> Check:
     if view == "user_sessions":
         frame = spark.createDataFrame([(e, w.replace(tzinfo=None), n, ms) for e, w, (n, ms) in rows] or [],
                                       "user_id string, window_start timestamp, sessions long, duration_ms long")
-        result = run_suite(settings.home, "gold_user_sessions", frame.withColumn("event_date", F.to_date("window_start")))
-        return Check("gx", result.passed, f"GX suite gold_user_sessions: {'passed' if result.passed else 'FAILED'} "
-                     f"({result.evaluated} expectations)", tuple(result.failures))
-    spec = views.view(view)
-    schema = f"{spec.entity} string, window_start timestamp, {spec.value_column} long"
-    frame = spark.createDataFrame([(e, w.replace(tzinfo=None), int(v)) for e, w, v in rows] or [], schema)
-    if spec.measure == views.MONEY:
-        frame = frame.withColumn("events", F.lit(1))  # the speed table keeps counts > 0 only for live rows
-    frame = frame.withColumn("event_date", F.to_date("window_start"))
-    result = run_suite(settings.home, f"gold_{view}", frame,
-                       **({"require_minute_coverage": settings.gate_minute_coverage} if spec.window_s == views.WINDOW_S else {}))
-    return Check("gx", result.passed, f"GX suite gold_{view}: {'passed' if result.passed else 'FAILED'} ({result.evaluated} expectations)",
-                 tuple(result.failures))
+        table, frame = "gold_user_sessions", frame.withColumn("event_date", F.to_date("window_start"))
+    else:
+        spec = views.view(view)
+        schema = f"{spec.entity} string, window_start timestamp, {spec.value_column} long"
+        frame = spark.createDataFrame([(e, w.replace(tzinfo=None), int(v)) for e, w, v in rows] or [], schema)
+        if spec.measure == views.MONEY:
+            frame = frame.withColumn("events", F.lit(1))  # the speed table keeps counts > 0 only for live rows
+        table, frame = f"gold_{view}", frame.withColumn("event_date", F.to_date("window_start"))
+    result = run_suite(settings.home, table, frame, **suite_severities(settings, table))
+    return Check("gx", result.passed, f"GX suite {result.summary()}", (*result.failures, *result.warnings), bool(result.warnings))
 
 
 def _ledger_check(settings: Settings, engine: Engine, view: str, output: str, rows: list[tuple]) -> Check:
@@ -99,7 +105,10 @@ def _ledger_check(settings: Settings, engine: Engine, view: str, output: str, ro
     record = kappa.build_record(engine, output) or {}
     report = reconcile.compare_to_ledger(engine, settings, dict(per_day),
                                          dict(per_driver) if spec.entity == "driver_id" else None, record.get("watermark"))
-    return Check("ledger", report.passed, f"ledger: {report.summary}", tuple(report.differences))
+    blocks = severity(settings.gate_severity, "ledger_reconciliation") == Severity.FAIL
+    first = f" | {report.differences[0]}" if not report.passed and report.differences else ""
+    return Check("ledger", report.passed or not blocks, f"{report.summary}{first}", tuple(report.differences),
+                 warned=not report.passed and not blocks)
 
 
 def diff(old: list[tuple], new: list[tuple], tolerance_pct: float) -> Check:
@@ -116,7 +125,7 @@ def diff(old: list[tuple], new: list[tuple], tolerance_pct: float) -> Check:
     lines = [f"{e} {w.isoformat()}: {before[(e, w)]} → {after[(e, w)]} ({after[(e, w)] - before[(e, w)]:+d})" for e, w in changed[:20]]
     lines += [f"{e} {w.isoformat()}: new row {after[(e, w)]}" for e, w in added[:10]]
     lines += [f"{e} {w.isoformat()}: row gone (was {before[(e, w)]})" for e, w in removed[:10]]
-    summary = (f"diff: {len(changed)} changed, {len(added)} added, {len(removed)} removed of {len(before)} published rows; "
+    summary = (f"{len(changed)} changed, {len(added)} added, {len(removed)} removed of {len(before)} published rows; "
                f"total {sum(before.values())} → {sum(after.values())}; |change| {moved} = {pct:.3f}% (tolerance {tolerance_pct}%)")
     return Check("diff", pct <= tolerance_pct, summary, tuple(lines))
 
@@ -149,7 +158,7 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
     checks = [
         _gx_check(settings, spark, view, new_rows),
         _ledger_check(settings, engine, view, output, new_rows),
-        diff(old_rows, new_rows, tolerance_pct) if current else Check("diff", True, "diff: nothing published yet"),
+        diff(old_rows, new_rows, tolerance_pct) if current else Check("diff", True, "nothing published yet"),
     ]
     swapped = all(c.passed for c in checks)
     if swapped:

@@ -59,7 +59,8 @@ def _gates_table(gates: list) -> Table:
     table.add_column("result")
     table.add_column("summary")
     for g in gates:
-        table.add_row(g.gate, "[green]passed[/green]" if g.passed else "[red]FAILED[/red]", g.description)
+        table.add_row(g.gate, {"pass": "[green]pass[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}[g.status],
+                      g.description)
     return table
 
 
@@ -116,7 +117,7 @@ def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, s
         step("materialising bronze → silver → gold → publish through Dagster")
         outcome = run_batch(settings)
         for line in outcome.failed_gates:
-            console.print(f"[red]gate failed:[/red] {line}")
+            console.print(line, highlight=False)
         if not outcome.success:
             console.print(f"[red]{outcome.message}[/red]")
             return 1

@@ -11,11 +11,12 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, select
 
-from lklab import kafka_io, views
+from lklab import kafka_io, runs, views
 from lklab.builds import BatchBuild, current_build
 from lklab.config import Settings
 from lklab.kafka_io import Offsets
-from lklab.serving import batch_view_rows, speed_heartbeat, speed_progress, speed_view_query
+from lklab.runs import BatchBlocked
+from lklab.serving import batch_view_rows, speed_heartbeat, speed_late_windows, speed_progress, speed_view_query
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,13 @@ class MergedRow:
     window_start: datetime
     value: int
     source: str  # batch | speed
+    diverged: bool = False  # a speed row in a window the blocked batch run found different from batch
+    # a speed row in a window the speed layer closed and then left a late event of to batch, which
+    # this build's T does not reach yet: the value lacks that event until a batch passes it
+    left_to_batch: bool = False
+
+
+SERVE_FLAGGED, REFUSE = "serve-flagged", "refuse"  # Settings.blocked_windows_policy
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,9 @@ class MergedAnswer:
     mode: str = "lambda"  # lambda (batch < T, speed ≥ T) | batch-only (speed unhealthy)
     stale: bool = False
     stale_reason: str | None = None
+    batch_blocked: BatchBlocked | None = None  # the batch layer's latest run did not promote
+    policy: str = SERVE_FLAGGED  # what this answer did with speed rows of diverged windows
+    withheld: int = 0  # speed rows of diverged windows left out (policy refuse)
 
 
 def speed_health(engine: Engine, settings: Settings, end_offsets: Offsets | None, now: datetime | None = None) -> SpeedHealth:
@@ -82,11 +93,14 @@ def _batch_query(spec: views.ViewSpec, build_id: str, T: datetime | None, entity
 
 def query(
     engine: Engine, view: str, entity: str | None = None, start: datetime | None = None, end: datetime | None = None,
-    health: SpeedHealth | None = None,
+    health: SpeedHealth | None = None, policy: str = SERVE_FLAGGED,
 ) -> MergedAnswer:
     """A merged view over window starts in [start, end), read in one transaction (one consistent T).
     With an unhealthy `health`, it answers batch-only (every row of the promoted build, windows
-    after T included) and flags the answer stale: stale speed rows are never mixed in."""
+    after T included) and flags the answer stale: stale speed rows are never mixed in.
+    While the batch layer is blocked, `batch_blocked` says since when, by which gate and why;
+    speed rows in the windows the divergence gates named are flagged `diverged` (policy
+    serve-flagged) or left out and counted in `withheld` (policy refuse)."""
     spec = views.view(view)
     degraded = health is not None and not health.healthy
     with engine.begin() as conn:
@@ -96,14 +110,60 @@ def query(
         if build is not None and T is not None:
             batch = conn.execute(_batch_query(spec, build.build_id, None if degraded else T, entity, start, end))
             rows += [MergedRow(e, w, v, "batch") for e, w, v in batch]
+        blocked = runs.blocked(conn)
+        suspect = blocked.windows(view) if blocked else set()
+        withheld = 0
         if not degraded:
-            speed = conn.execute(speed_view_query(spec, entity, start, end, not_final_after=T))
-            rows += [MergedRow(e, w, v, "speed") for e, w, v in speed]
+            late = _left_to_batch(conn, spec, entity)
+            for e, w, v in conn.execute(speed_view_query(spec, entity, start, end, not_final_after=T)):
+                if (e, w) in suspect and policy == REFUSE:
+                    withheld += 1
+                else:
+                    rows.append(MergedRow(e, w, v, "speed", diverged=(e, w) in suspect, left_to_batch=(e, w) in late))
     rows.sort(key=lambda r: (r.entity, r.window_start))
     return MergedAnswer(
         view=view, rows=rows, T=T, build_id=build.build_id if build else None,
         mode="batch-only" if degraded else "lambda", stale=degraded, stale_reason=health.reason if degraded else None,
+        batch_blocked=blocked, policy=policy, withheld=withheld,
     )
+
+
+def _left_to_batch(conn, spec: views.ViewSpec, entity: str | None) -> set[tuple[str, datetime]]:
+    """Windows of the view that the speed layer knowingly left to batch (a late event or a
+    correction's final side): few, and only meaningful above T, where speed serves them."""
+    t = speed_late_windows
+    query = select(t.c.entity, t.c.window_start).where(t.c.view == spec.name)
+    if entity is not None:
+        query = query.where(t.c.entity == entity)
+    return {(e, w) for e, w in conn.execute(query)}
+
+
+def blocked_json(blocked: BatchBlocked | None) -> dict | None:
+    """The blocked-batch signal as readers get it (CLI --json, HTTP API, lambda status)."""
+    if blocked is None:
+        return None
+    return {"since": blocked.since.isoformat(), "gate": blocked.gate, "reason": blocked.reason, "run_id": blocked.run_id,
+            "dates": [blocked.first_date, blocked.last_date], "diverged_windows": len(blocked.diverged)}
+
+
+def answer_json(answer: MergedAnswer, limit: int | None = None) -> dict:
+    """One merged answer as JSON: the same shape from `lklab query --json` and the HTTP API."""
+    spec = views.VIEWS[answer.view]
+    rows = answer.rows if limit is None else answer.rows[:limit]
+    return {
+        "view": answer.view,
+        "T": answer.T.isoformat() if answer.T else None,
+        "build_id": answer.build_id,
+        "mode": answer.mode,
+        "stale": answer.stale,
+        "stale_reason": answer.stale_reason,
+        "batch_blocked": blocked_json(answer.batch_blocked),
+        "blocked_windows_policy": answer.policy,
+        "withheld_rows": answer.withheld,
+        "truncated": limit is not None and len(answer.rows) > limit,
+        "rows": [{spec.entity: r.entity, "window_start": r.window_start.isoformat(), spec.value_column: r.value,
+                  "source": r.source, "diverged": r.diverged, "left_to_batch": r.left_to_batch} for r in rows],
+    }
 
 
 def current_speed_health(engine: Engine, settings: Settings, timeout_s: float = 5.0) -> SpeedHealth:
@@ -132,6 +192,7 @@ class LambdaStatus:
     speed_watermark: datetime | None
     speed_final_through: datetime | None
     layers: list[LayerSplit]
+    batch_blocked: BatchBlocked | None = None
 
 
 def lambda_status(engine: Engine, settings: Settings) -> LambdaStatus:
@@ -146,7 +207,7 @@ def lambda_status(engine: Engine, settings: Settings) -> LambdaStatus:
     T = build.final_through if build else None
     layers = []
     for name, spec in views.VIEWS.items():
-        answer = query(engine, name, health=health)
+        answer = query(engine, name, health=health, policy=settings.blocked_windows_policy)
         width = timedelta(seconds=spec.window_s)
         cut = "—" if T is None else f"windows ending at or before {T.isoformat()} (start ≤ {(T - width).isoformat()})"
         layers.append(LayerSplit(
@@ -157,7 +218,9 @@ def lambda_status(engine: Engine, settings: Settings) -> LambdaStatus:
             speed_serves="nothing (stale)" if answer.stale else ("every window" if T is None else "later windows"),
         ))
     age = None if build is None else (datetime.now(timezone.utc) - build.created_at).total_seconds()
-    return LambdaStatus(build, age, health, wm, views.final_through(wm, settings.allowed_lateness_s), layers)
+    with engine.connect() as conn:
+        blocked = runs.blocked(conn)
+    return LambdaStatus(build, age, health, wm, views.final_through(wm, settings.allowed_lateness_s), layers, blocked)
 
 
 def batch_sessions(engine: Engine, entity: str | None = None, start: datetime | None = None, end: datetime | None = None):

@@ -96,7 +96,8 @@ def divergence(
     batch_offsets: dict[int, list[int]],
 ) -> GateReport:
     """Batch against speed on the windows both hold that are final at T. Windows the speed layer
-    knowingly left to batch (too-late events) are excluded. Evaluated only when the speed layer
+    knowingly left to batch (too-late events) are excluded. details["diverged"] names every
+    differing window ({view, entity, window_start}): the speed rows readers get flagged. Evaluated only when the speed layer
     has consumed at least what the batch read; otherwise a difference would mean nothing."""
     with engine.connect() as conn:
         done = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.next_offset)
@@ -115,7 +116,8 @@ def divergence(
     lines = [f"{spec.entity}={k[0]} window {k[1].isoformat()}: batch {batch[k]} vs speed {speed[k]} ({speed[k] - batch[k]:+d})"
              for k in diffs]
     details = {"evaluated": True, "windows_compared": len(shared), "windows_excluded_late": len(late), "differing": len(diffs),
-               "total_abs_difference": sum(abs(speed[k] - batch[k]) for k in diffs)}
+               "total_abs_difference": sum(abs(speed[k] - batch[k]) for k in diffs),
+               "diverged": [{"view": spec.name, "entity": k[0], "window_start": k[1].isoformat()} for k in diffs]}
     if diffs:
         return GateReport(False, f"{spec.name}: batch and speed differ on {len(diffs)} of {len(shared)} shared final windows",
                           lines[:MAX_REPORTED], details)

@@ -16,6 +16,28 @@ def spark_jars(settings: Settings) -> list[str]:
     return jars
 
 
+LOG4J2 = """# Written by lklab: the JVM prints errors only, so a command's output is its own lines, not Spark's WARNs.
+# The root stays at warn (PySpark counts as a shell: Spark would reset any other root level to warn
+# and say so on stderr); the console appender drops everything below error.
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+appender.console.filter.threshold.type = ThresholdFilter
+appender.console.filter.threshold.level = error
+"""
+
+
+def _log4j2_config(local_dir) -> str:
+    config = local_dir / "log4j2.properties"
+    if not config.exists() or config.read_text() != LOG4J2:
+        config.write_text(LOG4J2)
+    return str(config)
+
+
 def get_spark(settings: Settings) -> SparkSession:
     """The process-wide session (getOrCreate): tests and Dagster runs share one JVM."""
     from pyspark.sql import SparkSession
@@ -43,10 +65,10 @@ def get_spark(settings: Settings) -> SparkSession:
         # Small input splits: a 128 MB split of bronze JSON, parsed and cached, overran a 1-2 GB
         # driver heap at 5M events (OutOfMemoryError in build_silver's cache).
         .config("spark.sql.files.maxPartitionBytes", str(32 * 1024 * 1024))
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={local_dir}")
+        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={local_dir} -Dlog4j2.configurationFile={_log4j2_config(local_dir)}")
     )
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setLogLevel("ERROR")
     return spark
 
 

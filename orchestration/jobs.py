@@ -1,6 +1,12 @@
 """Jobs and schedules: ingest (bronze), the partitioned Lambda batch (silver → gold → gates → promote)
 and the hybrid daily snapshots."""
-from dagster import AssetSelection, ScheduleDefinition, define_asset_job
+from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
+
+from lklab.batch import LAMBDA_BATCH_TAG
+from lklab.config import Settings
+
+# Off unless LKLAB_SCHEDULES_RUNNING=true (or switched on in the UI / `dagster schedule start`).
+SCHEDULE_STATUS = DefaultScheduleStatus.RUNNING if Settings().schedules_running else DefaultScheduleStatus.STOPPED
 
 ingest_job = define_asset_job(
     "ingest",
@@ -12,10 +18,11 @@ lambda_batch_job = define_asset_job(
     "lambda_batch",
     selection=AssetSelection.groups("lake", "serving") - AssetSelection.assets("bronze_events"),
     description="silver → gold → quality gates → promoted batch build, for a range of event dates in one run",
+    tags={LAMBDA_BATCH_TAG: "1"},  # the run queue's tag concurrency limit: one at a time
 )
 
 nightly_ingest = ScheduleDefinition(
-    job=ingest_job, cron_schedule="0 2 * * *", execution_timezone="UTC",
+    name="nightly_ingest", job=ingest_job, default_status=SCHEDULE_STATUS, cron_schedule="0 2 * * *", execution_timezone="UTC",
     description="Nightly batch layer: ingest at 02:00 UTC; the rebuild_touched_dates sensor runs the batch for the dates it touched.",
 )
 
@@ -26,6 +33,6 @@ hybrid_job = define_asset_job(
 )
 
 daily_snapshots = ScheduleDefinition(
-    job=hybrid_job, cron_schedule="0 3 * * *", execution_timezone="UTC",
+    name="daily_snapshots", job=hybrid_job, default_status=SCHEDULE_STATUS, cron_schedule="0 3 * * *", execution_timezone="UTC",
     description="Daily snapshots at 03:00 UTC, after the nightly ingest: they bound how far back any replay must read.",
 )

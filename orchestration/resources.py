@@ -42,7 +42,11 @@ class LabSettings(ConfigurableResource):
     speed_prefetch: Optional[int] = None
     allowed_lateness_s: Optional[int] = None
     user_sessions_logic: Optional[int] = None
-    gate_minute_coverage: Optional[bool] = None
+    gate_severity: Optional[dict[str, str]] = None
+    blocked_windows_policy: Optional[str] = None
+    batch_wait_s: Optional[float] = None
+    batch_lease_timeout_s: Optional[float] = None
+    schedules_running: Optional[bool] = None
     ledger_grace_s: Optional[int] = None
     speed_heartbeat_timeout_s: Optional[float] = None
     speed_max_lag: Optional[int] = None

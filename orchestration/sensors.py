@@ -14,8 +14,10 @@ from dagster import (
     sensor,
 )
 
+from datetime import date
+
 from assets.lake import dates_to_partition_keys
-from lklab import merge
+from lklab import merge, runs
 from orchestration.gates import failed_gates
 from orchestration.jobs import lambda_batch_job
 from orchestration.resources import LabSettings, ServingResource
@@ -28,15 +30,14 @@ def range_tags(first: str, last: str) -> dict[str, str]:
 
 
 @asset_sensor(asset_key=AssetKey("bronze_events"), job=lambda_batch_job, default_status=DefaultSensorStatus.RUNNING,
-              description="After each ingest, rebuild exactly the event dates it touched (one run), gates included.")
-def rebuild_touched_dates(context: SensorEvaluationContext, asset_event: EventLogEntry):
+              description="After each ingest, rebuild the event dates it touched plus every date whose last batch run "
+                          "did not promote (one run, through the run queue), gates included.")
+def rebuild_touched_dates(context: SensorEvaluationContext, asset_event: EventLogEntry, serving: ServingResource):
     metadata = asset_event.dagster_event.event_specific_data.materialization.metadata
-    touched = [d for d in (metadata.get("touched_dates").value if "touched_dates" in metadata else [])]
-    from datetime import date
-
-    keys = dates_to_partition_keys([date.fromisoformat(d) for d in touched])
+    touched = [date.fromisoformat(d) for d in (metadata.get("touched_dates").value if "touched_dates" in metadata else [])]
+    keys = dates_to_partition_keys(touched + runs.unpromoted_dates(serving.engine()))
     if keys is None:
-        return SkipReason("the ingest touched no event dates in the partition set")
+        return SkipReason("the ingest touched no event dates in the partition set, and no batch run is blocked")
     return RunRequest(run_key=context.cursor or asset_event.run_id, tags=range_tags(*keys))
 
 
@@ -54,8 +55,10 @@ def speed_lag_sensor(context: SensorEvaluationContext, lab: LabSettings, serving
     )])
 
 
-@run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, description="Logs which quality gate stopped a run.")
-def gate_failure_sensor(context: RunFailureSensorContext) -> None:
+@run_failure_sensor(default_status=DefaultSensorStatus.RUNNING,
+                    description="Logs which quality gate stopped a run, and ends its batch_runs record (blocked or failed).")
+def gate_failure_sensor(context: RunFailureSensorContext, serving: ServingResource) -> None:
+    runs.finish(serving.engine(), context.dagster_run.run_id, failure=(context.failure_event.message or "the run failed").splitlines()[0])
     gates = failed_gates(context.instance, context.dagster_run.run_id)
     if gates:
         for line in gates:

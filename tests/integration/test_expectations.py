@@ -283,7 +283,7 @@ def test_gold_duplicate_keys_bad_counts_and_misaligned_windows_fail(spark, tmp_p
     assert "driver_id='d1'" in lines["unexpected_rows_expectation [event_date = to_date(window_start)]"]
 
 
-def test_a_gap_minute_in_revenue_fails_the_coverage_gate(spark, tmp_path: Path) -> None:
+def test_a_gap_minute_in_revenue_warns_by_default_and_fails_at_severity_fail(spark, tmp_path: Path) -> None:
     gappy = revenue(spark).where("NOT (city = 'berlin' AND minute(window_start) IN (2, 3))")
 
     gaps = [(r["city"], utc(r["missing_minute"])) for r in minute_coverage_gaps(gappy).collect()]
@@ -291,12 +291,29 @@ def test_a_gap_minute_in_revenue_fails_the_coverage_gate(spark, tmp_path: Path) 
     coverage = {r["city"]: (r["expected_minutes"], r["present_minutes"], r["missing_minutes"]) for r in minute_coverage(gappy).collect()}
     assert coverage == {"berlin": (5, 3, 2), "paris": (2, 2, 0)}
 
-    strict = run_suite(tmp_path, GOLD_REVENUE_PER_MINUTE, gappy)
-    lines = failing(strict)
     head = "expect_column_values_to_be_between(missing_minutes) [every minute between a city's first and last window has a row]"
-    assert list(lines) == [head]
+    default = run_suite(tmp_path, GOLD_REVENUE_PER_MINUTE, gappy)  # coverage is a heuristic: it warns
+    assert default.passed and default.status == "warn" and default.failures == [], default.describe()
+    assert [line.split(": ", 1)[0] for line in default.warnings] == [head]
+    assert "berlin: 2 of 5 minutes missing" in default.summary()
+
+    strict = run_suite(tmp_path, GOLD_REVENUE_PER_MINUTE, gappy, coverage_severity="fail")
+    lines = failing(strict)
+    assert list(lines) == [head] and strict.status == "fail"
     assert "1 unexpected of 2 rows" in lines[head]
     assert "berlin: 2 of 5 minutes missing, e.g. ['2026-11-17T10:02:00Z', '2026-11-17T10:03:00Z']" in lines[head]
+
+
+def test_the_kappa_cutover_applies_the_same_severities(spark, tmp_path: Path) -> None:
+    from lklab import cutover
+    from lklab.config import Settings
+
+    rows = [(r["city"], utc(r["window_start"]), int(r["revenue_cents"]))
+            for r in revenue(spark).where("NOT (city = 'berlin' AND minute(window_start) IN (2, 3))").collect()]
+    check = cutover._gx_check(Settings(home=tmp_path), spark, "revenue_per_minute", rows)
+    assert check.passed and check.status == "warn" and "berlin: 2 of 5 minutes missing" in check.summary, check
+    strict = Settings(home=tmp_path, gate_severity={"gx_gold_revenue_per_minute.minute_coverage": "fail"})
+    assert cutover._gx_check(strict, spark, "revenue_per_minute", rows).status == "fail"
 
 
 def test_unknown_tables_and_parameters_are_rejected(tmp_path: Path) -> None:

@@ -183,12 +183,14 @@ def test_data_that_breaks_a_gx_suite_blocks_promotion_and_the_old_build_stays(la
     batch_ok(lab)
     good_build, good_answer = promoted_build_id(lab), merged(lab, "revenue_per_minute")
 
-    # Valid events, but berlin then has empty minutes between 10:04 and 10:30: a coverage gap.
+    # Valid events, but berlin then has empty minutes between 10:04 and 10:30: a coverage gap,
+    # which blocks once its severity is raised from warn (the default) to fail.
+    strict = lab.model_copy(update={"gate_severity": {"gx_gold_revenue_per_minute.minute_coverage": "fail"}})
     produce(lab, [event("gap-1", CAP, START + timedelta(minutes=30), "berlin", 100),
                   event("gap-2", CAP, START + timedelta(minutes=35), "paris", 100)])
-    outcome = run_batch(lab)
+    outcome = run_batch(strict)
     assert not outcome.success
-    assert any(line.startswith("gold_revenue_per_minute.gx_gold_revenue_per_minute") and "missing" in line
+    assert any(line.startswith("fail gold_revenue_per_minute.gx_gold_revenue_per_minute") and "berlin" in line and "missing" in line
                for line in outcome.failed_gates), outcome.failed_gates
     assert promoted_build_id(lab) == good_build
     answer = merge.query(make_engine(lab), "revenue_per_minute")
@@ -197,8 +199,8 @@ def test_data_that_breaks_a_gx_suite_blocks_promotion_and_the_old_build_stays(la
 
 
 def test_a_three_day_backfill_reproduces_the_first_build_and_the_ledger_gate_blocks_a_mismatch(isolated: Settings) -> None:
-    # Sparse data: empty minutes are legitimate. A one-day ledger grace closes day one only.
-    settings = isolated.model_copy(update={"gate_minute_coverage": False, "ledger_grace_s": 86_400})
+    # Sparse data: empty minutes are legitimate (coverage warns). A one-day ledger grace closes day one only.
+    settings = isolated.model_copy(update={"ledger_grace_s": 86_400})
     workload = generate(GeneratorConfig(seed=48, duration_s=3 * 86_400, rides_per_minute=1, start=datetime(2026, 11, 10, tzinfo=timezone.utc)))
     engine = make_engine(settings)
     write_ledger(engine, workload.truth)

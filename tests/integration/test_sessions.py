@@ -50,7 +50,7 @@ def test_both_engines_sessionize_like_the_spec_and_v2_like_the_oracle(spark) -> 
 
 
 def test_the_fix_applied_both_ways_gives_the_oracles_answer(isolated: Settings, spark) -> None:
-    settings = isolated.model_copy(update={"gate_minute_coverage": False, "user_sessions_logic": 1})
+    settings = isolated.model_copy(update={"user_sessions_logic": 1})
     workload = generate(GeneratorConfig(seed=72, duration_s=3 * 86_400, rides_per_minute=1, users=40,
                                         start=datetime(2026, 11, 10, tzinfo=timezone.utc)))
     truth = oracle.user_sessions(workload.truth)

@@ -58,5 +58,5 @@ def test_dagster_lab_settings_cover_every_setting_but_secrets() -> None:
     from orchestration.resources import SECRETS, LabSettings
 
     assert set(LabSettings.model_fields) == set(Settings.model_fields) - set(SECRETS)
-    custom = Settings(home="/tmp/x", gate_minute_coverage=False, allowed_lateness_s=7, speed_fault="refund_sign")
+    custom = Settings(home="/tmp/x", gate_severity={"gx_gold_revenue_per_minute.minute_coverage": "fail"}, allowed_lateness_s=7, speed_fault="refund_sign")
     assert LabSettings.from_settings(custom).settings() == custom
