@@ -234,12 +234,12 @@ def _maybe_correct(
     config: GeneratorConfig, rng: random.Random, cast: _Cast, event: Event, captured: int
 ) -> tuple[Event, Event | None]:
     """Truth holds the corrected event (v2); the first version (v1) was wrong in one or two of
-    the fields a correction may change: amount, event time, city, driver."""
+    the fields a correction may change: amount, event time, city, driver, user."""
     payment = event.event_type in PAYMENT_TYPES
     if rng.random() >= (config.correction_fraction if payment else config.other_correction_fraction):
         return event, None
     kinds = ["amount"] if payment else []
-    kinds += ["time"] + (["city"] if len(cast.cities) > 1 else [])
+    kinds += ["time"] + (["city"] if len(cast.cities) > 1 else []) + (["user"] if config.users > 1 else [])
     kinds += ["driver"] if event.driver_id is not None and len(cast.all_drivers) > 1 else []
     chosen = rng.sample(kinds, 1 if len(kinds) == 1 or rng.random() < 0.75 else 2)
     wrong = event
@@ -278,7 +278,11 @@ def _wrong_driver(config: GeneratorConfig, rng: random.Random, cast: _Cast, even
     return event.replace(driver_id=rng.choice([d for d in cast.all_drivers if d != event.driver_id]))
 
 
-_WRONG = {"amount": _wrong_amount, "city": _wrong_city, "driver": _wrong_driver, "time": _wrong_time}
+def _wrong_user(config: GeneratorConfig, rng: random.Random, cast: _Cast, event: Event, captured: int) -> Event:
+    return event.replace(user_id=rng.choice([u for u in (f"u{k:05d}" for k in range(min(config.users, 50))) if u != event.user_id]))
+
+
+_WRONG = {"amount": _wrong_amount, "city": _wrong_city, "driver": _wrong_driver, "time": _wrong_time, "user": _wrong_user}
 
 
 @dataclass(frozen=True)

@@ -119,12 +119,12 @@ def test_corrections_raise_version_change_amount_and_come_later(large: Workload)
         assert set(versions[eid]) == {1, 2}
         first, final = delivered[(eid, 1)], delivered[(eid, 2)]
         assert final == truth[eid] and truth[eid].event_version == 2
-        diff = {f for f in ("amount_cents", "event_time", "city", "driver_id") if getattr(first, f) != getattr(final, f)}
+        diff = {f for f in ("amount_cents", "event_time", "city", "driver_id", "user_id") if getattr(first, f) != getattr(final, f)}
         assert 1 <= len(diff) <= 2 and first.replace(**{f: getattr(final, f) for f in diff}, event_version=2) == final
         changed.update(diff)
         early += first_arrival[(eid, 2)] < first_arrival[(eid, 1)]
     # Every kind of change occurs, and some corrections arrive before the version they correct.
-    assert all(changed[f] > 20 for f in ("amount_cents", "event_time", "city", "driver_id")), changed
+    assert all(changed[f] > 20 for f in ("amount_cents", "event_time", "city", "driver_id", "user_id")), changed
     assert 0.1 * len(corrected) < early < 0.3 * len(corrected)
     assert all(max(v) == 1 for eid, v in versions.items() if eid not in set(corrected))
 
