@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -32,6 +31,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 REPO = Path(__file__).resolve().parents[2]
 DIVERGENCE = "gold_revenue_per_minute.divergence_revenue_per_minute"
 TWO_CITIES = ["berlin", "paris"]
+DAEMON_RUN = """
+import sys
+from lklab.batch import dagster_instance
+from lklab.config import Settings
+from orchestration.definitions import make_definitions
+from orchestration.sensors import range_tags
+day = sys.argv[1]
+result = make_definitions().resolve_job_def("lambda_batch").execute_in_process(
+    run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}, instance=dagster_instance(Settings()),
+    raise_on_error=False, tags=range_tags(day, day))
+failures = [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure and e.step_failure_data.error]
+print("RUN", "success" if result.success else "failed: " + " | ".join(failures))
+"""
 
 
 def cli_batch(settings: Settings) -> subprocess.CompletedProcess:
@@ -148,23 +160,13 @@ def test_two_batch_runs_launched_together_on_the_same_dates_never_write_together
     day = START.date().isoformat()
     definitions = make_definitions(LabSettings.from_settings(isolated))
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-    results: dict[str, object] = {}
-    go = threading.Barrier(2)
-
-    def cli() -> None:
-        go.wait()
-        results["cli"] = run_batch(isolated, (day, day))
-
-    def daemon() -> None:  # what the queue launches for the sensor: the job itself on the same dates
-        go.wait()
-        results["daemon"] = definitions.resolve_job_def("lambda_batch").execute_in_process(
-            run_config=quiet, instance=dagster_instance(isolated), raise_on_error=False, tags=range_tags(day, day))
-
-    threads = [threading.Thread(target=cli), threading.Thread(target=daemon)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=900)
+    # What the run queue launches for the sensor: the job itself on the same dates, in its own
+    # process (two Dagster runs in one process share Python's logging locks, unlike in real life).
+    daemon = subprocess.Popen([sys.executable, "-c", DAEMON_RUN, day], env={**os.environ, **isolated.to_env(), "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    cli = run_batch(isolated, (day, day))
+    daemon_out = daemon.communicate(timeout=900)[0]
+    daemon_success = "RUN success" in daemon_out
 
     engine = make_engine(isolated)
     with engine.connect() as conn:
@@ -173,13 +175,11 @@ def test_two_batch_runs_launched_together_on_the_same_dates_never_write_together
     assert all(r.status != "running" for r in rows)
     for earlier, later in zip(promoted, promoted[1:]):
         assert earlier.finished_at <= later.started_at, rows  # one writer at a time
-    daemon_run = results["daemon"]
-    print(f"race: daemon run {'promoted too, one after the other' if daemon_run.success else 'lost the lease'}; rows {rows}")
-    if not daemon_run.success:  # it lost the lease: it wrote nothing and said why
-        failure = next(e for e in daemon_run.all_events if e.is_step_failure)
-        assert "being rebuilt by batch run" in failure.step_failure_data.error.message
-        assert daemon_run.run_id not in {r.run_id for r in rows}
-    assert results["cli"].success and len(promoted) == 2 + daemon_run.success
+    print(f"race: daemon run {'promoted too, one after the other' if daemon_success else 'lost the lease'}; rows {rows}")
+    if not daemon_success:  # it lost the lease: it wrote nothing and said why
+        assert "RUN failed" in daemon_out and "event dates 2026-11-17…2026-11-17 are being rebuilt by batch run" in daemon_out, daemon_out
+    assert cli.success and len(promoted) == 2 + daemon_success, (cli.message, daemon_out, rows)
+
     # A run launched while another holds the dates (its lease is live) writes nothing and says why.
     runs.take_lease(engine, "holder-run", day, day, isolated.batch_lease_timeout_s)
     silver = lake.path(isolated, lake.SILVER)
