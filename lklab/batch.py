@@ -121,15 +121,23 @@ class BatchOutcome:
     busy: bool = False  # another batch run held the dates past settings.batch_wait_s
 
 
-def in_flight_batch_runs(instance, max_age_s: float) -> list[str]:
+LEASE_GRACE_S = 120.0  # a started run takes its lease in its first step (silver_events) well within this
+
+
+def in_flight_batch_runs(instance, engine: Engine, max_age_s: float) -> list[str]:
     """Ids of lambda_batch runs queued or running in the instance (launched by the daemon or
-    another process), created within `max_age_s` (an older one's process died: ignored)."""
+    another process), created within `max_age_s`. A run Dagster still calls started but that
+    holds no lease after LEASE_GRACE_S is ignored: its process died (kill -9 leaves it 'started')."""
     from dagster import DagsterRunStatus, RunsFilter
 
     active = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
-    since = datetime.now(timezone.utc).timestamp() - max_age_s
-    records = instance.get_run_records(filters=RunsFilter(job_name="lambda_batch", statuses=active))
-    return [r.dagster_run.run_id for r in records if r.create_timestamp.timestamp() >= since]
+    now = datetime.now(timezone.utc).timestamp()
+    records = [r for r in instance.get_run_records(filters=RunsFilter(job_name="lambda_batch", statuses=active))
+               if r.create_timestamp.timestamp() >= now - max_age_s]
+    started = [r.dagster_run.run_id for r in records if r.dagster_run.status == DagsterRunStatus.STARTED
+               and r.create_timestamp.timestamp() < now - LEASE_GRACE_S]
+    orphaned = set(started) - runs.holding(engine, started)
+    return [r.dagster_run.run_id for r in records if r.dagster_run.run_id not in orphaned]
 
 
 @contextmanager
@@ -144,7 +152,7 @@ def _one_cli_batch(settings: Settings, deadline: float, on_wait: Callable[[str],
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise runs.DatesBusy("in another `lklab batch`", "any", "any", datetime.now(timezone.utc)) from None
+                    raise runs.LabBusy() from None
                 if not told:
                     on_wait("waiting for another `lklab batch` on this lab to finish")
                     told = True
@@ -160,7 +168,7 @@ def _take_lease(settings: Settings, engine: Engine, instance, run_id: str, keys:
     """Wait (until `deadline`) for batch runs in flight, then hold `keys` for `run_id`."""
     told: set[str] = set()
     while True:
-        waiting_for = in_flight_batch_runs(instance, settings.batch_lease_timeout_s)
+        waiting_for = in_flight_batch_runs(instance, engine, settings.batch_lease_timeout_s)
         if not waiting_for:
             try:
                 runs.take_lease(engine, run_id, *keys, settings.batch_lease_timeout_s)
@@ -238,9 +246,13 @@ def _run_batch(settings: Settings, dates: tuple[str, str] | None, engine: Engine
         return outcome
     run_id = str(uuid.uuid4())  # a Dagster run id, chosen before the run so the lease can name it
     _take_lease(settings, engine, instance, run_id, keys, deadline, on_wait)
-    batch = definitions.resolve_job_def("lambda_batch").execute_in_process(
-        run_config=quiet, instance=instance, raise_on_error=False, tags=range_tags(*keys), run_id=run_id,
-    )
+    try:
+        batch = definitions.resolve_job_def("lambda_batch").execute_in_process(
+            run_config=quiet, instance=instance, raise_on_error=False, tags=range_tags(*keys), run_id=run_id,
+        )
+    except BaseException:  # Ctrl-C or a crash: give the dates back now, not after the lease timeout
+        runs.finish(engine, run_id, failure="interrupted before it finished")
+        raise
     outcome.run_ids.append(batch.run_id)
     outcome.failed_gates = failed_gates(instance, batch.run_id)
     outcome.gates += gate_outcomes(instance, batch.run_id)

@@ -78,13 +78,18 @@ def parse_iso(value: Optional[str], flag: str) -> Optional[datetime]:
 
 def serving_engine(s: Settings) -> Engine:
     """The serving store at this code's schema revision (upgraded if behind), or one line saying why not."""
-    from lklab.migrations import StoreSchemaError
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from lklab.migrations import StoreSchemaError, public_url
     from lklab.serving import make_engine
 
     try:
         return make_engine(s)
     except StoreSchemaError as exc:
         raise fail(str(exc)) from None
+    except (ArgumentError, SQLAlchemyError, ImportError) as exc:  # bad URL, server down, driver missing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise fail(f"serving store {public_url(s.serving)}: {first}") from None
 
 
 # --- kafka --------------------------------------------------------------------------------

@@ -100,7 +100,10 @@ def parse_time(text: str) -> datetime:
     """An ISO-8601 time as an aware UTC datetime. Text without an offset is read as UTC (CLI and
     API flags); events are stricter: the schema requires the offset."""
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    try:
+        return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: the instant is before year 1 in UTC
+        raise ValueError("the instant is outside the years 1 to 9999 in UTC") from None
 
 
 @lru_cache(maxsize=1)
@@ -209,7 +212,7 @@ def _fast(raw: bytes | str) -> Event | None:
         return None  # the cross-field rule: the reference path words it
     try:  # the pattern requires an offset (Z or ±HH:MM): normalise the instant to UTC here, at the edge
         at = datetime.fromisoformat(w.event_time).astimezone(timezone.utc)
-    except ValueError:
+    except (ValueError, OverflowError):  # the reference path words it
         return None
     return Event(w.event_id, w.event_version, w.schema_version, w.event_type, at, w.ride_id, w.user_id, w.driver_id,
                  w.city, w.amount_cents, w.pii)

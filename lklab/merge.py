@@ -203,7 +203,7 @@ def lambda_status(engine: Engine, settings: Settings) -> LambdaStatus:
         build = current_build(conn)
         maxima = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.max_event_time)
                                    .where(speed_progress.c.scope == settings.speed_group, speed_progress.c.topic == settings.topic)).all())
-    wm = views.watermark({p: m for p, m in maxima.items() if m is not None})
+    wm = views.watermark({p: m for p, m in maxima.items() if m is not None}, settings.partitions)
     T = build.final_through if build else None
     layers = []
     for name, spec in views.VIEWS.items():

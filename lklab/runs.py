@@ -29,6 +29,14 @@ class DatesBusy(RuntimeError):
         self.holder = holder
 
 
+class LabBusy(DatesBusy):
+    """Another `lklab batch` holds this lab (its home's batch lock)."""
+
+    def __init__(self) -> None:
+        RuntimeError.__init__(self, "another `lklab batch` is running on this lab")
+        self.holder = "another `lklab batch`"
+
+
 @dataclass(frozen=True)
 class BatchBlocked:
     """The blocked-batch signal: since when the batch layer has not promoted, which gate stopped
@@ -77,14 +85,11 @@ def take_lease(engine: Engine, run_id: str, first: str, last: str, timeout_s: fl
                 status=FAILED, finished_at=now, reason=f"lease expired after {timeout_s:.0f}s without finishing (run died?); taken over by {run_id}"))
 
 
-def holder(engine: Engine, first: str, last: str, timeout_s: float, now: datetime | None = None) -> str | None:
-    """The live run holding any of event dates [first, last], if one does."""
-    now = now or _now()
+def holding(engine: Engine, run_ids: list[str]) -> set[str]:
+    """Those of these runs that hold a lease (their row is running)."""
     r = batch_runs.c
     with engine.connect() as conn:
-        return conn.execute(select(r.run_id).where(
-            r.status == RUNNING, r.first_date <= last, r.last_date >= first,
-            r.started_at > now - timedelta(seconds=timeout_s))).scalar()
+        return set(conn.execute(select(r.run_id).where(r.status == RUNNING, r.run_id.in_(run_ids))).scalars()) if run_ids else set()
 
 
 def record_gate(engine: Engine, run_id: str, gate: str, reason: str, diverged: list[dict] | None = None) -> None:
@@ -149,5 +154,8 @@ def blocked(conn: Connection) -> BatchBlocked | None:
     if not rows:
         return None
     latest = rows[-1]
+    # Every window any unpromoted run found diverged: a later run stopped by an earlier gate
+    # never reaches the divergence gates, and must not clear what they found.
+    diverged = list({(d["view"], d["entity"], d["window_start"]): d for row in rows for d in (row.diverged or [])}.values())
     return BatchBlocked(since=rows[0].finished_at, gate=latest.gate, reason=latest.reason or latest.status, run_id=latest.run_id,
-                        first_date=latest.first_date, last_date=latest.last_date, diverged=list(latest.diverged or []))
+                        first_date=latest.first_date, last_date=latest.last_date, diverged=diverged)

@@ -185,7 +185,7 @@ def _status(
             begin_offset=begin.get(p, 0),
             max_event_time=pp.max_event_time if pp else None,
         )
-    wm = views.watermark({p: pp.max_event_time for p, pp in progress.items() if pp.max_event_time is not None})
+    wm = views.watermark({p: pp.max_event_time for p, pp in progress.items() if pp.max_event_time is not None}, settings.partitions)
     return SpeedStatus(
         running=pid is not None,
         pid=pid,

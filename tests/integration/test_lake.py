@@ -96,3 +96,33 @@ def test_dagster_batch_promotes_a_build_whose_T_record_drives_the_merge(isolated
     assert all(r.window_start < answer.T for r in answer.rows if r.source == "batch")
     assert oracle.compare(batch_rows, {k: v for k, v in truth.items() if k[1] < answer.T}).equal
     assert spark.read.format("delta").load(lake.path(isolated, lake.SILVER)).where(F.col("event_date").isNull()).count() == 0
+
+
+def test_a_correction_that_moves_an_event_to_another_day_rebuilds_both_days(isolated: Settings, spark) -> None:
+    """v1 lands on day D in one ingest; v2, moved across midnight to D+1, in the next. The second
+    ingest must name D too, or D keeps the superseded v1 and gold counts the event twice."""
+    from datetime import date, datetime, timezone
+
+    from lklab.events import Event, EventType
+
+    def capture(version: int, at: datetime, amount: int) -> Event:
+        return Event("m-1-payment_captured", version, 1, EventType.PAYMENT_CAPTURED, at, "m-1", "u1", "d1", "são paulo", amount)
+
+    v1 = capture(1, datetime(2026, 11, 16, 23, 59, 30, tzinfo=timezone.utc), 700)
+    v2 = capture(2, datetime(2026, 11, 17, 0, 0, 40, tzinfo=timezone.utc), 650)
+    produce_events(isolated, [v1])
+    first_end = kafka_io.run(kafka_io.end_offsets(isolated))
+    lake.append_bronze(spark, isolated, {}, first_end)
+    assert lake.event_dates(spark, isolated) == [date(2026, 11, 16)]
+    lake.build_silver(spark, isolated)
+
+    produce_events(isolated, [v2])
+    end = kafka_io.run(kafka_io.end_offsets(isolated))
+    lake.append_bronze(spark, isolated, first_end, end)
+    touched = lake.event_dates(spark, isolated, first_end)
+    assert touched == [date(2026, 11, 16), date(2026, 11, 17)]
+    lake.build_silver(spark, isolated, (touched[0], date(2026, 11, 18)))
+    lake.build_gold(spark, isolated, views.VIEWS["revenue_per_minute"])
+    gold = spark.read.format("delta").load(lake.path(isolated, lake.gold_table("revenue_per_minute")))
+    actual = {(r["city"], r["window_start"].replace(tzinfo=oracle_tz())): r["revenue_cents"] for r in gold.collect()}
+    assert actual == oracle.for_view("revenue_per_minute", [v1, v2])

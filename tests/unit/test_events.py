@@ -43,7 +43,7 @@ def test_an_explicit_offset_names_the_same_instant_and_is_normalised_to_utc(text
 
 
 @given(at=st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1), timezones=st.just(timezone.utc)),
-       minutes=st.integers(-23 * 60 - 59, 23 * 60 + 59))
+       minutes=st.integers(-18 * 60, 18 * 60))
 def test_any_offset_round_trips_to_the_same_instant(at: datetime, minutes: int) -> None:
     text = format_time(at, timedelta(minutes=minutes))
     assert parse_event(line(event_time=text)).event_time == at
@@ -68,7 +68,11 @@ def test_a_later_schema_version_with_added_fields_is_accepted() -> None:
         (line(event_time="2026-13-01T00:00:00Z"), "not a valid timestamp"),
             (line(event_time="2026-11-17T10:00:00"), "has no UTC offset"),
             (line(event_time="2026-11-17T10:00:00+0200"), "not an ISO-8601 timestamp with an offset"),
-            (line(event_time="2026-11-17T10:00:00+24:00"), "not a valid timestamp"),
+            (line(event_time="2026-11-17T10:00:00+24:00"), "not an ISO-8601 timestamp with an offset"),
+            (line(event_time="2026-11-17T10:00:00+19:00"), "not an ISO-8601 timestamp with an offset"),
+            (line(event_time="2026-11-17T10:00:00+05:60"), "not an ISO-8601 timestamp with an offset"),
+            (line(event_time="0001-01-01T00:00:00+01:00"), "not a valid timestamp"),
+            (line(event_time="9999-12-31T23:59:59-01:00"), "not a valid timestamp"),
         (line(event_version=0), "field 'event_version'"),
         ("[1, 2]", "expected a JSON object"),
         (line(pii={"name": "Ada", "phone": "1"}), "plaintext PII"),

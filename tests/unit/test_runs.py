@@ -24,7 +24,7 @@ def test_a_lease_is_exclusive_per_overlapping_dates_and_a_stale_one_is_taken_ove
     with pytest.raises(runs.DatesBusy, match="being rebuilt by batch run a"):
         runs.take_lease(engine, "b", "2026-11-12", "2026-11-13", timeout_s=60, now=T0 + timedelta(seconds=30))
     runs.take_lease(engine, "c", "2026-11-13", "2026-11-14", timeout_s=60, now=T0)  # no overlap: fine
-    assert runs.holder(engine, "2026-11-11", "2026-11-11", timeout_s=60, now=T0) == "a"
+    assert runs.holding(engine, ["a", "b", "c", "nobody"]) == {"a", "c"}
     runs.take_lease(engine, "b", "2026-11-12", "2026-11-12", timeout_s=60, now=T0 + timedelta(seconds=61))  # a died
     assert runs.finish(engine, "a", "late") == runs.FAILED  # already ended by the takeover: stays failed
     assert runs.unpromoted_dates(engine) == [date(2026, 11, 10), date(2026, 11, 11), date(2026, 11, 12)]
@@ -43,6 +43,14 @@ def test_a_block_is_signalled_with_its_windows_and_cleared_by_a_promotion(engine
     assert signal.gate == "gold_revenue_per_minute.divergence_revenue_per_minute"  # the first gate
     assert signal.windows("revenue_per_minute") == {("lisbon", T0)} and signal.windows("daily_active_users") == set()
     assert runs.unpromoted_dates(engine) == [date(2026, 11, 17)]
+
+    # A re-run stopped by an earlier gate never reaches divergence: the windows stay flagged.
+    runs.take_lease(engine, "r1b", "2026-11-17", "2026-11-17", timeout_s=60)
+    runs.record_gate(engine, "r1b", "silver_events.gx_silver_events", "1 failed expectation", [])
+    assert runs.finish(engine, "r1b", "run failed") == runs.BLOCKED
+    with engine.connect() as conn:
+        signal = runs.blocked(conn)
+    assert signal.gate == "silver_events.gx_silver_events" and signal.windows("revenue_per_minute") == {("lisbon", T0)}
 
     runs.take_lease(engine, "r2", "2026-11-16", "2026-11-17", timeout_s=60)
     runs.promoted(engine, "r2", "b-2")
