@@ -352,10 +352,10 @@ def batch(
 
 def print_gates(gates) -> None:
     """One line per gate: pass, warn or fail, with its reason (never a traceback)."""
-    colour = {"pass": "green", "warn": "yellow", "fail": "red"}
+    from lklab.gates import styled
+
     for gate in gates:
-        line = gate.line()
-        console.print(f"[{colour[gate.status]}]{line[:4]}[/]{line[4:]}", highlight=False, soft_wrap=True)
+        console.print(f"{styled(gate.status)}{gate.line()[4:]}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -663,9 +663,10 @@ def cutover(
         result = co.cutover(s, serving_engine(s), view, to, why, tolerance)
     except (co.CutoverError, KeyError) as exc:
         raise fail(str(exc).strip("'\"")) from None
-    colour = {"pass": "green", "warn": "yellow", "fail": "red"}
+    from lklab.gates import styled
+
     for check in result.checks:
-        console.print(f"[{colour[check.status]}]{check.status:<4}[/] {check.name}: {check.summary}", highlight=False, soft_wrap=True)
+        console.print(f"{styled(check.status)} {check.name}: {check.summary}", highlight=False, soft_wrap=True)
     if not result.swapped:
         failed = ", ".join(c.name for c in result.checks if c.status == "fail")
         raise fail(f"{view} stays on {result.from_target or 'nothing published'}: {result.to_target} failed {failed}")

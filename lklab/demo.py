@@ -19,6 +19,7 @@ from lklab import kafka_io, kafka_runtime, merge, oracle, speed, views
 from expectations.runner import data_docs_index
 from lklab.batch import run_batch
 from lklab.config import Settings
+from lklab.gates import styled
 from lklab.generator import GeneratorConfig, bad_lines, generate, write_jsonl, write_ledger
 from lklab.produce import produce_file
 from lklab.serving import make_engine
@@ -59,8 +60,7 @@ def _gates_table(gates: list) -> Table:
     table.add_column("result")
     table.add_column("summary")
     for g in gates:
-        table.add_row(g.gate, {"pass": "[green]pass[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}[g.status],
-                      g.description)
+        table.add_row(g.gate, styled(g.status), g.description)
     return table
 
 

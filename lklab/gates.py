@@ -73,6 +73,14 @@ class GateLine:
         return f"{self.status:<4} {self.gate}: {self.reason}"
 
 
+STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}  # how every command colours a gate's status
+
+
+def styled(status: str) -> str:
+    """A gate status as rich markup: pass, warn or fail in its colour, padded to one width."""
+    return f"[{STATUS_STYLE[status]}]{status:<4}[/]"
+
+
 def status(passed: bool, level: Severity) -> str:
     """pass, or what a failure of this severity means (a drop gate that dropped rows warns)."""
     if passed:

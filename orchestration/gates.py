@@ -3,7 +3,8 @@ from dataclasses import dataclass
 
 from dagster import AssetCheckSeverity, DagsterEventType, DagsterInstance
 
-from lklab.gates import GateLine
+from lklab.gates import GateLine, Severity
+from lklab.gates import status as gate_status
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ def gate_outcomes(instance: DagsterInstance, run_id: str) -> list[GateOutcome]:
     outcomes = []
     for record in instance.get_records_for_run(run_id=run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records:
         evaluation = record.event_log_entry.dagster_event.event_specific_data
-        status = "pass" if evaluation.passed else ("warn" if evaluation.severity == AssetCheckSeverity.WARN else "fail")
+        level = Severity.WARN if evaluation.severity == AssetCheckSeverity.WARN else Severity.FAIL
+        status = gate_status(evaluation.passed, level)
         outcomes.append(GateOutcome(f"{evaluation.asset_key.to_user_string()}.{evaluation.check_name}", evaluation.passed,
                                     evaluation.description or "", _first(evaluation.metadata, "failures", "differences", "warnings"),
                                     status))
