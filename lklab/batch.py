@@ -2,7 +2,6 @@
 its T record, and run the whole bronze → silver → gold → publish chain through Dagster."""
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 import uuid
@@ -20,6 +19,7 @@ from lklab import lake, runs, views
 from lklab.builds import BatchBuild, current_build, git_sha, new_build_id, promote
 from lklab.config import Settings
 from lklab.events import SCHEMA_VERSION
+from lklab.locks import LockBusy, file_lock
 
 
 def _utc(ts: datetime) -> datetime:
@@ -144,23 +144,12 @@ def in_flight_batch_runs(instance, engine: Engine, max_age_s: float) -> list[str
 def _one_cli_batch(settings: Settings, deadline: float, on_wait: Callable[[str], None]) -> Iterator[None]:
     """One `lklab batch` per lab home at a time (ingest included): a second one waits, then reports."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    with open(settings.home / ".batch.lock", "a") as handle:
-        told = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise runs.LabBusy() from None
-                if not told:
-                    on_wait("waiting for another `lklab batch` on this lab to finish")
-                    told = True
-                time.sleep(1.0)
-        try:
+    try:
+        with file_lock(settings.home / ".batch.lock", deadline,
+                       lambda: on_wait("waiting for another `lklab batch` on this lab to finish")):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except LockBusy:  # only the lock raises it, never the batch inside
+        raise runs.LabBusy() from None
 
 
 def _take_lease(settings: Settings, engine: Engine, instance, run_id: str, keys: tuple[str, str], deadline: float,

@@ -103,7 +103,8 @@ class _Import:
     async def dead_letter(self, where: str, reason: str, line: str) -> None:
         topic, reason = self.settings.dlq_topic, short_reason(reason)
         try:
-            value = kafka_io.dlq_payload(reason, where, line, self.limits[topic] - kafka_io.record_size(self.key, b""))
+            # the value's length varint grows with it (up to 5 bytes): keep that much headroom
+            value = kafka_io.dlq_payload(reason, where, line, self.limits[topic] - kafka_io.record_size(self.key, b"") - 5)
         except ValueError as exc:
             raise ProduceError(f"{where}: {reason}, and {exc} (topic {topic}); nothing is dropped, so the import stopped here",
                                self.report) from None

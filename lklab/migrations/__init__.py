@@ -13,7 +13,6 @@ until the head's schema equals lklab.serving.metadata.
 """
 from __future__ import annotations
 
-import fcntl
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +28,8 @@ from sqlalchemy.engine import Connection, Inspector
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
+
+from lklab.locks import file_lock
 
 UPGRADE_COMMAND = "lklab db upgrade"
 BASELINE = "0001"
@@ -235,7 +236,7 @@ def _upgrade_connection(engine: Engine) -> Iterator[Connection]:
     """A connection that only one process at a time holds for upgrading this store."""
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
-        with _file_lock(Path(f"{database}.migrate.lock")):
+        with file_lock(Path(f"{database}.migrate.lock")):
             migrating = _sqlite_transactional_engine(engine)
             try:
                 with migrating.connect() as conn:
@@ -258,16 +259,6 @@ def _upgrade_connection(engine: Engine) -> Iterator[Connection]:
     else:
         with engine.connect() as conn:
             yield conn
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sqlite_transactional_engine(engine: Engine) -> Engine:
