@@ -9,6 +9,7 @@ demo: setup
 	.venv/bin/lklab demo
 
 test: setup
+	.venv/bin/lint-imports
 	.venv/bin/pytest -q --timeout=900
 
 unit: setup
@@ -22,7 +23,7 @@ bench-isolation: setup
 	.venv/bin/python bench/replay_isolation.py
 
 dagster-ui: setup
-	.venv/bin/python -c 'from lklab.batch import write_dagster_yaml; from lklab.config import Settings; write_dagster_yaml(Settings())'
+	.venv/bin/python -c 'from orchestration.launch import write_dagster_yaml; from lklab.core.config import Settings; write_dagster_yaml(Settings())'
 	DAGSTER_HOME=$(CURDIR)/.lklab/dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:

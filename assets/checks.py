@@ -1,6 +1,6 @@
 """Blocking quality gates: Great Expectations suites on bronze, silver and every gold view, gold
 against the payments ledger, and batch against speed (divergence). Each gate has a severity
-(lklab.gates): a failed `fail` gate stops the promotion step downstream, so the previous published
+(lklab.core.gates): a failed `fail` gate stops the promotion step downstream, so the previous published
 build stays, and records itself on the run's batch_runs row; a failed `warn` gate is reported
 to Dagster as a WARN check result, which does not block."""
 from datetime import date
@@ -9,10 +9,13 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeve
 
 from assets.lake import bronze_events, silver_events
 from expectations.runner import GateResult, run_suite
-from lklab import lake, reconcile, runs, views
-from lklab.batch import silver_watermark
-from lklab.gates import severity, suite_severities
-from lklab.gates import status as gate_status
+from lklab.lake import tables as lake
+from lklab.lake import reconcile
+from lklab.lambda_arch import runs
+from lklab import views
+from lklab.lake.tables import silver_watermark
+from lklab.core.gates import severity, suite_severities
+from lklab.core.gates import status as gate_status
 from orchestration.resources import LabSettings, ServingResource, SparkResource
 
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")

@@ -3,8 +3,10 @@ from the beginning of the log), and the publish history that audits read, kept i
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets.kappa import kappa_assets
-from lklab import audit, kappa
-from lklab import cutover as co
+from lklab.hybrid import audit
+from lklab.serving import publish
+from lklab import kappa
+from lklab.hybrid.refresh import refresh
 from orchestration.resources import LabSettings, ServingResource, SparkResource
 
 
@@ -15,7 +17,7 @@ def kappa_snapshots(context: AssetExecutionContext, lab: LabSettings, spark: Spa
     settings, engine, session = lab.settings(), serving.engine(), spark.session()
     taken = {}
     for view in kappa.KAPPA_VIEWS:
-        refreshed = co.refresh(settings, engine, view, spark=session, who="dagster")
+        refreshed = refresh(settings, engine, view, spark=session, who="dagster")
         if refreshed is None:
             continue
         snap = refreshed.snapshot
@@ -31,4 +33,4 @@ def kappa_snapshots(context: AssetExecutionContext, lab: LabSettings, spark: Spa
                    "its build metadata, mirrored from the serving store into the Delta table audit/publish_log.")
 def publish_history(lab: LabSettings, spark: SparkResource, serving: ServingResource) -> MaterializeResult:
     added = audit.mirror_to_delta(spark.session(), lab.settings(), serving.engine())
-    return MaterializeResult(metadata={"rows_added": added, "publishes": len(audit.history(serving.engine()))})
+    return MaterializeResult(metadata={"rows_added": added, "publishes": len(publish.history(serving.engine()))})

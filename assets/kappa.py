@@ -1,7 +1,8 @@
 """Kappa assets: a replay of the log (the Kafka topic) into a versioned output per view."""
 from dagster import AssetExecutionContext, AssetSpec, Config, MaterializeResult, MetadataValue, asset
 
-from lklab import kappa, views
+from lklab import kappa
+from lklab import views
 from orchestration.resources import LabSettings, ServingResource
 
 rides_events_log = AssetSpec(

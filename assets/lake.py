@@ -4,7 +4,9 @@ from datetime import date, datetime
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from lklab import lake, runs, views
+from lklab.lake import tables as lake
+from lklab.lambda_arch import runs
+from lklab import views
 from orchestration.partitions import event_date_partitions, single_run
 from orchestration.resources import KafkaResource, LabSettings, ServingResource, SparkResource
 

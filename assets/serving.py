@@ -2,8 +2,8 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets.lake import gold_assets
-from lklab import runs
-from lklab.batch import publish_batch
+from lklab.lambda_arch import runs
+from lklab.lambda_arch.promote import publish_batch
 from orchestration.partitions import event_date_partitions, single_run
 from orchestration.resources import LabSettings, ServingResource, SparkResource
 

@@ -1,7 +1,7 @@
 """The speed layer as an observable asset: its lag, heartbeat and event-time watermark."""
 from dagster import DataVersion, ObserveResult, observable_source_asset
 
-from lklab import merge
+from lklab.lambda_arch import merge
 from orchestration.resources import LabSettings, ServingResource
 
 

@@ -17,7 +17,7 @@ import faust
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lklab.config import Settings  # noqa: E402
+from lklab.core.config import Settings  # noqa: E402
 from streaming.app import consumer_options, event_source  # noqa: E402
 
 settings = Settings()

@@ -14,11 +14,14 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from lklab import kafka_io, kafka_runtime, kappa, speed
-from lklab.demo import demo_settings
-from lklab.generator import GeneratorConfig, generate
-from lklab.produce import produce_events
-from lklab.serving import make_engine
+from lklab.log import kafka_io
+from lklab.log import broker as kafka_runtime
+from lklab import kappa
+from lklab.lambda_arch import speed
+from lklab.scenarios.demo import demo_settings
+from lklab.log.generator import GeneratorConfig, generate
+from lklab.log.produce import produce_events
+from lklab.serving.store import make_engine
 
 
 async def _live(settings, events, rate: float, stop: threading.Event) -> None:

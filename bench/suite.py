@@ -21,12 +21,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from lklab import kafka_io, kafka_runtime, kappa, lake, snapshots, speed, views
-from lklab.config import Settings
-from lklab.demo import demo_settings
-from lklab.generator import GeneratorConfig, generate
-from lklab.serving import make_engine, speed_progress
-from streaming.sink import read_progress
+from lklab.log import kafka_io
+from lklab.log import broker as kafka_runtime
+from lklab import kappa
+from lklab.lake import tables as lake
+from lklab.engine import snapshots
+from lklab.lambda_arch import speed
+from lklab import views
+from lklab.core.config import Settings
+from lklab.scenarios.demo import demo_settings
+from lklab.log.generator import GeneratorConfig, generate
+from lklab.serving.store import make_engine, speed_progress
+from lklab.engine.sink import read_progress
 
 ROOT = Path(__file__).resolve().parent
 START = datetime(2026, 10, 1, tzinfo=timezone.utc)
@@ -327,7 +333,7 @@ def batch_pair(spark, settings: Settings, out: Path) -> tuple[float, float, dict
 
 def swap_ms(settings: Settings, spark, swaps: int = 50) -> list[float]:
     """Alias swaps between two complete Kappa outputs of the (smaller) history topic."""
-    from lklab import cutover
+    from lklab.kappa import cutover
 
     run = _fresh(settings, "swap").model_copy(update={"topic": HISTORY_TOPIC})
     engine = make_engine(run)
@@ -466,7 +472,7 @@ def main() -> None:
         figures["speed_p50_ms"].values.append(extra["speed_latency_90pct"]["p50_ms"])
         figures["speed_p99_ms"].values.append(extra["speed_latency_90pct"]["p99_ms"])
 
-        from lklab.spark import get_spark
+        from lklab.lake.spark import get_spark
 
         spark = get_spark(settings)
         say("batch: bronze ingest and silver (set-up), then gold by Spark and by DuckDB")

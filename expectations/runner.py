@@ -39,7 +39,7 @@ from expectations.suites import (  # noqa: E402
     minute_coverage_gaps,
     minute_coverage_suite,
 )
-from lklab.gates import GATES, MINUTE_COVERAGE, Severity  # noqa: E402
+from lklab.core.gates import GATES, MINUTE_COVERAGE, Severity  # noqa: E402
 
 DATASOURCE = "lklab_lake"
 BATCH_DEFINITION = "whole_dataframe"
@@ -157,7 +157,7 @@ def run_suite(home: Path, table: str, df: DataFrame, **suite_params: Any) -> Gat
     `suite_params` go to the table's suite builder (e.g. min_time, max_time). For
     gold_revenue_per_minute, `require_minute_coverage` (default True) also validates
     `minute_coverage(df)` with the coverage suite, at `coverage_severity` (default: the gate's
-    default in lklab.gates, warn): its failures go to `warnings` or, at fail, to `failures`.
+    default in lklab.core.gates, warn): its failures go to `warnings` or, at fail, to `failures`.
     `severity` (default fail) is that of the table's own suite.
     Repeated calls add-or-update every GX object, so the latest call's parameters win.
     """

@@ -18,7 +18,7 @@ import great_expectations.expectations as gxe
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lklab.events import PAYMENT_TYPES, EventType
+from lklab.core.events import PAYMENT_TYPES, EventType, as_utc
 
 BRONZE_EVENTS = "bronze_events"
 SILVER_EVENTS = "silver_events"
@@ -49,15 +49,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 FERNET_TOKEN_REGEX = r"^gAAAAA[A-Za-z0-9_\-]+=*$"
 
 
-def _utc(ts: datetime) -> datetime:
-    # Naive bounds mean UTC, like every time in the lake (the Spark session time zone is UTC).
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
-
-
 def _bounds(min_time: datetime, max_time: datetime | None) -> tuple[datetime, datetime]:
     # "now" is taken when the suite is built, i.e. once per gate run, not at import.
-    min_time = _utc(min_time)
-    upper = _utc(max_time) if max_time is not None else datetime.now(timezone.utc) + DEFAULT_FUTURE_SLACK
+    min_time = as_utc(min_time)
+    upper = as_utc(max_time) if max_time is not None else datetime.now(timezone.utc) + DEFAULT_FUTURE_SLACK
     if min_time >= upper:
         raise ValueError(f"min_time {min_time.isoformat()} is not before max_time {upper.isoformat()}")
     return min_time, upper
@@ -78,7 +73,7 @@ def _rows(query: str, description: str) -> gxe.Expectation:
 
 def _gold_window_rules(key: str, unit: str) -> list[gxe.Expectation]:
     # Windows are tumbling UTC windows: the start is truncated to its unit and event_date is its day.
-    # to_date/date_trunc use the session time zone, which lklab pins to UTC (lklab.spark).
+    # to_date/date_trunc use the session time zone, which lklab pins to UTC (lklab.lake.spark).
     return [
         _rows(
             f"SELECT {key}, window_start FROM {{batch}} WHERE date_trunc('{unit}', window_start) != window_start",
@@ -109,7 +104,7 @@ def bronze_events_suite(min_time: datetime = DEFAULT_MIN_TIME, max_time: datetim
 
 
 def silver_events_suite(min_time: datetime = DEFAULT_MIN_TIME, max_time: datetime | None = None) -> gx.ExpectationSuite:
-    """Typed, deduplicated events: the event contract (lklab.events) checked on the table."""
+    """Typed, deduplicated events: the event contract (lklab.core.events) checked on the table."""
     lo, hi = _bounds(min_time, max_time)
     payment_types = ", ".join(f"'{t.value}'" for t in sorted(PAYMENT_TYPES))
     return gx.ExpectationSuite(

@@ -3,8 +3,8 @@ from dataclasses import dataclass
 
 from dagster import AssetCheckSeverity, DagsterEventType, DagsterInstance
 
-from lklab.gates import GateLine, Severity
-from lklab.gates import status as gate_status
+from lklab.core.gates import GateLine, Severity
+from lklab.core.gates import status as gate_status
 
 
 @dataclass(frozen=True)

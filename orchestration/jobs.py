@@ -2,8 +2,9 @@
 and the hybrid daily snapshots."""
 from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
-from lklab.batch import LAMBDA_BATCH_TAG
-from lklab.config import Settings
+from lklab.core.config import Settings
+
+LAMBDA_BATCH_TAG = "lklab/lambda_batch"  # the run queue admits one run with this tag at a time
 
 # Off unless LKLAB_SCHEDULES_RUNNING=true (or switched on in the UI / `dagster schedule start`).
 SCHEDULE_STATUS = DefaultScheduleStatus.RUNNING if Settings().schedules_running else DefaultScheduleStatus.STOPPED

@@ -7,16 +7,16 @@ from dagster import ConfigurableResource
 from pyspark.sql import SparkSession
 from sqlalchemy import Engine
 
-from lklab import kafka_io
-from lklab.config import Settings
-from lklab.serving import make_engine
-from lklab.spark import get_spark
+from lklab.log import kafka_io
+from lklab.core.config import Settings
+from lklab.serving.store import make_engine
+from lklab.lake.spark import get_spark
 
 SECRETS = ("pii_key",)  # never Dagster config (it would show in the UI): read from the environment only
 
 
 class LabSettings(ConfigurableResource):
-    """Overrides on top of the LKLAB_* environment, one per lklab.config.Settings field (bar
+    """Overrides on top of the LKLAB_* environment, one per lklab.core.config.Settings field (bar
     secrets); unset fields keep the environment's value. A unit test keeps the two in step."""
 
     home: Optional[str] = None

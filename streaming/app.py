@@ -1,14 +1,14 @@
 """The speed layer as a Faust app: one agent that keeps every view of lklab.views current in the serving store.
 
 Delivery: Faust consumes and commits Kafka offsets at-least-once (a batch is acked only after it
-was applied). Exactly-once *effect* on the serving store comes from streaming.sink, which commits
+was applied). Exactly-once *effect* on the serving store comes from lklab.engine.sink, which commits
 the consumed offsets with the results in one transaction and skips anything below them.
 
 No Faust tables or windows are used: Faust windowed tables expire by wall clock and would lose
 late events; the event-time watermark and allowed lateness come from lklab.views instead.
 
 Faust never creates topics here (topic_allow_declare=False, no leader topic): the event topic
-and the DLQ are created by lklab.kafka_io.ensure_topics with the configured partition count.
+and the DLQ are created by lklab.log.kafka_io.ensure_topics with the configured partition count.
 """
 from __future__ import annotations
 
@@ -19,26 +19,21 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 
 import faust
 from sqlalchemy import Engine
 
-from lklab.config import Settings
-from lklab.kafka_io import dlq_payload
-from lklab.serving import make_engine
+from lklab.core.config import Settings
+from lklab.log.kafka_io import dlq_payload
+from lklab.serving.store import make_engine
 from streaming.faults import speed_specs
-from streaming.sink import ApplyStats, StaleProgressError, apply_records, beat
+from lklab.lambda_arch.speed import assignment_file
+from lklab.engine.sink import ApplyStats, StaleProgressError, apply_records, beat
 
-log = logging.getLogger("lklab.speed")
+log = logging.getLogger("lklab.lambda_arch.speed")
 
 STALE_RETRIES = 5
 CRASH_EXIT_CODE = 70  # EX_SOFTWARE
-
-
-def assignment_file(settings: Settings) -> Path:
-    """Written by the worker on every rebalance; lklab.speed.start waits for it."""
-    return settings.home / "speed" / "assignment.json"
 
 
 def _brokers(settings: Settings) -> list[str]:
@@ -129,7 +124,7 @@ def make_app(settings: Settings) -> faust.App:
         # Serving reads this to decide whether speed rows may be merged (degraded mode).
         await asyncio.to_thread(beat, engine(), settings.speed_group)
 
-    @app.agent(source, name="lklab.speed.views")
+    @app.agent(source, name="lklab.lambda_arch.speed.views")
     async def speed_views(stream):
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(settings.speed_batch_max, within=settings.speed_batch_within_s):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lklab import views
-from lklab.events import Event, EventType
+from lklab.core.events import Event, EventType
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`python -m streaming.worker`: run the speed-layer Faust worker until SIGTERM/SIGINT.
 
-Settings come from the LKLAB_* environment (lklab.speed.start passes Settings.to_env()).
+Settings come from the LKLAB_* environment (lklab.lambda_arch.speed.start passes Settings.to_env()).
 Logs go to stdout at INFO.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import faust
 
-from lklab.config import Settings
+from lklab.core.config import Settings
 from streaming.app import make_app
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lklab import kafka_io, kafka_runtime
-from lklab.config import Settings
+from lklab.log import kafka_io
+from lklab.log import broker as kafka_runtime
+from lklab.core.config import Settings
 
 
 def free_port() -> int:
@@ -61,7 +62,7 @@ def isolated(kafka: Settings, tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def spark(base_settings: Settings):
     """The one Spark session of the run (Delta + Kafka source); Dagster runs in-process reuse it."""
-    from lklab.spark import get_spark
+    from lklab.lake.spark import get_spark
 
     session = get_spark(base_settings)
     yield session

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from lklab.config import Settings
-from lklab.demo import DEMO_SEGMENT_BYTES, run_demo
+from lklab.core.config import Settings
+from lklab.scenarios.demo import DEMO_SEGMENT_BYTES, run_demo
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

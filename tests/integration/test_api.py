@@ -7,11 +7,11 @@ from datetime import datetime, timezone
 import pytest
 from fastapi.testclient import TestClient
 
-from lklab.api import create_app
-from lklab.config import Settings
-from lklab.events import SCHEMA_VERSION, Event, EventType
-from lklab.serving import make_engine
-from streaming.sink import apply_records, beat
+from lklab.api.app import create_app
+from lklab.core.config import Settings
+from lklab.core.events import SCHEMA_VERSION, Event, EventType
+from lklab.serving.store import make_engine
+from lklab.engine.sink import apply_records, beat
 
 pytestmark = pytest.mark.integration
 CAP = EventType.PAYMENT_CAPTURED

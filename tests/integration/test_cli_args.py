@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lklab import kafka_io
-from lklab.config import Settings
-from lklab.generator import GeneratorConfig, generate
-from lklab.produce import produce_events
+from lklab.log import kafka_io
+from lklab.core.config import Settings
+from lklab.log.generator import GeneratorConfig, generate
+from lklab.log.produce import produce_events
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def test_bad_replay_arguments_are_one_line_before_anything_starts(with_events: S
 
 def test_a_bad_cutover_tolerance_is_refused_before_spark_starts(with_events: Settings) -> None:
     from lklab import kappa
-    from lklab.serving import make_engine
+    from lklab.serving.store import make_engine
 
     kappa.replay(with_events, make_engine(with_events), "revenue_per_minute", 2)  # a cutover to v2 would go ahead
     before = files(with_events.home)

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-from lklab import lake, oracle, views
-from lklab.config import Settings
-from lklab.events import SCHEMA_VERSION, Event, EventType
-from lklab.serving import make_engine
-from streaming.sink import apply_records, read_view
+from lklab.lake import tables as lake
+from lklab.core import oracle
+from lklab import views
+from lklab.core.config import Settings
+from lklab.core.events import SCHEMA_VERSION, Event, EventType
+from lklab.serving.store import make_engine
+from lklab.engine.sink import apply_records, read_view
 
 pytestmark = pytest.mark.integration
 

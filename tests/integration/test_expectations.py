@@ -305,8 +305,8 @@ def test_a_gap_minute_in_revenue_warns_by_default_and_fails_at_severity_fail(spa
 
 
 def test_the_kappa_cutover_applies_the_same_severities(spark, tmp_path: Path) -> None:
-    from lklab import cutover
-    from lklab.config import Settings
+    from lklab.kappa import cutover
+    from lklab.core.config import Settings
 
     rows = [(r["city"], utc(r["window_start"]), int(r["revenue_cents"]))
             for r in revenue(spark).where("NOT (city = 'berlin' AND minute(window_start) IN (2, 3))").collect()]

@@ -15,15 +15,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from lklab import lake, merge, oracle, speed, views
-from lklab.api import create_app
-from lklab.batch import dagster_instance, run_batch
+from lklab.lake import tables as lake
+from lklab.lambda_arch import merge
+from lklab.core import oracle
+from lklab.lambda_arch import speed
+from lklab import views
+from lklab.api.app import create_app
+from orchestration.launch import dagster_instance, run_batch
 from lklab.cli import app
-from lklab.config import Settings
-from lklab.generator import GeneratorConfig, generate, write_ledger
-from lklab.produce import produce_events
-from lklab.serving import batch_runs, make_engine, payments_ledger, speed_late_windows
-from lklab.spark import get_spark
+from lklab.core.config import Settings
+from lklab.log.generator import GeneratorConfig, generate, write_ledger
+from lklab.log.produce import produce_events
+from lklab.serving.store import batch_runs, make_engine, payments_ledger, speed_late_windows
+from lklab.lake.spark import get_spark
 from tests.integration.test_lambda import CAP, START, batch_ok, event, lab, merged, produce, promoted_build_id  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -33,8 +37,8 @@ DIVERGENCE = "gold_revenue_per_minute.divergence_revenue_per_minute"
 TWO_CITIES = ["berlin", "paris"]
 DAEMON_RUN = """
 import sys
-from lklab.batch import dagster_instance
-from lklab.config import Settings
+from orchestration.launch import dagster_instance
+from lklab.core.config import Settings
 from orchestration.definitions import make_definitions
 from orchestration.sensors import range_tags
 day = sys.argv[1]
@@ -148,7 +152,7 @@ def test_the_next_batch_rebuilds_the_dates_a_blocked_run_left_and_clears_the_sig
 
 
 def test_two_batch_runs_launched_together_on_the_same_dates_never_write_together(isolated: Settings) -> None:
-    from lklab import runs
+    from lklab.lambda_arch import runs
     from orchestration.definitions import make_definitions
     from orchestration.resources import LabSettings
     from orchestration.sensors import range_tags

@@ -12,13 +12,22 @@ import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from lklab import audit, batch, kafka_io, kappa, lake, oracle, snapshots, tiers, views
-from lklab import cutover as co
+from expectations.runner import run_suite
+from lklab.hybrid import audit
+from lklab.lambda_arch import promote as batch
+from lklab.log import kafka_io
+from lklab import kappa
+from lklab.lake import tables as lake
+from lklab.core import oracle
+from lklab.engine import snapshots
+from lklab.lake import tiers
+from lklab import views
+from lklab.kappa import cutover as co
 from lklab.cli import app
-from lklab.config import Settings
-from lklab.generator import GeneratorConfig, generate, write_ledger
-from lklab.produce import produce_events
-from lklab.serving import (
+from lklab.core.config import Settings
+from lklab.log.generator import GeneratorConfig, generate, write_ledger
+from lklab.log.produce import produce_events
+from lklab.serving.store import (
     batch_view_rows,
     kappa_builds,
     make_engine,
@@ -215,14 +224,14 @@ def test_audit_as_of_returns_what_kappa_served_before_a_later_cutover(split, spa
     view = "driver_earnings_daily"
     assert co.query(engine, view).target is None
     kappa.replay(settings, engine, view, 1)
-    assert co.cutover(settings, engine, view, 1, "first publication", spark=spark).swapped
+    assert co.cutover(settings, engine, view, 1, "first publication", spark=spark, run_suite=run_suite).swapped
     published_v1, between = output(engine, view, 1), datetime.now(timezone.utc)
     time.sleep(0.05)
 
     produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
     kappa.replay(settings, engine, view, 1)  # v1 keeps consuming: the serving rows move in place...
     kappa.replay(settings, engine, view, 2)
-    assert co.cutover(settings, engine, view, 2, "second half", tolerance_pct=100, spark=spark).swapped
+    assert co.cutover(settings, engine, view, 2, "second half", tolerance_pct=100, spark=spark, run_suite=run_suite).swapped
     key, window = _changed(published_v1, output(engine, view, 2))
 
     then = audit.answer(settings, engine, spark, view, key, window, between, arch="kappa")
@@ -278,7 +287,7 @@ def test_the_daily_dagster_job_catches_up_snapshots_and_keeps_the_publish_histor
 
     settings, engine, workload = split
     kappa.replay(settings, engine, "revenue_per_minute", 1)
-    assert co.cutover(settings, engine, "revenue_per_minute", 1, "publish", spark=spark).swapped
+    assert co.cutover(settings, engine, "revenue_per_minute", 1, "publish", spark=spark, run_suite=run_suite).swapped
     produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
 
     job = make_definitions(LabSettings.from_settings(settings)).resolve_job_def("hybrid_snapshots")

@@ -4,11 +4,12 @@ import re
 
 import pytest
 
-from lklab import kafka_io, kafka_runtime
-from lklab.config import Settings
-from lklab.events import parse_event
-from lklab.generator import GeneratorConfig, bad_lines, generate, wire_json
-from lklab.produce import produce_events, produce_file, read_dead_letters
+from lklab.log import kafka_io
+from lklab.log import broker as kafka_runtime
+from lklab.core.config import Settings
+from lklab.core.events import parse_event
+from lklab.log.generator import GeneratorConfig, bad_lines, generate, wire_json
+from lklab.log.produce import produce_events, produce_file, read_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +64,7 @@ def test_plaintext_pii_is_encrypted_before_it_reaches_the_log(isolated: Settings
     end = kafka_io.run(kafka_io.end_offsets(isolated))
     [record] = kafka_io.run(kafka_io.read_range(isolated, {}, end))
     assert b"Ada" not in record.value and b"7946" not in record.value
-    from lklab.pii import PiiCipher
+    from lklab.core.pii import PiiCipher
 
     assert PiiCipher(isolated).open(json.loads(record.value)["pii"])["name"] == "Ada Lovelace"
 
@@ -141,7 +142,7 @@ def test_a_record_over_the_topics_own_limit_is_dead_lettered(isolated: Settings)
 
 
 def test_a_line_that_cannot_even_be_dead_lettered_stops_the_import_with_its_line(isolated: Settings) -> None:
-    from lklab.produce import ProduceError
+    from lklab.log.produce import ProduceError
 
     _topic_with_max_message_bytes(isolated, isolated.dlq_topic + ".tiny", 150)  # not even a reason fits
     tiny = isolated.model_copy(update={"dlq_topic": isolated.dlq_topic + ".tiny"})
@@ -150,6 +151,6 @@ def test_a_line_that_cannot_even_be_dead_lettered_stops_the_import_with_its_line
 
 
 def produce_events_raw(settings: Settings, lines: list[str]):
-    from lklab.produce import produce_lines
+    from lklab.log.produce import produce_lines
 
     return kafka_io.run(produce_lines(settings, lines, "generator"))

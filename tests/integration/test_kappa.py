@@ -9,12 +9,15 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from lklab import cutover as co
-from lklab import kappa, oracle, views
-from lklab.config import Settings
-from lklab.generator import GeneratorConfig, generate, write_ledger
-from lklab.produce import produce_events
-from lklab.serving import make_engine
+from expectations.runner import run_suite
+from lklab.kappa import cutover as co
+from lklab import kappa
+from lklab.core import oracle
+from lklab import views
+from lklab.core.config import Settings
+from lklab.log.generator import GeneratorConfig, generate, write_ledger
+from lklab.log.produce import produce_events
+from lklab.serving.store import make_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -59,12 +62,12 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
     kappa.replay(settings, engine, "driver_earnings_daily", 1)
     kappa.replay(settings, engine, "driver_earnings_daily", 2)
     v1 = as_map(kappa.read_output(engine, "driver_earnings_daily", "driver_earnings_daily__v1"))
-    first = co.cutover(settings, engine, "driver_earnings_daily", 1, "first publication", spark=spark)
+    first = co.cutover(settings, engine, "driver_earnings_daily", 1, "first publication", spark=spark, run_suite=run_suite)
     assert first.swapped and [c.passed for c in first.checks] == [True, True, True]
 
     # v2 is replayed from the same log; make it differ by tampering one row so the diff has something to show
     with engine.begin() as conn:
-        from lklab.serving import speed_view_rows
+        from lklab.serving.store import speed_view_rows
 
         row = conn.execute(speed_view_rows.select().where(speed_view_rows.c.view == "driver_earnings_daily__v2").limit(1)).first()
         conn.execute(update(speed_view_rows).where(speed_view_rows.c.view == row.view, speed_view_rows.c.entity == row.entity,
@@ -74,7 +77,7 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
     assert v1 != v2
 
     # a failing validation (v2 moves more than the stated tolerance) leaves the alias alone
-    failed = co.cutover(settings, engine, "driver_earnings_daily", 2, "should fail", tolerance_pct=0.01, spark=spark)
+    failed = co.cutover(settings, engine, "driver_earnings_daily", 2, "should fail", tolerance_pct=0.01, spark=spark, run_suite=run_suite)
     assert not failed.swapped and co.query(engine, "driver_earnings_daily").target == "driver_earnings_daily__v1"
     assert [c.name for c in failed.checks if not c.passed] == ["diff"]
     # the ledger sees the tampered driver-day too; the day is still open, so it is reported as in flight
@@ -93,12 +96,12 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        swapped = co.cutover(settings, engine, "driver_earnings_daily", 2, "publish v2", tolerance_pct=5.0, spark=spark)
+        swapped = co.cutover(settings, engine, "driver_earnings_daily", 2, "publish v2", tolerance_pct=5.0, spark=spark, run_suite=run_suite)
         assert swapped.swapped, [c.summary for c in swapped.checks]
         diff = next(c for c in swapped.checks if c.name == "diff")
         assert "1 changed" in diff.summary and "(+500)" in diff.lines[0]
         assert co.rollback(settings, engine, "driver_earnings_daily", "v2 looks wrong", spark=spark) == ("driver_earnings_daily__v2", "driver_earnings_daily__v1")
-        co.cutover(settings, engine, "driver_earnings_daily", 2, "again", tolerance_pct=5.0, spark=spark)
+        co.cutover(settings, engine, "driver_earnings_daily", 2, "again", tolerance_pct=5.0, spark=spark, run_suite=run_suite)
         reads_before = len(seen)
         deadline = time.monotonic() + 10
         while len(seen) < reads_before + 3 and time.monotonic() < deadline:  # the reader must also read after the last swap

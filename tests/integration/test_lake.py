@@ -2,12 +2,16 @@
 import pytest
 from pyspark.sql import functions as F
 
-from lklab import kafka_io, lake, merge, oracle, views
-from lklab.batch import run_batch
-from lklab.config import Settings
-from lklab.generator import GeneratorConfig, generate
-from lklab.produce import produce_events
-from lklab.serving import make_engine
+from lklab.log import kafka_io
+from lklab.lake import tables as lake
+from lklab.lambda_arch import merge
+from lklab.core import oracle
+from lklab import views
+from orchestration.launch import run_batch
+from lklab.core.config import Settings
+from lklab.log.generator import GeneratorConfig, generate
+from lklab.log.produce import produce_events
+from lklab.serving.store import make_engine
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +90,7 @@ def test_dagster_batch_promotes_a_build_whose_T_record_drives_the_merge(isolated
     answer = merge.query(make_engine(isolated), "revenue_per_minute")
     assert answer.T is not None and answer.build_id
     with make_engine(isolated).connect() as conn:
-        from lklab.builds import current_build
+        from lklab.lambda_arch.builds import current_build
 
         build = current_build(conn)
     assert {p: r[1] for p, r in build.offsets.items()} == {p: o for p, o in end.items() if o > 0}
@@ -103,7 +107,7 @@ def test_a_correction_that_moves_an_event_to_another_day_rebuilds_both_days(isol
     ingest must name D too, or D keeps the superseded v1 and gold counts the event twice."""
     from datetime import date, datetime, timezone
 
-    from lklab.events import Event, EventType
+    from lklab.core.events import Event, EventType
 
     def capture(version: int, at: datetime, amount: int) -> Event:
         return Event("m-1-payment_captured", version, 1, EventType.PAYMENT_CAPTURED, at, "m-1", "u1", "d1", "são paulo", amount)

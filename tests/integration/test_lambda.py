@@ -11,16 +11,19 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from lklab import merge, oracle, speed, views
-from lklab.api import create_app
-from lklab.batch import run_batch
-from lklab.builds import current_build
-from lklab.config import Settings
-from lklab.events import SCHEMA_VERSION, Event, EventType
-from lklab.generator import GeneratorConfig, generate, write_ledger
-from lklab.produce import produce_events
-from lklab.serving import batch_view_rows, make_engine, payments_ledger
-from streaming.sink import read_counters, read_view
+from lklab.lambda_arch import merge
+from lklab.core import oracle
+from lklab.lambda_arch import speed
+from lklab import views
+from lklab.api.app import create_app
+from orchestration.launch import run_batch
+from lklab.lambda_arch.builds import current_build
+from lklab.core.config import Settings
+from lklab.core.events import SCHEMA_VERSION, Event, EventType
+from lklab.log.generator import GeneratorConfig, generate, write_ledger
+from lklab.log.produce import produce_events
+from lklab.serving.store import batch_view_rows, make_engine, payments_ledger
+from lklab.engine.sink import read_counters, read_view
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

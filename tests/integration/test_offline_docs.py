@@ -14,7 +14,7 @@ import pytest
 
 from expectations.runner import run_suite
 from expectations.suites import GOLD_DAILY_ACTIVE_USERS
-from lklab.config import Settings
+from lklab.core.config import Settings
 from tests.conftest import free_port
 from tests.integration.test_expectations import dau, where
 

@@ -1,6 +1,6 @@
 """The seed's sessionization scenario: user_sessions v1 ships the midnight bug, v2 fixes it, and
 the fix is applied both ways (Lambda backfill, Kappa replay + cutover). The oracle is the
-generator's truth sessionized by independent code (lklab.oracle.user_sessions)."""
+generator's truth sessionized by independent code (lklab.core.oracle.user_sessions)."""
 from __future__ import annotations
 
 import tempfile
@@ -9,14 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from lklab import cutover as co
-from lklab import kappa, lake, merge, oracle, views
-from lklab.batch import run_batch
-from lklab.config import Settings
-from lklab.generator import GeneratorConfig, generate
-from lklab.produce import produce_events
-from lklab.serving import make_engine, session_query
-from streaming.sink import apply_records
+from expectations.runner import run_suite
+from lklab.kappa import cutover as co
+from lklab import kappa
+from lklab.lake import tables as lake
+from lklab.lambda_arch import merge
+from lklab.core import oracle
+from lklab import views
+from orchestration.launch import run_batch
+from lklab.core.config import Settings
+from lklab.log.generator import GeneratorConfig, generate
+from lklab.log.produce import produce_events
+from lklab.engine.outputs import session_query
+from lklab.serving.store import make_engine
+from lklab.engine.sink import apply_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -69,9 +75,9 @@ def test_the_fix_applied_both_ways_gives_the_oracles_answer(isolated: Settings, 
 
     # Kappa: v1 published, then replay v2 into a new output and cut over after validation.
     kappa.replay(settings, engine, "user_sessions", 1)
-    assert co.cutover(settings, engine, "user_sessions", 1, "v1", spark=spark).swapped
+    assert co.cutover(settings, engine, "user_sessions", 1, "v1", spark=spark, run_suite=run_suite).swapped
     assert as_map(co.query(engine, "user_sessions").rows) != truth
     kappa.replay(settings, engine, "user_sessions", 2)
-    result = co.cutover(settings, engine, "user_sessions", 2, "fix the midnight split", tolerance_pct=50.0, spark=spark)
+    result = co.cutover(settings, engine, "user_sessions", 2, "fix the midnight split", tolerance_pct=50.0, spark=spark, run_suite=run_suite)
     assert result.swapped, [c.summary for c in result.checks]
     assert as_map(co.query(engine, "user_sessions").rows) == truth

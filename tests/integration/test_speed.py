@@ -10,11 +10,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from lklab import kafka_io, speed
-from lklab.config import Settings
-from lklab.events import SCHEMA_VERSION, Event, EventType
-from lklab.serving import make_engine
-from streaming.sink import read_view
+from lklab.log import kafka_io
+from lklab.lambda_arch import speed
+from lklab.core.config import Settings
+from lklab.core.events import SCHEMA_VERSION, Event, EventType
+from lklab.serving.store import make_engine
+from lklab.engine.sink import read_view
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -1,7 +1,7 @@
 """Corrections may change any field but event_id (amount, event time, city, driver) and may
 arrive before their original. A property over random streams, arrival orders and allowed
 lateness values: the speed layer's open windows, the Lambda merge after a batch and a Kappa
-replay all equal the oracle (lklab.oracle, which shares no code with the sinks).
+replay all equal the oracle (lklab.core.oracle, which shares no code with the sinks).
 
 No services: the sinks write to a throwaway SQLite store. The Spark batch is checked against
 the oracle in the integration tests; here a build holding the oracle's rows stands in for it,
@@ -16,14 +16,15 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from lklab import oracle, views
-from lklab.builds import BatchBuild, promote
-from lklab.config import Settings
-from lklab.events import Event
-from lklab.generator import GeneratorConfig, generate, wire_json
-from lklab.merge import query
-from lklab.serving import make_engine
-from streaming.sink import CheckpointedSink, apply_records, read_late_windows, read_progress, read_view
+from lklab.core import oracle
+from lklab import views
+from lklab.lambda_arch.builds import BatchBuild, promote
+from lklab.core.config import Settings
+from lklab.core.events import Event
+from lklab.log.generator import GeneratorConfig, generate, wire_json
+from lklab.lambda_arch.merge import query
+from lklab.serving.store import make_engine
+from lklab.engine.sink import CheckpointedSink, apply_records, read_late_windows, read_progress, read_view
 
 TOPIC = "rides.events.property"
 PARTITIONS = 3

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lklab.kafka_io import DLQ_PREVIEW_BYTES, dlq_payload
+from lklab.log.kafka_io import DLQ_PREVIEW_BYTES, dlq_payload
 
 
 def test_a_line_that_fits_is_kept_whole() -> None:

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from datetime import datetime, timedelta, timezone
 
-from lklab.events import EventError, format_time, parse_event, schema
-from lklab.generator import GeneratorConfig, bad_lines, generate, wire_json
+from lklab.core.events import EventError, format_time, parse_event, schema
+from lklab.log.generator import GeneratorConfig, bad_lines, generate, wire_json
 
 GOOD = {
     "event_id": "e1", "event_version": 1, "schema_version": 1, "event_type": "payment_captured",
@@ -92,7 +92,7 @@ def test_generator_bad_lines_all_fail() -> None:
 
 
 def test_schema_file_names_every_model_field() -> None:
-    from lklab.events import Event, _Wire
+    from lklab.core.events import Event, _Wire
 
     assert set(schema()["properties"]) == set(Event.__struct_fields__) == set(_Wire.__struct_fields__)
 
@@ -113,7 +113,7 @@ def test_the_fast_validator_agrees_with_the_reference_schema_validator(base, dro
     reference validator must give the same verdict on valid and broken records alike."""
     import fastjsonschema
 
-    from lklab.events import _fast_check, _validator
+    from lklab.core.events import _fast_check, _validator
 
     record = {k: v for k, v in {**base, **changes}.items() if k not in drop}
     try:
@@ -129,7 +129,7 @@ def test_the_fast_validator_agrees_with_the_reference_schema_validator(base, dro
        changes=st.dictionaries(st.sampled_from([*FIELDS, "extra", "pii"]), _VALUES, max_size=3))
 def test_the_wire_fast_path_is_never_more_lenient(base, drop, changes) -> None:
     """What the msgspec wire path accepts, the reference path accepts too, as the same Event."""
-    from lklab.events import _fast, _from_dict, _validator
+    from lklab.core.events import _fast, _from_dict, _validator
 
     record = {k: v for k, v in {**base, **changes}.items() if k not in drop}
     fast = _fast(json.dumps(record).encode())
@@ -148,7 +148,7 @@ def _outcome(raw):
 
 def test_the_wire_fast_path_takes_ordinary_events() -> None:
     """The fast path must actually be taken for well-formed events, or it saves nothing."""
-    from lklab.events import _fast
+    from lklab.core.events import _fast
 
     assert all(_fast(json.dumps(s)) is not None for s in SAMPLES)
     assert _fast(line(event_type="app_opened")) is None  # the cross-field rule goes the reference way

@@ -10,11 +10,12 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from lklab import oracle, views
-from lklab.config import Settings
-from lklab.events import PAYMENT_TYPES, EventError, EventType, parse_event
-from lklab.generator import GeneratorConfig, Workload, bad_lines, generate, write_jsonl, write_ledger
-from lklab.serving import make_engine, payments_ledger
+from lklab.core import oracle
+from lklab import views
+from lklab.core.config import Settings
+from lklab.core.events import PAYMENT_TYPES, EventError, EventType, parse_event
+from lklab.log.generator import GeneratorConfig, Workload, bad_lines, generate, write_jsonl, write_ledger
+from lklab.serving.store import make_engine, payments_ledger
 
 SMALL = GeneratorConfig(rides_per_minute=30, duration_s=300)
 LARGE = GeneratorConfig(seed=11, rides_per_minute=1000, duration_s=600)  # ~52k deliveries

@@ -1,10 +1,10 @@
 """The Lambda merge and its health rule against a real SQLite serving store (no other services)."""
 from datetime import datetime, timedelta, timezone
 
-from lklab import merge
-from lklab.builds import BatchBuild, promote
-from lklab.config import Settings
-from lklab.serving import make_engine, speed_heartbeat, speed_progress, speed_view_rows, upsert
+from lklab.lambda_arch import merge
+from lklab.lambda_arch.builds import BatchBuild, promote
+from lklab.core.config import Settings
+from lklab.serving.store import make_engine, speed_heartbeat, speed_progress, speed_view_rows, upsert
 
 T0 = datetime(2026, 11, 17, 10, 0, tzinfo=timezone.utc)
 

@@ -16,11 +16,12 @@ from alembic.migration import MigrationContext
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, MetaData, String, create_engine, inspect, make_url, select, text
 from typer.testing import CliRunner
 
-from lklab import migrations, serving
+from lklab.serving import migrations
+from lklab.serving import store as serving
 from lklab.cli import app
-from lklab.config import Settings
-from lklab.migrations import StoreSchemaError
-from lklab.serving import make_engine, store_engine
+from lklab.core.config import Settings
+from lklab.serving.migrations import StoreSchemaError
+from lklab.serving.store import make_engine, store_engine
 
 HEAD = migrations.head()
 OLDER = migrations.pending(None)[:-1]  # every revision a store can be behind at
@@ -196,7 +197,7 @@ def test_with_auto_migrate_off_a_store_behind_is_refused_naming_the_upgrade_comm
 
 
 def test_the_head_revision_builds_exactly_the_model(settings: Settings) -> None:
-    """A change to lklab.serving without a revision fails here: write it with `lklab db revision`."""
+    """A change to lklab.serving.store without a revision fails here: write it with `lklab db revision`."""
     engine = make_engine(settings)
     with engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), serving.metadata)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 
-from lklab import oracle
-from lklab.events import SCHEMA_VERSION, Event, EventType
+from lklab.core import oracle
+from lklab.core.events import SCHEMA_VERSION, Event, EventType
 
 
 def _ts(text: str) -> datetime:

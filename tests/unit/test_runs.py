@@ -6,9 +6,10 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from lklab import gates, runs
-from lklab.config import Settings
-from lklab.serving import make_engine
+from lklab.core import gates
+from lklab.lambda_arch import runs
+from lklab.core.config import Settings
+from lklab.serving.store import make_engine
 
 T0 = datetime(2026, 11, 17, 10, 0, tzinfo=timezone.utc)
 

@@ -1,4 +1,4 @@
-"""streaming.sink.apply_records against a temporary SQLite serving store (no Kafka).
+"""lklab.engine.sink.apply_records against a temporary SQLite serving store (no Kafka).
 
 Expected values are worked out by hand in each test, never by lklab.views."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from lklab.config import Settings
-from lklab.events import SCHEMA_VERSION, Event, EventType
-from lklab.serving import make_engine, speed_contrib, speed_event_state, speed_progress, speed_view_rows
-from streaming.sink import StaleProgressError, apply_records, read_counters, read_progress, read_view
+from lklab.core.config import Settings
+from lklab.core.events import SCHEMA_VERSION, Event, EventType
+from lklab.serving.store import make_engine, speed_contrib, speed_event_state, speed_progress, speed_view_rows
+from lklab.engine.sink import StaleProgressError, apply_records, read_counters, read_progress, read_view
 
 TOPIC = "rides.events.unit"
 CAP, REF, OPEN = EventType.PAYMENT_CAPTURED, EventType.PAYMENT_REFUNDED, EventType.APP_OPENED
@@ -159,7 +159,7 @@ def test_correction_retracts_old_contribution_exactly(engine, settings) -> None:
 def test_a_correction_across_T_moves_what_each_open_side_holds(engine, settings) -> None:
     """A correction whose old and new windows fall on different sides of T: the open side is
     retracted or added, the final side is left to batch and recorded (issue 11, item 1)."""
-    from streaming.sink import read_late_windows
+    from lklab.engine.sink import read_late_windows
 
     apply_records(engine, settings, TOPIC, [
         (0, 0, ev("a-cap", CAP, "2026-11-17T10:16:00", amount=500)),
@@ -224,7 +224,7 @@ def test_slowest_partition_holds_the_watermark(engine, settings) -> None:
 
 
 def test_stale_progress_rolls_back_the_whole_batch(engine, settings, monkeypatch) -> None:
-    import streaming.sink as sink
+    import lklab.engine.sink as sink
 
     apply_records(engine, settings, TOPIC, [(0, 0, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=10))])
     before = snapshot(engine)
@@ -261,8 +261,9 @@ def test_before_commit_failure_commits_nothing(engine, settings) -> None:
 def test_every_speed_view_equals_the_oracle_on_a_generated_stream(tmp_path) -> None:
     """All three views, with duplicates, corrections and out-of-order events, against the oracle
     (lateness wide enough that the speed layer keeps every window open)."""
-    from lklab import oracle, views
-    from lklab.generator import GeneratorConfig, generate
+    from lklab.core import oracle
+    from lklab import views
+    from lklab.log.generator import GeneratorConfig, generate
 
     settings = Settings(home=tmp_path, allowed_lateness_s=4 * 86_400)
     engine = make_engine(settings)
@@ -281,9 +282,10 @@ def test_checkpointed_sink_equals_the_oracle_across_a_crash(tmp_path) -> None:
     background; it "crashes" (stops without a final checkpoint) halfway, a new one resumes from the
     checkpointed offsets with everything re-delivered, and every view equals the oracle, with the
     same dedup state as the per-batch sink."""
-    from lklab import oracle, views
-    from lklab.generator import GeneratorConfig, generate
-    from streaming.sink import CheckpointedSink
+    from lklab.core import oracle
+    from lklab import views
+    from lklab.log.generator import GeneratorConfig, generate
+    from lklab.engine.sink import CheckpointedSink
 
     settings = Settings(home=tmp_path, allowed_lateness_s=300)
     engine = make_engine(settings)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lklab import snapshots
-from lklab.tiers import BRONZE, KAFKA, LOST, TierRange, needs_bronze, plan_ranges
+from lklab.engine import snapshots
+from lklab.lake.tiers import BRONZE, KAFKA, LOST, TierRange, needs_bronze, plan_ranges
 
 
 def test_bronze_serves_below_kafka_retention_and_kafka_takes_over_at_its_first_offset() -> None:

@@ -2,7 +2,7 @@
 from datetime import datetime, timedelta, timezone
 
 from lklab import views
-from lklab.events import Event, EventType
+from lklab.core.events import Event, EventType
 
 T0 = datetime(2026, 11, 17, 10, 0, tzinfo=timezone.utc)
 
@@ -54,7 +54,7 @@ def test_too_late_means_the_window_is_already_final() -> None:
 
 
 def test_dagster_lab_settings_cover_every_setting_but_secrets() -> None:
-    from lklab.config import Settings
+    from lklab.core.config import Settings
     from orchestration.resources import SECRETS, LabSettings
 
     assert set(LabSettings.model_fields) == set(Settings.model_fields) - set(SECRETS)

@@ -1,0 +1,129 @@
+"""Read-only HTTP JSON API over the merged views, T and freshness (FastAPI, 127.0.0.1 by default).
+
+Every query goes through SQLAlchemy Core with bound parameters; bad parameters get a 4xx with
+a one-line message naming the parameter, and so do parameters an endpoint does not take (a
+misspelt filter must not answer with every row). `city` and `driver` are accepted as aliases
+of `key`, like the CLI's --city and --driver. /health answers 503 when the speed layer is not
+healthy. /docs and /redoc load Swagger UI and ReDoc from files shipped in a package
+(fastapi-offline), so they render without internet access."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
+
+from lklab.lambda_arch import merge
+from lklab import views
+from lklab.core.config import Settings
+from lklab.core.events import parse_time
+from lklab.serving.store import make_engine
+
+MAX_ROWS = 100_000
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise HTTPException(422, f"query parameter '{name}': {value!r} is not an ISO-8601 time like 2026-11-17T10:00Z") from None
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    return {f.alias for f in dependant.query_params}.union(*(_query_names(d) for d in dependant.dependencies))
+
+
+def only_known_query_parameters(request: Request) -> None:
+    """422 for a query parameter the endpoint does not declare, naming it and the accepted ones."""
+    accepted = _query_names(request.scope["route"].dependant)
+    unknown = sorted(set(request.query_params) - accepted)
+    if unknown:
+        raise HTTPException(422, f"unknown query parameter {unknown[0]!r}; {request.url.path} accepts "
+                                 f"{', '.join(sorted(accepted)) if accepted else 'none'}")
+
+
+def _one_key(view: str, given: dict[str, str | None]) -> str | None:
+    """`key`, or its alias `city` / `driver` (the one that names the view's entity)."""
+    named = {name: value for name, value in given.items() if value is not None}
+    if len(named) > 1:
+        raise HTTPException(422, f"query parameters {' and '.join(repr(n) for n in named)} both filter the key: give one")
+    if not named:
+        return None
+    [(name, value)] = named.items()
+    entity = "driver" if views.VIEWS[view].entity == "driver_id" else "city"
+    if name != "key" and name != entity:
+        raise HTTPException(422, f"query parameter {name!r}: {view} is keyed by {views.VIEWS[view].entity} (use 'key' or '{entity}')")
+    if not value:
+        raise HTTPException(422, f"query parameter {name!r} is empty")
+    return value
+
+
+def _health_json(h: merge.SpeedHealth) -> dict[str, Any]:
+    return {"healthy": h.healthy, "reason": h.reason, "heartbeat_age_s": h.heartbeat_age_s, "lag": h.lag}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    engine = make_engine(settings)
+    app = FastAPIOffline(title="lklab query API", version="1", description="Merged Lambda views, T and freshness. Read-only.",
+                         dependencies=[Depends(only_known_query_parameters)])
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line_422(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "query")
+        return JSONResponse(status_code=422, content={"detail": f"query parameter '{where}': {first.get('msg')}"})
+
+    @app.get("/views")
+    def list_views() -> dict[str, Any]:
+        return {"views": [{"name": s.name, "entity": s.entity, "window_s": s.window_s, "value": s.value_column,
+                           "logic_version": s.logic_version} for s in views.VIEWS.values()]}
+
+    @app.get("/views/{view}")
+    def read_view(
+        view: str,
+        key: Annotated[str | None, Query(max_length=128, description="city, or driver_id for driver_earnings_daily")] = None,
+        city: Annotated[str | None, Query(max_length=128, description="alias of key, for views keyed by city")] = None,
+        driver: Annotated[str | None, Query(max_length=128, description="alias of key, for driver_earnings_daily")] = None,
+        start: Annotated[str | None, Query(alias="from", description="window start ≥ this ISO time")] = None,
+        end: Annotated[str | None, Query(alias="to", description="window start < this ISO time")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_ROWS)] = 10_000,
+    ) -> dict[str, Any]:
+        if view not in views.VIEWS:
+            raise HTTPException(404, f"unknown view {view!r}; one of: {', '.join(views.VIEWS)}")
+        key = _one_key(view, {"key": key, "city": city, "driver": driver})
+        lo, hi = _time(start, "from"), _time(end, "to")
+        if lo and hi and lo >= hi:
+            raise HTTPException(422, f"query parameter 'from' ({start}) is not before 'to' ({end})")
+        health = merge.current_speed_health(engine, settings)
+        answer = merge.query(engine, view, key, lo, hi, health=health, policy=settings.blocked_windows_policy)
+        return merge.answer_json(answer, limit)
+
+    @app.get("/lambda/status")
+    def status() -> dict[str, Any]:
+        st = merge.lambda_status(engine, settings)
+        build = st.build.model_dump(mode="json") if st.build else None
+        return {
+            "T": build["final_through"] if build else None,
+            "build": build,
+            "batch_age_s": st.batch_age_s,
+            "speed": {**_health_json(st.speed),
+                      "watermark": st.speed_watermark.isoformat() if st.speed_watermark else None,
+                      "final_through": st.speed_final_through.isoformat() if st.speed_final_through else None},
+            "layers": [layer.__dict__ for layer in st.layers],
+            "batch_blocked": merge.blocked_json(st.batch_blocked),
+        }
+
+    @app.get("/health", responses={503: {"description": "the speed layer is not healthy (same body)"}})
+    def health(response: Response) -> dict[str, Any]:
+        speed = merge.current_speed_health(engine, settings)
+        if not speed.healthy:
+            response.status_code = 503  # load balancers and probes read the status, not the body
+        return {"speed": _health_json(speed)}
+
+    return app

@@ -1,0 +1,3 @@
+from lklab.cli import app
+
+app()

@@ -1,0 +1,132 @@
+"""`lklab replay`, `lklab cutover`, `lklab rollback`: Kappa versions and their publication."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import Progress, TextColumn
+from rich.table import Table
+
+from lklab.cli.common import app, console, fail, kafka_failure, serving_engine, settings
+from lklab.core.config import Settings
+
+
+@app.command()
+def replay(
+    view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily | user_sessions")],
+    version: Annotated[int, typer.Option("--version", help="write <view>__v<N>")],
+    from_: Annotated[Optional[str], typer.Option("--from", help="earliest (default), or partition:offset pairs like 0:120,1:98; "
+                                                 "partitions not named start from the earliest offset")] = None,
+    from_snapshot: Annotated[Optional[str], typer.Option("--from-snapshot", help="latest, or a snapshot id: load its state, "
+                                                         "read the log from its offsets")] = None,
+    max_rate: Annotated[Optional[float], typer.Option("--max-rate", help="throttle to this many events/s")] = None,
+    plan_only: Annotated[bool, typer.Option("--plan", help="change nothing: print the plan (tiers, lost ranges, estimate)")] = False,
+) -> None:
+    """Kappa replay: run the view's stream logic as a new consumer group into <view>__v<N>, up to
+    the end offsets recorded at start, reading offsets Kafka no longer holds from bronze; writes
+    build metadata."""
+    from aiokafka.errors import KafkaError
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+
+    from lklab import kappa
+
+    s = settings()
+    try:
+        start = None if from_ in (None, "earliest") else kappa.parse_from(from_)
+        kappa.check_request(s, view, version, start, from_snapshot, max_rate)
+    except (kappa.ReplayError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    except KafkaError as exc:
+        raise kafka_failure(s, exc) from None
+    try:
+        engine = serving_engine(s)
+        if plan_only:
+            the_plan = kappa.plan(s, engine, view, version, start, from_snapshot)
+            print_plan(s, engine, the_plan, max_rate)
+            if the_plan.lost:
+                raise fail(the_plan.lost_message().replace("; nothing replayed", ""))
+            return
+        with Progress(TextColumn(f"replay {view} → {kappa.output_name(view, version)}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]:,.0f} ev/s"), TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("replay", total=None, rate=0.0)
+            result = kappa.replay(s, engine, view, version, start, max_rate, snapshot=from_snapshot,
+                                  on_progress=lambda p: bar.update(task, completed=p.done, total=p.total, rate=p.events_per_s))
+    except (kappa.ReplayError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    origin = f"snapshot {result.snapshot_id} + " if result.snapshot_id else ""
+    console.print(f"{result.output}: {origin}{result.events} events in {result.seconds:.1f}s ({result.events_per_s:,.0f} ev/s; "
+                  f"bronze {result.tiers.get('bronze', 0)}, kafka {result.tiers.get('kafka', 0)}), {result.rows} rows; "
+                  f"offsets {result.start_offsets} → {result.target_offsets}")
+
+
+def print_plan(s: Settings, engine, the_plan, max_rate: Optional[float]) -> None:
+    from lklab.lambda_arch import merge
+    from lklab.lake import tiers
+
+    table = Table(title=f"replay plan: {the_plan.view} → {the_plan.output} (group {the_plan.scope})")
+    for column in ("partition", "offsets", "records", "tier"):
+        table.add_column(column, justify="right" if column == "records" else "left")
+    for r in the_plan.ranges:
+        tier = "[red]LOST from both tiers[/red]" if r.tier == tiers.LOST else r.tier
+        table.add_row(str(r.partition), f"{r.start}..{r.end - 1}", f"{r.records:,}", tier)
+    console.print(table)
+    snap = the_plan.snapshot
+    console.print(f"snapshot: {snap.snapshot_id} of {snap.source_output} at offsets {snap.offsets} ({snap.row_counts['output']:,} rows, "
+                  f"logic v{snap.logic_version}, schema v{snap.schema_version}, {'load' if the_plan.load_snapshot else 'already loaded: resume'})"
+                  if snap else "snapshot: none (state starts empty)", highlight=False)
+    console.print(f"records: {the_plan.records():,} (bronze {the_plan.records(tiers.BRONZE):,}, kafka {the_plan.records(tiers.KAFKA):,}, "
+                  f"lost {the_plan.records(tiers.LOST):,}); end offsets {the_plan.target}", highlight=False)
+    estimate = the_plan.estimated_s(max_rate)
+    rate = f"{the_plan.rate_eps:,.0f} ev/s from {the_plan.rate_source}" if the_plan.rate_eps else the_plan.rate_source
+    console.print(f"estimate: {f'{estimate:,.1f} s' if estimate is not None else 'unknown'} ({rate}"
+                  f"{f', capped by --max-rate {max_rate:,.0f}' if max_rate else ''})", highlight=False)
+    health = merge.current_speed_health(engine, s)
+    kafka_records = the_plan.records(tiers.KAFKA)
+    console.print(f"live speed layer: {'healthy' if health.healthy else f'NOT healthy ({health.reason})'}, lag {health.lag}. "
+                  f"The replay uses its own group, so live offsets are untouched; it fetches {kafka_records:,} records from the broker"
+                  f"{f' at up to {max_rate:,.0f} ev/s' if max_rate else ' unthrottled (set --max-rate to bound it)'} and the "
+                  f"same number of writes to the serving store the live worker writes to; bronze reads touch only the lake.",
+                  highlight=False, soft_wrap=True)
+
+@app.command()
+def cutover(
+    view: Annotated[str, typer.Argument(help="the alias to swap")],
+    to: Annotated[int, typer.Option("--to", help="the version to publish")],
+    why: Annotated[str, typer.Option("--why", help="recorded with the swap")] = "cutover",
+    tolerance: Annotated[float, typer.Option("--tolerance-pct", help="max total |change| vs the published version, in %")] = 0.5,
+) -> None:
+    """Validate <view>__v<N> (GX suite, ledger, diff against the published version) and, only if
+    all pass, swap the alias <view> to it atomically."""
+    from expectations.runner import run_suite
+    from lklab.kappa import cutover as co
+
+    s = settings()
+    try:
+        co.check_args(view, to, tolerance)
+        result = co.cutover(s, serving_engine(s), view, to, why, tolerance, run_suite=run_suite)
+    except (co.CutoverError, KeyError) as exc:
+        raise fail(str(exc).strip("'\"")) from None
+    from lklab.core.gates import styled
+
+    for check in result.checks:
+        console.print(f"{styled(check.status)} {check.name}: {check.summary}", highlight=False, soft_wrap=True)
+    if not result.swapped:
+        failed = ", ".join(c.name for c in result.checks if c.status == "fail")
+        raise fail(f"{view} stays on {result.from_target or 'nothing published'}: {result.to_target} failed {failed}")
+    console.print(f"{view}: {result.from_target or 'nothing published'} → {result.to_target}")
+
+
+@app.command()
+def rollback(
+    view: Annotated[str, typer.Argument(help="the alias to swap back")],
+    why: Annotated[str, typer.Option("--why", help="recorded with the swap")] = "rollback",
+) -> None:
+    """Swap the alias <view> back to the version it had before its last cutover."""
+    from lklab.kappa import cutover as co
+
+    s = settings()
+    try:
+        old, new = co.rollback(s, serving_engine(s), view, why)
+    except co.CutoverError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{view}: {old} → {new} (rolled back)")

@@ -1,0 +1,343 @@
+"""Snapshots: immutable Delta copies of a Kappa output's state, consistent with exact per-partition
+offsets, so a replay can start from a snapshot instead of the beginning of the log (the hybrid
+snapshot-plus-replay design).
+
+A snapshot holds five pieces, each its own Delta table under `<lake>/snapshots/<view>/<id>/`:
+  event_state  the dedup state (event_id → highest version held)
+  contrib      what each event contributes to the view (so a later correction can retract it)
+  state        the view's maintained rows (money sums, distinct members or session rows)
+  progress     the offsets (and max event time) per partition the state is consistent with
+  output       the view's answer rows as served: what audits read
+The checksum is a sha256 over the metadata (view, versions, topic, offsets) and, per piece, the
+row count and the sum of Spark's xxhash64 over every column, so flipped bytes, a lost file or
+edited metadata all show up as a mismatch and the snapshot is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import Connection
+
+from lklab import views
+from lklab.core.provenance import git_sha
+from lklab.engine import outputs
+from lklab.core.config import Settings
+from lklab.core.events import SCHEMA_VERSION
+from lklab.log.kafka_io import Offsets
+from lklab.serving.store import (
+    bulk_upsert,
+    session_rows,
+    speed_contrib,
+    speed_event_state,
+    speed_progress,
+    speed_view_members,
+    speed_view_rows,
+    view_snapshots,
+)
+
+UTC_US = pa.timestamp("us", tz="UTC")
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot that cannot be taken or loaded; nothing was written."""
+
+
+class Snapshot(BaseModel):
+    """One row of the snapshot catalog (serving table view_snapshots)."""
+
+    snapshot_id: str
+    view: str
+    source_output: str
+    topic: str
+    created_at: datetime
+    git_sha: str
+    logic_version: int
+    schema_version: int
+    offsets: dict[int, int]
+    max_event_times: dict[int, datetime | None]
+    row_counts: dict[str, int]
+    checksum: str
+    location: str
+    delta_versions: dict[str, int]
+
+    def piece_location(self, piece: str) -> str:
+        return f"{self.location}/{piece}"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One stored part of the state: how to read it from the serving store, its Arrow schema,
+    and how to write it back under another output name and consumer scope."""
+
+    name: str
+    schema: pa.Schema
+    read: Callable[[Connection, str, str, str], Any]  # (conn, output, scope, topic) -> rows
+    restore: Callable[[dict, str, str, str], dict] | None  # (row, output, scope, topic) -> serving row
+    table: Any = None
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema(list(fields))
+
+
+def _state_piece(spec) -> Piece:
+    """The maintained rows differ per measure; everything else is shared."""
+    if spec.measure == views.MONEY:
+        t = speed_view_rows
+        return Piece("state", _schema(("entity", pa.string()), ("window_start", UTC_US), ("value", pa.int64()), ("events", pa.int64())),
+                     lambda c, out, _s, _t: c.execute(select(t.c.entity, t.c.window_start, t.c.value, t.c.events).where(t.c.view == out)),
+                     lambda r, out, _s, _t: {"view": out, **r}, t)
+    if spec.measure == views.SESSIONS:
+        t = session_rows
+        return Piece("state", _schema(("entity", pa.string()), ("window_start", UTC_US), ("sessions", pa.int64()), ("duration_ms", pa.int64())),
+                     lambda c, out, _s, _t: c.execute(select(t.c.user_id.label("entity"), t.c.window_start, t.c.sessions, t.c.duration_ms)
+                                                      .where(t.c.view == out)),
+                     lambda r, out, _s, _t: {"view": out, "user_id": r["entity"], "window_start": r["window_start"],
+                                             "sessions": r["sessions"], "duration_ms": r["duration_ms"]}, t)
+    t = speed_view_members
+    return Piece("state", _schema(("entity", pa.string()), ("window_start", UTC_US), ("member", pa.string()), ("events", pa.int64())),
+                 lambda c, out, _s, _t: c.execute(select(t.c.entity, t.c.window_start, t.c.member, t.c.events).where(t.c.view == out)),
+                 lambda r, out, _s, _t: {"view": out, **r}, t)
+
+
+def pieces(spec) -> list[Piece]:
+    e, c, p = speed_event_state, speed_contrib, speed_progress
+    return [
+        Piece("event_state", _schema(("event_id", pa.string()), ("event_version", pa.int64())),
+              lambda conn, _o, scope, _t: conn.execute(select(e.c.event_id, e.c.event_version).where(e.c.scope == scope)),
+              lambda r, _o, scope, _t: {"scope": scope, **r}, e),
+        Piece("contrib", _schema(("event_id", pa.string()), ("entity", pa.string()), ("window_start", UTC_US),
+                                 ("amount", pa.int64()), ("member", pa.string())),
+              lambda conn, out, _s, _t: conn.execute(select(c.c.event_id, c.c.entity, c.c.window_start, c.c.amount, c.c.member)
+                                                     .where(c.c.view == out)),
+              lambda r, out, _s, _t: {"view": out, **r}, c),
+        _state_piece(spec),
+        Piece("progress", _schema(("partition", pa.int64()), ("next_offset", pa.int64()), ("max_event_time", UTC_US)),
+              lambda conn, _o, scope, topic: conn.execute(select(p.c.partition, p.c.next_offset, p.c.max_event_time)
+                                                          .where(p.c.scope == scope, p.c.topic == topic)),
+              lambda r, _o, scope, topic: {"scope": scope, "topic": topic, "updated_at": datetime.now(timezone.utc), **r}, p),
+        Piece("output", _schema(("entity", pa.string()), ("window_start", UTC_US), ("value", pa.int64()), ("duration_ms", pa.int64())),
+              lambda conn, out, _s, _t: [
+                  (ent, w, *(val if isinstance(val, tuple) else (val, None)))
+                  for ent, w, val in outputs.read_output(None, spec_view(spec), out, conn=conn)],
+              None),
+    ]
+
+
+def spec_view(spec) -> str:
+    """The view a (possibly versioned) spec belongs to: `revenue_per_minute__v3` → `revenue_per_minute`."""
+    return spec.name.split("__v")[0]
+
+
+def _to_arrow(rows, schema: pa.Schema) -> pa.Table:
+    names = schema.names
+    return pa.Table.from_pylist([dict(zip(names, r)) for r in rows], schema=schema)
+
+
+def _digest(frame) -> list:
+    """[row count, sum of xxhash64 over all columns]: order-independent, content-sensitive."""
+    from pyspark.sql import functions as F
+
+    row = frame.agg(F.count(F.lit(1)).alias("n"),
+                    F.coalesce(F.sum(F.xxhash64(*frame.columns).cast("decimal(38,0)")), F.lit(0)).alias("h")).collect()[0]
+    return [int(row["n"]), str(int(row["h"]))]
+
+
+def _read_with_digest(frame) -> tuple[list, pa.Table]:
+    """The piece and its _digest from ONE Spark job: each row's xxhash64 comes with the row, and
+    the sum is taken here with Python's exact integers (as the decimal sum in _digest)."""
+    from pyspark.sql import functions as F
+
+    hashed = frame.withColumn("__row_hash", F.xxhash64(*frame.columns)).toArrow()
+    digest = [hashed.num_rows, str(sum(hashed.column("__row_hash").to_pylist()))]
+    return digest, hashed.drop_columns(["__row_hash"])
+
+
+def checksum(meta: dict, digests: dict[str, list]) -> str:
+    body = json.dumps({"meta": meta, "pieces": digests}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _meta(view: str, logic_version: int, schema_version: int, topic: str, offsets: Offsets) -> dict:
+    return {"view": view, "logic_version": logic_version, "schema_version": schema_version, "topic": topic,
+            "offsets": {str(p): o for p, o in sorted(offsets.items())}}
+
+
+def new_snapshot_id(now: datetime) -> str:
+    return now.strftime("s%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def root(settings: Settings, view: str) -> str:
+    return f"{settings.lake_root.rstrip('/')}/snapshots/{view}"
+
+
+def take(settings: Settings, engine: Engine, spark, view: str, spec, scope: str) -> Snapshot:
+    """Copy the state of output `spec.name` (consumer `scope`) to a new immutable Delta snapshot.
+    All pieces are read in one read transaction, so they are consistent with one set of offsets."""
+    now = datetime.now(timezone.utc)
+    parts = pieces(spec)
+    with engine.connect() as conn, conn.begin():
+        tables = {piece.name: _to_arrow(piece.read(conn, spec.name, scope, settings.topic), piece.schema) for piece in parts}
+    progress = tables["progress"].to_pylist()
+    if not progress:
+        raise SnapshotError(f"{spec.name} has consumed nothing yet: replay it before taking a snapshot")
+    offsets = {r["partition"]: r["next_offset"] for r in progress}
+    snapshot_id = new_snapshot_id(now)
+    location = f"{root(settings, view)}/{snapshot_id}"
+    meta = _meta(view, spec.logic_version, SCHEMA_VERSION, settings.topic, offsets)
+    digests, versions = {}, {}
+    for name, table in tables.items():
+        frame = spark.createDataFrame(table).cache()
+        digests[name] = _digest(frame)
+        (frame.write.format("delta").mode("errorifexists").option("delta.appendOnly", "true")
+         .option("userMetadata", json.dumps({"snapshot_id": snapshot_id, **meta}))
+         .save(f"{location}/{name}"))
+        frame.unpersist()
+        versions[name] = 0
+    record = Snapshot(
+        snapshot_id=snapshot_id, view=view, source_output=spec.name, topic=settings.topic, created_at=now, git_sha=git_sha(),
+        logic_version=spec.logic_version, schema_version=SCHEMA_VERSION, offsets=offsets,
+        max_event_times={r["partition"]: r["max_event_time"] for r in progress},
+        row_counts={name: t.num_rows for name, t in tables.items()}, checksum=checksum(meta, digests),
+        location=location, delta_versions=versions,
+    )
+    with engine.begin() as conn:
+        conn.execute(view_snapshots.insert(), [_row(record)])
+    return record
+
+
+def _row(record: Snapshot) -> dict:
+    row = record.model_dump(mode="python")
+    row["offsets"] = {str(k): v for k, v in record.offsets.items()}
+    row["max_event_times"] = {str(k): (v.isoformat() if v else None) for k, v in record.max_event_times.items()}
+    return row
+
+
+def from_row(row) -> Snapshot:
+    return Snapshot.model_validate({**row, "offsets": {int(k): v for k, v in row["offsets"].items()},
+                                    "max_event_times": {int(k): v for k, v in row["max_event_times"].items()}})
+
+
+def listing(engine: Engine, view: str | None = None) -> list[Snapshot]:
+    query = select(view_snapshots).order_by(view_snapshots.c.created_at, view_snapshots.c.snapshot_id)
+    if view is not None:
+        query = query.where(view_snapshots.c.view == view)
+    with engine.connect() as conn:
+        return [from_row(r) for r in conn.execute(query).mappings()]
+
+
+def resolve(engine: Engine, view: str, ref: str) -> Snapshot:
+    """`latest` (the newest snapshot of the view) or a snapshot id."""
+    found = listing(engine, view)
+    if ref == "latest":
+        if not found:
+            raise SnapshotError(f"--from-snapshot latest: {view} has no snapshot; take one with `lklab snapshot {view}`")
+        return found[-1]
+    for snap in found:
+        if snap.snapshot_id == ref:
+            return snap
+    raise SnapshotError(f"--from-snapshot {ref}: no snapshot with that id for {view} (see `lklab snapshot list`)")
+
+
+# --- compatibility: a snapshot of other logic or schema loads only through a declared migration --
+
+Migration = Callable[[Connection, Any], None]  # (conn, target spec) after the state is copied
+
+
+def _resessionize_all(conn: Connection, spec) -> None:
+    """Sessions are derived from each rider's event times (held in contrib): recompute them all
+    with the target logic."""
+    from lklab.engine.sink import resessionize
+
+    riders = [r for (r,) in conn.execute(select(speed_contrib.c.entity).where(speed_contrib.c.view == spec.name).distinct())]
+    resessionize(conn, spec, riders)
+
+
+# (view, "logic" | "schema", from, to) → migration
+MIGRATIONS: dict[tuple[str, str, int, int], Migration] = {
+    ("user_sessions", "logic", 1, 2): _resessionize_all,
+}
+
+
+def migrations_for(snap: Snapshot, view: str, logic_version: int, schema_version: int) -> list[Migration]:
+    """The migrations that bring `snap` to the target logic/schema version, or SnapshotError."""
+    if snap.view != view:
+        raise SnapshotError(f"snapshot {snap.snapshot_id} is of {snap.view}, not {view}")
+    steps = []
+    for kind, have, want in (("logic", snap.logic_version, logic_version), ("schema", snap.schema_version, schema_version)):
+        if have == want:
+            continue
+        migration = MIGRATIONS.get((view, kind, have, want))
+        if migration is None:
+            raise SnapshotError(f"snapshot {snap.snapshot_id} has {kind} version {have}, the replay needs {want}, "
+                                f"and no {view} migration {have}→{want} is declared: refusing to load it")
+        steps.append(migration)
+    return steps
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def verify(spark, snap: Snapshot, spec) -> dict[str, pa.Table]:
+    """Read every piece at its recorded Delta version and check the checksum; return the pieces."""
+    tables, digests = {}, {}
+    for piece in pieces(spec):
+        try:
+            frame = spark.read.format("delta").option("versionAsOf", snap.delta_versions[piece.name]).load(snap.piece_location(piece.name))
+            if piece.restore:
+                digests[piece.name], tables[piece.name] = _read_with_digest(frame)
+            else:
+                digests[piece.name], tables[piece.name] = _digest(frame), None
+        except Exception as exc:  # noqa: BLE001 - any read failure means the snapshot is unusable
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise SnapshotError(f"snapshot {snap.snapshot_id}: piece {piece.name} is unreadable ({first}): refusing to load it") from None
+    meta = _meta(snap.view, snap.logic_version, snap.schema_version, snap.topic, snap.offsets)
+    actual = checksum(meta, digests)
+    if actual != snap.checksum:
+        raise SnapshotError(f"snapshot {snap.snapshot_id}: checksum mismatch (catalog {snap.checksum[:12]}…, content "
+                            f"{actual[:12]}…): the snapshot is corrupt or was changed; refusing to load it")
+    return tables
+
+
+def load(settings: Settings, engine: Engine, spark, snap: Snapshot, spec, scope: str) -> None:
+    """Verify `snap` and install its state as output `spec.name` of consumer `scope`, in one
+    transaction, migrating it if its logic/schema version differs. Refuses, writing nothing,
+    on a bad checksum, an undeclared migration, another topic, or an output that already has state."""
+    view = spec_view(spec)
+    steps = migrations_for(snap, view, spec.logic_version, SCHEMA_VERSION)
+    if snap.topic != settings.topic:
+        raise SnapshotError(f"snapshot {snap.snapshot_id} holds offsets of topic {snap.topic}, not {settings.topic}")
+    tables = verify(spark, snap, spec)
+    with engine.begin() as conn:
+        held = conn.execute(select(speed_progress.c.partition).where(speed_progress.c.scope == scope).limit(1)).first()
+        if held is not None:
+            raise SnapshotError(f"{spec.name} already has state (consumer {scope}): choose a new --version for a replay from a snapshot")
+        for piece in pieces(spec):
+            if piece.restore is None:
+                continue
+            columns = [c.name for c in piece.table.columns]
+            restored = (piece.restore(r, spec.name, scope, settings.topic) for r in tables[piece.name].to_pylist())
+            bulk_upsert(conn, piece.table, [tuple(r[c] for c in columns) for r in restored])
+        for step in steps:
+            step(conn, spec)
+
+
+def read_output(spark, snap: Snapshot, entity: str | None = None, window: datetime | None = None) -> list[dict]:
+    """The served answer rows stored with a snapshot (Delta, at the recorded version)."""
+    from pyspark.sql import functions as F
+
+    frame = spark.read.format("delta").option("versionAsOf", snap.delta_versions["output"]).load(snap.piece_location("output"))
+    if entity is not None:
+        frame = frame.where(F.col("entity") == entity)
+    if window is not None:
+        frame = frame.where(F.col("window_start") == F.lit(window))
+    return frame.toArrow().to_pylist()
+

@@ -1,0 +1,224 @@
+"""Blue/green cutover for Kappa views: validate `<view>__v<N>` (GX suite, ledger, diff against
+the published version), then swap the alias `<view>` atomically. Every swap is recorded in the
+publish log with who, when, why and the checks; rollback swaps back. Readers read the alias and its rows in one transaction."""
+from __future__ import annotations
+
+import getpass
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Engine, select
+
+from lklab import kappa
+from lklab.lake import reconcile
+from lklab.engine import snapshots
+from lklab import views
+from lklab.serving.publish import KAPPA, record_publish
+from lklab.core.config import Settings
+from lklab.core.gates import Severity, SuiteRunner, severity, suite_severities
+from lklab.serving.store import publish_log, serving_aliases, upsert
+from lklab.engine.snapshots import Snapshot
+from lklab.lake.spark import ensure_spark
+from lklab.engine.sink import read_progress
+
+DEFAULT_TOLERANCE_PCT = 0.5  # the diff gate: total |change| / total |published value|
+
+
+class CutoverError(RuntimeError):
+    """A cutover or rollback that cannot be done; the alias is unchanged."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One cutover check. `passed` is False only for a failure that blocks (severity fail);
+    `warned` marks a failure of a warn-severity gate (shown, not blocking)."""
+
+    name: str
+    passed: bool
+    summary: str
+    lines: tuple[str, ...] = ()
+    warned: bool = False
+
+    @property
+    def status(self) -> str:
+        return "fail" if not self.passed else ("warn" if self.warned else "pass")
+
+
+@dataclass(frozen=True)
+class CutoverResult:
+    view: str
+    from_target: str | None
+    to_target: str
+    swapped: bool
+    checks: list[Check]
+
+
+@dataclass(frozen=True)
+class KappaAnswer:
+    view: str
+    target: str | None
+    rows: list[tuple]  # (entity, window_start, value)
+
+
+def published(conn, view: str) -> str | None:
+    return conn.execute(select(serving_aliases.c.target).where(serving_aliases.c.view == view)).scalar()
+
+
+def query(engine: Engine, view: str, entity=None, start=None, end=None) -> KappaAnswer:
+    """The published version of a Kappa view: alias and rows in one read transaction, so a
+    reader sees one version, whole, even while a cutover swaps the alias."""
+    if view not in kappa.KAPPA_VIEWS:
+        raise CutoverError(f"unknown view {view!r}; one of: {', '.join(kappa.KAPPA_VIEWS)}")
+    with engine.begin() as conn:
+        target = published(conn, view)
+        rows = [] if target is None else kappa.read_output(engine, view, target, entity, start, end, conn=conn)
+    return KappaAnswer(view, target, rows)
+
+
+def _gx_check(settings: Settings, spark, view: str, rows: list[tuple], run_suite: SuiteRunner) -> Check:
+    from pyspark.sql import functions as F
+
+    if view == "user_sessions":
+        frame = spark.createDataFrame([(e, w.replace(tzinfo=None), n, ms) for e, w, (n, ms) in rows] or [],
+                                      "user_id string, window_start timestamp, sessions long, duration_ms long")
+        table, frame = "gold_user_sessions", frame.withColumn("event_date", F.to_date("window_start"))
+    else:
+        spec = views.view(view)
+        schema = f"{spec.entity} string, window_start timestamp, {spec.value_column} long"
+        frame = spark.createDataFrame([(e, w.replace(tzinfo=None), int(v)) for e, w, v in rows] or [], schema)
+        if spec.measure == views.MONEY:
+            frame = frame.withColumn("events", F.lit(1))  # the speed table keeps counts > 0 only for live rows
+        table, frame = f"gold_{view}", frame.withColumn("event_date", F.to_date("window_start"))
+    result = run_suite(settings.home, table, frame, **suite_severities(settings, table))
+    return Check("gx", result.passed, f"GX suite {result.summary()}", (*result.failures, *result.warnings), bool(result.warnings))
+
+
+def _ledger_check(settings: Settings, engine: Engine, view: str, output: str, rows: list[tuple]) -> Check:
+    spec = views.VIEWS.get(view)
+    if spec is None or spec.measure != views.MONEY:
+        return Check("ledger", True, f"{view} carries no money: nothing to reconcile")
+    per_day, per_driver = defaultdict(int), defaultdict(int)
+    for entity, window, value in rows:
+        per_day[window.date()] += value
+        per_driver[(entity, window.date())] += value
+    record = kappa.build_record(engine, output) or {}
+    report = reconcile.compare_to_ledger(engine, settings, dict(per_day),
+                                         dict(per_driver) if spec.entity == "driver_id" else None, record.get("watermark"))
+    blocks = severity(settings.gate_severity, "ledger_reconciliation") == Severity.FAIL
+    first = f" | {report.differences[0]}" if not report.passed and report.differences else ""
+    return Check("ledger", report.passed or not blocks, f"{report.summary}{first}", tuple(report.differences),
+                 warned=not report.passed and not blocks)
+
+
+def diff(old: list[tuple], new: list[tuple], tolerance_pct: float) -> Check:
+    """Changed, added and removed windows/keys, with totals; fails past the stated tolerance."""
+    # Sessionized rows carry (sessions, duration_ms); their size is the session count.
+    size = lambda v: v[0] if isinstance(v, tuple) else v  # noqa: E731
+    before = {(e, w): size(v) for e, w, v in old}
+    after = {(e, w): size(v) for e, w, v in new}
+    changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
+    added, removed = sorted(after.keys() - before.keys()), sorted(before.keys() - after.keys())
+    moved = sum(abs(after.get(k, 0) - before.get(k, 0)) for k in set(changed) | set(added) | set(removed))
+    base = sum(abs(v) for v in before.values()) or 1
+    pct = 100.0 * moved / base
+    lines = [f"{e} {w.isoformat()}: {before[(e, w)]} → {after[(e, w)]} ({after[(e, w)] - before[(e, w)]:+d})" for e, w in changed[:20]]
+    lines += [f"{e} {w.isoformat()}: new row {after[(e, w)]}" for e, w in added[:10]]
+    lines += [f"{e} {w.isoformat()}: row gone (was {before[(e, w)]})" for e, w in removed[:10]]
+    summary = (f"{len(changed)} changed, {len(added)} added, {len(removed)} removed of {len(before)} published rows; "
+               f"total {sum(before.values())} → {sum(after.values())}; |change| {moved} = {pct:.3f}% (tolerance {tolerance_pct}%)")
+    return Check("diff", pct <= tolerance_pct, summary, tuple(lines))
+
+
+def check_args(view: str, version: int, tolerance_pct: float) -> None:
+    """The arguments of a cutover, checked before anything is read or started."""
+    if view not in kappa.KAPPA_VIEWS:
+        raise CutoverError(f"unknown view {view!r}; one of: {', '.join(kappa.KAPPA_VIEWS)}")
+    if version < 1:
+        raise CutoverError(f"--to {version}: versions start at 1")
+    if not 0 <= tolerance_pct <= 100:
+        raise CutoverError(f"--tolerance-pct {tolerance_pct:g}: must be between 0 and 100 (% of the published total)")
+
+
+def cutover(settings: Settings, engine: Engine, view: str, version: int, why: str,
+            tolerance_pct: float = DEFAULT_TOLERANCE_PCT, spark=None, who: str | None = None, *,
+            run_suite: SuiteRunner) -> CutoverResult:
+    """Validate `<view>__v<N>` and, only if every check passes, point `<view>` at it atomically.
+    `run_suite` runs the view's GX suite (expectations.runner.run_suite: the core does not import GX)."""
+    check_args(view, version, tolerance_pct)
+    output = kappa.output_name(view, version)
+    record = kappa.build_record(engine, output)
+    if record is None or record["status"] != "complete":
+        raise CutoverError(f"{output} has no complete replay; run `lklab replay {view} --version {version}` first")
+    with engine.connect() as conn:
+        current = published(conn, view)
+    if current == output:
+        raise CutoverError(f"{view} already points at {output}")
+    new_rows = kappa.read_output(engine, view, output)
+    old_rows = [] if current is None else kappa.read_output(engine, view, current)
+    spark = ensure_spark(settings, spark)
+    checks = [
+        _gx_check(settings, spark, view, new_rows, run_suite),
+        _ledger_check(settings, engine, view, output, new_rows),
+        diff(old_rows, new_rows, tolerance_pct) if current else Check("diff", True, "nothing published yet"),
+    ]
+    swapped = all(c.passed for c in checks)
+    if swapped:
+        snap = publish_snapshot(settings, engine, spark, view, output)
+        _swap(engine, view, current, output, "cutover", who, why, checks, snap)
+    return CutoverResult(view, current, output, swapped, checks)
+
+
+def publish_snapshot(settings: Settings, engine: Engine, spark, view: str, output: str) -> Snapshot:
+    """The Delta snapshot of `output` as it is now (an existing one if the output has not moved
+    since): what a publish records, so audits can read exactly what was served."""
+    record = kappa.build_record(engine, output)
+    if record is None:
+        raise CutoverError(f"{output} has no replay record")
+    held = {p: progress.next_offset for p, progress in read_progress(engine, settings.topic, record["consumer_group"]).items()}
+    for snap in reversed(snapshots.listing(engine, view)):
+        if snap.source_output == output and snap.offsets == held:
+            return snap
+    return snapshots.take(settings, engine, ensure_spark(settings, spark), view, kappa.spec_for(view, record["version"]),
+                          record["consumer_group"])
+
+
+def rollback(settings: Settings, engine: Engine, view: str, why: str, who: str | None = None, spark=None) -> tuple[str, str]:
+    """Point `<view>` back at the version it had before the last swap to its current target."""
+    with engine.connect() as conn:
+        current = published(conn, view)
+        last = conn.execute(select(publish_log.c.from_target).where(*_swaps(view), publish_log.c.target == current)
+                            .order_by(publish_log.c.id.desc()).limit(1)).scalar()
+    if current is None or last is None:
+        raise CutoverError(f"{view}: no earlier version to roll back to")
+    _swap(engine, view, current, last, "rollback", who, why, [], publish_snapshot(settings, engine, spark, view, last))
+    return current, last
+
+
+def _swap(engine: Engine, view: str, old: str | None, new: str, action: str, who: str | None, why: str, checks: list[Check],
+          snap: Snapshot) -> None:
+    now, who = datetime.now(timezone.utc), who or getpass.getuser()
+    with engine.begin() as conn:  # alias and its publish record (who, why, checks, build, snapshot): one atomic swap
+        upsert(conn, serving_aliases, [{"view": view, "target": new, "updated_at": now}])
+        record_kappa_publish(conn, engine, now, view, old, new, action, who, why, snap, checks)
+
+
+def record_kappa_publish(conn, engine: Engine, now: datetime, view: str, old: str | None, new: str, action: str, who: str,
+                    why: str, snap: Snapshot, checks: list[Check] = ()) -> None:
+    build = json.loads(json.dumps(kappa.build_record(engine, new), default=str))
+    record_publish(conn, at=now, view=view, arch=KAPPA, action=action, target=new, from_target=old, why=why, who=who,
+                   build=build, delta_versions={snap.piece_location("output"): snap.delta_versions["output"]},
+                   snapshot_id=snap.snapshot_id,
+                   checks=[{"name": c.name, "passed": c.passed, "summary": c.summary} for c in checks])
+
+
+def _swaps(view: str) -> tuple:
+    """The publish records that moved the alias (refreshes keep it where it is)."""
+    return (publish_log.c.view == view, publish_log.c.arch == KAPPA, publish_log.c.action.in_(("cutover", "rollback")))
+
+
+def history(engine: Engine, view: str) -> list[dict]:
+    """Every swap of the alias `<view>`, oldest first: who, when, why, from and to, checks."""
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(publish_log).where(*_swaps(view)).order_by(publish_log.c.id)).mappings()]

@@ -1,0 +1,67 @@
+"""Build metadata records: what every batch build consumed and produced (the T contract)."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine, select
+
+from lklab.serving.publish import LAMBDA, record_publish
+from lklab.serving.store import batch_builds, batch_view_rows, serving_aliases, session_rows, upsert
+
+BATCH_ALIAS = "lambda@batch"  # the promoted batch build every merged view reads
+
+
+def new_build_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("b%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+class BatchBuild(BaseModel):
+    """One batch build. `final_through` is T: the merge serves batch rows for windows before it."""
+
+    build_id: str
+    created_at: datetime
+    status: str = Field(description="promoted | failed")
+    git_sha: str
+    logic_version: int
+    schema_version: int
+    offsets: dict[int, list[int]] = Field(description="partition -> [first, next) offsets consumed")
+    watermark: datetime | None
+    final_through: datetime | None
+    row_counts: dict[str, int]
+    validation: dict
+    delta_versions: dict[str, int]
+
+
+def batch_sessions_view(build_id: str) -> str:
+    return f"user_sessions@{build_id}"
+
+
+def promote(engine: Engine, build: BatchBuild, rows: list[dict], sessions: list[dict] | None = None) -> None:
+    """Record the build, load its gold rows and point the batch alias at it, in one transaction:
+    readers see the previous build or this one, never a mix."""
+    with engine.begin() as conn:
+        previous = conn.execute(select(serving_aliases.c.target).where(serving_aliases.c.view == BATCH_ALIAS)).scalar()
+        conn.execute(batch_builds.insert(), [build.model_dump(mode="python") | {"offsets": {str(k): v for k, v in build.offsets.items()}}])
+        if rows:
+            conn.execute(batch_view_rows.insert(), [{"build_id": build.build_id, **r} for r in rows])
+        if sessions:
+            conn.execute(session_rows.insert(), [{"view": batch_sessions_view(build.build_id), **r} for r in sessions])
+        if build.status == "promoted":
+            upsert(conn, serving_aliases, [{"view": BATCH_ALIAS, "target": build.build_id, "updated_at": build.created_at}])
+            record_publish(conn, at=build.created_at, view=BATCH_ALIAS, arch=LAMBDA, action="promote", target=build.build_id,
+                           from_target=previous, why="batch build passed its gates", delta_versions=build.delta_versions,
+                           build=build.model_dump(mode="json", exclude={"delta_versions", "build_id", "status"}))
+
+
+def current_build(conn) -> BatchBuild | None:
+    """The promoted build the batch alias points at (read inside the caller's transaction)."""
+    row = conn.execute(
+        select(batch_builds).join(serving_aliases, serving_aliases.c.target == batch_builds.c.build_id)
+        .where(serving_aliases.c.view == BATCH_ALIAS)
+    ).mappings().first()
+    if row is None:
+        return None
+    return BatchBuild.model_validate({**row, "offsets": {int(k): v for k, v in row["offsets"].items()}})

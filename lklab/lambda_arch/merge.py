@@ -1,0 +1,240 @@
+"""The Lambda serving merge: batch for windows that are final at T, speed for the rest.
+
+T comes from the record of the promoted batch build, never from a clock.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import Engine, select
+
+from lklab.log import kafka_io
+from lklab.lambda_arch import runs
+from lklab import views
+from lklab.lambda_arch.builds import BatchBuild, current_build
+from lklab.core.config import Settings
+from lklab.log.kafka_io import Offsets
+from lklab.lambda_arch.runs import BatchBlocked
+from lklab.engine.outputs import speed_view_query
+from lklab.serving.store import batch_view_rows, speed_heartbeat, speed_late_windows, speed_progress
+
+
+@dataclass(frozen=True)
+class MergedRow:
+    entity: str
+    window_start: datetime
+    value: int
+    source: str  # batch | speed
+    diverged: bool = False  # a speed row in a window the blocked batch run found different from batch
+    # a speed row in a window the speed layer closed and then left a late event of to batch, which
+    # this build's T does not reach yet: the value lacks that event until a batch passes it
+    left_to_batch: bool = False
+
+
+SERVE_FLAGGED, REFUSE = "serve-flagged", "refuse"  # Settings.blocked_windows_policy
+
+
+@dataclass(frozen=True)
+class SpeedHealth:
+    """Whether speed rows may be merged. Judged from the worker's heartbeat and its lag."""
+
+    healthy: bool
+    reason: str | None
+    heartbeat_age_s: float | None
+    lag: int | None  # None: Kafka end offsets unknown
+
+
+@dataclass(frozen=True)
+class MergedAnswer:
+    view: str
+    rows: list[MergedRow]
+    T: datetime | None
+    build_id: str | None
+    mode: str = "lambda"  # lambda (batch < T, speed ≥ T) | batch-only (speed unhealthy)
+    stale: bool = False
+    stale_reason: str | None = None
+    batch_blocked: BatchBlocked | None = None  # the batch layer's latest run did not promote
+    policy: str = SERVE_FLAGGED  # what this answer did with speed rows of diverged windows
+    withheld: int = 0  # speed rows of diverged windows left out (policy refuse)
+
+
+def speed_health(engine: Engine, settings: Settings, end_offsets: Offsets | None, now: datetime | None = None) -> SpeedHealth:
+    """Healthy when the worker beat within the timeout and its lag is within the threshold."""
+    now = now or datetime.now(timezone.utc)
+    with engine.connect() as conn:
+        beat = conn.execute(select(speed_heartbeat.c.beat_at).where(speed_heartbeat.c.group_id == settings.speed_group)).scalar()
+        done = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.next_offset)
+                                 .where(speed_progress.c.scope == settings.speed_group, speed_progress.c.topic == settings.topic)).all())
+    age = None if beat is None else (now - beat).total_seconds()
+    lag = None if end_offsets is None else sum(max(end - done.get(p, 0), 0) for p, end in end_offsets.items())
+    if age is None:
+        return SpeedHealth(False, "the speed layer has never run", None, lag)
+    if age > settings.speed_heartbeat_timeout_s:
+        return SpeedHealth(False, f"speed heartbeat is {age:.0f}s old (worker down?)", age, lag)
+    if lag is not None and lag > settings.speed_max_lag:
+        return SpeedHealth(False, f"speed lag {lag} records exceeds {settings.speed_max_lag}", age, lag)
+    return SpeedHealth(True, None, age, lag)
+
+
+def _batch_query(spec: views.ViewSpec, build_id: str, T: datetime | None, entity, start, end):
+    """Batch rows of the build; with T, only windows final at T."""
+    b = batch_view_rows.c
+    query = select(b.entity, b.window_start, b.value).where(b.build_id == build_id, b.view == spec.name)
+    if T is not None:
+        query = query.where(b.window_start <= T - timedelta(seconds=spec.window_s))
+    if entity is not None:
+        query = query.where(b.entity == entity)
+    if start is not None:
+        query = query.where(b.window_start >= start)
+    if end is not None:
+        query = query.where(b.window_start < end)
+    return query
+
+
+def query(
+    engine: Engine, view: str, entity: str | None = None, start: datetime | None = None, end: datetime | None = None,
+    health: SpeedHealth | None = None, policy: str = SERVE_FLAGGED,
+) -> MergedAnswer:
+    """A merged view over window starts in [start, end), read in one transaction (one consistent T).
+    With an unhealthy `health`, it answers batch-only (every row of the promoted build, windows
+    after T included) and flags the answer stale: stale speed rows are never mixed in.
+    While the batch layer is blocked, `batch_blocked` says since when, by which gate and why;
+    speed rows in the windows the divergence gates named are flagged `diverged` (policy
+    serve-flagged) or left out and counted in `withheld` (policy refuse)."""
+    spec = views.view(view)
+    degraded = health is not None and not health.healthy
+    with engine.begin() as conn:
+        build = current_build(conn)
+        T = build.final_through if build else None
+        rows: list[MergedRow] = []
+        if build is not None and T is not None:
+            batch = conn.execute(_batch_query(spec, build.build_id, None if degraded else T, entity, start, end))
+            rows += [MergedRow(e, w, v, "batch") for e, w, v in batch]
+        blocked = runs.blocked(conn)
+        suspect = blocked.windows(view) if blocked else set()
+        withheld = 0
+        if not degraded:
+            late = _left_to_batch(conn, spec, entity)
+            for e, w, v in conn.execute(speed_view_query(spec, entity, start, end, not_final_after=T)):
+                if (e, w) in suspect and policy == REFUSE:
+                    withheld += 1
+                else:
+                    rows.append(MergedRow(e, w, v, "speed", diverged=(e, w) in suspect, left_to_batch=(e, w) in late))
+    rows.sort(key=lambda r: (r.entity, r.window_start))
+    return MergedAnswer(
+        view=view, rows=rows, T=T, build_id=build.build_id if build else None,
+        mode="batch-only" if degraded else "lambda", stale=degraded, stale_reason=health.reason if degraded else None,
+        batch_blocked=blocked, policy=policy, withheld=withheld,
+    )
+
+
+def _left_to_batch(conn, spec: views.ViewSpec, entity: str | None) -> set[tuple[str, datetime]]:
+    """Windows of the view that the speed layer knowingly left to batch (a late event or a
+    correction's final side): few, and only meaningful above T, where speed serves them."""
+    t = speed_late_windows
+    query = select(t.c.entity, t.c.window_start).where(t.c.view == spec.name)
+    if entity is not None:
+        query = query.where(t.c.entity == entity)
+    return {(e, w) for e, w in conn.execute(query)}
+
+
+def blocked_json(blocked: BatchBlocked | None) -> dict | None:
+    """The blocked-batch signal as readers get it (CLI --json, HTTP API, lambda status)."""
+    if blocked is None:
+        return None
+    return {"since": blocked.since.isoformat(), "gate": blocked.gate, "reason": blocked.reason, "run_id": blocked.run_id,
+            "dates": [blocked.first_date, blocked.last_date], "diverged_windows": len(blocked.diverged)}
+
+
+def answer_json(answer: MergedAnswer, limit: int | None = None) -> dict:
+    """One merged answer as JSON: the same shape from `lklab query --json` and the HTTP API."""
+    spec = views.VIEWS[answer.view]
+    rows = answer.rows if limit is None else answer.rows[:limit]
+    return {
+        "view": answer.view,
+        "T": answer.T.isoformat() if answer.T else None,
+        "build_id": answer.build_id,
+        "mode": answer.mode,
+        "stale": answer.stale,
+        "stale_reason": answer.stale_reason,
+        "batch_blocked": blocked_json(answer.batch_blocked),
+        "blocked_windows_policy": answer.policy,
+        "withheld_rows": answer.withheld,
+        "truncated": limit is not None and len(answer.rows) > limit,
+        "rows": [{spec.entity: r.entity, "window_start": r.window_start.isoformat(), spec.value_column: r.value,
+                  "source": r.source, "diverged": r.diverged, "left_to_batch": r.left_to_batch} for r in rows],
+    }
+
+
+def current_speed_health(engine: Engine, settings: Settings, timeout_s: float = 5.0) -> SpeedHealth:
+    """speed_health with the log's end offsets read now (unknown if Kafka does not answer in time)."""
+    try:
+        ends = kafka_io.run(asyncio.wait_for(kafka_io.end_offsets(settings), timeout_s))
+    except Exception:  # noqa: BLE001 - Kafka down or topic missing: lag unknown, heartbeat still decides
+        ends = None
+    return speed_health(engine, settings, ends)
+
+
+@dataclass(frozen=True)
+class LayerSplit:
+    view: str
+    batch_rows: int
+    speed_rows: int
+    batch_serves: str
+    speed_serves: str
+
+
+@dataclass(frozen=True)
+class LambdaStatus:
+    build: BatchBuild | None
+    batch_age_s: float | None
+    speed: SpeedHealth
+    speed_watermark: datetime | None
+    speed_final_through: datetime | None
+    layers: list[LayerSplit]
+    batch_blocked: BatchBlocked | None = None
+
+
+def lambda_status(engine: Engine, settings: Settings) -> LambdaStatus:
+    """T and where it came from, the speed layer's watermark, lag and health, and which windows
+    each layer serves right now."""
+    health = current_speed_health(engine, settings)
+    with engine.connect() as conn:
+        build = current_build(conn)
+        maxima = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.max_event_time)
+                                   .where(speed_progress.c.scope == settings.speed_group, speed_progress.c.topic == settings.topic)).all())
+    wm = views.watermark({p: m for p, m in maxima.items() if m is not None}, settings.partitions)
+    T = build.final_through if build else None
+    layers = []
+    for name, spec in views.VIEWS.items():
+        answer = query(engine, name, health=health, policy=settings.blocked_windows_policy)
+        width = timedelta(seconds=spec.window_s)
+        cut = "—" if T is None else f"windows ending at or before {T.isoformat()} (start ≤ {(T - width).isoformat()})"
+        layers.append(LayerSplit(
+            view=name,
+            batch_rows=sum(r.source == "batch" for r in answer.rows),
+            speed_rows=sum(r.source == "speed" for r in answer.rows),
+            batch_serves="every window (batch-only: speed unhealthy)" if answer.stale else cut,
+            speed_serves="nothing (stale)" if answer.stale else ("every window" if T is None else "later windows"),
+        ))
+    age = None if build is None else (datetime.now(timezone.utc) - build.created_at).total_seconds()
+    with engine.connect() as conn:
+        blocked = runs.blocked(conn)
+    return LambdaStatus(build, age, health, wm, views.final_through(wm, settings.allowed_lateness_s), layers, blocked)
+
+
+def batch_sessions(engine: Engine, entity: str | None = None, start: datetime | None = None, end: datetime | None = None):
+    """user_sessions as the Lambda batch layer serves it: the promoted build's rows, read in one
+    transaction with the build pointer. Returns (build_id, rows of (user, day, (sessions, ms)))."""
+    from lklab.lambda_arch.builds import batch_sessions_view
+    from lklab.engine.outputs import session_query
+
+    with engine.begin() as conn:
+        build = current_build(conn)
+        if build is None:
+            return None, []
+        rows = conn.execute(session_query(batch_sessions_view(build.build_id), entity, start, end)).all()
+    return build.build_id, [(u, d, (n, ms)) for u, d, n, ms in rows]

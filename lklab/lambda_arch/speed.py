@@ -1,0 +1,225 @@
+"""Process control for the speed layer (the Faust worker in streaming/): start, stop, status, wait.
+
+One worker per lklab home: its pid file is <home>/speed/worker.pid, its log <home>/logs/speed.log.
+Progress and lag come from the serving store (offsets committed with the results), not from
+the Kafka consumer group, because those are the offsets the results are exact for.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from lklab.log import kafka_io
+from lklab.core import processes
+from lklab import views
+from lklab.core.config import Settings
+from lklab.serving.store import make_engine
+
+_ROOT = Path(__file__).resolve().parents[2]
+_MARKER = b"streaming.worker"
+
+
+class SpeedError(RuntimeError):
+    """A one-line, actionable reason the speed layer cannot start, stop or be inspected."""
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    partition: int
+    next_offset: int  # committed with the results in the serving store (0 = nothing consumed)
+    end_offset: int | None  # Kafka high watermark; None when Kafka could not be asked
+    begin_offset: int  # Kafka log start: records below it are gone (retention) and count as no lag
+    max_event_time: datetime | None
+
+    @property
+    def lag(self) -> int | None:
+        if self.end_offset is None:
+            return None
+        return max(self.end_offset - max(self.next_offset, self.begin_offset), 0)
+
+
+@dataclass(frozen=True)
+class SpeedStatus:
+    running: bool
+    pid: int | None
+    group: str
+    topic: str
+    partitions: dict[int, PartitionLag] = field(default_factory=dict)
+    total_lag: int | None = None  # None when Kafka end offsets are unknown
+    watermark: datetime | None = None
+    final_through: datetime | None = None  # windows before this are final (batch owns them)
+    counters: dict[str, int] = field(default_factory=dict)
+    kafka_error: str | None = None
+    log: Path | None = None
+
+
+def _dir(settings: Settings) -> Path:
+    return settings.home / "speed"
+
+
+def pid_file(settings: Settings) -> Path:
+    return _dir(settings) / "worker.pid"
+
+
+def log_file(settings: Settings) -> Path:
+    return settings.logs_dir / "speed.log"
+
+
+def assignment_file(settings: Settings) -> Path:
+    """Written by the worker (streaming.app) on every rebalance; start() waits for it."""
+    return settings.home / "speed" / "assignment.json"
+
+
+def read_pid(settings: Settings) -> int | None:
+    """The running worker's pid, or None (a stale pid file is removed)."""
+    return processes.read_pid(pid_file(settings), _MARKER)
+
+
+def _log_tail(settings: Settings, lines: int = 5) -> str:
+    try:
+        text = log_file(settings).read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def start(settings: Settings, wait_s: float = 90.0) -> int:
+    """Start the worker in the background; return its pid once it has partitions assigned."""
+    if (pid := read_pid(settings)) is not None:
+        raise SpeedError(f"speed layer is already running (pid {pid}, group {settings.speed_group}); `lklab speed stop` first")
+    if not processes.wait_port_free("127.0.0.1", settings.speed_web_port):
+        raise SpeedError(f"speed web port 127.0.0.1:{settings.speed_web_port} is in use; set LKLAB_SPEED_WEB_PORT")
+    try:
+        # Faust must never create the topic itself (with other partitions): make sure it exists.
+        kafka_io.run(kafka_io.ensure_topics(settings))
+    except Exception as exc:  # noqa: BLE001 - one line for the CLI
+        raise SpeedError(f"cannot reach Kafka at {settings.bootstrap} to check topics: {exc!r}") from None
+    make_engine(settings).dispose()  # schema exists before the worker and status need it
+
+    _dir(settings).mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    ready = assignment_file(settings)
+    ready.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    }
+    with open(log_file(settings), "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streaming.worker"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=str(_dir(settings)), start_new_session=True,
+        )
+    pid_file(settings).write_text(str(proc.pid))
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pid_file(settings).unlink(missing_ok=True)
+            raise SpeedError(f"speed worker exited with code {proc.returncode} during start-up: {_log_tail(settings)}")
+        try:
+            if json.loads(ready.read_text()).get("pid") == proc.pid:
+                return proc.pid
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.2)
+    stop(settings)
+    raise SpeedError(f"speed worker got no partitions of {settings.topic} within {wait_s:.0f}s; see {log_file(settings)}")
+
+
+def stop(settings: Settings, wait_s: float = 30.0) -> bool:
+    """SIGTERM the worker's process group, wait, SIGKILL if needed. False if it was not running."""
+    stopped = processes.stop_group(pid_file(settings), _MARKER, wait_s)
+    assignment_file(settings).unlink(missing_ok=True)
+    return stopped
+
+
+def _kafka_offsets(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
+    async def both():
+        return await kafka_io.beginning_offsets(settings), await kafka_io.end_offsets(settings)
+
+    return kafka_io.run(both())
+
+
+def status(settings: Settings) -> SpeedStatus:
+    """Process state, per-partition lag (store offsets vs Kafka end offsets), watermark, counters."""
+    try:
+        offsets, kafka_error = _kafka_offsets(settings), None
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal: the store still answers
+        offsets, kafka_error = None, f"{type(exc).__name__}: {exc}"
+    engine = make_engine(settings)
+    try:
+        return _status(settings, engine, offsets, kafka_error)
+    finally:
+        engine.dispose()
+
+
+def _status(
+    settings: Settings,
+    engine: Engine,
+    offsets: tuple[dict[int, int], dict[int, int]] | None,
+    kafka_error: str | None = None,
+) -> SpeedStatus:
+    from lklab.engine.sink import read_counters, read_progress
+
+    pid = read_pid(settings)
+    progress = read_progress(engine, settings.topic, settings.speed_group)
+    counters = read_counters(engine, settings.speed_group)
+    begin, end = offsets if offsets is not None else ({}, None)
+    partitions: dict[int, PartitionLag] = {}
+    for p in sorted(set(progress) | set(end or {})):
+        pp = progress.get(p)
+        partitions[p] = PartitionLag(
+            partition=p,
+            next_offset=pp.next_offset if pp else 0,
+            end_offset=None if end is None else end.get(p, 0),
+            begin_offset=begin.get(p, 0),
+            max_event_time=pp.max_event_time if pp else None,
+        )
+    wm = views.watermark({p: pp.max_event_time for p, pp in progress.items() if pp.max_event_time is not None}, settings.partitions)
+    return SpeedStatus(
+        running=pid is not None,
+        pid=pid,
+        group=settings.speed_group,
+        topic=settings.topic,
+        partitions=partitions,
+        total_lag=None if end is None else sum(pl.lag or 0 for pl in partitions.values()),
+        watermark=wm,
+        final_through=views.final_through(wm, settings.allowed_lateness_s),
+        counters=counters,
+        kafka_error=kafka_error,
+        log=log_file(settings),
+    )
+
+
+def wait_caught_up(settings: Settings, timeout_s: float = 60.0, poll_s: float = 0.2) -> SpeedStatus:
+    """Wait until the store has consumed everything that was in the topic when this was called;
+    raises TimeoutError (with the lag) when it has not after timeout_s."""
+    offsets = _kafka_offsets(settings)  # sampled once: later records do not move the target
+    engine = make_engine(settings)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            current = _status(settings, engine, offsets)
+            if current.total_lag == 0:
+                return current
+            lag = {p: pl.lag for p, pl in current.partitions.items() if pl.lag}
+            if not current.running:
+                raise SpeedError(
+                    f"speed worker is not running (lag {current.total_lag} {lag}); see {log_file(settings)}: {_log_tail(settings)}"
+                )
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"speed layer not caught up after {timeout_s:.0f}s: lag {current.total_lag} {lag}")
+            time.sleep(poll_s)
+    finally:
+        engine.dispose()

@@ -1,0 +1,241 @@
+"""Talking to the event log: topics, idempotent producing, offsets. Offsets are the contract
+between layers, so every reader here works with explicit per-partition offsets."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, TopicAlreadyExistsError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from lklab.core.config import Settings
+
+Offsets = dict[int, int]  # partition -> offset
+MAX_REQUEST_BYTES = 1024 * 1024  # the producer's max_request_size: no single send may exceed it
+DLQ_PREVIEW_BYTES = 64 * 1024  # what a dead letter keeps of a line too large to keep whole
+# The broker refuses these for the record itself, not for its own state: such a record can be
+# dead-lettered and the import go on. Anything else (broker gone, timeouts) stops the import.
+RECORD_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+
+
+def run(coro):
+    """Run a coroutine from sync code (CLI, Dagster ops, tests)."""
+    return asyncio.run(coro)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        configs = {"segment.bytes": str(settings.topic_segment_bytes)} if settings.topic_segment_bytes else None
+        wanted = [
+            NewTopic(name, num_partitions=settings.partitions, replication_factor=1, topic_configs=configs)
+            for name in (settings.topic, settings.dlq_topic)
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+    await _wait_for_metadata(settings, [settings.topic, settings.dlq_topic])
+
+
+async def _wait_for_metadata(settings: Settings, topics: list[str], timeout_s: float = 30.0) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
+    await consumer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if set(topics) <= await consumer.topics():
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"topics {topics} not visible on {settings.bootstrap} after {timeout_s}s")
+    finally:
+        await consumer.stop()
+
+
+async def record_limits(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
+    """The largest record batch, in bytes, a send to each topic can carry: the producer's
+    max_request_size or the topic's max.message.bytes, whichever is smaller."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        wanted = [ConfigResource(ConfigResourceType.TOPIC, t, configs={"max.message.bytes": None}) for t in topics]
+        limits = {}
+        for response in await admin.describe_configs(wanted):
+            for _error, _message, _type, name, entries, *_ in response.resources:
+                limits[name] = min([MAX_REQUEST_BYTES, *(int(e[1]) for e in entries if e[0] == "max.message.bytes")])
+        return limits
+    finally:
+        await admin.close()
+
+
+def record_size(key: bytes | None, value: bytes | None) -> int:
+    """The bytes one record takes on the wire in a batch of its own (what the broker compares
+    with max.message.bytes)."""
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+
+
+@asynccontextmanager
+async def producer(settings: Settings, max_batch_bytes: int | None = None):
+    """acks=all + idempotence: a retried send never duplicates a record within a producer session.
+    `max_batch_bytes`: the smallest record limit of the topics it sends to, so that a batch of
+    records that each fit is never refused as a whole."""
+    batch = min(256 * 1024, settings.topic_segment_bytes // 2) if settings.topic_segment_bytes else 256 * 1024
+    prod = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        # Kafka refuses a batch larger than a segment; topics with small segments get small batches
+        max_batch_size=min(batch, max_batch_bytes) if max_batch_bytes else batch,
+        max_request_size=MAX_REQUEST_BYTES,
+        compression_type=None,
+    )
+    await prod.start()
+    try:
+        yield prod
+    finally:
+        await prod.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, settings: Settings, topic: str) -> list[TopicPartition]:
+    cluster = await consumer._client.fetch_all_metadata()  # no public call returns partitions of a fresh consumer
+    partitions = cluster.partitions_for_topic(topic)
+    if not partitions:
+        raise LookupError(f"topic {topic!r} does not exist on {settings.bootstrap}; run `lklab produce` first")
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def _log_offsets(settings: Settings, topic: str | None, *which: str) -> list[Offsets]:
+    """Per partition offsets for each of `which` (beginning_offsets, end_offsets), one consumer."""
+    topic = topic or settings.topic
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, request_timeout_ms=10_000)
+    try:
+        await consumer.start()
+        parts = await _partitions(consumer, settings, topic)
+        return [{tp.partition: offset for tp, offset in (await getattr(consumer, name)(parts)).items()} for name in which]
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(settings: Settings, topic: str | None = None) -> Offsets:
+    """Next offset to be written, per partition (the high watermark)."""
+    return (await _log_offsets(settings, topic, "end_offsets"))[0]
+
+
+async def beginning_offsets(settings: Settings, topic: str | None = None) -> Offsets:
+    """First offset still held, per partition (moves up as retention deletes segments)."""
+    return (await _log_offsets(settings, topic, "beginning_offsets"))[0]
+
+
+async def log_range(settings: Settings, topic: str | None = None) -> tuple[Offsets, Offsets]:
+    """(first retained, next to be written) per partition, read together."""
+    first, end = await _log_offsets(settings, topic, "beginning_offsets", "end_offsets")
+    return first, end
+
+
+async def set_retention_bytes(settings: Settings, retention_bytes: int, topic: str | None = None) -> None:
+    """Size-based retention per partition: the broker deletes whole closed segments beyond it at
+    its next retention check, which moves each partition's first retained offset up."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic or settings.topic,
+                                                  configs={"retention.bytes": str(retention_bytes)})])
+    finally:
+        await admin.close()
+
+
+async def delete_before(settings: Settings, offsets: Offsets, topic: str | None = None) -> Offsets:
+    """Kafka's DeleteRecords: drop every record below `offsets[p]` (what retention does, at an
+    exact offset). Returns the new first retained offsets."""
+    topic = topic or settings.topic
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        done = await admin.delete_records({TopicPartition(topic, p): RecordsToDelete(before_offset=o) for p, o in offsets.items()})
+        return {tp.partition: low for tp, low in done.items()}
+    finally:
+        await admin.close()
+
+
+async def read_range(settings: Settings, start: Offsets, end: Offsets, topic: str | None = None) -> list[Record]:
+    """Every record in [start, end) per partition, in partition/offset order."""
+    topic = topic or settings.topic
+    todo = {p: (start.get(p, 0), e) for p, e in end.items() if e > start.get(p, 0)}
+    out: list[Record] = []
+    if not todo:
+        return out
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in todo])
+        for p, (s, _) in todo.items():
+            consumer.seek(TopicPartition(topic, p), s)
+        while todo:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for tp, msgs in batches.items():
+                stop_at = todo.get(tp.partition, (0, 0))[1]
+                out.extend(
+                    Record(m.partition, m.offset, m.timestamp, m.key, m.value) for m in msgs if m.offset < stop_at
+                )
+                if msgs and msgs[-1].offset + 1 >= stop_at:
+                    todo.pop(tp.partition, None)
+                    consumer.pause(tp)
+    finally:
+        await consumer.stop()
+    return sorted(out, key=lambda r: (r.partition, r.offset))
+
+
+def dlq_payload(reason: str, source: str, raw: bytes | str, max_bytes: int | None = None) -> bytes:
+    """Dead-letter record: the original bytes (as text) with the one-line reason and where it came
+    from. When the whole line would not fit in `max_bytes`, `raw` keeps its first bytes (at most
+    DLQ_PREVIEW_BYTES, fewer if still too large), `raw_bytes` gives the line's size and
+    `raw_kept_bytes` how much of it was kept."""
+    data = raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw
+    letter = {"reason": reason, "source": source, "raw": data.decode("utf-8", errors="replace")}
+    payload = _compact(letter)
+    keep = min(len(data), DLQ_PREVIEW_BYTES)
+    while max_bytes is not None and len(payload) > max_bytes:
+        if keep == 0:
+            raise ValueError(f"a dead letter for {source} does not fit in {max_bytes:,} bytes even without its line")
+        kept = data[:keep].decode("utf-8", errors="ignore")  # never half a character
+        payload = _compact({**letter, "raw": kept, "raw_bytes": len(data), "raw_kept_bytes": len(kept.encode())})
+        keep //= 2
+    return payload
+
+
+def _compact(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

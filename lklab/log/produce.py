@@ -1,0 +1,155 @@
+"""Import events into the log through the one validation path. Bad lines, and lines too large
+for the topic, go to the dead-letter topic with a one-line reason; nothing is dropped, and only
+a broker that stops acknowledging stops the import."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lklab.log import kafka_io
+from lklab.core.config import Settings
+from lklab.core.events import Event, EventError, decode, parse_event, validate_dict
+from lklab.core.pii import PiiCipher
+
+CONFIRM_EVERY = 5000  # records in flight before waiting for their acknowledgements
+REASON_CHARS = 300  # a reason quoting a huge value stays one readable line
+
+
+@dataclass
+class ProduceReport:
+    accepted: int = 0
+    dead_lettered: int = 0
+    reasons: list[str] = field(default_factory=list)  # "<source>:<line>: <reason>", first 20 kept
+
+    def reject(self, where: str, reason: str) -> None:
+        self.dead_lettered += 1
+        if len(self.reasons) < 20:
+            self.reasons.append(f"{where}: {reason}")
+
+
+def short_reason(reason: str) -> str:
+    return reason if len(reason) <= REASON_CHARS else f"{reason[:REASON_CHARS]}… ({len(reason):,} characters)"
+
+
+def validate_line(line: str, cipher: PiiCipher) -> Event:
+    """Decode, check schema v1, encrypt PII at the edge, return the event as it goes on the log."""
+    data = validate_dict(decode(line))
+    return parse_event(cipher.seal(data))
+
+
+async def produce_lines(
+    settings: Settings,
+    lines: Iterable[str],
+    source: str,
+    on_progress: Callable[[int], None] | None = None,
+) -> ProduceReport:
+    """Send each valid line keyed by ride_id (acks=all, idempotent); each bad line, and each line
+    too large for the topic or refused by the broker for itself, to the DLQ."""
+    await kafka_io.ensure_topics(settings)
+    limits = await kafka_io.record_limits(settings, (settings.topic, settings.dlq_topic))
+    async with kafka_io.producer(settings, max_batch_bytes=min(limits.values())) as producer:
+        run = _Import(settings, producer, limits, source)
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                await run.send(f"{source}:{number}", line.rstrip("\n"))
+            if len(run.pending) >= CONFIRM_EVERY:
+                await run.confirm()
+            if on_progress and number % 1000 == 0:
+                on_progress(number)
+        await run.confirm()
+    return run.report
+
+
+class ProduceError(RuntimeError):
+    """Kafka did not acknowledge a record; the import stopped there. `report`: what was done before."""
+
+    def __init__(self, message: str, report: ProduceReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class _Sent:
+    where: str
+    line: str
+    ack: asyncio.Future
+    dead_letter: bool  # this record is the line's dead letter
+
+
+class _Import:
+    """One import's sends: an event counts as accepted once Kafka acknowledges it."""
+
+    def __init__(self, settings: Settings, producer, limits: dict[str, int], source: str) -> None:
+        self.settings, self.producer, self.limits = settings, producer, limits
+        self.key = source.encode()
+        self.cipher, self.report = PiiCipher(settings), ProduceReport()
+        self.pending: list[_Sent] = []
+
+    async def send(self, where: str, line: str) -> None:
+        try:
+            event = validate_line(line, self.cipher)
+        except EventError as exc:
+            return await self.dead_letter(where, exc.reason, line)
+        topic, key, value = self.settings.topic, event.ride_id.encode(), event.to_json().encode()
+        size = kafka_io.record_size(key, value)
+        if size > self.limits[topic]:
+            return await self.dead_letter(where, f"record is {size:,} bytes; topic {topic} accepts at most "
+                                                 f"{self.limits[topic]:,}", line)
+        self.pending.append(_Sent(where, line, await self.producer.send(topic, key=key, value=value), False))
+
+    async def dead_letter(self, where: str, reason: str, line: str) -> None:
+        topic, reason = self.settings.dlq_topic, short_reason(reason)
+        try:
+            # the value's length varint grows with it (up to 5 bytes): keep that much headroom
+            value = kafka_io.dlq_payload(reason, where, line, self.limits[topic] - kafka_io.record_size(self.key, b"") - 5)
+        except ValueError as exc:
+            raise ProduceError(f"{where}: {reason}, and {exc} (topic {topic}); nothing is dropped, so the import stopped here",
+                               self.report) from None
+        self.report.reject(where, reason)
+        self.pending.append(_Sent(where, line, await self.producer.send(topic, key=self.key, value=value), True))
+
+    async def confirm(self) -> None:
+        """Wait for the broker's acknowledgement of every record sent so far: a send only counts
+        once it is acknowledged. A record the broker refuses for itself (too large, say) is
+        dead-lettered; any other refusal stops the import with the line it happened at."""
+        await self.producer.flush()
+        sent, self.pending = self.pending, []
+        results = await asyncio.gather(*(s.ack for s in sent), return_exceptions=True)
+        for record, result in zip(sent, results):
+            if not isinstance(result, BaseException):
+                self.report.accepted += not record.dead_letter
+            elif isinstance(result, kafka_io.RECORD_REFUSALS) and not record.dead_letter:
+                await self.dead_letter(record.where, f"Kafka refused the record ({type(result).__name__}: {result})", record.line)
+            else:
+                raise ProduceError(f"{record.where}: Kafka at {self.settings.bootstrap} did not acknowledge the record "
+                                   f"({type(result).__name__}: {result}); lines before it up to the last acknowledged "
+                                   "batch are on the log", self.report)
+        if self.pending:
+            await self.confirm()
+
+
+def produce_file(settings: Settings, path: Path, on_progress: Callable[[int], None] | None = None) -> ProduceReport:
+    if path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file (it is a directory; expected a JSONL file, one event per line)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected JSONL, one event per line)")
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        return kafka_io.run(produce_lines(settings, handle, str(path), on_progress))
+
+
+def produce_events(settings: Settings, events: Iterable[Event], source: str = "generator",
+                   local_offsets: bool = True) -> ProduceReport:
+    """Generated events take the same path as a user's file, event times in local offsets as a
+    fleet's producers write them (normalised to UTC by the import)."""
+    from lklab.log.generator import wire_json
+
+    return kafka_io.run(produce_lines(settings, (wire_json(e, local_offsets) for e in events), source))
+
+
+def read_dead_letters(settings: Settings) -> list[dict]:
+    end = kafka_io.run(kafka_io.end_offsets(settings, settings.dlq_topic))
+    records = kafka_io.run(kafka_io.read_range(settings, {}, end, settings.dlq_topic))
+    return [json.loads(r.value) for r in records]
