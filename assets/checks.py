@@ -124,20 +124,10 @@ def ledger_reconciliation(context: AssetCheckExecutionContext, lab: LabSettings,
     return _gate(context, lab, serving, reconcile.reconcile_with_ledger(session, settings, serving.engine(), silver_watermark(session, settings)))
 
 
-@asset_check(asset=AssetKey("gold_user_sessions"), blocking=True, name="gx_gold_user_sessions",
-             description="GX suite gold_user_sessions")
-def gx_gold_user_sessions(context: AssetCheckExecutionContext, lab: LabSettings, spark: SparkResource,
-                          serving: ServingResource) -> AssetCheckResult:
-    settings, session = lab.settings(), spark.session()
-    gold = _scoped(session.read.format("delta").load(lake.path(settings, lake.gold_table("user_sessions"))), run_dates(context))
-    return _suite(context, lab, serving, "gold_user_sessions", gold)
-
-
 quality_gates = [
-    gx_gold_user_sessions,
     gx_bronze_events,
     gx_silver_events,
     *(gx_gold_check(spec) for spec in views.VIEWS.values()),
-    *(divergence_check(spec) for spec in views.VIEWS.values()),
+    *(divergence_check(spec) for spec in views.SPEED_LAYER.values()),
     ledger_reconciliation,
 ]

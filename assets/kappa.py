@@ -42,4 +42,4 @@ def kappa_asset(spec: views.ViewSpec):
     return _replay
 
 
-kappa_assets = [kappa_asset(spec) for spec in views.VIEWS.values()]
+kappa_assets = [kappa_asset(spec) for spec in views.VIEWS.values()]  # every view: Kappa has no batch layer behind it

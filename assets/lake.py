@@ -58,39 +58,26 @@ def silver_events(context: AssetExecutionContext, lab: LabSettings, spark: Spark
 
 
 def gold_asset(spec: views.ViewSpec):
-    """One gold asset per view in lklab.views.VIEWS, all built by the same Spark executor of the spec."""
+    """One gold asset per view in lklab.views.VIEWS, each built by its measure's Spark frame, with
+    the logic version the settings pick for the batch layer (views.batch_spec)."""
 
     @asset(name=f"gold_{spec.name}", group_name="lake", compute_kind="spark", deps=[silver_events],
            partitions_def=event_date_partitions, backfill_policy=single_run,
-           description=f"{spec.name} ({spec.entity}, {spec.window_s}s window): {spec.value_column}, by event time (UTC).")
+           description=f"{spec.name} ({spec.entity}, {spec.window_s}s window, by event time, UTC): {spec.description}")
     def _gold(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource) -> MaterializeResult:
         settings, session = lab.settings(), spark.session()
-        rows = lake.build_gold(session, settings, spec, partition_dates(context))
+        logic = views.batch_spec(spec, settings)
+        rows = lake.build_gold(session, settings, logic, partition_dates(context))
         return MaterializeResult(metadata={
             "rows": rows,
-            "logic_version": spec.logic_version,
+            "logic_version": logic.logic_version,
             "delta_version": lake.delta_version(session, lake.path(settings, lake.gold_table(spec.name))),
         })
 
     return _gold
 
 
-@asset(group_name="lake", compute_kind="spark", deps=[silver_events], partitions_def=event_date_partitions,
-       backfill_policy=single_run,
-       description="user_sessions (user_id, UTC day): sessions split by > 30 min of inactivity, counted on the day they start; "
-                   "logic version from LKLAB_USER_SESSIONS_LOGIC (1 = the midnight bug, 2 = the fix).")
-def gold_user_sessions(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource) -> MaterializeResult:
-    settings, session = lab.settings(), spark.session()
-    spec = views.USER_SESSIONS[settings.user_sessions_logic]
-    rows = lake.build_gold_sessions(session, settings, spec, partition_dates(context))
-    return MaterializeResult(metadata={
-        "rows": rows,
-        "logic_version": spec.logic_version,
-        "delta_version": lake.delta_version(session, lake.path(settings, lake.gold_table(spec.name))),
-    })
-
-
-gold_assets = [*(gold_asset(spec) for spec in views.VIEWS.values()), gold_user_sessions]
+gold_assets = [gold_asset(spec) for spec in views.VIEWS.values()]
 
 
 def dates_to_partition_keys(dates: list[date]) -> tuple[str, str] | None:

@@ -32,7 +32,7 @@ from lklab.core.config import Settings
 from lklab.scenarios.demo import demo_settings
 from lklab.log.generator import GeneratorConfig, generate
 from lklab.serving.store import make_engine, speed_progress
-from lklab.engine.sink import read_progress
+from lklab.serving.progress import read_progress
 
 ROOT = Path(__file__).resolve().parent
 START = datetime(2026, 10, 1, tzinfo=timezone.utc)
@@ -292,7 +292,7 @@ def duckdb_sql(spec: views.ViewSpec, files: list[str]) -> str:
     where = [f"{spec.entity} IS NOT NULL"]
     if spec.event_types is not None:
         where.append("event_type IN (" + ", ".join(f"'{t}'" for t in sorted(spec.event_types)) + ")")
-    if spec.measure == views.MONEY:
+    if isinstance(spec.measure, views.MoneySum):
         sign = "CASE event_type " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in views.MONEY_SIGN.items()) + " END"
         measure = f"sum(amount_cents * {sign}) AS {spec.value_column}, count(*) AS events"
         where.append(f"amount_cents * {sign} IS NOT NULL")
@@ -308,7 +308,7 @@ def batch_pair(spark, settings: Settings, out: Path) -> tuple[float, float, dict
     import duckdb
 
     clock = time.monotonic()
-    for spec in views.VIEWS.values():
+    for spec in views.SPEED_LAYER.values():
         lake.build_gold(spark, settings, spec)
     spark_s = time.monotonic() - clock
     files = spark.read.format("delta").load(lake.path(settings, lake.SILVER)).inputFiles()
@@ -317,11 +317,11 @@ def batch_pair(spark, settings: Settings, out: Path) -> tuple[float, float, dict
     con = duckdb.connect()
     con.execute("SET threads = 2")
     clock = time.monotonic()
-    for spec in views.VIEWS.values():
+    for spec in views.SPEED_LAYER.values():
         con.execute(f"COPY ({duckdb_sql(spec, files)}) TO '{out / spec.name}.parquet' (FORMAT parquet)")
     duck_s = time.monotonic() - clock
     totals = {}
-    for spec in views.VIEWS.values():  # the two engines must agree, or the timing means nothing
+    for spec in views.SPEED_LAYER.values():  # the two engines must agree, or the timing means nothing
         gold = spark.read.format("delta").load(lake.path(settings, lake.gold_table(spec.name)))
         spark_total = gold.agg({spec.value_column: "sum"}).collect()[0][0]
         duck_total = con.execute(f"SELECT sum({spec.value_column}) FROM '{out / spec.name}.parquet'").fetchone()[0]

@@ -28,7 +28,9 @@ from lklab.log.kafka_io import dlq_payload
 from lklab.serving.store import make_engine
 from streaming.faults import speed_specs
 from lklab.lambda_arch.speed import assignment_file
-from lklab.engine.sink import ApplyStats, StaleProgressError, apply_records, beat
+from lklab.engine.fold import ApplyStats
+from lklab.engine.sink import apply_records
+from lklab.serving.progress import StaleProgressError, beat
 
 log = logging.getLogger("lklab.lambda_arch.speed")
 

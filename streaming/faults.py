@@ -15,7 +15,7 @@ class RefundsAddedSpec(views.ViewSpec):
 
     def contribution(self, event: Event):
         found = super().contribution(event)
-        if found is None or self.measure != views.MONEY or event.event_type != EventType.PAYMENT_REFUNDED:
+        if found is None or not self.measure.carries_money or event.event_type != EventType.PAYMENT_REFUNDED:
             return found
         key, amount = found
         return key, -int(amount)
@@ -26,7 +26,7 @@ FAULTS = {"refund_sign": RefundsAddedSpec}
 
 def speed_specs(fault: str | None) -> list[views.ViewSpec]:
     """The view definitions the speed worker runs: the shared ones, or a faulty variant."""
-    specs = list(views.VIEWS.values())
+    specs = list(views.SPEED_LAYER.values())
     if fault is None:
         return specs
     if fault not in FAULTS:

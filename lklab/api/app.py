@@ -24,6 +24,7 @@ from lklab.core.events import parse_time
 from lklab.serving.store import make_engine
 
 MAX_ROWS = 100_000
+KEY_ALIASES = {"city": "city", "driver_id": "driver"}  # entity → the alias of `key` that names it
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -56,9 +57,11 @@ def _one_key(view: str, given: dict[str, str | None]) -> str | None:
     if not named:
         return None
     [(name, value)] = named.items()
-    entity = "driver" if views.VIEWS[view].entity == "driver_id" else "city"
-    if name != "key" and name != entity:
-        raise HTTPException(422, f"query parameter {name!r}: {view} is keyed by {views.VIEWS[view].entity} (use 'key' or '{entity}')")
+    entity = views.VIEWS[view].entity
+    alias = KEY_ALIASES.get(entity)
+    if name != "key" and name != alias:
+        use = f"'key' or '{alias}'" if alias else "'key'"
+        raise HTTPException(422, f"query parameter {name!r}: {view} is keyed by {entity} (use {use})")
     if not value:
         raise HTTPException(422, f"query parameter {name!r} is empty")
     return value
@@ -82,12 +85,13 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/views")
     def list_views() -> dict[str, Any]:
         return {"views": [{"name": s.name, "entity": s.entity, "window_s": s.window_s, "value": s.value_column,
+                           "values": list(s.value_columns), "measure": s.measure.kind, "speed_layer": s.measure.speed_layer,
                            "logic_version": s.logic_version} for s in views.VIEWS.values()]}
 
     @app.get("/views/{view}")
     def read_view(
         view: str,
-        key: Annotated[str | None, Query(max_length=128, description="city, or driver_id for driver_earnings_daily")] = None,
+        key: Annotated[str | None, Query(max_length=128, description="the view's key: city, driver_id or user_id")] = None,
         city: Annotated[str | None, Query(max_length=128, description="alias of key, for views keyed by city")] = None,
         driver: Annotated[str | None, Query(max_length=128, description="alias of key, for driver_earnings_daily")] = None,
         start: Annotated[str | None, Query(alias="from", description="window start ≥ this ISO time")] = None,

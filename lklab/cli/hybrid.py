@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from lklab.cli.common import app, console, fail, parse_iso, serving_engine, settings
-from lklab.core.config import Settings
 
 
 @app.command()
@@ -22,38 +21,17 @@ def snapshot(
     consistent with, its logic and schema version, row counts, checksum and git SHA
     (`lklab snapshot list [VIEW]` lists them)."""
     from lklab.engine import snapshots
+    from lklab.hybrid.refresh import snapshot_view
 
     s = settings()
     engine = serving_engine(s)
     if view == "list":
         return print_snapshots(snapshots.listing(engine, list_view))
     try:
-        snap = take_snapshot(s, engine, view, version)
+        snap = snapshot_view(s, engine, view, version)
     except (snapshots.SnapshotError, LookupError) as exc:
         raise fail(str(exc)) from None
     print_snapshots([snap])
-
-
-def take_snapshot(s: Settings, engine, view: str, version: Optional[int]):
-    from lklab.kappa import cutover as co
-    from lklab import kappa
-    from lklab.engine import snapshots
-
-    if view not in kappa.KAPPA_VIEWS:
-        raise snapshots.SnapshotError(f"unknown view {view!r}; one of: {', '.join(kappa.KAPPA_VIEWS)}")
-    if version is None:
-        with engine.connect() as conn:
-            output = co.published(conn, view)
-        if output is None:
-            raise snapshots.SnapshotError(f"{view} has no published version: pass --version N")
-    else:
-        output = kappa.output_name(view, version)
-    record = kappa.build_record(engine, output)
-    if record is None:
-        raise snapshots.SnapshotError(f"{output} was never replayed: run `lklab replay {view} --version N` first")
-    from lklab.lake.spark import get_spark
-
-    return snapshots.take(s, engine, get_spark(s), view, kappa.spec_for(view, record["version"]), record["consumer_group"])
 
 
 def print_snapshots(found) -> None:

@@ -12,8 +12,8 @@ from lklab.cli.common import blocked_line, app, console, err, fail, parse_iso, p
 
 @app.command()
 def query(
-    view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily")],
-    key: Annotated[Optional[str], typer.Option("--key", "--city", "--driver", help="only this city (or driver, for driver_earnings_daily)")] = None,
+    view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily | user_sessions")],
+    key: Annotated[Optional[str], typer.Option("--key", "--city", "--driver", help="only this key: city, driver_id or user_id")] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="window start ≥ this ISO time")] = None,
     to: Annotated[Optional[str], typer.Option("--to", help="window start < this ISO time")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -21,47 +21,48 @@ def query(
 ) -> None:
     """A view as readers see it: Lambda (batch rows for windows final at T, speed for the rest) or
     Kappa (the version the alias points at)."""
-    from lklab.lambda_arch import merge
     from lklab import views
+    from lklab.kappa import query as kappa
+    from lklab.lambda_arch import merge
 
     if arch not in ("lambda", "kappa"):
         raise fail(f"--arch {arch!r}: one of lambda, kappa")
-    from lklab.kappa.job import KAPPA_VIEWS
-
-    known = KAPPA_VIEWS if arch == "kappa" else tuple(views.VIEWS)
-    if view not in known:
-        raise fail(f"unknown view {view!r} for --arch {arch}; one of: {', '.join(known)}")
+    if view not in views.VIEWS:
+        raise fail(f"unknown view {view!r} for --arch {arch}; one of: {', '.join(views.VIEWS)}")
     start, end = parse_iso(from_, "--from"), parse_iso(to, "--to")
     if start and end and start >= end:
         raise fail(f"--from {from_} is not before --to {to}")
     if arch == "kappa":
-        from lklab.kappa import cutover as co
-
-        answer = co.query(serving_engine(settings()), view, key, start, end)
-        entity, value = ("user_id", ("sessions", "duration_ms")) if view == "user_sessions" else \
-            (views.VIEWS[view].entity, (views.VIEWS[view].value_column,))
-        print(json.dumps({"view": view, "arch": "kappa", "version": answer.target, "rows": [
-            {entity: e, "window_start": w.isoformat(), **dict(zip(value, v if isinstance(v, tuple) else (v,)))}
-            for e, w, v in answer.rows]}, indent=2))
+        print(json.dumps(kappa.answer_json(kappa.query(serving_engine(settings()), view, key, start, end)), indent=2))
         return
     s = settings()
     engine = serving_engine(s)
     answer = merge.query(engine, view, key, start, end, health=merge.current_speed_health(engine, s), policy=s.blocked_windows_policy)
-    spec = views.VIEWS[view]
     if as_json:
         print(json.dumps(merge.answer_json(answer), indent=2))
         return
+    print_answer(answer)
+
+
+def print_answer(answer) -> None:
+    """A merged answer as a table, with its stale and blocked-batch notes on stderr."""
+    from lklab import views
+
+    spec = views.view(answer.view)
     if answer.stale:
         err.print(f"[yellow]stale:[/yellow] {answer.stale_reason}; serving batch-only")
     if answer.batch_blocked:
         err.print(f"[yellow]batch blocked:[/yellow] {blocked_line(answer.batch_blocked)}; {policy_line(answer)}", highlight=False)
     build = f"T = {answer.T.isoformat()}, build {answer.build_id}" if answer.build_id else "no promoted batch build yet"
-    table = Table(title=f"{view} ({build}, mode {answer.mode})")
-    for column in (spec.entity, "window_start", spec.value_column, "source"):
+    table = Table(title=f"{answer.view} ({build}, mode {answer.mode})")
+    for column in (spec.entity, "window_start", *spec.value_columns, "source"):
         table.add_column(column)
     for r in answer.rows:
-        table.add_row(r.entity, r.window_start.isoformat(), str(r.value), r.source + (" (diverged)" if r.diverged else "") + (" (left to batch)" if r.left_to_batch else ""))
+        values = r.value if isinstance(r.value, tuple) else (r.value,)
+        table.add_row(r.entity, r.window_start.isoformat(), *map(str, values),
+                      r.source + (" (diverged)" if r.diverged else "") + (" (left to batch)" if r.left_to_batch else ""))
     console.print(table)
+
 
 @app.command()
 def serve(

@@ -27,24 +27,20 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
-from lklab import views
 from lklab.core.provenance import git_sha
 from lklab.engine import outputs
+from lklab.serving import progress
 from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION
 from lklab.log.kafka_io import Offsets
 from lklab.serving.store import (
     bulk_upsert,
-    session_rows,
     speed_contrib,
     speed_event_state,
     speed_progress,
-    speed_view_members,
-    speed_view_rows,
     view_snapshots,
 )
-
-UTC_US = pa.timestamp("us", tz="UTC")
+from lklab.views.measures import UTC_US
 
 
 class SnapshotError(RuntimeError):
@@ -90,23 +86,10 @@ def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
 
 
 def _state_piece(spec) -> Piece:
-    """The maintained rows differ per measure; everything else is shared."""
-    if spec.measure == views.MONEY:
-        t = speed_view_rows
-        return Piece("state", _schema(("entity", pa.string()), ("window_start", UTC_US), ("value", pa.int64()), ("events", pa.int64())),
-                     lambda c, out, _s, _t: c.execute(select(t.c.entity, t.c.window_start, t.c.value, t.c.events).where(t.c.view == out)),
-                     lambda r, out, _s, _t: {"view": out, **r}, t)
-    if spec.measure == views.SESSIONS:
-        t = session_rows
-        return Piece("state", _schema(("entity", pa.string()), ("window_start", UTC_US), ("sessions", pa.int64()), ("duration_ms", pa.int64())),
-                     lambda c, out, _s, _t: c.execute(select(t.c.user_id.label("entity"), t.c.window_start, t.c.sessions, t.c.duration_ms)
-                                                      .where(t.c.view == out)),
-                     lambda r, out, _s, _t: {"view": out, "user_id": r["entity"], "window_start": r["window_start"],
-                                             "sessions": r["sessions"], "duration_ms": r["duration_ms"]}, t)
-    t = speed_view_members
-    return Piece("state", _schema(("entity", pa.string()), ("window_start", UTC_US), ("member", pa.string()), ("events", pa.int64())),
-                 lambda c, out, _s, _t: c.execute(select(t.c.entity, t.c.window_start, t.c.member, t.c.events).where(t.c.view == out)),
-                 lambda r, out, _s, _t: {"view": out, **r}, t)
+    """The maintained rows: their shape is the measure's."""
+    state = spec.measure.state_piece()
+    return Piece("state", state.schema, lambda conn, out, _s, _t: state.read(conn, out),
+                 lambda r, out, _s, _t: state.restore(r, out), state.table)
 
 
 def pieces(spec) -> list[Piece]:
@@ -122,20 +105,13 @@ def pieces(spec) -> list[Piece]:
               lambda r, out, _s, _t: {"view": out, **r}, c),
         _state_piece(spec),
         Piece("progress", _schema(("partition", pa.int64()), ("next_offset", pa.int64()), ("max_event_time", UTC_US)),
-              lambda conn, _o, scope, topic: conn.execute(select(p.c.partition, p.c.next_offset, p.c.max_event_time)
-                                                          .where(p.c.scope == scope, p.c.topic == topic)),
+              lambda conn, _o, scope, topic: [(part, nxt, mt) for part, (nxt, mt) in progress.load(conn, scope, topic).items()],
               lambda r, _o, scope, topic: {"scope": scope, "topic": topic, "updated_at": datetime.now(timezone.utc), **r}, p),
         Piece("output", _schema(("entity", pa.string()), ("window_start", UTC_US), ("value", pa.int64()), ("duration_ms", pa.int64())),
-              lambda conn, out, _s, _t: [
-                  (ent, w, *(val if isinstance(val, tuple) else (val, None)))
-                  for ent, w, val in outputs.read_output(None, spec_view(spec), out, conn=conn)],
+              lambda conn, out, _s, _t: [(ent, w, *spec.measure.output_piece(val))
+                                         for ent, w, val in outputs.read_output(None, spec.view, out, conn=conn)],
               None),
     ]
-
-
-def spec_view(spec) -> str:
-    """The view a (possibly versioned) spec belongs to: `revenue_per_minute__v3` → `revenue_per_minute`."""
-    return spec.name.split("__v")[0]
 
 
 def _to_arrow(rows, schema: pa.Schema) -> pa.Table:
@@ -254,12 +230,9 @@ Migration = Callable[[Connection, Any], None]  # (conn, target spec) after the s
 
 
 def _resessionize_all(conn: Connection, spec) -> None:
-    """Sessions are derived from each rider's event times (held in contrib): recompute them all
-    with the target logic."""
-    from lklab.engine.sink import resessionize
-
-    riders = [r for (r,) in conn.execute(select(speed_contrib.c.entity).where(speed_contrib.c.view == spec.name).distinct())]
-    resessionize(conn, spec, riders)
+    """Sessions are derived from each rider's event times (held as contributions): recompute them
+    all with the target logic."""
+    spec.measure.rebuild_all(conn, spec)
 
 
 # (view, "logic" | "schema", from, to) → migration
@@ -311,14 +284,13 @@ def load(settings: Settings, engine: Engine, spark, snap: Snapshot, spec, scope:
     """Verify `snap` and install its state as output `spec.name` of consumer `scope`, in one
     transaction, migrating it if its logic/schema version differs. Refuses, writing nothing,
     on a bad checksum, an undeclared migration, another topic, or an output that already has state."""
-    view = spec_view(spec)
+    view = spec.view
     steps = migrations_for(snap, view, spec.logic_version, SCHEMA_VERSION)
     if snap.topic != settings.topic:
         raise SnapshotError(f"snapshot {snap.snapshot_id} holds offsets of topic {snap.topic}, not {settings.topic}")
     tables = verify(spark, snap, spec)
     with engine.begin() as conn:
-        held = conn.execute(select(speed_progress.c.partition).where(speed_progress.c.scope == scope).limit(1)).first()
-        if held is not None:
+        if progress.has_progress(conn, scope):
             raise SnapshotError(f"{spec.name} already has state (consumer {scope}): choose a new --version for a replay from a snapshot")
         for piece in pieces(spec):
             if piece.restore is None:

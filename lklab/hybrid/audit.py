@@ -23,7 +23,6 @@ from lklab.serving.publish import KAPPA, LAMBDA, history
 from lklab.serving.store import publish_log, view_snapshots
 from lklab.lake.spark import ensure_spark
 
-AUDIT_VIEWS = (*views.VIEWS, "user_sessions")
 
 
 class AuditError(RuntimeError):
@@ -59,11 +58,11 @@ def answer(settings: Settings, engine: Engine, spark, view: str, key: str, windo
            arch: str = LAMBDA) -> AuditAnswer:
     """What `view` served for (key, window) at `as_of`, and from which publish. `spark` may be
     None: a session is started only when there is Delta to read."""
-    if view not in AUDIT_VIEWS:
-        raise AuditError(f"unknown view {view!r}; one of: {', '.join(AUDIT_VIEWS)}")
+    if view not in views.VIEWS:
+        raise AuditError(f"unknown view {view!r}; one of: {', '.join(views.VIEWS)}")
     if arch not in (LAMBDA, KAPPA):
         raise AuditError(f"--arch {arch!r}: one of lambda, kappa")
-    width = views.DAY_S if view == "user_sessions" else views.view(view).window_s
+    width = views.view(view).window_s
     if views.window_start(window, width) != window:
         raise AuditError(f"--window {window.isoformat()}: not the start of a {view} window ({width} s wide, UTC)")
     return (_kappa if arch == KAPPA else _lambda)(settings, engine, spark, view, key, window, as_of)
@@ -77,7 +76,7 @@ def _kappa(settings: Settings, engine: Engine, spark, view: str, key: str, windo
         raise AuditError(f"publish {publish['id']} of {view} names snapshot {publish['snapshot_id']}, which is not in the catalog")
     snap = snapshots.from_row(row)
     rows = snapshots.read_output(ensure_spark(settings, spark), snap, key, window)
-    value = None if not rows else (rows[0]["value"] if view != "user_sessions" else (rows[0]["value"], rows[0]["duration_ms"]))
+    value = views.view(view).measure.from_output_piece(rows[0]) if rows else None
     return AuditAnswer(view, KAPPA, key, window, as_of, value, f"snapshot {snap.snapshot_id} (Delta {snap.piece_location('output')}"
                        f"@v{snap.delta_versions['output']})", publish, found=bool(rows),
                        note="" if rows else "no row for this key and window: the view served nothing for it",
@@ -92,7 +91,8 @@ def _lambda(settings: Settings, engine: Engine, spark, view: str, key: str, wind
     build = publish["build"]
     T = datetime.fromisoformat(build["final_through"]) if build.get("final_through") else None
     table = lake.gold_table(view)
-    if view != "user_sessions" and not views.view(view).is_final(window, T):
+    spec = views.view(view)
+    if spec.measure.speed_layer and not spec.is_final(window, T):
         return AuditAnswer(view, LAMBDA, key, window, as_of, None, "speed layer (not versioned)", publish, found=False,
                            note=f"window not final at T={T.isoformat() if T else None}: the merge served it from the speed "
                                 "layer, whose rows are updated in place, so the value served then is not recoverable",
@@ -111,8 +111,8 @@ def _gold_rows(spark, settings: Settings, view: str, table: str, version: int, k
 
     from lklab.lake import tables as lake
 
-    entity, columns = ("user_id", ["sessions", "duration_ms"]) if view == "user_sessions" else \
-        (views.view(view).entity, [views.view(view).value_column])
+    spec = views.view(view)
+    entity, columns = spec.entity, list(spec.value_columns)
     frame = (spark.read.format("delta").option("versionAsOf", version).load(lake.path(settings, table))
              .where((F.col(entity) == key) & (F.col("window_start") == F.lit(window))).select(*columns))
     return [tuple(r) if len(columns) > 1 else r[0] for r in frame.collect()]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import getpass
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import Engine, select
 
@@ -20,8 +22,9 @@ from lklab.core.config import Settings
 from lklab.core.gates import Severity, SuiteRunner, severity, suite_severities
 from lklab.serving.store import publish_log, serving_aliases, upsert
 from lklab.engine.snapshots import Snapshot
+from lklab.kappa.query import published
 from lklab.lake.spark import ensure_spark
-from lklab.engine.sink import read_progress
+from lklab.serving.progress import read_progress
 
 DEFAULT_TOLERANCE_PCT = 0.5  # the diff gate: total |change| / total |published value|
 
@@ -55,49 +58,17 @@ class CutoverResult:
     checks: list[Check]
 
 
-@dataclass(frozen=True)
-class KappaAnswer:
-    view: str
-    target: str | None
-    rows: list[tuple]  # (entity, window_start, value)
-
-
-def published(conn, view: str) -> str | None:
-    return conn.execute(select(serving_aliases.c.target).where(serving_aliases.c.view == view)).scalar()
-
-
-def query(engine: Engine, view: str, entity=None, start=None, end=None) -> KappaAnswer:
-    """The published version of a Kappa view: alias and rows in one read transaction, so a
-    reader sees one version, whole, even while a cutover swaps the alias."""
-    if view not in kappa.KAPPA_VIEWS:
-        raise CutoverError(f"unknown view {view!r}; one of: {', '.join(kappa.KAPPA_VIEWS)}")
-    with engine.begin() as conn:
-        target = published(conn, view)
-        rows = [] if target is None else kappa.read_output(engine, view, target, entity, start, end, conn=conn)
-    return KappaAnswer(view, target, rows)
-
-
 def _gx_check(settings: Settings, spark, view: str, rows: list[tuple], run_suite: SuiteRunner) -> Check:
-    from pyspark.sql import functions as F
-
-    if view == "user_sessions":
-        frame = spark.createDataFrame([(e, w.replace(tzinfo=None), n, ms) for e, w, (n, ms) in rows] or [],
-                                      "user_id string, window_start timestamp, sessions long, duration_ms long")
-        table, frame = "gold_user_sessions", frame.withColumn("event_date", F.to_date("window_start"))
-    else:
-        spec = views.view(view)
-        schema = f"{spec.entity} string, window_start timestamp, {spec.value_column} long"
-        frame = spark.createDataFrame([(e, w.replace(tzinfo=None), int(v)) for e, w, v in rows] or [], schema)
-        if spec.measure == views.MONEY:
-            frame = frame.withColumn("events", F.lit(1))  # the speed table keeps counts > 0 only for live rows
-        table, frame = f"gold_{view}", frame.withColumn("event_date", F.to_date("window_start"))
-    result = run_suite(settings.home, table, frame, **suite_severities(settings, table))
+    """The view's GX suite, on the output's rows shaped as its gold table."""
+    spec = views.view(view)
+    table = f"gold_{view}"
+    result = run_suite(settings.home, table, spec.measure.gx_frame(spark, spec, rows), **suite_severities(settings, table))
     return Check("gx", result.passed, f"GX suite {result.summary()}", (*result.failures, *result.warnings), bool(result.warnings))
 
 
 def _ledger_check(settings: Settings, engine: Engine, view: str, output: str, rows: list[tuple]) -> Check:
-    spec = views.VIEWS.get(view)
-    if spec is None or spec.measure != views.MONEY:
+    spec = views.view(view)
+    if not spec.measure.carries_money:
         return Check("ledger", True, f"{view} carries no money: nothing to reconcile")
     per_day, per_driver = defaultdict(int), defaultdict(int)
     for entity, window, value in rows:
@@ -112,10 +83,9 @@ def _ledger_check(settings: Settings, engine: Engine, view: str, output: str, ro
                  warned=not report.passed and not blocks)
 
 
-def diff(old: list[tuple], new: list[tuple], tolerance_pct: float) -> Check:
-    """Changed, added and removed windows/keys, with totals; fails past the stated tolerance."""
-    # Sessionized rows carry (sessions, duration_ms); their size is the session count.
-    size = lambda v: v[0] if isinstance(v, tuple) else v  # noqa: E731
+def diff(old: list[tuple], new: list[tuple], tolerance_pct: float, size: Callable[[Any], int] = int) -> Check:
+    """Changed, added and removed windows/keys, with totals; fails past the stated tolerance.
+    `size` is the number compared per row (the view's measure's: a session count for sessions)."""
     before = {(e, w): size(v) for e, w, v in old}
     after = {(e, w): size(v) for e, w, v in new}
     changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
@@ -161,7 +131,7 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
     checks = [
         _gx_check(settings, spark, view, new_rows, run_suite),
         _ledger_check(settings, engine, view, output, new_rows),
-        diff(old_rows, new_rows, tolerance_pct) if current else Check("diff", True, "nothing published yet"),
+        diff(old_rows, new_rows, tolerance_pct, views.view(view).measure.size) if current else Check("diff", True, "nothing published yet"),
     ]
     swapped = all(c.passed for c in checks)
     if swapped:

@@ -28,8 +28,9 @@ from lklab.log.kafka_io import Offsets
 from lklab.engine.snapshots import Snapshot
 from lklab.lake.spark import ensure_spark
 from lklab.engine.outputs import read_output
-from lklab.serving.store import kappa_builds, speed_progress, upsert
-from lklab.engine.sink import CheckpointedSink
+from lklab.serving import progress
+from lklab.serving.store import kappa_builds, upsert
+from lklab.engine.checkpoint import CheckpointedSink
 
 BATCH = 10_000
 
@@ -55,7 +56,7 @@ class ReplayError(RuntimeError):
 
 
 def output_name(view: str, version: int) -> str:
-    return f"{view}__v{version}"
+    return views.VersionedOutput(view, version).name
 
 
 def replay_scope(view: str, version: int) -> str:
@@ -63,16 +64,13 @@ def replay_scope(view: str, version: int) -> str:
     return f"lklab-replay-{output_name(view, version)}"
 
 
-KAPPA_VIEWS = (*views.VIEWS, "user_sessions")
+KAPPA_VIEWS = tuple(views.VIEWS)  # Kappa runs every view (no batch layer behind it)
 
 
-def spec_for(view: str, version: int):
-    """The view's stream logic for version N, writing into its versioned output. user_sessions
-    has real logic versions (v1 with the midnight bug, v2 fixed); later N run the latest logic."""
-    if view == "user_sessions":
-        logic = views.USER_SESSIONS[min(version, max(views.USER_SESSIONS))]
-        return dataclasses.replace(logic, name=output_name(view, version))
-    return dataclasses.replace(views.view(view), name=output_name(view, version))
+def spec_for(view: str, version: int) -> views.ViewSpec:
+    """The view's stream logic for version N (logic version N where the view has it, else its
+    newest: user_sessions v1 has the midnight bug, v2 the fix), writing into `<view>__v<N>`."""
+    return views.spec_at(view, version).for_output(views.VersionedOutput(view, version))
 
 
 @dataclass
@@ -137,8 +135,7 @@ def check_request(settings: Settings, view: str, version: int, start: Offsets | 
 
 def _held(engine: Engine, scope: str, topic: str) -> Offsets:
     with engine.connect() as conn:
-        return dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.next_offset)
-                                 .where(speed_progress.c.scope == scope, speed_progress.c.topic == topic)).all())
+        return progress.next_offsets(conn, scope, topic)
 
 
 @dataclass(frozen=True)
@@ -312,12 +309,11 @@ def replay(
     the_plan = first_plan
     with engine.connect() as conn:
         rows = len(read_output(engine, view, spec.name, conn=conn))
-        maxima = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.max_event_time)
-                                   .where(speed_progress.c.scope == the_plan.scope, speed_progress.c.topic == settings.topic)).all())
+        maxima = progress.max_event_times(conn, the_plan.scope, settings.topic)
     seconds = time.monotonic() - pacer.clock
     done = pacer.done
     _record(engine, spec, view, version, the_plan.scope, the_plan.start, the_plan.target, began, status="complete", events=done,
-            rows=rows, watermark=views.watermark({p: m for p, m in maxima.items() if m is not None}),
+            rows=rows, watermark=views.watermark(maxima),
             seconds={"wall_s": round(seconds, 3), "events_per_s": round(done / seconds, 1) if seconds else None},
             snapshot_id=snapshot_id, tier_counts=counts)
     return ReplayResult(spec.name, done, rows, the_plan.start, the_plan.target, seconds, counts, snapshot_id)

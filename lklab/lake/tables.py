@@ -8,7 +8,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lklab import views
+from lklab.views import measures
 from lklab.core.config import Settings
 from lklab.core.events import EVENT_FIELDS, PAYMENT_TYPES, Event, EventType, as_utc, schema
 from lklab.log.kafka_io import Offsets
@@ -160,7 +161,7 @@ class SilverResult:
     duplicates_removed: int
 
 
-DateRange = tuple[date, date]  # [first, end) in UTC event dates; None means every date
+DateRange = measures.DateRange  # [first, end) in UTC event dates; None means every date
 
 
 def _in_range(column: str, dates: DateRange | None) -> F.Column:
@@ -253,62 +254,20 @@ def gold_table(view_name: str) -> str:
     return f"gold/{view_name}"
 
 
-def window_start_col(ts: F.Column, width_s: int = views.WINDOW_S) -> F.Column:
-    return F.timestamp_seconds(F.floor(F.unix_timestamp(ts) / width_s) * width_s)
-
-
 def view_frame(silver: DataFrame, spec: views.ViewSpec) -> DataFrame:
-    """A gold view from silver, by executing the view's one definition (lklab.views.ViewSpec)."""
-    rows = silver if spec.event_types is None else silver.where(F.col("event_type").isin(sorted(spec.event_types)))
-    rows = rows.where(F.col(spec.entity).isNotNull())
-    keys = [F.col(spec.entity), window_start_col(F.col("event_time"), spec.window_s).alias("window_start")]
-    if spec.measure == views.MONEY:
-        sign = F.create_map(*[x for k, v in views.MONEY_SIGN.items() for x in (F.lit(k), F.lit(v))])
-        rows = rows.withColumn("signed", F.col("amount_cents") * sign[F.col("event_type")]).where(F.col("signed").isNotNull())
-        measures = [F.sum("signed").cast("long").alias(spec.value_column), F.count("*").cast("int").alias("events")]
-    else:
-        measures = [F.countDistinct("user_id").cast("long").alias(spec.value_column)]
-    return rows.groupBy(*keys).agg(*measures).withColumn("event_date", F.to_date("window_start"))
+    """A gold view from silver, by executing the view's one definition (its measure's Spark frame)."""
+    return spec.measure.gold_frame(silver, spec)
 
 
 def build_gold(spark: SparkSession, settings: Settings, spec: views.ViewSpec, dates: DateRange | None = None) -> int:
     """Rebuild one gold view from silver for `dates` (or all); returns the rows in that range.
-    Windows never straddle a UTC date, so a date's gold depends on that date's silver only."""
-    silver = spark.read.format("delta").load(path(settings, SILVER)).where(_in_range("event_date", dates))
-    location = path(settings, gold_table(spec.name))
-    write_partitions(spark, view_frame(silver, spec), location, dates)
-    return spark.read.format("delta").load(location).where(_in_range("event_date", dates)).count()
-
-
-def sessions_frame(silver: DataFrame, spec: views.SessionSpec) -> DataFrame:
-    """user_sessions from silver by executing the SessionSpec's rule with window functions:
-    a new session when the gap exceeds spec.gap_s (or, in v1's bug, the UTC date changes)."""
-    order = Window.partitionBy("user_id").orderBy("event_time", "event_id")
-    prev = F.lag("event_time").over(order)
-    gap = (F.unix_millis("event_time") - F.unix_millis(prev)) > spec.gap_s * 1000
-    new = prev.isNull() | gap
-    if spec.split_at_midnight:
-        new = new | (F.to_date(prev) != F.to_date("event_time"))
-    numbered = silver.select("user_id", "event_id", "event_time").withColumn("new", new.cast("int"))
-    numbered = numbered.withColumn("session", F.sum("new").over(order.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
-    sessions = numbered.groupBy("user_id", "session").agg(F.min("event_time").alias("start"), F.max("event_time").alias("end"))
-    return (
-        sessions.withColumn("window_start", window_start_col(F.col("start"), views.DAY_S))
-        .groupBy("user_id", "window_start")
-        .agg(F.count("*").cast("long").alias("sessions"),
-             F.sum(F.unix_millis("end") - F.unix_millis("start")).cast("long").alias("duration_ms"))
-        .withColumn("event_date", F.to_date("window_start"))
-    )
-
-
-def build_gold_sessions(spark: SparkSession, settings: Settings, spec: views.SessionSpec, dates: DateRange | None = None) -> int:
-    """Rebuild gold user_sessions for `dates`: sessions are computed over the range widened by a
-    day each side (a session may cross midnight), and only sessions starting in range are kept."""
-    silver = spark.read.format("delta").load(path(settings, SILVER))
-    if dates is not None:
-        widened = (dates[0] - timedelta(days=1), dates[1] + timedelta(days=1))
-        silver = silver.where(_in_range("event_date", widened))
-    frame = sessions_frame(silver, spec).where(_in_range("event_date", dates))
+    A view reads the silver dates its measure needs (windows never straddle a UTC date; a
+    session may cross midnight) and writes only the `dates` partitions."""
+    read = spec.measure.gold_input_dates(dates)
+    silver = spark.read.format("delta").load(path(settings, SILVER)).where(_in_range("event_date", read))
+    frame = view_frame(silver, spec)
+    if read != dates:
+        frame = frame.where(_in_range("event_date", dates))
     location = path(settings, gold_table(spec.name))
     write_partitions(spark, frame, location, dates)
     return spark.read.format("delta").load(location).where(_in_range("event_date", dates)).count()

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, select
 
 from lklab.serving.publish import LAMBDA, record_publish
-from lklab.serving.store import batch_builds, batch_view_rows, serving_aliases, session_rows, upsert
+from lklab.serving.store import batch_builds, serving_aliases, upsert
+from lklab.views import ViewSpec
 
 BATCH_ALIAS = "lambda@batch"  # the promoted batch build every merged view reads
 
@@ -35,20 +37,17 @@ class BatchBuild(BaseModel):
     delta_versions: dict[str, int]
 
 
-def batch_sessions_view(build_id: str) -> str:
-    return f"user_sessions@{build_id}"
-
-
-def promote(engine: Engine, build: BatchBuild, rows: list[dict], sessions: list[dict] | None = None) -> None:
-    """Record the build, load its gold rows and point the batch alias at it, in one transaction:
-    readers see the previous build or this one, never a mix."""
+def promote(engine: Engine, build: BatchBuild, outputs: Iterable[tuple[ViewSpec, Iterable[Sequence]]]) -> None:
+    """Record the build, load its gold rows ((entity, window_start, *values) per view, stored
+    where each view's measure keeps a build's rows) and point the batch alias at it, in one
+    transaction: readers see the previous build or this one, never a mix."""
     with engine.begin() as conn:
         previous = conn.execute(select(serving_aliases.c.target).where(serving_aliases.c.view == BATCH_ALIAS)).scalar()
         conn.execute(batch_builds.insert(), [build.model_dump(mode="python") | {"offsets": {str(k): v for k, v in build.offsets.items()}}])
-        if rows:
-            conn.execute(batch_view_rows.insert(), [{"build_id": build.build_id, **r} for r in rows])
-        if sessions:
-            conn.execute(session_rows.insert(), [{"view": batch_sessions_view(build.build_id), **r} for r in sessions])
+        for spec, rows in outputs:
+            table, stored = spec.measure.batch_rows(spec, build.build_id, rows)
+            if stored:
+                conn.execute(table.insert(), stored)
         if build.status == "promoted":
             upsert(conn, serving_aliases, [{"view": BATCH_ALIAS, "target": build.build_id, "updated_at": build.created_at}])
             record_publish(conn, at=build.created_at, view=BATCH_ALIAS, arch=LAMBDA, action="promote", target=build.build_id,

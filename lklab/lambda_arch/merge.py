@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, select
@@ -18,15 +19,15 @@ from lklab.lambda_arch.builds import BatchBuild, current_build
 from lklab.core.config import Settings
 from lklab.log.kafka_io import Offsets
 from lklab.lambda_arch.runs import BatchBlocked
-from lklab.engine.outputs import speed_view_query
-from lklab.serving.store import batch_view_rows, speed_heartbeat, speed_late_windows, speed_progress
+from lklab.serving import progress
+from lklab.serving.store import speed_late_windows
 
 
 @dataclass(frozen=True)
 class MergedRow:
     entity: str
     window_start: datetime
-    value: int
+    value: Any  # the view's measure's value: an int, or (sessions, duration_ms)
     source: str  # batch | speed
     diverged: bool = False  # a speed row in a window the blocked batch run found different from batch
     # a speed row in a window the speed layer closed and then left a late event of to batch, which
@@ -65,9 +66,8 @@ def speed_health(engine: Engine, settings: Settings, end_offsets: Offsets | None
     """Healthy when the worker beat within the timeout and its lag is within the threshold."""
     now = now or datetime.now(timezone.utc)
     with engine.connect() as conn:
-        beat = conn.execute(select(speed_heartbeat.c.beat_at).where(speed_heartbeat.c.group_id == settings.speed_group)).scalar()
-        done = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.next_offset)
-                                 .where(speed_progress.c.scope == settings.speed_group, speed_progress.c.topic == settings.topic)).all())
+        beat = progress.last_beat(conn, settings.speed_group)
+        done = progress.next_offsets(conn, settings.speed_group, settings.topic)
     age = None if beat is None else (now - beat).total_seconds()
     lag = None if end_offsets is None else sum(max(end - done.get(p, 0), 0) for p, end in end_offsets.items())
     if age is None:
@@ -77,21 +77,6 @@ def speed_health(engine: Engine, settings: Settings, end_offsets: Offsets | None
     if lag is not None and lag > settings.speed_max_lag:
         return SpeedHealth(False, f"speed lag {lag} records exceeds {settings.speed_max_lag}", age, lag)
     return SpeedHealth(True, None, age, lag)
-
-
-def _batch_query(spec: views.ViewSpec, build_id: str, T: datetime | None, entity, start, end):
-    """Batch rows of the build; with T, only windows final at T."""
-    b = batch_view_rows.c
-    query = select(b.entity, b.window_start, b.value).where(b.build_id == build_id, b.view == spec.name)
-    if T is not None:
-        query = query.where(b.window_start <= T - timedelta(seconds=spec.window_s))
-    if entity is not None:
-        query = query.where(b.entity == entity)
-    if start is not None:
-        query = query.where(b.window_start >= start)
-    if end is not None:
-        query = query.where(b.window_start < end)
-    return query
 
 
 def query(
@@ -105,20 +90,22 @@ def query(
     speed rows in the windows the divergence gates named are flagged `diverged` (policy
     serve-flagged) or left out and counted in `withheld` (policy refuse)."""
     spec = views.view(view)
+    measure = spec.measure
     degraded = health is not None and not health.healthy
     with engine.begin() as conn:
         build = current_build(conn)
         T = build.final_through if build else None
         rows: list[MergedRow] = []
-        if build is not None and T is not None:
-            batch = conn.execute(_batch_query(spec, build.build_id, None if degraded else T, entity, start, end))
-            rows += [MergedRow(e, w, v, "batch") for e, w, v in batch]
+        if build is not None and (T is not None or not measure.speed_layer):
+            cut = T if measure.speed_layer and not degraded else None  # without speed, batch serves every window
+            batch = conn.execute(measure.batch_query(spec, build.build_id, cut, entity, start, end))
+            rows += [MergedRow(r[0], r[1], measure.value(r), "batch") for r in batch]
         blocked = runs.blocked(conn)
         suspect = blocked.windows(view) if blocked else set()
         withheld = 0
-        if not degraded:
+        if measure.speed_layer and not degraded:
             late = _left_to_batch(conn, spec, entity)
-            for e, w, v in conn.execute(speed_view_query(spec, entity, start, end, not_final_after=T)):
+            for e, w, v in conn.execute(measure.output_query(spec, entity, start, end, not_final_after=T)):
                 if (e, w) in suspect and policy == REFUSE:
                     withheld += 1
                 else:
@@ -164,8 +151,8 @@ def answer_json(answer: MergedAnswer, limit: int | None = None) -> dict:
         "blocked_windows_policy": answer.policy,
         "withheld_rows": answer.withheld,
         "truncated": limit is not None and len(answer.rows) > limit,
-        "rows": [{spec.entity: r.entity, "window_start": r.window_start.isoformat(), spec.value_column: r.value,
-                  "source": r.source, "diverged": r.diverged, "left_to_batch": r.left_to_batch} for r in rows],
+        "rows": [spec.measure.row_json(spec, r.entity, r.window_start, r.value)
+                 | {"source": r.source, "diverged": r.diverged, "left_to_batch": r.left_to_batch} for r in rows],
     }
 
 
@@ -204,37 +191,23 @@ def lambda_status(engine: Engine, settings: Settings) -> LambdaStatus:
     health = current_speed_health(engine, settings)
     with engine.connect() as conn:
         build = current_build(conn)
-        maxima = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.max_event_time)
-                                   .where(speed_progress.c.scope == settings.speed_group, speed_progress.c.topic == settings.topic)).all())
-    wm = views.watermark({p: m for p, m in maxima.items() if m is not None}, settings.partitions)
+        wm = views.watermark(progress.max_event_times(conn, settings.speed_group, settings.topic), settings.partitions)
     T = build.final_through if build else None
     layers = []
     for name, spec in views.VIEWS.items():
         answer = query(engine, name, health=health, policy=settings.blocked_windows_policy)
         width = timedelta(seconds=spec.window_s)
         cut = "—" if T is None else f"windows ending at or before {T.isoformat()} (start ≤ {(T - width).isoformat()})"
-        layers.append(LayerSplit(
-            view=name,
-            batch_rows=sum(r.source == "batch" for r in answer.rows),
-            speed_rows=sum(r.source == "speed" for r in answer.rows),
-            batch_serves="every window (batch-only: speed unhealthy)" if answer.stale else cut,
-            speed_serves="nothing (stale)" if answer.stale else ("every window" if T is None else "later windows"),
-        ))
+        if not spec.measure.speed_layer:
+            batch_serves, speed_serves = "every window (no speed layer for this view)", "nothing (batch only)"
+        elif answer.stale:
+            batch_serves, speed_serves = "every window (batch-only: speed unhealthy)", "nothing (stale)"
+        else:
+            batch_serves, speed_serves = cut, "every window" if T is None else "later windows"
+        layers.append(LayerSplit(view=name, batch_rows=sum(r.source == "batch" for r in answer.rows),
+                                 speed_rows=sum(r.source == "speed" for r in answer.rows),
+                                 batch_serves=batch_serves, speed_serves=speed_serves))
     age = None if build is None else (datetime.now(timezone.utc) - build.created_at).total_seconds()
     with engine.connect() as conn:
         blocked = runs.blocked(conn)
     return LambdaStatus(build, age, health, wm, views.final_through(wm, settings.allowed_lateness_s), layers, blocked)
-
-
-def batch_sessions(engine: Engine, entity: str | None = None, start: datetime | None = None, end: datetime | None = None):
-    """user_sessions as the Lambda batch layer serves it: the promoted build's rows, read in one
-    transaction with the build pointer. Returns (build_id, rows of (user, day, (sessions, ms)))."""
-    from lklab.lambda_arch.builds import batch_sessions_view
-    from lklab.engine.outputs import session_query
-
-    with engine.begin() as conn:
-        build = current_build(conn)
-        if build is None:
-            return None, []
-        rows = conn.execute(session_query(batch_sessions_view(build.build_id), entity, start, end)).all()
-    return build.build_id, [(u, d, (n, ms)) for u, d, n, ms in rows]

@@ -15,12 +15,13 @@ from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION, as_utc
 
 
-def gold_rows(spark: SparkSession, settings: Settings, spec: views.ViewSpec) -> list[dict]:
-    gold = spark.read.format("delta").load(lake.path(settings, lake.gold_table(spec.name)))
-    return [
-        {"view": spec.name, "entity": r[0], "window_start": as_utc(r[1]), "value": int(r[2])}
-        for r in gold.select(spec.entity, "window_start", spec.value_column).collect()
-    ]
+def gold_rows(spark: SparkSession, settings: Settings, spec: views.ViewSpec) -> list[tuple]:
+    """A gold table's rows as (entity, window_start, *values); none if the table was never built."""
+    location = lake.path(settings, lake.gold_table(spec.name))
+    if not lake.exists(spark, location):
+        return []
+    gold = spark.read.format("delta").load(location).select(spec.entity, "window_start", *spec.value_columns)
+    return [(r[0], as_utc(r[1]), *(int(v) for v in r[2:])) for r in gold.collect()]
 
 
 def publish_batch(spark: SparkSession, settings: Settings, engine: Engine, validation: dict | None = None) -> BatchBuild:
@@ -29,7 +30,7 @@ def publish_batch(spark: SparkSession, settings: Settings, engine: Engine, valid
     this only after every blocking quality gate on the gold views has passed."""
     wm = lake.silver_watermark(spark, settings)
     rows = {name: gold_rows(spark, settings, spec) for name, spec in views.VIEWS.items()}
-    tables = [lake.BRONZE, lake.SILVER, *(lake.gold_table(name) for name in (*views.VIEWS, "user_sessions"))]
+    tables = [lake.BRONZE, lake.SILVER, *(lake.gold_table(name) for name in views.VIEWS)]
     build = BatchBuild(
         build_id=new_build_id(),
         created_at=datetime.now(timezone.utc),
@@ -45,13 +46,5 @@ def publish_batch(spark: SparkSession, settings: Settings, engine: Engine, valid
         validation=validation or {"passed": True, "gates": "Dagster blocking asset checks"},
         delta_versions={t: lake.delta_version(spark, lake.path(settings, t)) for t in tables},
     )
-    promote(engine, build, [row for view_rows in rows.values() for row in view_rows], gold_sessions(spark, settings))
+    promote(engine, build, [(views.VIEWS[name], view_rows) for name, view_rows in rows.items()])
     return build
-
-
-def gold_sessions(spark: SparkSession, settings: Settings) -> list[dict]:
-    location = lake.path(settings, lake.gold_table("user_sessions"))
-    if not lake.exists(spark, location):
-        return []
-    gold = spark.read.format("delta").load(location).select("user_id", "window_start", "sessions", "duration_ms")
-    return [{"user_id": r[0], "window_start": as_utc(r[1]), "sessions": int(r[2]), "duration_ms": int(r[3])} for r in gold.collect()]

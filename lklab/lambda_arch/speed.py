@@ -21,6 +21,7 @@ from lklab.log import kafka_io
 from lklab.core import processes
 from lklab import views
 from lklab.core.config import Settings
+from lklab.serving.progress import read_counters, read_progress
 from lklab.serving.store import make_engine
 
 _ROOT = Path(__file__).resolve().parents[2]
@@ -170,7 +171,6 @@ def _status(
     offsets: tuple[dict[int, int], dict[int, int]] | None,
     kafka_error: str | None = None,
 ) -> SpeedStatus:
-    from lklab.engine.sink import read_counters, read_progress
 
     pid = read_pid(settings)
     progress = read_progress(engine, settings.topic, settings.speed_group)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from expectations.runner import run_suite
 from lklab.kappa import cutover as co
+from lklab.kappa.query import query as kappa_query
 from lklab.log import kafka_io
 from lklab.log import broker as kafka_runtime
 from lklab import kappa
@@ -96,14 +97,14 @@ def run_sessionization(days: int = 30, seed: int = 7, console: Console | None = 
         assert run_batch(settings).success, "the v1 batch build failed"
         kappa.replay(settings, engine, "user_sessions", 1)
         co.cutover(settings, engine, "user_sessions", 1, "v1 in production", run_suite=run_suite)
-        old_lambda = {(u, d): v for u, d, v in merge.batch_sessions(engine)[1]}
-        old_kappa = {(u, d): v for u, d, v in co.query(engine, "user_sessions").rows}
+        old_lambda = {(r.entity, r.window_start): r.value for r in merge.query(engine, "user_sessions").rows}
+        old_kappa = {(u, d): v for u, d, v in kappa_query(engine, "user_sessions").rows}
 
         last_day = (start + timedelta(days=days - 1)).date().isoformat()
         results = []
 
         log, stop = ReaderLog(), threading.Event()
-        reader = _watch(lambda: {(u, d): v for u, d, v in merge.batch_sessions(engine)[1]}, old_lambda, truth, log, stop)
+        reader = _watch(lambda: {(r.entity, r.window_start): r.value for r in merge.query(engine, "user_sessions").rows}, old_lambda, truth, log, stop)
         clock = time.monotonic()
         fixed = settings.model_copy(update={"user_sessions_logic": 2})
         outcome = run_batch(fixed, (start.date().isoformat(), last_day))
@@ -111,7 +112,7 @@ def run_sessionization(days: int = 30, seed: int = 7, console: Console | None = 
         time.sleep(0.5)  # let the reader see what is served after the change
         stop.set()
         reader.join()
-        served = {(u, d): v for u, d, v in merge.batch_sessions(engine)[1]}
+        served = {(r.entity, r.window_start): r.value for r in merge.query(engine, "user_sessions").rows}
         results.append(PathResult(
             "Lambda: deploy v2, backfill daily partitions", wall, len(workload.deliveries),
             [f"{len(outcome.run_ids)} Dagster runs (ingest, lambda_batch over {days} partitions in one run)",
@@ -119,7 +120,7 @@ def run_sessionization(days: int = 30, seed: int = 7, console: Console | None = 
             _count_compare(served, truth) if outcome.success else None, log))
 
         log, stop = ReaderLog(), threading.Event()
-        reader = _watch(lambda: {(u, d): v for u, d, v in co.query(engine, "user_sessions").rows}, old_kappa, truth, log, stop)
+        reader = _watch(lambda: {(u, d): v for u, d, v in kappa_query(engine, "user_sessions").rows}, old_kappa, truth, log, stop)
         clock = time.monotonic()
         replayed = kappa.replay(settings, engine, "user_sessions", 2)
         swap = co.cutover(settings, engine, "user_sessions", 2, "fix the midnight split", tolerance_pct=100.0, run_suite=run_suite)
@@ -127,7 +128,7 @@ def run_sessionization(days: int = 30, seed: int = 7, console: Console | None = 
         time.sleep(0.5)  # let the reader see what is served after the change
         stop.set()
         reader.join()
-        served = {(u, d): v for u, d, v in co.query(engine, "user_sessions").rows}
+        served = {(u, d): v for u, d, v in kappa_query(engine, "user_sessions").rows}
         results.append(PathResult(
             "Kappa: replay v2 from earliest, cut over", wall, replayed.events,
             [f"replay into user_sessions__v2 ({replayed.events_per_s:,.0f} ev/s)",

@@ -293,6 +293,18 @@ def _upsert_statement(conn: Connection, table: Table, update: Iterable[str] | No
     return stmt.on_conflict_do_nothing(index_elements=keys)
 
 
+def add_to(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], add: Sequence[str]) -> None:
+    """INSERT … ON CONFLICT (pk) DO UPDATE SET col = col + excluded.col.
+
+    Additive rather than read-modify-write, so concurrent workers owning different partitions
+    can add to the same (city, window) or counter row without losing an update."""
+    if not rows:
+        return
+    stmt = dialect_insert(conn)(table)
+    keys = [c.name for c in table.primary_key.columns]
+    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_={c: table.c[c] + stmt.excluded[c] for c in add}), list(rows))
+
+
 def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], update: Iterable[str] | None = None) -> None:
     """INSERT … ON CONFLICT (primary key) DO UPDATE (or DO NOTHING when update is empty)."""
     if rows:

@@ -11,7 +11,8 @@ from lklab.api.app import create_app
 from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION, Event, EventType
 from lklab.serving.store import make_engine
-from lklab.engine.sink import apply_records, beat
+from lklab.engine.sink import apply_records
+from lklab.serving.progress import beat
 
 pytestmark = pytest.mark.integration
 CAP = EventType.PAYMENT_CAPTURED

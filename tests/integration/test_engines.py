@@ -32,7 +32,7 @@ def spark_views(spark, deliveries: list[Event]) -> dict[str, dict]:
     )
     silver = lake.dedup_latest(lake.valid_events(lake.parse_bronze(bronze)))
     out = {}
-    for name, spec in views.VIEWS.items():
+    for name, spec in views.SPEED_LAYER.items():
         rows = lake.view_frame(silver, spec).select(spec.entity, "window_start", spec.value_column).collect()
         out[name] = {(r[0], r[1].replace(tzinfo=timezone.utc)): int(r[2]) for r in rows}
     return out
@@ -46,7 +46,7 @@ def sink_views(deliveries: list[Event], batch_size: int) -> dict[str, dict]:
         records = [(0, offset, e.to_json().encode()) for offset, e in enumerate(deliveries)]
         for start in range(0, len(records), batch_size):
             apply_records(engine, settings, "t", records[start:start + batch_size])
-        result = {name: {(r.entity, r.window_start): r.value for r in read_view(engine, name)} for name in views.VIEWS}
+        result = {name: {(r.entity, r.window_start): r.value for r in read_view(engine, name)} for name in views.SPEED_LAYER}
         engine.dispose()
     return result
 
@@ -88,7 +88,7 @@ GOLDEN_ANSWER = {  # worked out by hand
 def test_golden_set_gives_the_known_answer_in_both_engines(spark) -> None:
     assert spark_views(spark, GOLDEN) == GOLDEN_ANSWER
     assert sink_views(GOLDEN, batch_size=3) == GOLDEN_ANSWER
-    assert {name: spec.evaluate(GOLDEN) for name, spec in views.VIEWS.items()} == GOLDEN_ANSWER
+    assert {name: spec.evaluate(GOLDEN) for name, spec in views.SPEED_LAYER.items()} == GOLDEN_ANSWER
 
 
 TYPES = [CAP, REF, OPEN, DONE]
@@ -116,6 +116,6 @@ def streams(draw) -> list[Event]:
 @given(deliveries=streams(), batch_size=st.integers(1, 10))
 def test_spark_equals_the_speed_sink_equals_the_oracle_on_random_streams(spark, deliveries, batch_size) -> None:
     truth = final_versions(deliveries)
-    expected = {name: oracle.for_view(name, truth) for name in views.VIEWS}
+    expected = {name: oracle.for_view(name, truth) for name in views.SPEED_LAYER}
     assert spark_views(spark, deliveries) == expected
     assert sink_views(deliveries, batch_size) == expected

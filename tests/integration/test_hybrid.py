@@ -23,6 +23,7 @@ from lklab.engine import snapshots
 from lklab.lake import tiers
 from lklab import views
 from lklab.kappa import cutover as co
+from lklab.kappa.query import query as kappa_query
 from lklab.cli import app
 from lklab.core.config import Settings
 from lklab.log.generator import GeneratorConfig, generate, write_ledger
@@ -90,7 +91,7 @@ def test_snapshot_plus_replay_equals_full_replay_and_the_oracle(split, spark) ->
     taken = {view: snapshots.take(settings, engine, spark, view, kappa.spec_for(view, 1), kappa.replay_scope(view, 1))
              for view in ("revenue_per_minute", "daily_active_users", "user_sessions")}
     first_half = workload.deliveries[:len(workload.deliveries) // 2]
-    assert views.USER_SESSIONS[1].evaluate(first_half) != views.USER_SESSIONS[2].evaluate(first_half)  # the migration matters
+    assert views.spec_at("user_sessions", 1).evaluate(first_half) != views.spec_at("user_sessions", 2).evaluate(first_half)  # the migration matters
     produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
 
     for view, snap in taken.items():
@@ -106,7 +107,7 @@ def test_snapshot_plus_replay_equals_full_replay_and_the_oracle(split, spark) ->
         assert dedup_state(engine, view, 2) == dedup_state(engine, view, 3) != {}  # the snapshot carried the dedup state
         if view == "user_sessions":  # v1 → v2 went through the declared migration (the midnight fix)
             truth = oracle.user_sessions(workload.truth)
-            assert output(engine, view, 2) == truth != views.USER_SESSIONS[1].evaluate(workload.truth)
+            assert output(engine, view, 2) == truth != views.spec_at("user_sessions", 1).evaluate(workload.truth)
         else:
             assert oracle.compare(output(engine, view, 2), oracle.for_view(view, workload.truth)).equal
         assert kappa.build_record(engine, f"{view}__v2")["snapshot_id"] == snap.snapshot_id
@@ -222,7 +223,7 @@ def _changed(before: dict, after: dict, keep=lambda key: True) -> tuple:
 def test_audit_as_of_returns_what_kappa_served_before_a_later_cutover(split, spark) -> None:
     settings, engine, workload = split
     view = "driver_earnings_daily"
-    assert co.query(engine, view).target is None
+    assert kappa_query(engine, view).target is None
     kappa.replay(settings, engine, view, 1)
     assert co.cutover(settings, engine, view, 1, "first publication", spark=spark, run_suite=run_suite).swapped
     published_v1, between = output(engine, view, 1), datetime.now(timezone.utc)
@@ -255,8 +256,7 @@ def _batch_build(spark, settings: Settings, engine):
     lake.append_bronze(spark, settings, lake.bronze_next_offsets(spark, settings), end)
     lake.build_silver(spark, settings)
     for spec in views.VIEWS.values():
-        lake.build_gold(spark, settings, spec)
-    lake.build_gold_sessions(spark, settings, views.USER_SESSIONS[settings.user_sessions_logic])
+        lake.build_gold(spark, settings, views.batch_spec(spec, settings))
     return batch.publish_batch(spark, settings, engine)
 
 

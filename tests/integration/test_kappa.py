@@ -11,6 +11,7 @@ from sqlalchemy import update
 
 from expectations.runner import run_suite
 from lklab.kappa import cutover as co
+from lklab.kappa.query import query as kappa_query
 from lklab import kappa
 from lklab.core import oracle
 from lklab import views
@@ -78,7 +79,7 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
 
     # a failing validation (v2 moves more than the stated tolerance) leaves the alias alone
     failed = co.cutover(settings, engine, "driver_earnings_daily", 2, "should fail", tolerance_pct=0.01, spark=spark, run_suite=run_suite)
-    assert not failed.swapped and co.query(engine, "driver_earnings_daily").target == "driver_earnings_daily__v1"
+    assert not failed.swapped and kappa_query(engine, "driver_earnings_daily").target == "driver_earnings_daily__v1"
     assert [c.name for c in failed.checks if not c.passed] == ["diff"]
     # the ledger sees the tampered driver-day too; the day is still open, so it is reported as in flight
     assert any(c.name == "ledger" and "+500 cents" in " ".join(c.lines) for c in failed.checks)
@@ -87,7 +88,7 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
 
     def reader() -> None:
         while not stop.is_set():
-            answer = co.query(engine, "driver_earnings_daily")
+            answer = kappa_query(engine, "driver_earnings_daily")
             got = as_map(answer.rows)
             if got not in (v1, v2):
                 errors.append((answer.target, len(got)))

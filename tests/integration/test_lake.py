@@ -41,7 +41,7 @@ def test_silver_dedups_and_gold_equals_the_oracle(isolated: Settings, spark) -> 
     lake.append_bronze(spark, isolated, {}, end)
 
     silver = lake.build_silver(spark, isolated)
-    for spec in views.VIEWS.values():
+    for spec in views.SPEED_LAYER.values():
         lake.build_gold(spark, isolated, spec)
 
     assert silver.rows == len(workload.truth) and silver.rejected == 0
@@ -50,7 +50,7 @@ def test_silver_dedups_and_gold_equals_the_oracle(isolated: Settings, spark) -> 
     truth = {e.event_id: (e.event_version, e.amount_cents) for e in workload.truth}
     assert {r["event_id"]: (r["event_version"], r["amount_cents"]) for r in rows} == truth
 
-    for name, spec in views.VIEWS.items():
+    for name, spec in views.SPEED_LAYER.items():
         gold = spark.read.format("delta").load(lake.path(isolated, lake.gold_table(name)))
         actual = {(r[spec.entity], r["window_start"].replace(tzinfo=oracle_tz())): r[spec.value_column] for r in gold.collect()}
         comparison = oracle.compare(actual, oracle.for_view(name, workload.truth))

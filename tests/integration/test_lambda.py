@@ -23,7 +23,8 @@ from lklab.core.events import SCHEMA_VERSION, Event, EventType
 from lklab.log.generator import GeneratorConfig, generate, write_ledger
 from lklab.log.produce import produce_events
 from lklab.serving.store import batch_view_rows, make_engine, payments_ledger
-from lklab.engine.sink import read_counters, read_view
+from lklab.engine.sink import read_view
+from lklab.serving.progress import read_counters
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -225,7 +226,7 @@ def test_a_three_day_backfill_reproduces_the_first_build_and_the_ledger_gate_blo
     batch_ok(settings, ("2026-11-10", "2026-11-12"))  # the backfill: three daily partitions, one run
     second_id = promoted_build_id(settings)
     assert second_id != first_id and rows(second_id) == rows(first_id)
-    for name, spec in views.VIEWS.items():
+    for name, spec in views.SPEED_LAYER.items():
         T = merge.query(engine, name).T
         final = {k: v for k, v in oracle.for_view(name, workload.truth).items() if spec.is_final(k[1], T)}
         served = {(e, w): v for view_name, e, w, v in rows(second_id) if view_name == name and spec.is_final(w, T)}

@@ -11,6 +11,7 @@ import pytest
 
 from expectations.runner import run_suite
 from lklab.kappa import cutover as co
+from lklab.kappa.query import query as kappa_query
 from lklab import kappa
 from lklab.lake import tables as lake
 from lklab.lambda_arch import merge
@@ -20,7 +21,6 @@ from orchestration.launch import run_batch
 from lklab.core.config import Settings
 from lklab.log.generator import GeneratorConfig, generate
 from lklab.log.produce import produce_events
-from lklab.engine.outputs import session_query
 from lklab.serving.store import make_engine
 from lklab.engine.sink import apply_records
 
@@ -38,9 +38,9 @@ def test_both_engines_sessionize_like_the_spec_and_v2_like_the_oracle(spark) -> 
     bronze = spark.createDataFrame([("t", 0, i, e.to_json()) for i, e in enumerate(workload.deliveries)],
                                    "topic string, partition int, offset long, value string")
     silver = lake.dedup_latest(lake.valid_events(lake.parse_bronze(bronze)))
-    for version, spec in views.USER_SESSIONS.items():
+    for version, spec in views.LOGIC_VERSIONS["user_sessions"].items():
         spark_rows = {(r[0], r[1].replace(tzinfo=timezone.utc)): (r[2], r[3])
-                      for r in lake.sessions_frame(silver, spec).select("user_id", "window_start", "sessions", "duration_ms").collect()}
+                      for r in lake.view_frame(silver, spec).select("user_id", "window_start", "sessions", "duration_ms").collect()}
         with tempfile.TemporaryDirectory() as home:
             settings = Settings(home=Path(home))
             engine = make_engine(settings)
@@ -49,10 +49,10 @@ def test_both_engines_sessionize_like_the_spec_and_v2_like_the_oracle(spark) -> 
             for start in range(0, len(records), 500):
                 apply_records(engine, settings, "t", records[start:start + 500], specs=[sink_spec], scope="s", close_windows=False)
             with engine.connect() as conn:
-                sink_rows = {(u, d): (n, ms) for u, d, n, ms in conn.execute(session_query(sink_spec.name))}
+                sink_rows = {(u, d): (n, ms) for u, d, n, ms in conn.execute(sink_spec.measure.output_query(sink_spec))}
         assert spark_rows == sink_rows == spec.evaluate(workload.deliveries), f"v{version}"
-    assert as_map([(u, d, v) for (u, d), v in views.USER_SESSIONS[2].evaluate(workload.deliveries).items()]) == truth
-    assert views.USER_SESSIONS[1].evaluate(workload.deliveries) != truth  # the bug shows across midnight
+    assert as_map([(u, d, v) for (u, d), v in views.spec_at("user_sessions", 2).evaluate(workload.deliveries).items()]) == truth
+    assert views.spec_at("user_sessions", 1).evaluate(workload.deliveries) != truth  # the bug shows across midnight
 
 
 def test_the_fix_applied_both_ways_gives_the_oracles_answer(isolated: Settings, spark) -> None:
@@ -65,19 +65,19 @@ def test_the_fix_applied_both_ways_gives_the_oracles_answer(isolated: Settings, 
 
     # Lambda: v1 in production, then deploy v2 and backfill the three daily partitions.
     assert run_batch(settings).success
-    _, buggy = merge.batch_sessions(engine)
+    buggy = [(r.entity, r.window_start, r.value) for r in merge.query(engine, "user_sessions").rows]
     assert as_map(buggy) != truth
     fixed = settings.model_copy(update={"user_sessions_logic": 2})
     outcome = run_batch(fixed, ("2026-11-10", "2026-11-12"))
     assert outcome.success, outcome.failed_gates
-    _, lambda_rows = merge.batch_sessions(engine)
+    lambda_rows = [(r.entity, r.window_start, r.value) for r in merge.query(engine, "user_sessions").rows]
     assert as_map(lambda_rows) == truth
 
     # Kappa: v1 published, then replay v2 into a new output and cut over after validation.
     kappa.replay(settings, engine, "user_sessions", 1)
     assert co.cutover(settings, engine, "user_sessions", 1, "v1", spark=spark, run_suite=run_suite).swapped
-    assert as_map(co.query(engine, "user_sessions").rows) != truth
+    assert as_map(kappa_query(engine, "user_sessions").rows) != truth
     kappa.replay(settings, engine, "user_sessions", 2)
     result = co.cutover(settings, engine, "user_sessions", 2, "fix the midnight split", tolerance_pct=50.0, spark=spark, run_suite=run_suite)
     assert result.swapped, [c.summary for c in result.checks]
-    assert as_map(co.query(engine, "user_sessions").rows) == truth
+    assert as_map(kappa_query(engine, "user_sessions").rows) == truth

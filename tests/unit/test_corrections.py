@@ -24,11 +24,13 @@ from lklab.core.events import Event
 from lklab.log.generator import GeneratorConfig, generate, wire_json
 from lklab.lambda_arch.merge import query
 from lklab.serving.store import make_engine
-from lklab.engine.sink import CheckpointedSink, apply_records, read_late_windows, read_progress, read_view
+from lklab.engine.checkpoint import CheckpointedSink
+from lklab.engine.sink import apply_records, read_late_windows, read_view
+from lklab.serving.progress import read_progress
 
 TOPIC = "rides.events.property"
 PARTITIONS = 3
-MONEY_AND_DISTINCT = list(views.VIEWS.values())
+MONEY_AND_DISTINCT = list(views.SPEED_LAYER.values())
 
 
 def partition_of(event: Event) -> int:
@@ -99,7 +101,7 @@ def test_speed_merge_and_kappa_equal_the_oracle_under_window_moving_corrections(
         # 1. The speed layer: every window it has not closed holds exactly the oracle's value.
         maxima = {p: pp.max_event_time for p, pp in read_progress(speed, TOPIC).items() if pp.max_event_time}
         T_speed = views.final_through(views.watermark(maxima), lateness)
-        for name, spec in views.VIEWS.items():
+        for name, spec in views.SPEED_LAYER.items():
             want = {k: v for k, v in truth_of(name, deliveries).items() if not spec.is_final(k[1], T_speed)}
             got = {(r.entity, r.window_start): r.value for r in read_view(speed, name) if not spec.is_final(r.window_start, T_speed)}
             assert oracle.compare(got, want).equal, f"speed {name}: {oracle.compare(got, want)}"
@@ -112,10 +114,9 @@ def test_speed_merge_and_kappa_equal_the_oracle_under_window_moving_corrections(
             p = partition_of(event)
             batch_maxima[p] = max(batch_maxima.get(p, event.event_time), event.event_time)
         T = views.final_through(views.watermark(batch_maxima), lateness)
-        rows = [{"view": name, "entity": e, "window_start": w, "value": v}
-                for name in views.VIEWS for (e, w), v in truth_of(name, deliveries).items()]
+        rows = [(spec, [(e, w, v) for (e, w), v in truth_of(name, deliveries).items()]) for name, spec in views.SPEED_LAYER.items()]
         promote(speed, _build(T, batch_maxima), rows)
-        for name, spec in views.VIEWS.items():
+        for name, spec in views.SPEED_LAYER.items():
             merged = {(r.entity, r.window_start): r.value for r in query(speed, name).rows}
             want = truth_of(name, deliveries)
             # The one documented gap: a window the speed layer closed (its watermark ran ahead of
@@ -141,7 +142,7 @@ def test_speed_merge_and_kappa_equal_the_oracle_under_window_moving_corrections(
             resumed.apply(recs[i:i + batch])  # the first half again: skipped by the offset fence
         resumed.checkpoint()
         resumed.close()
-        for name in views.VIEWS:
+        for name in views.SPEED_LAYER:
             got = {(r.entity, r.window_start): r.value for r in read_view(kappa, name)}
             assert oracle.compare(got, truth_of(name, deliveries)).equal, f"kappa {name}: {oracle.compare(got, truth_of(name, deliveries))}"
         speed.dispose()

@@ -1,10 +1,13 @@
 """The Lambda merge and its health rule against a real SQLite serving store (no other services)."""
 from datetime import datetime, timedelta, timezone
 
+from lklab import views
 from lklab.lambda_arch import merge
 from lklab.lambda_arch.builds import BatchBuild, promote
 from lklab.core.config import Settings
 from lklab.serving.store import make_engine, speed_heartbeat, speed_progress, speed_view_rows, upsert
+
+REVENUE = views.view("revenue_per_minute")
 
 T0 = datetime(2026, 11, 17, 10, 0, tzinfo=timezone.utc)
 
@@ -22,9 +25,7 @@ def build(build_id: str, T: datetime) -> BatchBuild:
 def setup(tmp_path):
     settings = Settings(home=tmp_path, speed_heartbeat_timeout_s=5, speed_max_lag=100)
     engine = make_engine(settings)
-    promote(engine, build("b1", minute(3)), [
-        {"view": "revenue_per_minute", "entity": "berlin", "window_start": minute(m), "value": 100 + m} for m in range(5)
-    ])
+    promote(engine, build("b1", minute(3)), [(REVENUE, [("berlin", minute(m), 100 + m) for m in range(5)])])
     with engine.begin() as conn:
         upsert(conn, speed_view_rows, [
             {"view": "revenue_per_minute", "entity": "berlin", "window_start": minute(m), "value": 900 + m, "events": 1}
@@ -46,9 +47,7 @@ def test_batch_serves_final_windows_and_speed_the_rest(tmp_path) -> None:
 
 def test_a_newer_promotion_moves_T_atomically(tmp_path) -> None:
     _, engine = setup(tmp_path)
-    promote(engine, build("b2", minute(5)), [
-        {"view": "revenue_per_minute", "entity": "berlin", "window_start": minute(m), "value": 200 + m} for m in range(6)
-    ])
+    promote(engine, build("b2", minute(5)), [(REVENUE, [("berlin", minute(m), 200 + m) for m in range(6)])])
     answer = merge.query(engine, "revenue_per_minute", start=minute(2), end=minute(6))
     assert [(r.window_start, r.value, r.source) for r in answer.rows] == [
         (minute(2), 202, "batch"), (minute(3), 203, "batch"), (minute(4), 204, "batch"), (minute(5), 905, "speed")]

@@ -13,7 +13,8 @@ from sqlalchemy import select
 from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION, Event, EventType
 from lklab.serving.store import make_engine, speed_contrib, speed_event_state, speed_progress, speed_view_rows
-from lklab.engine.sink import StaleProgressError, apply_records, read_counters, read_progress, read_view
+from lklab.engine.sink import apply_records, read_view
+from lklab.serving.progress import StaleProgressError, read_counters, read_progress
 
 TOPIC = "rides.events.unit"
 CAP, REF, OPEN = EventType.PAYMENT_CAPTURED, EventType.PAYMENT_REFUNDED, EventType.APP_OPENED
@@ -228,7 +229,7 @@ def test_stale_progress_rolls_back_the_whole_batch(engine, settings, monkeypatch
 
     apply_records(engine, settings, TOPIC, [(0, 0, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=10))])
     before = snapshot(engine)
-    load_versions = sink._load_versions
+    load_versions = sink.load_versions
 
     def another_consumer_commits_first(conn, scope, event_ids):
         # A consumer that took partition 0 over in a rebalance commits offsets 1..5 after this
@@ -237,7 +238,7 @@ def test_stale_progress_rolls_back_the_whole_batch(engine, settings, monkeypatch
             other.execute(speed_progress.update().values(next_offset=speed_progress.c.next_offset + 5))
         return load_versions(conn, scope, event_ids)
 
-    monkeypatch.setattr(sink, "_load_versions", another_consumer_commits_first)
+    monkeypatch.setattr(sink, "load_versions", another_consumer_commits_first)
     with pytest.raises(StaleProgressError):
         apply_records(engine, settings, TOPIC, [(0, 1, ev("r2-cap", CAP, "2026-11-17T10:00:20", amount=99))])
     assert snapshot(engine) == before
@@ -271,7 +272,7 @@ def test_every_speed_view_equals_the_oracle_on_a_generated_stream(tmp_path) -> N
     records = [(0, offset, e.to_json().encode()) for offset, e in enumerate(workload.deliveries)]
     for start in range(0, len(records), 700):  # several batches, like the worker
         apply_records(engine, settings, TOPIC, records[start:start + 700])
-    for name in views.VIEWS:
+    for name in views.SPEED_LAYER:
         got = {(r.entity, r.window_start): r.value for r in read_view(engine, name)}
         comparison = oracle.compare(got, oracle.for_view(name, workload.truth))
         assert comparison.equal, f"{name}: {comparison}"
@@ -285,7 +286,7 @@ def test_checkpointed_sink_equals_the_oracle_across_a_crash(tmp_path) -> None:
     from lklab.core import oracle
     from lklab import views
     from lklab.log.generator import GeneratorConfig, generate
-    from lklab.engine.sink import CheckpointedSink
+    from lklab.engine.checkpoint import CheckpointedSink
 
     settings = Settings(home=tmp_path, allowed_lateness_s=300)
     engine = make_engine(settings)
@@ -296,7 +297,7 @@ def test_checkpointed_sink_equals_the_oracle_across_a_crash(tmp_path) -> None:
         p = zlib.crc32(e.ride_id.encode()) % 2
         records.append((p, offsets[p], e.to_json().encode()))
         offsets[p] += 1
-    specs, scope = list(views.VIEWS.values()), "lklab-replay-unit"
+    specs, scope = list(views.SPEED_LAYER.values()), "lklab-replay-unit"
 
     first = CheckpointedSink(engine, settings, TOPIC, specs, scope, every=150)
     half = len(records) // 2
@@ -311,7 +312,7 @@ def test_checkpointed_sink_equals_the_oracle_across_a_crash(tmp_path) -> None:
         second.apply(records[i:i + 40])
     assert second.checkpoint() == offsets
     second.close()
-    for name in views.VIEWS:
+    for name in views.SPEED_LAYER:
         got = {(r.entity, r.window_start): r.value for r in read_view(engine, name)}
         comparison = oracle.compare(got, oracle.for_view(name, workload.truth))
         assert comparison.equal, f"{name}: {comparison}"

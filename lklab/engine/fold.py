@@ -1,0 +1,141 @@
+"""The fold: what a batch of records does to a view's outputs, computed in memory against the
+held state (dedup versions and contributions). No I/O here; lklab.engine.sink persists the result.
+
+View semantics come from lklab.views; nothing here re-defines them."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from lklab import views
+from lklab.core.events import Event, EventError, parse_event
+from lklab.views import Contrib
+from lklab.views.measures import Deltas
+
+InputRecord = tuple[int, int, bytes]  # (partition, offset, value) in consumption order
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    partition: int
+    offset: int
+    raw: bytes
+
+
+@dataclass
+class ApplyStats:
+    topic: str
+    processed: int = 0
+    skipped_redelivered: int = 0
+    offsets_missed: int = 0  # gaps in a partition's offsets since the last committed one
+    duplicates_ignored: int = 0
+    late_dropped: int = 0
+    corrections_applied: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)  # partitions advanced by this call
+    watermark: datetime | None = None
+
+    @property
+    def dead_lettered(self) -> int:
+        return len(self.dead_letters)
+
+
+def contrib_of(spec: views.ViewSpec, event: Event) -> Contrib | None:
+    """What `event` contributes to `spec`'s output, in its stored form, or None."""
+    found = spec.contribution(event)
+    return None if found is None else spec.measure.contrib(*found)
+
+
+class BatchDeltas:
+    """One batch's changes: per measure (each measure's own accumulator), the windows left to
+    batch, and the contributions to store (None = delete)."""
+
+    def __init__(self) -> None:
+        self.by_measure: dict[views.Measure, Deltas] = {}
+        self.late: dict[tuple[str, str, datetime], int] = {}
+        self.contribs: dict[tuple[str, str], Contrib | None] = {}
+
+    def apply(self, spec: views.ViewSpec, contrib: Contrib, sign: int) -> None:
+        deltas = self.by_measure.get(spec.measure)
+        if deltas is None:
+            deltas = self.by_measure[spec.measure] = spec.measure.new_deltas()
+        deltas.add(spec, contrib, sign)
+
+    def dropped(self, spec: views.ViewSpec, contrib: Contrib) -> None:
+        key = (spec.name, contrib.entity, contrib.window)
+        self.late[key] = self.late.get(key, 0) + 1
+
+
+def apply_event(event, specs: Sequence[views.ViewSpec], contribs: dict[tuple[str, str], Contrib],
+                 deltas: BatchDeltas, wm: datetime | None, lateness: int | None) -> bool:
+    """Move each view from the event's old contribution to its new one, side by side: the old
+    one is retracted where its window is still open, the new one added where its window is still
+    open, and a side whose window is already final is left to batch (recorded as such). A
+    correction may move an event to another window, day, city or driver, so the two sides are
+    judged apart. The held contribution becomes the new one either way: a final window never
+    reopens, so what was not added there is never retracted later. Returns True if any side was
+    left to batch."""
+    dropped = False
+    T = None if lateness is None else views.final_through(wm, lateness)
+    for spec in specs:
+        old, new = contribs.get((spec.name, event.event_id)), contrib_of(spec, event)
+        if old is None and new is None:
+            continue
+        for contrib, sign in ((old, -1), (new, +1)):
+            if contrib is None:
+                continue
+            if spec.is_final(contrib.window, T):
+                deltas.dropped(spec, contrib)
+                dropped = True
+            else:
+                deltas.apply(spec, contrib, sign)
+        contribs[(spec.name, event.event_id)] = deltas.contribs[(spec.name, event.event_id)] = new
+    return dropped
+
+
+def fence_and_parse(records: Sequence[InputRecord], next_offset: dict[int, int], stats: ApplyStats) -> list[tuple[int, Any]]:
+    """Skip offsets below next_offset (re-deliveries), advance it, parse; bad records become dead letters."""
+    fresh: list[tuple[int, Any]] = []  # (partition, Event) in consumption order
+    for partition, offset, raw in records:
+        if offset < next_offset.get(partition, 0):
+            stats.skipped_redelivered += 1
+            continue
+        if partition in next_offset and offset > next_offset[partition]:
+            stats.offsets_missed += offset - next_offset[partition]
+        next_offset[partition] = offset + 1
+        stats.next_offsets[partition] = offset + 1
+        try:
+            event = parse_event(raw if raw is not None else b"")
+        except EventError as exc:
+            stats.dead_letters.append(DeadLetter(exc.reason, partition, offset, raw or b""))
+            continue
+        fresh.append((partition, event))
+    return fresh
+
+
+def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], versions: dict[str, int],
+          contribs: dict[tuple[str, str], Contrib], max_time: dict[int, datetime], deltas: BatchDeltas,
+          changed_versions: dict[str, int], stats: ApplyStats, lateness: int | None, partitions: int | None = None) -> None:
+    """The view deltas of these events, in consumption order, against the held state (updated in place).
+    Windows close only once all `partitions` have reported (views.watermark)."""
+    wm = views.watermark(max_time, partitions)
+    for partition, event in fresh:
+        stats.processed += 1
+        # The event advances its own partition first, so the first event seen on a partition
+        # is judged against that partition's progress, never only against the others'.
+        if partition not in max_time or event.event_time > max_time[partition]:
+            max_time[partition] = event.event_time
+            wm = views.watermark(max_time, partitions)
+        held = versions.get(event.event_id)
+        if not views.supersedes(event.event_version, held):
+            stats.duplicates_ignored += 1
+            continue
+        if held is not None:
+            stats.corrections_applied += 1
+        if apply_event(event, specs, contribs, deltas, wm, lateness):
+            stats.late_dropped += 1
+        versions[event.event_id] = changed_versions[event.event_id] = event.event_version
+    stats.watermark = wm
