@@ -1,9 +1,12 @@
 """Dagster resources. Embedded vs scaled is chosen here, by configuration (LKLAB_* env or
 resource config), never by branches inside assets."""
 
-from typing import Optional
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from dagster import ConfigurableResource
+from pydantic import Field, create_model
 from pyspark.sql import SparkSession
 from sqlalchemy import Engine
 
@@ -15,51 +18,42 @@ from lklab.lake.spark import get_spark
 SECRETS = ("pii_key",)  # never Dagster config (it would show in the UI): read from the environment only
 
 
-class LabSettings(ConfigurableResource):
-    """Overrides on top of the LKLAB_* environment, one per lklab.core.config.Settings field (bar
-    secrets); unset fields keep the environment's value. A unit test keeps the two in step."""
+def _config_type(annotation: Any) -> Any:
+    """The Dagster-config type of a Settings field's override: its type without None, a Path as
+    str (Dagster config has no paths), a Literal as str (Settings validates the value)."""
+    if get_origin(annotation) in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else Union[tuple(args)]
+    if annotation is Path or get_origin(annotation) is Literal:
+        return str
+    return annotation
 
-    home: Optional[str] = None
-    bootstrap_servers: Optional[str] = None
-    kafka_host: Optional[str] = None
-    kafka_port: Optional[int] = None
-    kafka_controller_port: Optional[int] = None
-    kafka_heap: Optional[str] = None
-    topic: Optional[str] = None
-    dlq_topic: Optional[str] = None
-    partitions: Optional[int] = None
-    topic_segment_bytes: Optional[int] = None
-    lake_uri: Optional[str] = None
-    spark_master: Optional[str] = None
-    spark_driver_memory: Optional[str] = None
-    spark_shuffle_partitions: Optional[int] = None
-    serving_url: Optional[str] = None
-    serving_auto_migrate: Optional[bool] = None
-    speed_group: Optional[str] = None
-    speed_web_port: Optional[int] = None
-    speed_batch_max: Optional[int] = None
-    speed_batch_within_s: Optional[float] = None
-    speed_prefetch: Optional[int] = None
-    allowed_lateness_s: Optional[int] = None
-    user_sessions_logic: Optional[int] = None
-    gate_severity: Optional[dict[str, str]] = None
-    blocked_windows_policy: Optional[str] = None
-    batch_wait_s: Optional[float] = None
-    batch_lease_timeout_s: Optional[float] = None
-    schedules_running: Optional[bool] = None
-    ledger_grace_s: Optional[int] = None
-    speed_heartbeat_timeout_s: Optional[float] = None
-    speed_max_lag: Optional[int] = None
-    speed_fault: Optional[str] = None
 
+class _LabSettingsBase(ConfigurableResource):
     @classmethod
     def from_settings(cls, settings: Settings) -> "LabSettings":
         dumped = settings.model_dump(exclude=set(SECRETS))
-        return cls(**{k: (str(v) if k == "home" else v) for k, v in dumped.items()})
+        return cls(**{k: (str(v) if isinstance(v, Path) else v) for k, v in dumped.items()})
 
     def settings(self) -> Settings:
         overrides = {k: v for k, v in self.model_dump().items() if k in Settings.model_fields and v is not None}
         return Settings(**overrides)
+
+
+# One Optional override per lklab.core.config.Settings field (bar secrets), generated from Settings
+# so a new setting is Dagster config with no edit here; unset fields keep the environment's value.
+LabSettings = create_model(
+    "LabSettings",
+    __base__=_LabSettingsBase,
+    __module__=__name__,
+    __doc__="Overrides on top of the LKLAB_* environment, one per lklab.core.config.Settings field (bar secrets, "
+            "generated from Settings); unset fields keep the environment's value.",
+    **{
+        name: (Optional[_config_type(field.annotation)], Field(None, description=field.description))
+        for name, field in Settings.model_fields.items()
+        if name not in SECRETS
+    },
+)
 
 
 class SparkResource(ConfigurableResource):

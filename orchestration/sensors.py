@@ -21,13 +21,8 @@ from lklab.lambda_arch import merge
 from lklab.lambda_arch import runs
 from orchestration.gates import failed_gates
 from orchestration.jobs import lambda_batch_job
+from orchestration.partitions import range_tags
 from orchestration.resources import LabSettings, ServingResource
-
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-
-
-def range_tags(first: str, last: str) -> dict[str, str]:
-    return {RANGE_START: first, RANGE_END: last}
 
 
 @asset_sensor(asset_key=AssetKey("bronze_events"), job=lambda_batch_job, default_status=DefaultSensorStatus.RUNNING,

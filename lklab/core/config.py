@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -50,6 +52,8 @@ class Settings(BaseSettings):
     batch_wait_s: float = Field(600.0, ge=0, description="`lklab batch` waits this long for a batch run in flight on its dates")
     batch_lease_timeout_s: float = Field(3600.0, gt=0, description="a running batch run's hold on its dates expires after this long")
     schedules_running: bool = Field(False, description="the nightly_ingest and daily_snapshots schedules start switched on")
+    partitions_start: str = Field("2026-01-01", description="first event date (YYYY-MM-DD, UTC) of the Dagster daily partitions; "
+                                  "earlier dates are outside the partition set (read when orchestration.partitions is imported)")
     ledger_grace_s: int = Field(48 * 3600, ge=0, description="a day reconciles strictly once it is this far behind the watermark")
     speed_heartbeat_timeout_s: float = Field(10.0, gt=0, description="older heartbeat = speed layer down")
     speed_max_lag: int = Field(50_000, ge=0, description="records behind the log end before serving goes batch-only")
@@ -64,6 +68,17 @@ class Settings(BaseSettings):
         from lklab.core.gates import check_overrides
 
         return check_overrides(value)
+
+    @field_validator("partitions_start")
+    @classmethod
+    def _iso_date(cls, value: str) -> str:
+        try:
+            if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+                date.fromisoformat(value)  # a real day: 2026-02-30 is not
+                return value
+        except ValueError:
+            pass
+        raise ValueError(f"{value!r} is not an ISO date (YYYY-MM-DD)")
 
     @property
     def bootstrap(self) -> str:

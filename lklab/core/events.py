@@ -73,10 +73,6 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     def replace(self, **changes: Any) -> "Event":
         return msgspec.structs.replace(self, **changes)
 
-    @property
-    def epoch_s(self) -> float:
-        return self.event_time.timestamp()
-
 
 EVENT_FIELDS: tuple[str, ...] = Event.__struct_fields__
 

@@ -1,11 +1,72 @@
-"""Background services (the Kafka broker, the Faust worker): pid files, liveness, stop."""
+"""Background services (the Kafka broker, the Faust worker): spawn, pid files, liveness, stop."""
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+
+class StartupExited(RuntimeError):
+    """The service exited before it was ready (its pid file is already removed)."""
+
+    def __init__(self, pid: int, returncode: int) -> None:
+        super().__init__(f"pid {pid} exited with code {returncode} during start-up")
+        self.pid, self.returncode = pid, returncode
+
+
+class StartupTimedOut(RuntimeError):
+    """The service was not ready in time; it is still running (the caller stops it)."""
+
+    def __init__(self, pid: int, wait_s: float) -> None:
+        super().__init__(f"pid {pid} not ready within {wait_s:.0f}s")
+        self.pid, self.wait_s = pid, wait_s
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log: Path,
+    pid_file: Path,
+    ready: Callable[[int], bool],
+    wait_s: float,
+    poll_s: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+) -> int:
+    """Start `argv` in the background in its own session (stdout and stderr appended to `log`,
+    no stdin), write its pid to `pid_file`, and poll every `poll_s` until `ready(pid)`; returns
+    the pid. Raises StartupExited (pid file removed) when it exits first, StartupTimedOut when
+    it is not ready within `wait_s` (left running for the caller to stop)."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=None if env is None else dict(env), cwd=None if cwd is None else str(cwd), start_new_session=True,
+        )
+    pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pid_file.unlink(missing_ok=True)
+            raise StartupExited(proc.pid, proc.returncode)
+        if ready(proc.pid):
+            return proc.pid
+        time.sleep(poll_s)
+    raise StartupTimedOut(proc.pid, wait_s)
+
+
+def log_tail(log: Path, lines: int = 5) -> str:
+    """The last `lines` lines of a service's log, stripped and joined with " | " (one line for an
+    error message); "(no log)" when it has none yet."""
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return " | ".join(line.strip() for line in text[-lines:])
 
 
 def alive(pid: int, marker: bytes) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -85,11 +84,15 @@ def read_pid(settings: Settings) -> int | None:
 
 
 def _log_tail(settings: Settings, lines: int = 5) -> str:
+    return processes.log_tail(log_file(settings), lines)
+
+
+def _assigned(assignment: Path, pid: int) -> bool:
+    """Has worker `pid` written its partition assignment (streaming.app does, on every rebalance)?"""
     try:
-        text = log_file(settings).read_text(errors="replace").strip().splitlines()
-    except FileNotFoundError:
-        return "(no log)"
-    return " | ".join(line.strip() for line in text[-lines:])
+        return json.loads(assignment.read_text()).get("pid") == pid
+    except (FileNotFoundError, ValueError):
+        return False
 
 
 def start(settings: Settings, wait_s: float = 90.0) -> int:
@@ -107,35 +110,25 @@ def start(settings: Settings, wait_s: float = 90.0) -> int:
 
     _dir(settings).mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    ready = assignment_file(settings)
-    ready.unlink(missing_ok=True)
+    assignment = assignment_file(settings)
+    assignment.unlink(missing_ok=True)
     env = {
         **os.environ,
         **settings.to_env(),
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p),
     }
-    with open(log_file(settings), "ab") as out:
-        proc = subprocess.Popen(
+    try:
+        return processes.spawn(
             [sys.executable, "-m", "streaming.worker"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=str(_dir(settings)), start_new_session=True,
+            log=log_file(settings), pid_file=pid_file(settings), ready=lambda pid: _assigned(assignment, pid),
+            wait_s=wait_s, poll_s=0.2, env=env, cwd=_dir(settings),
         )
-    pid_file(settings).write_text(str(proc.pid))
-
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pid_file(settings).unlink(missing_ok=True)
-            raise SpeedError(f"speed worker exited with code {proc.returncode} during start-up: {_log_tail(settings)}")
-        try:
-            if json.loads(ready.read_text()).get("pid") == proc.pid:
-                return proc.pid
-        except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.2)
-    stop(settings)
-    raise SpeedError(f"speed worker got no partitions of {settings.topic} within {wait_s:.0f}s; see {log_file(settings)}")
+    except processes.StartupExited as exited:
+        raise SpeedError(f"speed worker exited with code {exited.returncode} during start-up: {_log_tail(settings)}") from None
+    except processes.StartupTimedOut:
+        stop(settings)
+        raise SpeedError(f"speed worker got no partitions of {settings.topic} within {wait_s:.0f}s; see {log_file(settings)}") from None
 
 
 def stop(settings: Settings, wait_s: float = 30.0) -> bool:

@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from importlib import resources
@@ -129,24 +128,19 @@ def start(settings: Settings, wait_s: float = 60.0) -> int:
     log4j = root / "log4j.properties"
     log4j.write_text(resources.files("lklab.runtime").joinpath("log4j.properties").read_text())
     _format_storage(settings, java, cp, config)
-    out = open(root / "logs" / "stdout.log", "ab")
-    proc = subprocess.Popen(
-        [java, f"-Xmx{settings.kafka_heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-         f"-Dkafka.logs.dir={root / 'logs'}", f"-Dlog4j.configuration=file:{log4j}",
-         "-cp", cp, "kafka.Kafka", str(config)],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    _pid_file(settings).write_text(str(proc.pid))
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _pid_file(settings).unlink(missing_ok=True)
-            raise KafkaRuntimeError(f"Kafka exited with code {proc.returncode} during start-up; see {root / 'logs'}")
-        if port_open(settings.kafka_host, settings.kafka_port):
-            return proc.pid
-        time.sleep(0.3)
-    stop(settings)
-    raise KafkaRuntimeError(f"Kafka did not listen on {settings.bootstrap} within {wait_s:.0f}s; see {root / 'logs'}")
+    try:
+        return processes.spawn(
+            [java, f"-Xmx{settings.kafka_heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+             f"-Dkafka.logs.dir={root / 'logs'}", f"-Dlog4j.configuration=file:{log4j}",
+             "-cp", cp, "kafka.Kafka", str(config)],
+            log=root / "logs" / "stdout.log", pid_file=_pid_file(settings),
+            ready=lambda _pid: port_open(settings.kafka_host, settings.kafka_port), wait_s=wait_s, poll_s=0.3,
+        )
+    except processes.StartupExited as exited:
+        raise KafkaRuntimeError(f"Kafka exited with code {exited.returncode} during start-up; see {root / 'logs'}") from None
+    except processes.StartupTimedOut:
+        stop(settings)
+        raise KafkaRuntimeError(f"Kafka did not listen on {settings.bootstrap} within {wait_s:.0f}s; see {root / 'logs'}") from None
 
 
 def stop(settings: Settings, wait_s: float = 30.0) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -228,14 +228,3 @@ def dlq_payload(reason: str, source: str, raw: bytes | str, max_bytes: int | Non
 
 def _compact(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def chunks(items: Iterable, size: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
