@@ -16,9 +16,9 @@ from lklab import views
 from lklab.lake.tables import silver_watermark
 from lklab.core.gates import severity, suite_severities
 from lklab.core.gates import status as gate_status
+from orchestration.partitions import RANGE_TAGS
 from orchestration.resources import LabSettings, ServingResource, SparkResource
 
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
 def run_dates(context: AssetCheckExecutionContext) -> lake.DateRange | None:

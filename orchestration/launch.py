@@ -154,7 +154,7 @@ def _run_batch(settings: Settings, dates: tuple[str, str] | None, engine: Engine
     from orchestration.definitions import make_definitions
     from orchestration.gates import failed_gates, gate_outcomes
     from orchestration.resources import LabSettings
-    from orchestration.sensors import range_tags
+    from orchestration.partitions import range_tags
 
     warnings.filterwarnings("ignore", category=BetaWarning)  # backfill_policy is beta: not the user's concern
     definitions = make_definitions(LabSettings.from_settings(settings))

@@ -4,10 +4,11 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
 from lklab import views
+from lklab.serving.store import speed_late_windows
 
 
 def read_output(engine: Engine | None, view: str, target: str, entity: str | None = None, start: datetime | None = None,
@@ -20,3 +21,13 @@ def read_output(engine: Engine | None, view: str, target: str, entity: str | Non
         return [(r[0], r[1], spec.measure.value(r)) for r in conn.execute(query)]
     with engine.connect() as c:
         return [(r[0], r[1], spec.measure.value(r)) for r in c.execute(query)]
+
+
+def late_windows(conn: Connection, view: str, entity: str | None = None) -> dict[tuple[str, datetime], int]:
+    """Windows of an output that the speed layer closed and then left late events of to batch,
+    with how many it left (few, and only meaningful above T, where speed serves them)."""
+    t = speed_late_windows
+    query = select(t.c.entity, t.c.window_start, t.c.dropped).where(t.c.view == view)
+    if entity is not None:
+        query = query.where(t.c.entity == entity)
+    return {(e, w): n for e, w, n in conn.execute(query)}

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 
 from lklab import views
 from lklab.core.config import Settings
+from lklab.engine.outputs import late_windows
 from lklab.engine.fold import ApplyStats, BatchDeltas, InputRecord, fence_and_parse, fold
 from lklab.serving import progress
 from lklab.serving.store import add_to, bulk_upsert, speed_contrib, speed_event_state, speed_late_windows
@@ -156,7 +157,5 @@ def read_view(
 
 def read_late_windows(engine: Engine, view: str) -> dict[tuple[str, datetime], int]:
     """Windows of a view that the speed layer left to batch, with how many events it dropped."""
-    t = speed_late_windows
     with engine.connect() as conn:
-        rows = conn.execute(select(t.c.entity, t.c.window_start, t.c.dropped).where(t.c.view == view))
-        return {(e, w): n for e, w, n in rows}
+        return late_windows(conn, view)

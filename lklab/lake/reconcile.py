@@ -13,8 +13,9 @@ from sqlalchemy import Engine, select
 from lklab.lake import tables as lake
 from lklab import views
 from lklab.core.config import Settings
-from lklab.engine.outputs import speed_view_query
-from lklab.serving.store import payments_ledger, speed_late_windows, speed_progress
+from lklab.engine.outputs import late_windows
+from lklab.serving import progress
+from lklab.serving.store import payments_ledger
 
 MAX_REPORTED = 20  # differences listed in a gate's report; the counts cover all of them
 
@@ -102,15 +103,13 @@ def divergence(
     differing window ({view, entity, window_start}): the speed rows readers get flagged. Evaluated only when the speed layer
     has consumed at least what the batch read; otherwise a difference would mean nothing."""
     with engine.connect() as conn:
-        done = dict(conn.execute(select(speed_progress.c.partition, speed_progress.c.next_offset)
-                                 .where(speed_progress.c.scope == settings.speed_group, speed_progress.c.topic == settings.topic)).all())
+        done = progress.next_offsets(conn, settings.speed_group, settings.topic)
         behind = {p: end - done.get(p, 0) for p, (_, end) in batch_offsets.items() if done.get(p, 0) < end}
         if behind:
             return GateReport(True, f"not evaluated: the speed layer is {sum(behind.values())} records behind the batch's input",
                               details={"evaluated": False, "behind": {str(k): v for k, v in behind.items()}})
-        late = {(e, w) for e, w in conn.execute(select(speed_late_windows.c.entity, speed_late_windows.c.window_start)
-                                                .where(speed_late_windows.c.view == spec.name))}
-        speed = {(e, w): v for e, w, v in conn.execute(speed_view_query(spec))}
+        late = set(late_windows(conn, spec.name))
+        speed = {(e, w): v for e, w, v in conn.execute(spec.measure.output_query(spec))}
     gold = spark.read.format("delta").load(lake.path(settings, lake.gold_table(spec.name)))
     batch = {(r[0], r[1].replace(tzinfo=timezone.utc)): int(r[2]) for r in gold.select(spec.entity, "window_start", spec.value_column).collect()}
     shared = [k for k in batch.keys() & speed.keys() if spec.is_final(k[1], T) and k not in late]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from lklab.log import kafka_io
 from lklab.lambda_arch import runs
@@ -20,7 +20,7 @@ from lklab.core.config import Settings
 from lklab.log.kafka_io import Offsets
 from lklab.lambda_arch.runs import BatchBlocked
 from lklab.serving import progress
-from lklab.serving.store import speed_late_windows
+from lklab.engine.outputs import late_windows
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def query(
         suspect = blocked.windows(view) if blocked else set()
         withheld = 0
         if measure.speed_layer and not degraded:
-            late = _left_to_batch(conn, spec, entity)
+            late = late_windows(conn, spec.name, entity)
             for e, w, v in conn.execute(measure.output_query(spec, entity, start, end, not_final_after=T)):
                 if (e, w) in suspect and policy == REFUSE:
                     withheld += 1
@@ -116,16 +116,6 @@ def query(
         mode="batch-only" if degraded else "lambda", stale=degraded, stale_reason=health.reason if degraded else None,
         batch_blocked=blocked, policy=policy, withheld=withheld,
     )
-
-
-def _left_to_batch(conn, spec: views.ViewSpec, entity: str | None) -> set[tuple[str, datetime]]:
-    """Windows of the view that the speed layer knowingly left to batch (a late event or a
-    correction's final side): few, and only meaningful above T, where speed serves them."""
-    t = speed_late_windows
-    query = select(t.c.entity, t.c.window_start).where(t.c.view == spec.name)
-    if entity is not None:
-        query = query.where(t.c.entity == entity)
-    return {(e, w) for e, w in conn.execute(query)}
 
 
 def blocked_json(blocked: BatchBlocked | None) -> dict | None:

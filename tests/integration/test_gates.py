@@ -40,7 +40,7 @@ import sys
 from orchestration.launch import dagster_instance
 from lklab.core.config import Settings
 from orchestration.definitions import make_definitions
-from orchestration.sensors import range_tags
+from orchestration.partitions import range_tags
 day = sys.argv[1]
 result = make_definitions().resolve_job_def("lambda_batch").execute_in_process(
     run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}, instance=dagster_instance(Settings()),
@@ -155,7 +155,7 @@ def test_two_batch_runs_launched_together_on_the_same_dates_never_write_together
     from lklab.lambda_arch import runs
     from orchestration.definitions import make_definitions
     from orchestration.resources import LabSettings
-    from orchestration.sensors import range_tags
+    from orchestration.partitions import range_tags
 
     isolated = isolated.model_copy(update={"allowed_lateness_s": 60})  # minutes become final within the small workload
     workload = generate(GeneratorConfig(seed=54, duration_s=240, rides_per_minute=60))
