@@ -6,11 +6,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from lklab import views
 from lklab.kappa.cutover import diff
 
 W0 = datetime(2026, 11, 17, 10, 0, tzinfo=timezone.utc)
 W1 = W0 + timedelta(minutes=1)
 D0 = datetime(2026, 11, 17, tzinfo=timezone.utc)
+SESSIONS = views.view("user_sessions").measure.size  # what the cutover compares for sessionized rows
 
 
 def test_changed_added_and_removed_windows_with_totals() -> None:
@@ -81,17 +83,17 @@ def test_sessionized_values_are_compared_by_session_count() -> None:
     new = [("u1", D0, (2, 90_000)),  # same 2 sessions, longer: not a change
            ("u2", D0, (3, 7_000))]   # 1 → 3 sessions: changed by 2
     # Published size = 2 + 1 = 3 sessions; new = 2 + 3 = 5; |change| 2 of 3 = 66.667 %.
-    check = diff(old, new, tolerance_pct=70)
+    check = diff(old, new, tolerance_pct=70, size=SESSIONS)
     assert check.passed
     assert check.summary == ("1 changed, 0 added, 0 removed of 2 published rows; total 3 → 5; "
                              "|change| 2 = 66.667% (tolerance 70%)")
     assert check.lines == ("u2 2026-11-17T00:00:00+00:00: 1 → 3 (+2)",)
-    assert not diff(old, new, tolerance_pct=66.6).passed
+    assert not diff(old, new, tolerance_pct=66.6, size=SESSIONS).passed
 
 
 def test_sessionized_duration_alone_never_moves_the_gate() -> None:
     old = [("u1", D0, (1, 1_000))]
-    check = diff(old, [("u1", D0, (1, 86_400_000))], tolerance_pct=0)
+    check = diff(old, [("u1", D0, (1, 86_400_000))], tolerance_pct=0, size=SESSIONS)
     assert check.passed and check.lines == ()
     assert "0 changed" in check.summary and "total 1 → 1" in check.summary
 

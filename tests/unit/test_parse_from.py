@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lklab.kappa.job import ReplayError, check_start, parse_from
+from lklab.kappa.plan import ReplayError, check_start, parse_from
 
 TOPIC = "rides.events"
 END = {0: 100, 1: 50, 2: 0}  # three partitions; partition 2 is empty
