@@ -1,22 +1,32 @@
-"""Dagster Definitions for lklab (loaded by workspace.yaml)."""
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+"""Dagster Definitions for lklab (loaded by workspace.yaml).
 
-from assets import checks as check_module
-from assets import hybrid as hybrid_assets
-from assets import kappa as kappa_assets
-from assets import lake as lake_assets
-from assets import serving as serving_assets
-from assets import speed as speed_assets
+Assets and checks are loaded by package, one package per domain under assets/ (lambda_arch,
+speed, kappa, hybrid); each package's folder name is its asset group ("lambda_arch" → "lambda")."""
+from types import ModuleType
+
+from dagster import Definitions, load_asset_checks_from_package_module, load_assets_from_package_module
+
+import assets
+from assets import hybrid, kappa, lambda_arch, speed
+from assets.kappa.replays import rides_events_log
 from orchestration.jobs import daily_snapshots, hybrid_job, ingest_job, lambda_batch_job, nightly_ingest
 from orchestration.resources import LabSettings, build_resources
 from orchestration.sensors import gate_failure_sensor, rebuild_touched_dates, speed_lag_sensor
+
+DOMAINS: tuple[ModuleType, ...] = (lambda_arch, speed, kappa, hybrid)
+
+
+def group_of(package: ModuleType) -> str:
+    """The asset group of a domain package: its folder name, without the `_arch` a Python keyword forces."""
+    return package.__name__.rsplit(".", 1)[-1].removesuffix("_arch")
 
 
 def make_definitions(lab: LabSettings | None = None) -> Definitions:
     """The same assets, checks and jobs for every deployment; only the resources' configuration differs."""
     return Definitions(
-        assets=[*load_assets_from_modules([lake_assets, serving_assets, speed_assets, kappa_assets, hybrid_assets]), kappa_assets.rides_events_log],
-        asset_checks=load_asset_checks_from_modules([check_module]),
+        assets=[*(a for package in DOMAINS for a in load_assets_from_package_module(package, group_name=group_of(package))),
+                rides_events_log],
+        asset_checks=load_asset_checks_from_package_module(assets),
         jobs=[ingest_job, lambda_batch_job, hybrid_job],
         schedules=[nightly_ingest, daily_snapshots],
         sensors=[rebuild_touched_dates, speed_lag_sensor, gate_failure_sensor],

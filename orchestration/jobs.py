@@ -17,7 +17,7 @@ ingest_job = define_asset_job(
 
 lambda_batch_job = define_asset_job(
     "lambda_batch",
-    selection=AssetSelection.groups("lake", "serving") - AssetSelection.assets("bronze_events"),
+    selection=AssetSelection.groups("lambda") - AssetSelection.assets("bronze_events"),
     description="silver → gold → quality gates → promoted batch build, for a range of event dates in one run",
     tags={LAMBDA_BATCH_TAG: "1"},  # the run queue's tag concurrency limit: one at a time
 )

@@ -150,11 +150,10 @@ def run_batch(settings: Settings, dates: tuple[str, str] | None = None,
 def _run_batch(settings: Settings, dates: tuple[str, str] | None, engine: Engine, deadline: float, on_wait, outcome: BatchOutcome) -> BatchOutcome:
     from dagster import BetaWarning
 
-    from assets.lake import dates_to_partition_keys
     from orchestration.definitions import make_definitions
     from orchestration.gates import failed_gates, gate_outcomes
     from orchestration.resources import LabSettings
-    from orchestration.partitions import range_tags
+    from orchestration.partitions import dates_to_partition_keys, range_tags
 
     warnings.filterwarnings("ignore", category=BetaWarning)  # backfill_policy is beta: not the user's concern
     definitions = make_definitions(LabSettings.from_settings(settings))

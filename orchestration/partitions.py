@@ -1,4 +1,6 @@
 """Daily event-date partitions shared by silver, gold and the promotion step."""
+from datetime import date, datetime
+
 from dagster import BackfillPolicy, DailyPartitionsDefinition
 
 from lklab.core.config import Settings
@@ -19,3 +21,10 @@ RANGE_TAGS = (RANGE_START, RANGE_END)
 def range_tags(first: str, last: str) -> dict[str, str]:
     """Run tags for the partition key range first..last (both included)."""
     return {RANGE_START: first, RANGE_END: last}
+
+
+def dates_to_partition_keys(dates: list[date]) -> tuple[str, str] | None:
+    """The partition key range covering these event dates (clipped to the partition set)."""
+    first = datetime.strptime(event_date_partitions.start.strftime("%Y-%m-%d"), "%Y-%m-%d").date()
+    kept = [d for d in dates if d >= first]
+    return (min(kept).isoformat(), max(kept).isoformat()) if kept else None

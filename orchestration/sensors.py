@@ -16,12 +16,11 @@ from dagster import (
 
 from datetime import date
 
-from assets.lake import dates_to_partition_keys
 from lklab.lambda_arch import merge
 from lklab.lambda_arch import runs
 from orchestration.gates import failed_gates
 from orchestration.jobs import lambda_batch_job
-from orchestration.partitions import range_tags
+from orchestration.partitions import dates_to_partition_keys, range_tags
 from orchestration.resources import LabSettings, ServingResource
 
 

@@ -40,7 +40,7 @@ def demo(
     from lklab.lambda_arch.speed import SpeedError
 
     try:
-        code = run_demo(minutes=minutes, seed=seed, console=console)
+        code = run_demo(minutes=minutes, seed=seed, console=console).exit_code
     except (KafkaRuntimeError, SpeedError, StoreSchemaError, TimeoutError, LookupError) as exc:
         raise fail(str(exc)) from None
     raise typer.Exit(code=code)

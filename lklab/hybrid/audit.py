@@ -143,4 +143,4 @@ def mirror_to_delta(spark, settings: Settings, engine: Engine) -> int:
         frame.write.format("delta").save(location)
         return len(rows)
     (DeltaTable.forPath(spark, location).alias("h").merge(frame.alias("n"), "h.id = n.id").whenNotMatchedInsertAll().execute())
-    return int(DeltaTable.forPath(spark, location).history(1).collect()[0]["operationMetrics"].get("numTargetRowsInserted", 0))
+    return lake.merged_rows_inserted(spark, location)

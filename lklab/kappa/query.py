@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from lklab import views
 from lklab.engine.outputs import read_output
-from lklab.kappa.job import KAPPA_VIEWS, ReplayError
+from lklab.kappa.names import KAPPA_VIEWS, ReplayError
 from lklab.serving.store import serving_aliases
 
 

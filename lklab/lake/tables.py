@@ -102,6 +102,11 @@ def append_bronze(spark: SparkSession, settings: Settings, start: Offsets, end: 
         .whenNotMatchedInsertAll()
         .execute()
     )
+    return merged_rows_inserted(spark, location)
+
+
+def merged_rows_inserted(spark: SparkSession, location: str) -> int:
+    """Rows the table's last commit (a MERGE) inserted, from the Delta log's operation metrics."""
     metrics = DeltaTable.forPath(spark, location).history(1).collect()[0]["operationMetrics"]
     return int(metrics.get("numTargetRowsInserted", 0))
 

@@ -9,6 +9,7 @@ import shutil
 import socket
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -29,6 +30,40 @@ from lklab.core.gates import styled
 from lklab.log.generator import GeneratorConfig, bad_lines, generate, write_jsonl, write_ledger
 from lklab.log.produce import produce_file
 from lklab.serving.store import make_engine
+
+
+# The parts of a view the demo checks against the oracle (ViewComparison.part).
+MERGE = "merge"  # the Lambda merge: what readers get
+BATCH_ROWS = "batch rows"  # its batch rows: windows final at T
+SPEED_ROWS = "speed rows"  # its speed rows: windows after T
+SNAPSHOT_REPLAY = "hybrid replay from snapshot"  # Kappa replay seeded from a Delta snapshot, then the log
+FULL_REPLAY = "hybrid full replay"  # Kappa replay of the whole log, across bronze and Kafka
+
+
+@dataclass(frozen=True)
+class ViewComparison:
+    """One row of the demo's tables: a part of a view against the oracle."""
+
+    view: str
+    part: str  # MERGE, BATCH_ROWS, SPEED_ROWS, SNAPSHOT_REPLAY or FULL_REPLAY
+    label: str  # as printed in the table
+    comparison: oracle.Comparison
+
+
+@dataclass
+class DemoResult:
+    """What a demo run found: every comparison with the oracle, and the exit code (0 only when
+    every merged view, and the hybrid replays when they ran, equal the oracle)."""
+
+    exit_code: int
+    message: str  # the outcome, in one line
+    comparisons: list[ViewComparison] = field(default_factory=list)
+    T: datetime | None = None  # the batch build's final-through time
+    build_id: str | None = None
+    hybrid_ran: bool = False
+
+    def part(self, part: str) -> list[ViewComparison]:
+        return [c for c in self.comparisons if c.part == part]
 
 
 def _free_port() -> int:
@@ -70,18 +105,20 @@ def _gates_table(gates: list) -> Table:
     return table
 
 
-def _results_table(rows: list[tuple[str, oracle.Comparison]]) -> Table:
+def _results_table(rows: list[ViewComparison]) -> Table:
     table = Table(title="lklab demo: views against the oracle")
     for column in ("view", "rows", "exact matches", "max abs error", "equal"):
         table.add_column(column, justify="right" if column in ("rows", "exact matches", "max abs error") else "left")
-    for name, c in rows:
-        table.add_row(name, str(c.rows_actual), f"{c.exact_matches}/{c.rows_expected}", str(c.max_abs_error),
+    for row in rows:
+        c = row.comparison
+        table.add_row(row.label, str(c.rows_actual), f"{c.exact_matches}/{c.rows_expected}", str(c.max_abs_error),
                       "[green]yes[/green]" if c.equal else "[red]NO[/red]")
     return table
 
 
-def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, settings: Settings | None = None) -> int:
-    """Run the demo; returns the exit code (0 only when the merged view equals the oracle).
+def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, settings: Settings | None = None) -> DemoResult:
+    """Run the demo; returns what it found, with the exit code (0 only when every merged view,
+    and the hybrid replays, equal the oracle).
     With `settings`, it uses that (running) broker and home instead of starting its own. The
     hybrid part runs when the topic has small segments (settings.topic_segment_bytes), which
     is what lets a short retention delete some of them."""
@@ -126,34 +163,45 @@ def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, s
             console.print(line, highlight=False)
         if not outcome.success:
             console.print(f"[red]{outcome.message}[/red]")
-            return 1
+            return DemoResult(1, outcome.message)
         step(f"{outcome.message}; GX Data Docs: {data_docs_index(settings.home)}")
         console.print(_gates_table(outcome.gates))
 
         comparisons, T = [], None
-        for name in views.VIEWS:
+        for name in views.SPEED_LAYER:  # the views whose merge splits at T between batch and speed
             answer = merge.query(engine, name)
             T = answer.T
             truth = oracle.for_view(name, workload.truth)
             final = lambda key: views.VIEWS[name].is_final(key[1], T)  # noqa: E731
             rows = lambda src: {(r.entity, r.window_start): r.value for r in answer.rows if src in (None, r.source)}  # noqa: E731
             comparisons += [
-                (f"{name} (Lambda merge)", oracle.compare(rows(None), truth)),
-                ("  batch rows (final at T)", oracle.compare(rows("batch"), {k: v for k, v in truth.items() if final(k)})),
-                ("  speed rows (after T)", oracle.compare(rows("speed"), {k: v for k, v in truth.items() if not final(k)})),
+                ViewComparison(name, MERGE, f"{name} (Lambda merge)", oracle.compare(rows(None), truth)),
+                ViewComparison(name, BATCH_ROWS, "  batch rows (final at T)",
+                               oracle.compare(rows("batch"), {k: v for k, v in truth.items() if final(k)})),
+                ViewComparison(name, SPEED_ROWS, "  speed rows (after T)",
+                               oracle.compare(rows("speed"), {k: v for k, v in truth.items() if not final(k)})),
             ]
         step(f"T = {T} (build {answer.build_id})")
+        result = DemoResult(1, "", comparisons, T, answer.build_id)
         console.print(_results_table(comparisons))
-        wrong = [(name, c) for name, c in comparisons if "merge" in name and not c.equal]
-        for name, c in wrong:
-            console.print(f"[red]{name} differs from the oracle:[/red] {c}")
+        wrong = [c for c in comparisons if c.part == MERGE and not c.comparison.equal]
+        for c in wrong:
+            console.print(f"[red]{c.label} differs from the oracle:[/red] {c.comparison}")
         if wrong:
-            return 1
+            result.message = f"{', '.join(c.view for c in wrong)}: the merged view differs from the oracle"
+            return result
         console.print(f"[green]every merged view equals the oracle exactly[/green] in {time.monotonic() - clock:.0f}s")
-        if settings.topic_segment_bytes and not run_hybrid(settings, engine, workload, console, step):
-            return 1
+        if settings.topic_segment_bytes:
+            result.hybrid_ran = True
+            ok, hybrid = run_hybrid(settings, engine, workload, console, step)
+            result.comparisons += hybrid
+            if not ok:
+                result.message = "the hybrid path differs from the oracle (or the first cutover failed)"
+                return result
         console.print(f"[green]demo complete[/green] in {time.monotonic() - clock:.0f}s")
-        return 0
+        result.exit_code, result.message = 0, "demo complete: every merged view" + (
+            " and both hybrid replays equal the oracle" if result.hybrid_ran else " equals the oracle")
+        return result
 
 
 def _wait_for_retention(settings: Settings, timeout_s: float = 90.0) -> dict[int, int]:
@@ -169,10 +217,11 @@ def _wait_for_retention(settings: Settings, timeout_s: float = 90.0) -> dict[int
     raise RuntimeError(f"Kafka retention deleted nothing within {timeout_s:.0f}s (first offsets {first})")
 
 
-def run_hybrid(settings: Settings, engine, workload, console: Console, step) -> bool:
+def run_hybrid(settings: Settings, engine, workload, console: Console, step) -> tuple[bool, list[ViewComparison]]:
     """The hybrid path on the same broker: retention drops old segments (bronze still holds them),
     a replay crosses both tiers, a snapshot is taken, more events arrive, and a replay from the
-    snapshot equals a full replay and the oracle; then a cutover and an audit as-of."""
+    snapshot equals a full replay and the oracle; then a cutover and an audit as-of. Returns
+    whether it all held, and the two replays' comparisons with the oracle."""
     from lklab.hybrid import audit
     from lklab import kappa
     from lklab.engine import snapshots
@@ -207,18 +256,20 @@ def run_hybrid(settings: Settings, engine, workload, console: Console, step) -> 
     full = kappa.replay(settings, engine, view, 3, spark=spark)
     full_s = time.monotonic() - clock
     rows = lambda r: {(e, w): v for e, w, v in kappa.read_output(engine, view, r.output)}  # noqa: E731
-    results = [(f"{fast.output} (snapshot + {fast.events} events)", oracle.compare(rows(fast), truth)),
-               (f"{full.output} (full replay, {full.events} events)", oracle.compare(rows(full), truth))]
+    results = [ViewComparison(view, SNAPSHOT_REPLAY, f"{fast.output} (snapshot + {fast.events} events)",
+                              oracle.compare(rows(fast), truth)),
+               ViewComparison(view, FULL_REPLAY, f"{full.output} (full replay, {full.events} events)",
+                              oracle.compare(rows(full), truth))]
     console.print(_results_table(results))
     step(f"replay from snapshot {fast_s:.1f}s (checksum, load, {fast.events} events) vs full replay {full_s:.1f}s "
          f"across tiers {full.tiers}")
-    if not all(c.equal for _, c in results) or not published.swapped:
+    if not all(c.comparison.equal for c in results) or not published.swapped:
         console.print("[red]the hybrid path differs from the oracle (or the first cutover failed)[/red]")
-        return False
+        return False, results
     co.cutover(settings, engine, view, 2, "demo: caught up from the snapshot", spark=spark, tolerance_pct=100, run_suite=run_suite)
     key, window = next((k for k in sorted(truth) if k in served_v1 and truth[k] != served_v1[k]), min(truth))
     then = audit.answer(settings, engine, spark, view, key, window, between, arch="kappa")
     now = audit.answer(settings, engine, spark, view, key, window, datetime.now(timezone.utc), arch="kappa")
     step(f"audit {view} {key} {window:%Y-%m-%dT%H:%MZ}: as of the first publication {then.value} (from {then.publish['target']}), "
          f"now {now.value} (from {now.publish['target']})")
-    return True
+    return True, results

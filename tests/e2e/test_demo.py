@@ -8,23 +8,49 @@ import pytest
 from rich.console import Console
 
 from lklab.core.config import Settings
-from lklab.scenarios.demo import DEMO_SEGMENT_BYTES, run_demo
+from lklab.scenarios.demo import BATCH_ROWS, DEMO_SEGMENT_BYTES, FULL_REPLAY, MERGE, SNAPSHOT_REPLAY, SPEED_ROWS, run_demo
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
+MERGED_VIEWS = {"revenue_per_minute", "daily_active_users", "driver_earnings_daily"}  # the views the oracle answers
+
+
+def assert_equals_oracle(c, what: str) -> None:
+    """A comparison with the oracle that found the view exactly right, and not empty."""
+    assert c.equal, f"{what} differs from the oracle: {c}"
+    assert (c.missing, c.unexpected, c.mismatched, c.max_abs_error) == ([], [], [], 0), what
+    assert c.rows_expected > 0 and c.rows_actual == c.exact_matches == c.rows_expected, f"{what}: {c}"
 
 
 def test_demo_merged_view_and_the_hybrid_path_equal_the_oracle(isolated: Settings, spark) -> None:
     small_segments = isolated.model_copy(update={"topic": isolated.topic + ".demo", "dlq_topic": isolated.dlq_topic + ".demo",
                                                  "topic_segment_bytes": DEMO_SEGMENT_BYTES})
     console = Console(record=True, width=200)
-    assert run_demo(minutes=6, seed=17, console=console, settings=small_segments) == 0
+    result = run_demo(minutes=6, seed=17, console=console, settings=small_segments)
+    assert result.exit_code == 0, result.message
     text = console.export_text()
     assert "every merged view equals the oracle exactly" in text
     assert "dead-lettered 9" in text
     assert "bronze still holds everything below them" in text and "demo complete" in text
     from_bronze = re.search(r"replay plan: (\d+) records from bronze, (\d+) from Kafka, 0 lost", text)
     assert from_bronze and int(from_bronze[1]) > 0 and int(from_bronze[2]) > 0
+
+    # The structured oracle checks behind the exit code and the tables.
+    assert result.T is not None and result.build_id and result.hybrid_ran
+    merged = {c.view: c.comparison for c in result.part(MERGE)}
+    assert set(merged) == MERGED_VIEWS and len(result.part(MERGE)) == len(MERGED_VIEWS)
+    for view, c in merged.items():
+        assert_equals_oracle(c, f"{view} (Lambda merge)")
+        # The merge is its batch rows (final at T) plus its speed rows (after T), nothing else.
+        batch = next(x.comparison for x in result.part(BATCH_ROWS) if x.view == view)
+        speed = next(x.comparison for x in result.part(SPEED_ROWS) if x.view == view)
+        assert batch.rows_actual + speed.rows_actual == c.rows_actual, view
+        assert batch.rows_expected + speed.rows_expected == c.rows_expected, view
+    replays = {c.part: c for c in result.comparisons if c.part in (SNAPSHOT_REPLAY, FULL_REPLAY)}
+    assert set(replays) == {SNAPSHOT_REPLAY, FULL_REPLAY}
+    for part, c in replays.items():
+        assert c.view == "revenue_per_minute", part
+        assert_equals_oracle(c.comparison, f"{c.label} ({part})")
 
 
 def test_dagster_definitions_validate() -> None:

@@ -310,10 +310,10 @@ def test_the_kappa_cutover_applies_the_same_severities(spark, tmp_path: Path) ->
 
     rows = [(r["city"], utc(r["window_start"]), int(r["revenue_cents"]))
             for r in revenue(spark).where("NOT (city = 'berlin' AND minute(window_start) IN (2, 3))").collect()]
-    check = cutover._gx_check(Settings(home=tmp_path), spark, "revenue_per_minute", rows)
+    check = cutover._gx_check(Settings(home=tmp_path), spark, "revenue_per_minute", rows, run_suite)
     assert check.passed and check.status == "warn" and "berlin: 2 of 5 minutes missing" in check.summary, check
     strict = Settings(home=tmp_path, gate_severity={"gx_gold_revenue_per_minute.minute_coverage": "fail"})
-    assert cutover._gx_check(strict, spark, "revenue_per_minute", rows).status == "fail"
+    assert cutover._gx_check(strict, spark, "revenue_per_minute", rows, run_suite).status == "fail"
 
 
 def test_unknown_tables_and_parameters_are_rejected(tmp_path: Path) -> None:

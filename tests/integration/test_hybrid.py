@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from expectations.runner import run_suite
 from lklab.hybrid import audit
 from lklab.lambda_arch import promote as batch
+from orchestration.launch import dagster_instance
 from lklab.log import kafka_io
 from lklab import kappa
 from lklab.lake import tables as lake
@@ -291,7 +292,7 @@ def test_the_daily_dagster_job_catches_up_snapshots_and_keeps_the_publish_histor
     produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
 
     job = make_definitions(LabSettings.from_settings(settings)).resolve_job_def("hybrid_snapshots")
-    run = job.execute_in_process(instance=batch.dagster_instance(settings), raise_on_error=False)
+    run = job.execute_in_process(instance=dagster_instance(settings), raise_on_error=False)
     assert run.success
     end = kafka_io.run(kafka_io.end_offsets(settings))
     latest = snapshots.listing(engine, "revenue_per_minute")[-1]

@@ -126,7 +126,7 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
 def test_a_replay_runs_as_a_dagster_asset(loaded) -> None:
     from dagster import DagsterInstance, materialize
 
-    from assets.kappa import kappa_assets, rides_events_log
+    from assets.kappa.replays import kappa_assets, rides_events_log
     from orchestration.resources import LabSettings, build_resources
 
     settings, engine, workload = loaded

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from assets.checks import RANGE_TAGS as CHECKS_RANGE_TAGS
-from assets.checks import run_dates
-from assets.lake import dates_to_partition_keys
+from assets.lambda_arch.checks import RANGE_TAGS as CHECKS_RANGE_TAGS
+from assets.lambda_arch.checks import run_dates
+from orchestration.partitions import dates_to_partition_keys
 from lklab.core.config import Settings
 from orchestration.partitions import PARTITIONS_START, RANGE_END, RANGE_START, RANGE_TAGS, event_date_partitions, range_tags
 

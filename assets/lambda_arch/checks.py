@@ -7,7 +7,7 @@ from datetime import date
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check
 
-from assets.lake import bronze_events, silver_events
+from assets.lambda_arch.lake import bronze_events, silver_events
 from expectations.runner import GateResult, run_suite
 from lklab.lake import tables as lake
 from lklab.lake import reconcile

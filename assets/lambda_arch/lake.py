@@ -17,7 +17,7 @@ def partition_dates(context: AssetExecutionContext) -> lake.DateRange:
     return window.start.date(), window.end.date()
 
 
-@asset(group_name="lake", compute_kind="spark",
+@asset(compute_kind="spark",
        description="Raw Kafka records with topic/partition/offset, appended by explicit offset ranges; re-reading a range adds nothing.")
 def bronze_events(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource, kafka: KafkaResource) -> MaterializeResult:
     settings, session = lab.settings(), spark.session()
@@ -35,7 +35,7 @@ def bronze_events(context: AssetExecutionContext, lab: LabSettings, spark: Spark
     })
 
 
-@asset(group_name="lake", compute_kind="spark", deps=[bronze_events], partitions_def=event_date_partitions,
+@asset(compute_kind="spark", deps=[bronze_events], partitions_def=event_date_partitions,
        backfill_policy=single_run,
        description="Schema-v1 events, one row per event_id (highest event_version wins), by event_date; rejects quarantined "
                    "to silver_rejects with a reason (the `drop` severity). The first write of a batch run: it takes the "
@@ -61,7 +61,7 @@ def gold_asset(spec: views.ViewSpec):
     """One gold asset per view in lklab.views.VIEWS, each built by its measure's Spark frame, with
     the logic version the settings pick for the batch layer (views.batch_spec)."""
 
-    @asset(name=f"gold_{spec.name}", group_name="lake", compute_kind="spark", deps=[silver_events],
+    @asset(name=f"gold_{spec.name}", compute_kind="spark", deps=[silver_events],
            partitions_def=event_date_partitions, backfill_policy=single_run,
            description=f"{spec.name} ({spec.entity}, {spec.window_s}s window, by event time, UTC): {spec.description}")
     def _gold(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource) -> MaterializeResult:
@@ -78,10 +78,3 @@ def gold_asset(spec: views.ViewSpec):
 
 
 gold_assets = [gold_asset(spec) for spec in views.VIEWS.values()]
-
-
-def dates_to_partition_keys(dates: list[date]) -> tuple[str, str] | None:
-    """The partition key range covering these event dates (clipped to the partition set)."""
-    first = datetime.strptime(event_date_partitions.start.strftime("%Y-%m-%d"), "%Y-%m-%d").date()
-    kept = [d for d in dates if d >= first]
-    return (min(kept).isoformat(), max(kept).isoformat()) if kept else None

@@ -2,7 +2,7 @@
 from the beginning of the log), and the publish history that audits read, kept in Delta."""
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets.kappa import kappa_assets
+from assets.kappa.replays import kappa_asset_key
 from lklab.hybrid import audit
 from lklab.serving import publish
 from lklab import kappa
@@ -10,7 +10,7 @@ from lklab.hybrid.refresh import refresh
 from orchestration.resources import LabSettings, ServingResource, SparkResource
 
 
-@asset(group_name="hybrid", deps=kappa_assets, kinds={"delta", "faust"},
+@asset(deps=[kappa_asset_key(view) for view in kappa.KAPPA_VIEWS], kinds={"delta", "faust"},
        description="For every published Kappa view: resume its replay to the log's end, write an immutable Delta snapshot "
                    "(offsets, logic/schema version, row counts, checksum, git SHA) and record the refresh as a publish.")
 def kappa_snapshots(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource, serving: ServingResource) -> MaterializeResult:
@@ -28,7 +28,7 @@ def kappa_snapshots(context: AssetExecutionContext, lab: LabSettings, spark: Spa
     return MaterializeResult(metadata={"snapshots": MetadataValue.json(taken), "published_views": len(taken)})
 
 
-@asset(group_name="hybrid", deps=[kappa_snapshots], kinds={"delta", "sqlalchemy"},
+@asset(deps=[kappa_snapshots], kinds={"delta", "sqlalchemy"},
        description="Every publish (batch promotions behind the Lambda merge, Kappa cutovers, rollbacks and refreshes) with "
                    "its build metadata, mirrored from the serving store into the Delta table audit/publish_log.")
 def publish_history(lab: LabSettings, spark: SparkResource, serving: ServingResource) -> MaterializeResult:

@@ -1,5 +1,5 @@
 """Kappa assets: a replay of the log (the Kafka topic) into a versioned output per view."""
-from dagster import AssetExecutionContext, AssetSpec, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, AssetSpec, Config, MaterializeResult, MetadataValue, asset
 
 from lklab import kappa
 from lklab import views
@@ -18,8 +18,12 @@ class ReplayConfig(Config):
     from_snapshot: str | None = None  # latest, or a snapshot id (then from_offsets must stay earliest)
 
 
+def kappa_asset_key(view: str) -> AssetKey:
+    return AssetKey(f"kappa_{view}")
+
+
 def kappa_asset(spec: views.ViewSpec):
-    @asset(name=f"kappa_{spec.name}", group_name="kappa", deps=[rides_events_log], kinds={"faust", "sqlalchemy"},
+    @asset(key=kappa_asset_key(spec.name), deps=[rides_events_log], kinds={"faust", "sqlalchemy"},
            description=f"Kappa replay of {spec.name} into {spec.name}__v<N> (bounded by the end offsets at start).")
     def _replay(context: AssetExecutionContext, config: ReplayConfig, lab: LabSettings, serving: ServingResource) -> MaterializeResult:
         settings = lab.settings()

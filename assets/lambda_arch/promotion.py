@@ -1,14 +1,14 @@
 """Serving assets: the promoted batch build that the Lambda merge reads (with its T record)."""
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets.lake import gold_assets
+from assets.lambda_arch.lake import gold_assets
 from lklab.lambda_arch import runs
 from lklab.lambda_arch.promote import publish_batch
 from orchestration.partitions import event_date_partitions, single_run
 from orchestration.resources import LabSettings, ServingResource, SparkResource
 
 
-@asset(group_name="serving", compute_kind="sqlalchemy", deps=gold_assets, partitions_def=event_date_partitions,
+@asset(compute_kind="sqlalchemy", deps=gold_assets, partitions_def=event_date_partitions,
        backfill_policy=single_run,
        description="Promotes every gold view to the serving store with the T record (offsets, watermark, final-through). "
                    "Runs only when every blocking quality gate upstream passed; otherwise the previous build stays published.")

@@ -5,7 +5,7 @@ from lklab.lambda_arch import merge
 from orchestration.resources import LabSettings, ServingResource
 
 
-@observable_source_asset(group_name="speed", description="The Faust speed layer: health, lag (records) and freshness.")
+@observable_source_asset(description="The Faust speed layer: health, lag (records) and freshness.")
 def speed_layer(lab: LabSettings, serving: ServingResource) -> ObserveResult:
     settings, engine = lab.settings(), serving.engine()
     health = merge.current_speed_health(engine, settings)
