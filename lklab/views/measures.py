@@ -70,9 +70,10 @@ def window_start_col(ts, width_s: int = WINDOW_S):
     return F.timestamp_seconds(F.floor(F.unix_timestamp(ts) / width_s) * width_s)
 
 
-def _in_window(query, t, entity: str | None, start: datetime | None, end: datetime | None):
+def _in_window(query, t, entity: str | None, start: datetime | None, end: datetime | None, key: str = "entity"):
+    """Only rows of this entity (column `key`) and window starts in [start, end)."""
     if entity is not None:
-        query = query.where(t.c.entity == entity)
+        query = query.where(t.c[key] == entity)
     if start is not None:
         query = query.where(t.c.window_start >= start)
     if end is not None:
@@ -497,10 +498,4 @@ def _batch_output(spec: ViewSpec, build_id: str) -> str:
 def _session_query(output: str, entity: str | None, start: datetime | None, end: datetime | None):
     t = session_rows
     query = select(t.c.user_id, t.c.window_start, t.c.sessions, t.c.duration_ms).where(t.c.view == output)
-    if entity is not None:
-        query = query.where(t.c.user_id == entity)
-    if start is not None:
-        query = query.where(t.c.window_start >= start)
-    if end is not None:
-        query = query.where(t.c.window_start < end)
-    return query.order_by(t.c.user_id, t.c.window_start)
+    return _in_window(query, t, entity, start, end, key="user_id").order_by(t.c.user_id, t.c.window_start)

@@ -68,3 +68,22 @@ def test_unhealthy_speed_means_batch_only_and_stale(tmp_path) -> None:
     answer = merge.query(engine, "revenue_per_minute", health=lagging)
     assert answer.stale and answer.mode == "batch-only" and answer.stale_reason == lagging.reason
     assert [(r.window_start, r.value, r.source) for r in answer.rows] == [(minute(m), 100 + m, "batch") for m in range(5)]
+
+
+def test_user_sessions_is_served_from_the_batch_build_for_every_day(tmp_path) -> None:
+    """A view the speed layer does not maintain: the merge serves the promoted build's rows for
+    every day, before and after T, whatever the speed layer's health, in the measure's shape."""
+    _, engine = setup(tmp_path)
+    sessions = views.view("user_sessions")
+    day, next_day = datetime(2026, 11, 16, tzinfo=timezone.utc), datetime(2026, 11, 17, tzinfo=timezone.utc)
+    promote(engine, build("b2", minute(3)), [(REVENUE, [("berlin", minute(0), 1)]),
+                                             (sessions, [("u1", day, 2, 60_000), ("u1", next_day, 1, 0), ("u2", next_day, 3, 9_000)])])
+    down = merge.SpeedHealth(False, "speed heartbeat is 99s old (worker down?)", 99.0, None)
+    for health in (None, down):
+        answer = merge.query(engine, "user_sessions", health=health)
+        assert [(r.entity, r.window_start, r.value, r.source) for r in answer.rows] == [
+            ("u1", day, (2, 60_000), "batch"), ("u1", next_day, (1, 0), "batch"), ("u2", next_day, (3, 9_000), "batch")]
+    only_u2 = merge.query(engine, "user_sessions", entity="u2", start=next_day)
+    assert merge.answer_json(only_u2)["rows"] == [{"user_id": "u2", "window_start": "2026-11-17T00:00:00+00:00", "sessions": 3,
+                                                    "duration_ms": 9000, "source": "batch", "diverged": False,
+                                                    "left_to_batch": False}]

@@ -64,3 +64,26 @@ def test_dagster_lab_settings_cover_every_setting_but_secrets() -> None:
     assert LabSettings.from_settings(custom).settings() == custom
     custom = Settings(home="/tmp/y", blocked_windows_policy="refuse", partitions_start="2025-06-01", topic_segment_bytes=4096)
     assert LabSettings.from_settings(custom).settings() == custom
+
+
+def test_one_registry_holds_every_view_and_its_logic_versions() -> None:
+    from lklab import kappa
+
+    assert list(views.VIEWS) == ["revenue_per_minute", "daily_active_users", "driver_earnings_daily", "user_sessions"]
+    assert list(views.SPEED_LAYER) == ["revenue_per_minute", "daily_active_users", "driver_earnings_daily"]
+    assert views.spec_at("user_sessions", 1).measure.split_at_midnight and not views.spec_at("user_sessions", 2).measure.split_at_midnight
+    assert views.view("user_sessions").logic_version == 2  # the newest logic is the view's current one
+    assert views.spec_at("revenue_per_minute", 7) == views.view("revenue_per_minute")  # versions past the newest run the newest
+    v3 = kappa.spec_for("user_sessions", 3)
+    assert (v3.name, v3.view, v3.logic_version) == ("user_sessions__v3", "user_sessions", 2)
+    assert views.VersionedOutput("daily_active_users", 4).name == kappa.output_name("daily_active_users", 4) == "daily_active_users__v4"
+
+
+def test_each_measure_evaluates_its_own_kind() -> None:
+    stream = [ev("a", 500, timedelta(seconds=1)), ev("b", 200, timedelta(minutes=40), kind=EventType.PAYMENT_REFUNDED),
+              ev("c", None, timedelta(minutes=41), kind=EventType.APP_OPENED)]
+    day = T0.replace(hour=0)
+    assert views.view("revenue_per_minute").evaluate(stream) == {("berlin", T0): 500, ("berlin", T0 + timedelta(minutes=40)): -200}
+    assert views.view("daily_active_users").evaluate(stream) == {("berlin", day): 1}
+    # one rider: 10:00:01, then 40 min of silence (> 30 min), then 10:40 and 10:41: two sessions
+    assert views.view("user_sessions").evaluate(stream) == {("u", day): (2, 60_000)}
