@@ -32,7 +32,7 @@ from lklab.engine.fold import ApplyStats
 from lklab.engine.sink import apply_records
 from lklab.serving.progress import StaleProgressError, beat
 
-log = logging.getLogger("lklab.lambda_arch.speed")
+log = logging.getLogger("lklab.speed")
 
 STALE_RETRIES = 5
 CRASH_EXIT_CODE = 70  # EX_SOFTWARE
