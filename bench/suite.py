@@ -31,7 +31,8 @@ from lklab import views
 from lklab.core.config import Settings
 from lklab.scenarios.demo import demo_settings
 from lklab.log.generator import GeneratorConfig, generate
-from lklab.serving.store import make_engine, speed_progress
+from lklab.serving import progress
+from lklab.serving.store import make_engine
 from lklab.serving.progress import read_progress
 
 ROOT = Path(__file__).resolve().parent
@@ -190,12 +191,11 @@ def _watch(run: Settings, visible: dict[tuple[int, int], float], stop: threading
     while not stop.is_set():
         now = time.monotonic()
         with engine.connect() as conn:
-            rows = conn.execute(speed_progress.select().where(speed_progress.c.scope == run.speed_group,
-                                                              speed_progress.c.topic == run.topic)).mappings().all()
-        for r in rows:
-            for offset in range(seen.get(r["partition"], 0), r["next_offset"]):
-                visible[(r["partition"], offset)] = now
-            seen[r["partition"]] = r["next_offset"]
+            committed = progress.next_offsets(conn, run.speed_group, run.topic)
+        for partition, next_offset in committed.items():
+            for offset in range(seen.get(partition, 0), next_offset):
+                visible[(partition, offset)] = now
+            seen[partition] = next_offset
         time.sleep(0.01)
 
 

@@ -20,7 +20,7 @@ from lklab.core.locks import LockBusy, file_lock
 from lklab.lambda_arch import runs
 from lklab.lambda_arch.builds import current_build
 
-DAGSTER_YAML = f"""# Written by lklab (lklab/batch.py). Runs launched by the daemon (sensors, schedules, the UI)
+DAGSTER_YAML = f"""# Written by lklab (orchestration/launch.py). Runs launched by the daemon (sensors, schedules, the UI)
 # go through the run queue; at most one Lambda batch run at a time.
 telemetry:
   enabled: false

@@ -126,7 +126,7 @@ def make_app(settings: Settings) -> faust.App:
         # Serving reads this to decide whether speed rows may be merged (degraded mode).
         await asyncio.to_thread(beat, engine(), settings.speed_group)
 
-    @app.agent(source, name="lklab.lambda_arch.speed.views")
+    @app.agent(source, name="lklab.speed.views")
     async def speed_views(stream):
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(settings.speed_batch_max, within=settings.speed_batch_within_s):

@@ -1,6 +1,6 @@
 """Lake assets: bronze (raw, offsets kept) → silver (typed, deduplicated) → gold views,
 silver and gold partitioned by UTC event date."""
-from datetime import date, datetime
+from datetime import date
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 

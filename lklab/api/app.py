@@ -104,7 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         lo, hi = _time(start, "from"), _time(end, "to")
         if lo and hi and lo >= hi:
             raise HTTPException(422, f"query parameter 'from' ({start}) is not before 'to' ({end})")
-        health = merge.current_speed_health(engine, settings)
+        health = merge.health_for(engine, settings, view)
         answer = merge.query(engine, view, key, lo, hi, health=health, policy=settings.blocked_windows_policy)
         return merge.answer_json(answer, limit)
 

@@ -97,12 +97,13 @@ def cutover(
 ) -> None:
     """Validate <view>__v<N> (GX suite, ledger, diff against the published version) and, only if
     all pass, swap the alias <view> to it atomically."""
-    from expectations.runner import run_suite
     from lklab.kappa import cutover as co
 
     s = settings()
     try:
         co.check_args(view, to, tolerance)
+        from expectations.runner import run_suite  # GX takes seconds to import: after the arguments are checked
+
         result = co.cutover(s, serving_engine(s), view, to, why, tolerance, run_suite=run_suite)
     except (co.CutoverError, KeyError) as exc:
         raise fail(str(exc).strip("'\"")) from None

@@ -65,9 +65,6 @@ def batch(
     Dagster with blocking quality gates, and promote the build."""
     from datetime import date
 
-    from expectations.runner import data_docs_index
-    from orchestration.launch import run_batch
-
     if (from_day is None) != (to_day is None):
         raise fail("--from-day and --to-day go together")
     dates = None
@@ -79,8 +76,11 @@ def batch(
         if first > last:
             raise fail(f"--from-day {from_day} is after --to-day {to_day}")
         dates = (first.isoformat(), last.isoformat())
-    s = settings()
+    s = settings()  # a bad LKLAB_* setting is one line here, before Dagster's modules read Settings at import
     serving_engine(s).dispose()  # a store this code cannot serve is refused here, before Dagster starts
+    from expectations.runner import data_docs_index
+    from orchestration.launch import run_batch
+
     with console.status("running the Dagster batch layer (ingest → silver → gold → gates → promote)"):
         outcome = run_batch(s, dates, on_wait=lambda message: err.print(message, highlight=False))
     if outcome.retried_dates:

@@ -37,7 +37,7 @@ def query(
         return
     s = settings()
     engine = serving_engine(s)
-    answer = merge.query(engine, view, key, start, end, health=merge.current_speed_health(engine, s), policy=s.blocked_windows_policy)
+    answer = merge.query(engine, view, key, start, end, health=merge.health_for(engine, s, view), policy=s.blocked_windows_policy)
     if as_json:
         print(json.dumps(merge.answer_json(answer), indent=2))
         return
@@ -58,8 +58,8 @@ def print_answer(answer) -> None:
     for column in (spec.entity, "window_start", *spec.value_columns, "source"):
         table.add_column(column)
     for r in answer.rows:
-        values = r.value if isinstance(r.value, tuple) else (r.value,)
-        table.add_row(r.entity, r.window_start.isoformat(), *map(str, values),
+        row = spec.measure.row_json(spec, r.entity, r.window_start, r.value)
+        table.add_row(r.entity, r.window_start.isoformat(), *(str(row[c]) for c in spec.value_columns),
                       r.source + (" (diverged)" if r.diverged else "") + (" (left to batch)" if r.left_to_batch else ""))
     console.print(table)
 

@@ -80,7 +80,7 @@ def write_deltas(conn: Connection, deltas: BatchDeltas) -> None:
     for view_name, event_id in gone:
         conn.execute(speed_contrib.delete().where(and_(speed_contrib.c.view == view_name, speed_contrib.c.event_id == event_id)))
     bulk_upsert(conn, speed_contrib, [(v, eid, *c) for (v, eid), c in deltas.contribs.items() if c is not None])
-    for measure_deltas in deltas.by_measure.values():
+    for _, measure_deltas in sorted(deltas.by_measure.items(), key=lambda item: item[0].kind):  # one lock order
         measure_deltas.write(conn)
 
 
@@ -150,7 +150,9 @@ def read_view(
     start: datetime | None = None, end: datetime | None = None,
 ) -> list[ViewRow]:
     """The speed layer's rows of a view (at least one contributing event), window_start in [start, end)."""
-    spec = views.view(view)
+    spec = views.SPEED_LAYER.get(view)
+    if spec is None:
+        raise KeyError(f"{view!r} is not maintained by the speed layer; one of: {', '.join(views.SPEED_LAYER)}")
     with engine.connect() as conn:
         return [ViewRow(*row) for row in conn.execute(spec.measure.output_query(spec, entity, start, end))]
 

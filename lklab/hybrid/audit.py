@@ -115,7 +115,7 @@ def _gold_rows(spark, settings: Settings, view: str, table: str, version: int, k
     entity, columns = spec.entity, list(spec.value_columns)
     frame = (spark.read.format("delta").option("versionAsOf", version).load(lake.path(settings, table))
              .where((F.col(entity) == key) & (F.col("window_start") == F.lit(window))).select(*columns))
-    return [tuple(r) if len(columns) > 1 else r[0] for r in frame.collect()]
+    return [spec.measure.value((key, window, *r)) for r in frame.collect()]
 
 
 PUBLISH_LOG_TABLE = "audit/publish_log"

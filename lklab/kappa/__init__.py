@@ -6,7 +6,7 @@ package's names."""
 from lklab.engine.outputs import read_output
 from lklab.kappa.job import ReplayProgress, ReplayResult, replay
 from lklab.kappa.names import KAPPA_VIEWS, ReplayError, output_name, replay_scope, spec_for
-from lklab.kappa.plan import ReplayPlan, check_args, check_request, parse_from, plan
+from lklab.kappa.planner import ReplayPlan, check_args, check_request, parse_from, plan
 from lklab.kappa.records import build_record
 
 __all__ = ["KAPPA_VIEWS", "ReplayError", "ReplayPlan", "ReplayProgress", "ReplayResult", "build_record", "check_args",

@@ -25,7 +25,7 @@ from lklab.engine.outputs import read_output
 from lklab.serving import progress
 from lklab.engine.checkpoint import CheckpointedSink
 from lklab.kappa.names import ReplayError, spec_for
-from lklab.kappa.plan import ReplayPlan, check_args, plan
+from lklab.kappa.planner import ReplayPlan, check_args, plan
 from lklab.kappa.records import record
 
 BATCH = 10_000
@@ -96,7 +96,7 @@ def replay(
     """Replay [start (default: offset 0, or the snapshot's offsets), end offsets now) into
     `<view>__v<N>`, from bronze where Kafka no longer holds the offsets, then from Kafka.
     Re-running the same version resumes from its own committed offsets up to the new end.
-    State and offsets are checkpointed every `checkpoint_every` records (lklab.engine.sink.CheckpointedSink)."""
+    State and offsets are checkpointed every `checkpoint_every` records (lklab.engine.checkpoint.CheckpointedSink)."""
     check_args(view, version, max_rate)
     spec = spec_for(view, version)
     began = datetime.now(timezone.utc)

@@ -91,13 +91,13 @@ def query(
     serve-flagged) or left out and counted in `withheld` (policy refuse)."""
     spec = views.view(view)
     measure = spec.measure
-    degraded = health is not None and not health.healthy
+    degraded = measure.speed_layer and health is not None and not health.healthy  # batch-only views never use speed
     with engine.begin() as conn:
         build = current_build(conn)
         T = build.final_through if build else None
         rows: list[MergedRow] = []
         if build is not None and (T is not None or not measure.speed_layer):
-            cut = T if measure.speed_layer and not degraded else None  # without speed, batch serves every window
+            cut = T if measure.speed_layer and not degraded else None  # batch serves every window without speed
             batch = conn.execute(measure.batch_query(spec, build.build_id, cut, entity, start, end))
             rows += [MergedRow(r[0], r[1], measure.value(r), "batch") for r in batch]
         blocked = runs.blocked(conn)
@@ -144,6 +144,12 @@ def answer_json(answer: MergedAnswer, limit: int | None = None) -> dict:
         "rows": [spec.measure.row_json(spec, r.entity, r.window_start, r.value)
                  | {"source": r.source, "diverged": r.diverged, "left_to_batch": r.left_to_batch} for r in rows],
     }
+
+
+def health_for(engine: Engine, settings: Settings, view: str) -> SpeedHealth | None:
+    """The speed layer's health, for a view it maintains; None for a view served by batch alone
+    (its answer does not depend on the speed layer, so Kafka is not asked)."""
+    return current_speed_health(engine, settings) if views.view(view).measure.speed_layer else None
 
 
 def current_speed_health(engine: Engine, settings: Settings, timeout_s: float = 5.0) -> SpeedHealth:

@@ -16,11 +16,9 @@ from lklab.core.events import SCHEMA_VERSION, as_utc
 
 
 def gold_rows(spark: SparkSession, settings: Settings, spec: views.ViewSpec) -> list[tuple]:
-    """A gold table's rows as (entity, window_start, *values); none if the table was never built."""
-    location = lake.path(settings, lake.gold_table(spec.name))
-    if not lake.exists(spark, location):
-        return []
-    gold = spark.read.format("delta").load(location).select(spec.entity, "window_start", *spec.value_columns)
+    """A gold table's rows as (entity, window_start, *values)."""
+    gold = spark.read.format("delta").load(lake.path(settings, lake.gold_table(spec.name)))
+    gold = gold.select(spec.entity, "window_start", *spec.value_columns)
     return [(r[0], as_utc(r[1]), *(int(v) for v in r[2:])) for r in gold.collect()]
 
 

@@ -1,10 +1,10 @@
-"""`--from` for replays: lklab.kappa.job.parse_from (the text) and check_start (against the log's
+"""`--from` for replays: lklab.kappa.planner.parse_from (the text) and check_start (against the log's
 end offsets). Every error names the offending pair."""
 from __future__ import annotations
 
 import pytest
 
-from lklab.kappa.plan import ReplayError, check_start, parse_from
+from lklab.kappa.planner import ReplayError, check_start, parse_from
 
 TOPIC = "rides.events"
 END = {0: 100, 1: 50, 2: 0}  # three partitions; partition 2 is empty
