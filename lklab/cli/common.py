@@ -24,6 +24,9 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(speed_app, name="speed")
 lambda_app = typer.Typer(help="The Lambda serving layer: T, freshness and who serves what.", no_args_is_help=True)
 app.add_typer(lambda_app, name="lambda")
+kappa_app = typer.Typer(help="Live Kappa jobs: one long-running stream job per view version, in the background.",
+                        no_args_is_help=True)
+app.add_typer(kappa_app, name="kappa")
 db_app = typer.Typer(help="The serving store's schema: revision, pending migrations, upgrade.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 UNWRAPPED_WIDTH = 100_000  # piped output: one record per line, never cut, for grep and scripts

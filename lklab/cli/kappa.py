@@ -7,7 +7,7 @@ import typer
 from rich.progress import Progress, TextColumn
 from rich.table import Table
 
-from lklab.cli.common import app, console, fail, kafka_failure, serving_engine, settings
+from lklab.cli.common import app, console, fail, kafka_failure, kappa_app, serving_engine, settings, show
 from lklab.core.config import Settings
 
 
@@ -131,3 +131,56 @@ def rollback(
     except co.CutoverError as exc:
         raise fail(str(exc)) from None
     console.print(f"{view}: {old} → {new} (rolled back)")
+
+
+@kappa_app.command("start")
+def kappa_start(
+    view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily | user_sessions")],
+    version: Annotated[Optional[int], typer.Option("--version", help="run <view>__v<N> (default: the published version)")] = None,
+    from_: Annotated[str, typer.Option("--from", help="earliest, or partition:offset pairs like 0:120,1:98")] = "earliest",
+    from_snapshot: Annotated[Optional[str], typer.Option("--from-snapshot", help="latest, or a snapshot id")] = None,
+) -> None:
+    """Run the view's stream job live in the background: hydrate (bronze below Kafka's retention,
+    then Kafka, up to the log's end), then keep consuming; heartbeat, lag and watermark in `status`."""
+    from lklab import kappa
+    from lklab.kappa import jobs
+
+    s = settings()
+    try:
+        version = version if version is not None else jobs.published_version(serving_engine(s), view)
+        pid = jobs.start(s, view, version, from_, from_snapshot)
+    except (jobs.JobError, LookupError, TimeoutError) as exc:
+        raise fail(str(exc)) from None
+    output = kappa.output_name(view, version)
+    console.print(f"{output} running: pid {pid}, log {jobs.log_file(s, output)}")
+
+
+@kappa_app.command("stop")
+def kappa_stop(
+    view: Annotated[str, typer.Argument(help="the view")],
+    version: Annotated[Optional[int], typer.Option("--version", help="stop <view>__v<N> (default: the published version)")] = None,
+) -> None:
+    """Stop a live Kappa job (it checkpoints first)."""
+    from lklab.kappa import jobs
+
+    s = settings()
+    try:
+        version = version if version is not None else jobs.published_version(serving_engine(s), view)
+    except jobs.JobError as exc:
+        raise fail(str(exc)) from None
+    stopped = jobs.stop(s, view, version)
+    console.print(f"{view}__v{version} stopped" if stopped else f"{view}__v{version} was not running")
+
+
+@kappa_app.command("status")
+def kappa_status() -> None:
+    """Every Kappa job of this lab: running or not, pid, lag, watermark, heartbeat age."""
+    from lklab.kappa import jobs
+
+    found = jobs.status(settings())
+    table = Table("output", "state", "pid", "lag", "watermark", "heartbeat", "log", title="Kappa jobs")
+    for job in found:
+        table.add_row(job.output, "running" if job.running else "stopped", str(job.pid or "-"),
+                      "unknown" if job.lag is None else str(job.lag), show(job.watermark),
+                      "never" if job.heartbeat_age_s is None else f"{job.heartbeat_age_s:.1f}s ago", str(job.log))
+    console.print(table if found else "no Kappa job has run in this lab (`lklab kappa start VIEW --version N`)")

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     schedules_running: bool = Field(False, description="the nightly_ingest and daily_snapshots schedules start switched on")
     partitions_start: str = Field("2026-01-01", description="first event date (YYYY-MM-DD, UTC) of the Dagster daily partitions; "
                                   "earlier dates are outside the partition set (read when orchestration.partitions is imported)")
+    kappa_checkpoint_interval_s: float = Field(0.5, gt=0, description="a live Kappa job checkpoints (makes its output visible) at least this often")
     ledger_grace_s: int = Field(48 * 3600, ge=0, description="a day reconciles strictly once it is this far behind the watermark")
     speed_heartbeat_timeout_s: float = Field(10.0, gt=0, description="older heartbeat = speed layer down")
     speed_max_lag: int = Field(50_000, ge=0, description="records behind the log end before serving goes batch-only")

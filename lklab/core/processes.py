@@ -59,6 +59,13 @@ def spawn(
     raise StartupTimedOut(proc.pid, wait_s)
 
 
+def python_env(root: Path, settings_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a Python service started from this checkout: ours, the settings as
+    LKLAB_* variables, unbuffered output, and `root` first on the import path."""
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, **settings_env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+
+
 def log_tail(log: Path, lines: int = 5) -> str:
     """The last `lines` lines of a service's log, stripped and joined with " | " (one line for an
     error message); "(no log)" when it has none yet."""

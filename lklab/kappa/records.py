@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Engine, select
 
+from lklab import views
 from lklab.core.events import SCHEMA_VERSION
 from lklab.core.provenance import git_sha
 from lklab.serving.store import kappa_builds, upsert
@@ -28,3 +29,10 @@ def build_record(engine: Engine, output: str) -> dict | None:
     with engine.connect() as conn:
         row = conn.execute(select(kappa_builds).where(kappa_builds.c.output == output)).mappings().first()
     return dict(row) if row else None
+
+
+def outputs(engine: Engine) -> list[views.VersionedOutput]:
+    """Every versioned output that has a build record, by view and version."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(kappa_builds.c.view, kappa_builds.c.version).order_by(kappa_builds.c.view, kappa_builds.c.version))
+        return [views.VersionedOutput(view, version) for view, version in rows]

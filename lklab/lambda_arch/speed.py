@@ -7,7 +7,6 @@ the Kafka consumer group, because those are the offsets the results are exact fo
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -112,12 +111,7 @@ def start(settings: Settings, wait_s: float = 90.0) -> int:
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     assignment = assignment_file(settings)
     assignment.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        **settings.to_env(),
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p),
-    }
+    env = processes.python_env(_ROOT, settings.to_env())
     try:
         return processes.spawn(
             [sys.executable, "-m", "streaming.worker"],

@@ -131,3 +131,9 @@ def beat(engine: Engine, group: str) -> None:
 
 def last_beat(conn: Connection, group: str) -> datetime | None:
     return conn.execute(select(speed_heartbeat.c.beat_at).where(speed_heartbeat.c.group_id == group)).scalar()
+
+
+def heartbeat(conn: Connection, group: str) -> tuple[int, datetime] | None:
+    """(pid, beat time) of the worker that last beat for this group, or None."""
+    row = conn.execute(select(speed_heartbeat.c.pid, speed_heartbeat.c.beat_at).where(speed_heartbeat.c.group_id == group)).first()
+    return None if row is None else (row.pid, row.beat_at)

@@ -1,0 +1,149 @@
+"""Process control for live Kappa jobs (lklab.kappa.worker): start, stop, status.
+
+One job per output `<view>__v<N>` per lklab home: its pid file is <home>/kappa/<output>.pid and
+its log <home>/logs/kappa-<output>.log. Lag, watermark and heartbeat come from the serving store
+(the offsets committed with the output), not from the Kafka consumer group."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from lklab import views
+from lklab.core import processes
+from lklab.core.config import Settings
+from lklab.kappa.names import ReplayError, output_name, replay_scope
+from lklab.kappa.planner import check_request
+from lklab.kappa.query import published
+from lklab.kappa.records import build_record, outputs
+from lklab.log import kafka_io
+from lklab.serving import progress
+from lklab.serving.store import make_engine
+
+_ROOT = Path(__file__).resolve().parents[2]
+_MARKER = b"lklab.kappa.worker"
+
+
+class JobError(RuntimeError):
+    """A one-line, actionable reason a Kappa job cannot start, stop or be inspected."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    view: str
+    version: int
+    output: str
+    pid: int | None
+    lag: int | None  # records behind the log's end; None when Kafka could not be asked
+    watermark: datetime | None
+    heartbeat_age_s: float | None
+    log: Path
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+
+def pid_file(settings: Settings, output: str) -> Path:
+    return settings.home / "kappa" / f"{output}.pid"
+
+
+def log_file(settings: Settings, output: str) -> Path:
+    return settings.logs_dir / f"kappa-{output}.log"
+
+
+def published_version(engine: Engine, view: str) -> int:
+    """The version the alias `<view>` points at (what `lklab kappa start VIEW` runs)."""
+    with engine.connect() as conn:
+        target = published(conn, view)
+    record = build_record(engine, target) if target else None
+    if record is None:
+        raise JobError(f"{view} has no published version: pass --version N")
+    return int(record["version"])
+
+
+def start(settings: Settings, view: str, version: int, start_from: str = "earliest", snapshot: str | None = None,
+          wait_s: float = 120.0) -> int:
+    """Start `<view>__v<N>`'s job in the background; return its pid once it beats."""
+    from lklab.kappa.planner import parse_from
+
+    output = output_name(view, version)
+    try:
+        check_request(settings, view, version, parse_from(start_from), snapshot)
+    except ReplayError as exc:
+        raise JobError(str(exc)) from None
+    if (pid := processes.read_pid(pid_file(settings, output), _MARKER)) is not None:
+        raise JobError(f"{output} is already running (pid {pid}); `lklab kappa stop {view} --version {version}` first")
+    make_engine(settings).dispose()  # the schema exists before the job and status need it
+    pid_file(settings, output).parent.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    env = processes.python_env(_ROOT, settings.to_env())
+    argv = [sys.executable, "-m", "lklab.kappa.worker", view, str(version), "--from", start_from]
+    if snapshot:
+        argv += ["--from-snapshot", snapshot]
+    engine = make_engine(settings)
+    try:
+        return processes.spawn(argv, log=log_file(settings, output), pid_file=pid_file(settings, output),
+                               ready=lambda pid: _beats(engine, replay_scope(view, version), pid),
+                               wait_s=wait_s, poll_s=0.2, env=env, cwd=settings.home)
+    except processes.StartupExited as exited:
+        raise JobError(f"{output} exited with code {exited.returncode} during start-up: "
+                       f"{processes.log_tail(log_file(settings, output))}") from None
+    except processes.StartupTimedOut:
+        stop(settings, view, version)
+        raise JobError(f"{output} did not beat within {wait_s:.0f}s; see {log_file(settings, output)}") from None
+    finally:
+        engine.dispose()
+
+
+def _beats(engine: Engine, scope: str, pid: int) -> bool:
+    with engine.connect() as conn:
+        found = progress.heartbeat(conn, scope)
+    return found is not None and found[0] == pid
+
+
+def stop(settings: Settings, view: str, version: int, wait_s: float = 30.0) -> bool:
+    """SIGTERM the job (it checkpoints and exits), SIGKILL if needed. False if it was not running."""
+    return processes.stop_group(pid_file(settings, output_name(view, version)), _MARKER, wait_s)
+
+
+def status(settings: Settings) -> list[JobStatus]:
+    """Every job this home has started (running or not): pid, lag, watermark, heartbeat age."""
+    try:
+        ends: dict[int, int] | None = kafka_io.run(kafka_io.end_offsets(settings))
+    except Exception:  # noqa: BLE001 - Kafka down: lag unknown, the rest still answers
+        ends = None
+    engine = make_engine(settings)
+    try:
+        return [_status(settings, engine, out, ends) for out in outputs(engine)
+                if pid_file(settings, out.name).exists() or _beat_of(engine, out) is not None]
+    finally:
+        engine.dispose()
+
+
+def job_status(settings: Settings, view: str, version: int) -> JobStatus:
+    engine = make_engine(settings)
+    try:
+        return _status(settings, engine, views.VersionedOutput(view, version), kafka_io.run(kafka_io.end_offsets(settings)))
+    finally:
+        engine.dispose()
+
+
+def _beat_of(engine: Engine, out: views.VersionedOutput):
+    with engine.connect() as conn:
+        return progress.heartbeat(conn, replay_scope(out.view, out.version))
+
+
+def _status(settings: Settings, engine: Engine, out: views.VersionedOutput, ends: dict[int, int] | None) -> JobStatus:
+    scope = replay_scope(out.view, out.version)
+    with engine.connect() as conn:
+        done = progress.next_offsets(conn, scope, settings.topic)
+        wm = views.watermark(progress.max_event_times(conn, scope, settings.topic), settings.partitions)
+        beat = progress.heartbeat(conn, scope)
+    lag = None if ends is None else sum(max(end - done.get(p, 0), 0) for p, end in ends.items())
+    age = None if beat is None else (datetime.now(timezone.utc) - beat[1]).total_seconds()
+    return JobStatus(out.view, out.version, out.name, processes.read_pid(pid_file(settings, out.name), _MARKER), lag, wm, age,
+                     log_file(settings, out.name))

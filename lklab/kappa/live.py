@@ -1,0 +1,72 @@
+"""The Kappa job, live: hydrate (the bounded replay up to the log's end offsets at start, from
+bronze below Kafka's retention, then Kafka), then keep consuming Kafka from where the output's
+own committed progress is, checkpointing at least every `kappa_checkpoint_interval_s`. The same
+fold and the same checkpointed sink as the replay (lklab.engine); a restart resumes from the
+checkpointed offsets, and the offset fence makes that exactly-once for the output."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import Engine
+
+from lklab.core.config import Settings
+from lklab.engine.checkpoint import CheckpointedSink
+from lklab.kappa.job import BATCH, ReplayResult, replay
+from lklab.kappa.names import replay_scope, spec_for
+from lklab.log import kafka_io
+from lklab.log.kafka_io import Offsets
+from lklab.serving import progress
+
+BEAT_EVERY_S = 1.0
+
+
+def run_live(settings: Settings, engine: Engine, view: str, version: int, stop: threading.Event,
+             start: Offsets | None = None, snapshot: str | None = None,
+             on_hydrated: Callable[[ReplayResult], None] | None = None) -> None:
+    """Run `<view>__v<N>` until `stop` is set: hydrate, then follow the log. The heartbeat runs
+    beside it for the whole life of the job (hydration included)."""
+    scope = replay_scope(view, version)
+    beating = threading.Thread(target=_beat, args=(engine, scope, stop), name=f"heartbeat-{scope}", daemon=True)
+    beating.start()
+    hydrated = replay(settings, engine, view, version, start, snapshot=snapshot)
+    if on_hydrated is not None:
+        on_hydrated(hydrated)
+    asyncio.run(_follow(settings, engine, view, version, stop))
+
+
+def _beat(engine: Engine, scope: str, stop: threading.Event) -> None:
+    while not stop.is_set():
+        progress.beat(engine, scope)
+        stop.wait(BEAT_EVERY_S)
+
+
+async def _follow(settings: Settings, engine: Engine, view: str, version: int, stop: threading.Event) -> None:
+    """Consume every partition from the output's committed offsets until stopped; a checkpoint is
+    written whenever records are pending and the interval has passed (and once more at the end)."""
+    scope = replay_scope(view, version)
+    sink = CheckpointedSink(engine, settings, settings.topic, [spec_for(view, version)], scope, every=BATCH * 10)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=scope, enable_auto_commit=False,
+                                auto_offset_reset="none", max_poll_records=BATCH)
+    await consumer.start()
+    try:
+        partitions = sorted(await kafka_io.end_offsets(settings))  # LookupError if the topic is gone
+        consumer.assign([TopicPartition(settings.topic, p) for p in partitions])
+        for p in partitions:
+            consumer.seek(TopicPartition(settings.topic, p), sink.next_offset.get(p, 0))
+        last = time.monotonic()
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=100, max_records=BATCH)
+            records = [(m.partition, m.offset, m.value) for messages in batches.values() for m in messages]
+            if records:
+                sink.apply(records)
+            if sink.since and time.monotonic() - last >= settings.kappa_checkpoint_interval_s:
+                sink.checkpoint()
+                last = time.monotonic()
+        sink.checkpoint()
+    finally:
+        sink.close()
+        await consumer.stop()
