@@ -16,7 +16,7 @@ from lklab import views
 from lklab.core import processes
 from lklab.core.config import Settings
 from lklab.kappa.names import ReplayError, output_name, replay_scope
-from lklab.kappa.planner import check_request
+from lklab.kappa.planner import check_request, parse_from
 from lklab.kappa.query import published
 from lklab.kappa.records import build_record, outputs
 from lklab.log import kafka_io
@@ -68,8 +68,6 @@ def published_version(engine: Engine, view: str) -> int:
 def start(settings: Settings, view: str, version: int, start_from: str = "earliest", snapshot: str | None = None,
           wait_s: float = 120.0) -> int:
     """Start `<view>__v<N>`'s job in the background; return its pid once it beats."""
-    from lklab.kappa.planner import parse_from
-
     output = output_name(view, version)
     try:
         check_request(settings, view, version, parse_from(start_from), snapshot)
@@ -77,14 +75,13 @@ def start(settings: Settings, view: str, version: int, start_from: str = "earlie
         raise JobError(str(exc)) from None
     if (pid := processes.read_pid(pid_file(settings, output), _MARKER)) is not None:
         raise JobError(f"{output} is already running (pid {pid}); `lklab kappa stop {view} --version {version}` first")
-    make_engine(settings).dispose()  # the schema exists before the job and status need it
+    engine = make_engine(settings)  # the schema exists before the job and status need it
     pid_file(settings, output).parent.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     env = processes.python_env(_ROOT, settings.to_env())
     argv = [sys.executable, "-m", "lklab.kappa.worker", view, str(version), "--from", start_from]
     if snapshot:
         argv += ["--from-snapshot", snapshot]
-    engine = make_engine(settings)
     try:
         return processes.spawn(argv, log=log_file(settings, output), pid_file=pid_file(settings, output),
                                ready=lambda pid: _beats(engine, replay_scope(view, version), pid),
@@ -111,30 +108,28 @@ def stop(settings: Settings, view: str, version: int, wait_s: float = 30.0) -> b
 
 
 def status(settings: Settings) -> list[JobStatus]:
-    """Every job this home has started (running or not): pid, lag, watermark, heartbeat age."""
+    """Every job that has run in this lab (running or not): pid, lag, watermark, heartbeat age."""
+    ends, engine = _end_offsets(settings), make_engine(settings)
     try:
-        ends: dict[int, int] | None = kafka_io.run(kafka_io.end_offsets(settings))
-    except Exception:  # noqa: BLE001 - Kafka down: lag unknown, the rest still answers
-        ends = None
-    engine = make_engine(settings)
-    try:
-        return [_status(settings, engine, out, ends) for out in outputs(engine)
-                if pid_file(settings, out.name).exists() or _beat_of(engine, out) is not None]
+        found = [_status(settings, engine, out, ends) for out in outputs(engine)]
     finally:
         engine.dispose()
+    return [job for job in found if job.running or job.heartbeat_age_s is not None]
 
 
 def job_status(settings: Settings, view: str, version: int) -> JobStatus:
-    engine = make_engine(settings)
+    ends, engine = _end_offsets(settings), make_engine(settings)
     try:
-        return _status(settings, engine, views.VersionedOutput(view, version), kafka_io.run(kafka_io.end_offsets(settings)))
+        return _status(settings, engine, views.VersionedOutput(view, version), ends)
     finally:
         engine.dispose()
 
 
-def _beat_of(engine: Engine, out: views.VersionedOutput):
-    with engine.connect() as conn:
-        return progress.heartbeat(conn, replay_scope(out.view, out.version))
+def _end_offsets(settings: Settings) -> dict[int, int] | None:
+    try:
+        return kafka_io.run(kafka_io.end_offsets(settings))
+    except Exception:  # noqa: BLE001 - Kafka down: lag unknown, the rest still answers
+        return None
 
 
 def _status(settings: Settings, engine: Engine, out: views.VersionedOutput, ends: dict[int, int] | None) -> JobStatus:
@@ -143,7 +138,7 @@ def _status(settings: Settings, engine: Engine, out: views.VersionedOutput, ends
         done = progress.next_offsets(conn, scope, settings.topic)
         wm = views.watermark(progress.max_event_times(conn, scope, settings.topic), settings.partitions)
         beat = progress.heartbeat(conn, scope)
-    lag = None if ends is None else sum(max(end - done.get(p, 0), 0) for p, end in ends.items())
+    lag = None if ends is None else progress.lag(done, ends)
     age = None if beat is None else (datetime.now(timezone.utc) - beat[1]).total_seconds()
     return JobStatus(out.view, out.version, out.name, processes.read_pid(pid_file(settings, out.name), _MARKER), lag, wm, age,
                      log_file(settings, out.name))

@@ -69,7 +69,7 @@ def speed_health(engine: Engine, settings: Settings, end_offsets: Offsets | None
         beat = progress.last_beat(conn, settings.speed_group)
         done = progress.next_offsets(conn, settings.speed_group, settings.topic)
     age = None if beat is None else (now - beat).total_seconds()
-    lag = None if end_offsets is None else sum(max(end - done.get(p, 0), 0) for p, end in end_offsets.items())
+    lag = None if end_offsets is None else progress.lag(done, end_offsets)
     if age is None:
         return SpeedHealth(False, "the speed layer has never run", None, lag)
     if age > settings.speed_heartbeat_timeout_s:

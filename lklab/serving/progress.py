@@ -137,3 +137,8 @@ def heartbeat(conn: Connection, group: str) -> tuple[int, datetime] | None:
     """(pid, beat time) of the worker that last beat for this group, or None."""
     row = conn.execute(select(speed_heartbeat.c.pid, speed_heartbeat.c.beat_at).where(speed_heartbeat.c.group_id == group)).first()
     return None if row is None else (row.pid, row.beat_at)
+
+
+def lag(next_offsets: Mapping[int, int], end_offsets: Mapping[int, int]) -> int:
+    """Records a consumer is behind the log's end, over every partition of the log."""
+    return sum(max(end - next_offsets.get(p, 0), 0) for p, end in end_offsets.items())
