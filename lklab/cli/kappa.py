@@ -166,9 +166,9 @@ def kappa_stop(
     s = settings()
     try:
         version = version if version is not None else jobs.published_version(serving_engine(s), view)
+        stopped = jobs.stop(s, view, version)
     except jobs.JobError as exc:
         raise fail(str(exc)) from None
-    stopped = jobs.stop(s, view, version)
     console.print(f"{view}__v{version} stopped" if stopped else f"{view}__v{version} was not running")
 
 

@@ -16,7 +16,7 @@ from lklab import views
 from lklab.core import processes
 from lklab.core.config import Settings
 from lklab.kappa.names import ReplayError, output_name, replay_scope
-from lklab.kappa.planner import check_request, parse_from
+from lklab.kappa.planner import check_args, check_request, parse_from
 from lklab.kappa.query import published
 from lklab.kappa.records import build_record, outputs
 from lklab.log import kafka_io
@@ -57,6 +57,7 @@ def log_file(settings: Settings, output: str) -> Path:
 
 def published_version(engine: Engine, view: str) -> int:
     """The version the alias `<view>` points at (what `lklab kappa start VIEW` runs)."""
+    _check(view)
     with engine.connect() as conn:
         target = published(conn, view)
     record = build_record(engine, target) if target else None
@@ -96,6 +97,13 @@ def start(settings: Settings, view: str, version: int, start_from: str = "earlie
         engine.dispose()
 
 
+def _check(view: str, version: int = 1) -> None:
+    try:
+        check_args(view, version)
+    except ReplayError as exc:
+        raise JobError(str(exc)) from None
+
+
 def _beats(engine: Engine, scope: str, pid: int) -> bool:
     with engine.connect() as conn:
         found = progress.heartbeat(conn, scope)
@@ -104,6 +112,7 @@ def _beats(engine: Engine, scope: str, pid: int) -> bool:
 
 def stop(settings: Settings, view: str, version: int, wait_s: float = 30.0) -> bool:
     """SIGTERM the job (it checkpoints and exits), SIGKILL if needed. False if it was not running."""
+    _check(view, version)
     return processes.stop_group(pid_file(settings, output_name(view, version)), _MARKER, wait_s)
 
 

@@ -94,6 +94,10 @@ def test_a_second_start_is_refused_and_a_bad_view_is_one_line(isolated: Settings
             jobs.start(isolated, "driver_earnings_daily", 1)
         with pytest.raises(jobs.JobError, match="unknown view 'revenue_per_day'"):
             jobs.start(isolated, "revenue_per_day", 1)
+        for args in (("stop", "revenue_per_day"), ("stop", "driver_earnings_daily", "--version", "0"),
+                     ("start", "driver_earnings_daily", "--version", "2", "--from", "0:x")):
+            bad = lklab(isolated, "kappa", *args)
+            assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1, (args, bad)
         assert [s.output for s in jobs.status(isolated) if s.running] == ["driver_earnings_daily__v1"]
         shown = lklab(isolated, "kappa", "status")
         assert shown.returncode == 0 and "driver_earnings_daily__v1" in shown.stdout and "running" in shown.stdout, shown
