@@ -11,6 +11,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+ReaderPolicy = Literal["serve-stale", "error"]
+SERVE_STALE, ERROR = "serve-stale", "error"
+
+
 class Settings(BaseSettings):
     """Every knob, read from `LKLAB_*` environment variables or passed explicitly."""
 
@@ -55,6 +59,16 @@ class Settings(BaseSettings):
     partitions_start: str = Field("2026-01-01", description="first event date (YYYY-MM-DD, UTC) of the Dagster daily partitions; "
                                   "earlier dates are outside the partition set (read when orchestration.partitions is imported)")
     kappa_checkpoint_interval_s: float = Field(0.5, gt=0, description="a live Kappa job checkpoints (makes its output visible) at least this often")
+    kappa_heartbeat_timeout_s: float = Field(10.0, gt=0, description="older heartbeat = the Kappa job is down: its answers are stale")
+    kappa_max_lag: int = Field(50_000, ge=0, description="records behind the log end before a Kappa answer is stale")
+    kappa_hydration_max_lag: int = Field(1_000, ge=0, description="a candidate version is hydrated once its lag is at most this many records ...")
+    kappa_hydration_tolerance_s: float = Field(60.0, ge=0, description="... and its event-time watermark is within this of the published job's")
+    kappa_rollback_window_s: float = Field(900.0, ge=0, description="after a swap the replaced version's job keeps running this long "
+                                           "(rollback is instant), then stops; its output is kept for audit")
+    reader_policy: ReaderPolicy = Field("serve-stale", description="when a view's producer is stale beyond its budget (heartbeat timeout, "
+                                        "max lag): serve-stale answers flagged, error refuses (HTTP 503, CLI exit 3)")
+    reader_policy_views: dict[str, ReaderPolicy] = Field(default_factory=dict, description="per-view overrides of reader_policy, "
+                                                         'e.g. {"revenue_per_minute": "error"}')
     ledger_grace_s: int = Field(48 * 3600, ge=0, description="a day reconciles strictly once it is this far behind the watermark")
     speed_heartbeat_timeout_s: float = Field(10.0, gt=0, description="older heartbeat = speed layer down")
     speed_max_lag: int = Field(50_000, ge=0, description="records behind the log end before serving goes batch-only")
@@ -80,6 +94,10 @@ class Settings(BaseSettings):
         except ValueError:
             pass
         raise ValueError(f"{value!r} is not an ISO date (YYYY-MM-DD)")
+
+    def reader_policy_for(self, view: str) -> ReaderPolicy:
+        """The reader policy of one view: its override, else reader_policy."""
+        return self.reader_policy_views.get(view, self.reader_policy)
 
     @property
     def bootstrap(self) -> str:
