@@ -67,7 +67,7 @@ class Settings(BaseSettings):
                                            "(rollback is instant), then stops; its output is kept for audit")
     reader_policy: ReaderPolicy = Field("serve-stale", description="when a view's producer is stale beyond its budget (heartbeat timeout, "
                                         "max lag): serve-stale answers flagged, error refuses (HTTP 503, CLI exit 3)")
-    reader_policy_views: dict[str, ReaderPolicy] = Field(default_factory=dict, description="per-view overrides of reader_policy, "
+    reader_policy_views: dict[str, str] = Field(default_factory=dict, description="per-view overrides of reader_policy, "
                                                          'e.g. {"revenue_per_minute": "error"}')
     ledger_grace_s: int = Field(48 * 3600, ge=0, description="a day reconciles strictly once it is this far behind the watermark")
     speed_heartbeat_timeout_s: float = Field(10.0, gt=0, description="older heartbeat = speed layer down")
@@ -84,6 +84,14 @@ class Settings(BaseSettings):
 
         return check_overrides(value)
 
+    @field_validator("reader_policy_views")
+    @classmethod
+    def _known_policies(cls, value: dict[str, str]) -> dict[str, str]:
+        for view, policy in value.items():
+            if policy not in (SERVE_STALE, ERROR):
+                raise ValueError(f"{view}: {policy!r} is not a reader policy (serve-stale | error)")
+        return value
+
     @field_validator("partitions_start")
     @classmethod
     def _iso_date(cls, value: str) -> str:
@@ -97,7 +105,7 @@ class Settings(BaseSettings):
 
     def reader_policy_for(self, view: str) -> ReaderPolicy:
         """The reader policy of one view: its override, else reader_policy."""
-        return self.reader_policy_views.get(view, self.reader_policy)
+        return self.reader_policy_views.get(view, self.reader_policy)  # type: ignore[return-value]
 
     @property
     def bootstrap(self) -> str:
