@@ -19,14 +19,17 @@ def replay(
                                                  "partitions not named start from the earliest offset")] = None,
     from_snapshot: Annotated[Optional[str], typer.Option("--from-snapshot", help="latest, or a snapshot id: load its state, "
                                                          "read the log from its offsets")] = None,
-    max_rate: Annotated[Optional[float], typer.Option("--max-rate", help="throttle to this many events/s")] = None,
+    max_rate: Annotated[Optional[float], typer.Option("--max-rate", help="throttle the replay (the hydration) to this many events/s")] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="change nothing: print the plan (tiers, lost ranges, estimate)")] = False,
+    until_end: Annotated[bool, typer.Option("--until-end", help="the bounded replay: stop at the end offsets recorded at start "
+                                            "(reproducible builds, the bench) instead of starting the live job")] = False,
+    wait_s: Annotated[float, typer.Option("--wait", min=0, help="seconds to wait for the live job to be hydrated (0: do not wait)")] = 600.0,
 ) -> None:
-    """Kappa replay: run the view's stream logic as a new consumer group into <view>__v<N>, up to
-    the end offsets recorded at start, reading offsets Kafka no longer holds from bronze; writes
-    build metadata."""
+    """Kappa replay: start <view>__v<N>'s live job as a new consumer group (from earliest, offsets
+    or a snapshot; bronze below Kafka's retention, then Kafka, then it keeps consuming) while the
+    published version keeps serving, and wait until it is hydrated: `lklab cutover` needs that.
+    With --until-end, today's bounded replay up to the end offsets recorded at start."""
     from aiokafka.errors import KafkaError
-    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     from lklab import kappa
 
@@ -38,25 +41,77 @@ def replay(
         raise fail(str(exc)) from None
     except KafkaError as exc:
         raise kafka_failure(s, exc) from None
-    try:
-        engine = serving_engine(s)
-        if plan_only:
+    engine = serving_engine(s)
+    if plan_only:
+        try:
             the_plan = kappa.plan(s, engine, view, version, start, from_snapshot)
-            print_plan(s, engine, the_plan, max_rate)
-            if the_plan.lost:
-                raise fail(the_plan.lost_message().replace("; nothing replayed", ""))
-            return
+        except (kappa.ReplayError, LookupError) as exc:
+            raise fail(str(exc)) from None
+        print_plan(s, engine, the_plan, max_rate)
+        if the_plan.lost:
+            raise fail(the_plan.lost_message().replace("; nothing replayed", ""))
+        return
+    if until_end:
+        bounded_replay(s, engine, view, version, start, from_snapshot, max_rate)
+    else:
+        live_replay(s, engine, view, version, from_ or "earliest", from_snapshot, max_rate, wait_s)
+
+
+def bounded_replay(s: Settings, engine, view: str, version: int, start, from_snapshot: Optional[str], max_rate: Optional[float]) -> None:
+    """`lklab replay --until-end`: the replay up to the end offsets recorded at start, in the foreground."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+
+    from lklab import kappa
+    from lklab.kappa import jobs
+
+    try:
+        jobs.ensure_not_running(s, view, version)  # one writer per output
         with Progress(TextColumn(f"replay {view} → {kappa.output_name(view, version)}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]:,.0f} ev/s"), TimeRemainingColumn(), console=console) as bar:
             task = bar.add_task("replay", total=None, rate=0.0)
             result = kappa.replay(s, engine, view, version, start, max_rate, snapshot=from_snapshot,
                                   on_progress=lambda p: bar.update(task, completed=p.done, total=p.total, rate=p.events_per_s))
-    except (kappa.ReplayError, LookupError) as exc:
+    except (kappa.ReplayError, jobs.JobError, LookupError) as exc:
         raise fail(str(exc)) from None
     origin = f"snapshot {result.snapshot_id} + " if result.snapshot_id else ""
     console.print(f"{result.output}: {origin}{result.events} events in {result.seconds:.1f}s ({result.events_per_s:,.0f} ev/s; "
                   f"bronze {result.tiers.get('bronze', 0)}, kafka {result.tiers.get('kafka', 0)}), {result.rows} rows; "
                   f"offsets {result.start_offsets} → {result.target_offsets}")
+
+
+def live_replay(s: Settings, engine, view: str, version: int, start_from: str, from_snapshot: Optional[str],
+                max_rate: Optional[float], wait_s: float) -> None:
+    """`lklab replay`: start the version's live job and wait (up to `wait_s`) until it is hydrated."""
+    import time
+
+    from lklab import kappa
+    from lklab.core import processes
+    from lklab.kappa import hydration, jobs
+
+    output = kappa.output_name(view, version)
+    try:
+        pid = jobs.start(s, view, version, start_from, from_snapshot, max_rate=max_rate)
+    except (jobs.JobError, LookupError, TimeoutError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{output}: live job started (pid {pid}, log {jobs.log_file(s, output)}); the published version keeps serving")
+    if wait_s <= 0:
+        return
+    deadline = time.monotonic() + wait_s
+    with console.status(f"{output}: hydrating") as shown:
+        while True:
+            ends = jobs.end_offsets(s)
+            ready = hydration.hydration_now(s, engine, view, version, ends) if ends is not None else None
+            if ready is not None and ready.hydrated and (kappa.build_record(engine, output) or {}).get("status") == "complete":
+                break
+            if not jobs.job_status(s, view, version).running:
+                raise fail(f"{output} stopped while hydrating: {processes.log_tail(jobs.log_file(s, output))}")
+            if time.monotonic() > deadline:
+                raise fail(f"{output} not hydrated after {wait_s:g}s ({ready.summary if ready else 'Kafka did not answer'}); "
+                           f"it keeps running: `lklab kappa status`")
+            shown.update(f"{output}: hydrating ({ready.summary if ready else 'waiting for Kafka'})")
+            time.sleep(0.5)
+    console.print(ready.summary, highlight=False)
+    console.print(f"next: `lklab cutover {view} --to {version}`")
 
 
 def print_plan(s: Settings, engine, the_plan, max_rate: Optional[float]) -> None:

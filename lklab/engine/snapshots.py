@@ -35,6 +35,7 @@ from lklab.core.events import SCHEMA_VERSION
 from lklab.log.kafka_io import Offsets
 from lklab.serving.store import (
     bulk_upsert,
+    consistent_read,
     speed_contrib,
     speed_event_state,
     speed_progress,
@@ -161,7 +162,7 @@ def take(settings: Settings, engine: Engine, spark, view: str, spec, scope: str)
     All pieces are read in one read transaction, so they are consistent with one set of offsets."""
     now = datetime.now(timezone.utc)
     parts = pieces(spec)
-    with engine.connect() as conn, conn.begin():
+    with consistent_read(engine) as conn:
         tables = {piece.name: _to_arrow(piece.read(conn, spec.name, scope, settings.topic), piece.schema) for piece in parts}
     progress = tables["progress"].to_pylist()
     if not progress:

@@ -3,6 +3,7 @@ the published version), then swap the alias `<view>` atomically. Every swap is r
 publish log with who, when, why and the checks; rollback swaps back. Readers read the alias and its rows in one transaction."""
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 from collections import defaultdict
@@ -17,12 +18,15 @@ from lklab import kappa
 from lklab.lake import reconcile
 from lklab.engine import snapshots
 from lklab import views
-from lklab.serving.publish import KAPPA, record_publish
+from lklab.serving.publish import KAPPA, attach_snapshot, record_publish
 from lklab.core.config import Settings
 from lklab.core.gates import Severity, SuiteRunner, severity, suite_severities
 from lklab.serving.store import publish_log, serving_aliases, upsert
 from lklab.engine.snapshots import Snapshot
+from lklab.kappa import hydration, jobs
 from lklab.kappa.query import published
+from lklab.kappa.retirement import alias_moves
+from lklab.log.kafka_io import Offsets
 from lklab.lake.spark import ensure_spark
 from lklab.serving.progress import read_progress
 
@@ -66,7 +70,7 @@ def _gx_check(settings: Settings, spark, view: str, rows: list[tuple], run_suite
     return Check("gx", result.passed, f"GX suite {result.summary()}", (*result.failures, *result.warnings), bool(result.warnings))
 
 
-def _ledger_check(settings: Settings, engine: Engine, view: str, output: str, rows: list[tuple]) -> Check:
+def _ledger_check(settings: Settings, engine: Engine, view: str, at: hydration.Position, rows: list[tuple]) -> Check:
     spec = views.view(view)
     if not spec.measure.carries_money:
         return Check("ledger", True, f"{view} carries no money: nothing to reconcile")
@@ -74,9 +78,8 @@ def _ledger_check(settings: Settings, engine: Engine, view: str, output: str, ro
     for entity, window, value in rows:
         per_day[window.date()] += value
         per_driver[(entity, window.date())] += value
-    record = kappa.build_record(engine, output) or {}
     report = reconcile.compare_to_ledger(engine, settings, dict(per_day),
-                                         dict(per_driver) if spec.entity == "driver_id" else None, record.get("watermark"))
+                                         dict(per_driver) if spec.entity == "driver_id" else None, at.watermark)
     blocks = severity(settings.gate_severity, "ledger_reconciliation") == Severity.FAIL
     first = f" | {report.differences[0]}" if not report.passed and report.differences else ""
     return Check("ledger", report.passed or not blocks, f"{report.summary}{first}", tuple(report.differences),
@@ -115,29 +118,49 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
             tolerance_pct: float = DEFAULT_TOLERANCE_PCT, spark=None, who: str | None = None, *,
             run_suite: SuiteRunner) -> CutoverResult:
     """Validate `<view>__v<N>` and, only if every check passes, point `<view>` at it atomically.
+    A candidate that is not hydrated is refused before any check runs (CutoverError, saying why).
+    The diff compares both versions at a common input position (lklab.kappa.hydration.comparable).
     `run_suite` runs the view's GX suite (expectations.runner.run_suite: the core does not import GX)."""
     check_args(view, version, tolerance_pct)
     output = kappa.output_name(view, version)
     record = kappa.build_record(engine, output)
     if record is None or record["status"] != "complete":
-        raise CutoverError(f"{output} has no complete replay; run `lklab replay {view} --version {version}` first")
+        raise CutoverError(f"{output} has not finished hydrating (no complete replay); `lklab replay {view} --version {version}` "
+                           f"starts it, `lklab kappa status` shows its progress")
     with engine.connect() as conn:
         current = published(conn, view)
     if current == output:
         raise CutoverError(f"{view} already points at {output}")
-    new_rows = kappa.read_output(engine, view, output)
-    old_rows = [] if current is None else kappa.read_output(engine, view, current)
+    new, old = hydration.position(settings, engine, view, version), hydration.published_position(settings, engine, view)
+    ready = hydration.hydration(settings, new, old, _end_offsets(settings))
+    if not ready.hydrated:
+        raise CutoverError(f"{view} stays on {current or 'nothing published'}: {ready.summary}")
     spark = ensure_spark(settings, spark)
     checks = [
-        _gx_check(settings, spark, view, new_rows, run_suite),
-        _ledger_check(settings, engine, view, output, new_rows),
-        diff(old_rows, new_rows, tolerance_pct, views.view(view).measure.size) if current else Check("diff", True, "nothing published yet"),
+        Check("hydration", True, ready.summary),
+        _gx_check(settings, spark, view, new.rows, run_suite),
+        _ledger_check(settings, engine, view, new, new.rows),
+        _diff_check(settings, view, old, new, tolerance_pct) if old else Check("diff", True, "nothing published yet"),
     ]
     swapped = all(c.passed for c in checks)
     if swapped:
         snap = publish_snapshot(settings, engine, spark, view, output)
         _swap(engine, view, current, output, "cutover", who, why, checks, snap)
     return CutoverResult(view, current, output, swapped, checks)
+
+
+def _end_offsets(settings: Settings) -> Offsets:
+    ends = jobs.end_offsets(settings)
+    if ends is None:  # without the log's end, hydration cannot be judged: refuse
+        raise CutoverError(f"Kafka at {settings.bootstrap} did not answer: cannot judge hydration without the log's end offsets")
+    return ends
+
+
+def _diff_check(settings: Settings, view: str, old: hydration.Position, new: hydration.Position, tolerance_pct: float) -> Check:
+    both = hydration.comparable(settings, view, old, new)
+    check = diff(both.old_rows, both.new_rows, tolerance_pct, views.view(view).measure.size)
+    in_flight = f"; {both.in_flight} rows in flight left out" if both.in_flight else ""
+    return dataclasses.replace(check, summary=f"{old.output} → {new.output} {both.basis}: {check.summary}{in_flight}")
 
 
 def publish_snapshot(settings: Settings, engine: Engine, spark, view: str, output: str) -> Snapshot:
@@ -155,40 +178,49 @@ def publish_snapshot(settings: Settings, engine: Engine, spark, view: str, outpu
 
 
 def rollback(settings: Settings, engine: Engine, view: str, why: str, who: str | None = None, spark=None) -> tuple[str, str]:
-    """Point `<view>` back at the version it had before the last swap to its current target."""
+    """Point `<view>` back at the version it had before the last swap to its current target. Inside
+    the rollback window that version's job is still running, so it is current and the swap is
+    immediate; the audit snapshot of it is taken after the swap and attached to its publish record.
+    A version that is no longer hydrated (its job stopped) is refused, saying how to bring it back."""
     with engine.connect() as conn:
         current = published(conn, view)
-        last = conn.execute(select(publish_log.c.from_target).where(*_swaps(view), publish_log.c.target == current)
+        last = conn.execute(select(publish_log.c.from_target).where(*alias_moves(view), publish_log.c.target == current)
                             .order_by(publish_log.c.id.desc()).limit(1)).scalar()
     if current is None or last is None:
         raise CutoverError(f"{view}: no earlier version to roll back to")
-    _swap(engine, view, current, last, "rollback", who, why, [], publish_snapshot(settings, engine, spark, view, last))
+    version = int(kappa.build_record(engine, last)["version"])
+    target, now_served = hydration.position(settings, engine, view, version), hydration.published_position(settings, engine, view)
+    ready = hydration.hydration(settings, target, now_served, _end_offsets(settings))
+    if not ready.hydrated:
+        raise CutoverError(f"{view} stays on {current}: {ready.summary}. Its job stops when the rollback window "
+                           f"({settings.kappa_rollback_window_s:g}s) ends: `lklab kappa start {view} --version {version}`, "
+                           f"then roll back once it is hydrated")
+    publish_id = _swap(engine, view, current, last, "rollback", who, why, [Check("hydration", True, ready.summary)], None)
+    snap = publish_snapshot(settings, engine, spark, view, last)
+    with engine.begin() as conn:
+        attach_snapshot(conn, publish_id, snap.snapshot_id, {snap.piece_location("output"): snap.delta_versions["output"]})
     return current, last
 
 
 def _swap(engine: Engine, view: str, old: str | None, new: str, action: str, who: str | None, why: str, checks: list[Check],
-          snap: Snapshot) -> None:
+          snap: Snapshot | None) -> int:
     now, who = datetime.now(timezone.utc), who or getpass.getuser()
     with engine.begin() as conn:  # alias and its publish record (who, why, checks, build, snapshot): one atomic swap
         upsert(conn, serving_aliases, [{"view": view, "target": new, "updated_at": now}])
-        record_kappa_publish(conn, engine, now, view, old, new, action, who, why, snap, checks)
+        return record_kappa_publish(conn, engine, now, view, old, new, action, who, why, snap, checks)
 
 
 def record_kappa_publish(conn, engine: Engine, now: datetime, view: str, old: str | None, new: str, action: str, who: str,
-                    why: str, snap: Snapshot, checks: list[Check] = ()) -> None:
+                         why: str, snap: Snapshot | None, checks: list[Check] = ()) -> int:
+    """Append the publish record of a Kappa swap or refresh; `snap` None: attached after the swap."""
     build = json.loads(json.dumps(kappa.build_record(engine, new), default=str))
-    record_publish(conn, at=now, view=view, arch=KAPPA, action=action, target=new, from_target=old, why=why, who=who,
-                   build=build, delta_versions={snap.piece_location("output"): snap.delta_versions["output"]},
-                   snapshot_id=snap.snapshot_id,
-                   checks=[{"name": c.name, "passed": c.passed, "summary": c.summary} for c in checks])
-
-
-def _swaps(view: str) -> tuple:
-    """The publish records that moved the alias (refreshes keep it where it is)."""
-    return (publish_log.c.view == view, publish_log.c.arch == KAPPA, publish_log.c.action.in_(("cutover", "rollback")))
+    return record_publish(conn, at=now, view=view, arch=KAPPA, action=action, target=new, from_target=old, why=why, who=who,
+                          build=build, delta_versions={snap.piece_location("output"): snap.delta_versions["output"]} if snap else {},
+                          snapshot_id=snap.snapshot_id if snap else None,
+                          checks=[{"name": c.name, "passed": c.passed, "summary": c.summary} for c in checks])
 
 
 def history(engine: Engine, view: str) -> list[dict]:
     """Every swap of the alias `<view>`, oldest first: who, when, why, from and to, checks."""
     with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(publish_log).where(*_swaps(view)).order_by(publish_log.c.id)).mappings()]
+        return [dict(r) for r in conn.execute(select(publish_log).where(*alias_moves(view)).order_by(publish_log.c.id)).mappings()]

@@ -67,15 +67,15 @@ def published_version(engine: Engine, view: str) -> int:
 
 
 def start(settings: Settings, view: str, version: int, start_from: str = "earliest", snapshot: str | None = None,
-          wait_s: float = 120.0) -> int:
-    """Start `<view>__v<N>`'s job in the background; return its pid once it beats."""
+          wait_s: float = 120.0, max_rate: float | None = None) -> int:
+    """Start `<view>__v<N>`'s job in the background (hydrating at most `max_rate` events/s);
+    return its pid once it beats."""
     output = output_name(view, version)
     try:
-        check_request(settings, view, version, parse_from(start_from), snapshot)
+        check_request(settings, view, version, parse_from(start_from), snapshot, max_rate)
     except ReplayError as exc:
         raise JobError(str(exc)) from None
-    if (pid := processes.read_pid(pid_file(settings, output), _MARKER)) is not None:
-        raise JobError(f"{output} is already running (pid {pid}); `lklab kappa stop {view} --version {version}` first")
+    ensure_not_running(settings, view, version)
     engine = make_engine(settings)  # the schema exists before the job and status need it
     pid_file(settings, output).parent.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +83,8 @@ def start(settings: Settings, view: str, version: int, start_from: str = "earlie
     argv = [sys.executable, "-m", "lklab.kappa.worker", view, str(version), "--from", start_from]
     if snapshot:
         argv += ["--from-snapshot", snapshot]
+    if max_rate:
+        argv += ["--max-rate", str(max_rate)]
     try:
         return processes.spawn(argv, log=log_file(settings, output), pid_file=pid_file(settings, output),
                                ready=lambda pid: _beats(engine, replay_scope(view, version), pid),
@@ -95,6 +97,13 @@ def start(settings: Settings, view: str, version: int, start_from: str = "earlie
         raise JobError(f"{output} did not beat within {wait_s:.0f}s; see {log_file(settings, output)}") from None
     finally:
         engine.dispose()
+
+
+def ensure_not_running(settings: Settings, view: str, version: int) -> None:
+    """JobError if `<view>__v<N>`'s live job runs: a second writer on its output must not start."""
+    output = output_name(view, version)
+    if (pid := processes.read_pid(pid_file(settings, output), _MARKER)) is not None:
+        raise JobError(f"{output} is already running (pid {pid}); `lklab kappa stop {view} --version {version}` first")
 
 
 def _check(view: str, version: int = 1) -> None:
@@ -118,7 +127,7 @@ def stop(settings: Settings, view: str, version: int, wait_s: float = 30.0) -> b
 
 def status(settings: Settings) -> list[JobStatus]:
     """Every job that has run in this lab (running or not): pid, lag, watermark, heartbeat age."""
-    ends, engine = _end_offsets(settings), make_engine(settings)
+    ends, engine = end_offsets(settings), make_engine(settings)
     try:
         found = [_status(settings, engine, out, ends) for out in outputs(engine)]
     finally:
@@ -127,14 +136,15 @@ def status(settings: Settings) -> list[JobStatus]:
 
 
 def job_status(settings: Settings, view: str, version: int) -> JobStatus:
-    ends, engine = _end_offsets(settings), make_engine(settings)
+    ends, engine = end_offsets(settings), make_engine(settings)
     try:
         return _status(settings, engine, views.VersionedOutput(view, version), ends)
     finally:
         engine.dispose()
 
 
-def _end_offsets(settings: Settings) -> dict[int, int] | None:
+def end_offsets(settings: Settings) -> dict[int, int] | None:
+    """The log's end offsets, None if Kafka does not answer."""
     try:
         return kafka_io.run(kafka_io.end_offsets(settings))
     except Exception:  # noqa: BLE001 - Kafka down: lag unknown, the rest still answers

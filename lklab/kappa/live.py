@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Engine
@@ -17,6 +18,7 @@ from lklab.core.config import Settings
 from lklab.engine.checkpoint import CheckpointedSink
 from lklab.kappa.job import BATCH, ReplayResult, replay
 from lklab.kappa.names import replay_scope, spec_for
+from lklab.kappa.retirement import retire_reason
 from lklab.log import kafka_io
 from lklab.log.kafka_io import Offsets
 from lklab.serving import progress
@@ -26,21 +28,30 @@ BEAT_EVERY_S = 1.0
 
 def run_live(settings: Settings, engine: Engine, view: str, version: int, stop: threading.Event,
              start: Offsets | None = None, snapshot: str | None = None,
-             on_hydrated: Callable[[ReplayResult], None] | None = None) -> None:
-    """Run `<view>__v<N>` until `stop` is set: hydrate, then follow the log. The heartbeat runs
-    beside it for the whole life of the job (hydration included)."""
-    scope = replay_scope(view, version)
-    beating = threading.Thread(target=_beat, args=(engine, scope, stop), name=f"heartbeat-{scope}", daemon=True)
+             on_hydrated: Callable[[ReplayResult], None] | None = None, max_rate: float | None = None,
+             on_retire: Callable[[str], None] | None = None) -> None:
+    """Run `<view>__v<N>` until `stop` is set, or until its rollback window after a swap away
+    from it has passed (lklab.kappa.retirement): hydrate (at most `max_rate` events/s), then
+    follow the log. The heartbeat runs beside it for the whole life of the job."""
+    beating = threading.Thread(target=_beat, args=(settings, engine, view, version, stop, on_retire),
+                               name=f"heartbeat-{replay_scope(view, version)}", daemon=True)
     beating.start()
-    hydrated = replay(settings, engine, view, version, start, snapshot=snapshot)
+    hydrated = replay(settings, engine, view, version, start, max_rate, snapshot=snapshot)
     if on_hydrated is not None:
         on_hydrated(hydrated)
     asyncio.run(_follow(settings, engine, view, version, stop))
 
 
-def _beat(engine: Engine, scope: str, stop: threading.Event) -> None:
+def _beat(settings: Settings, engine: Engine, view: str, version: int, stop: threading.Event,
+          on_retire: Callable[[str], None] | None) -> None:
+    """Beat every second; stop the job once its rollback window has passed."""
+    scope, started = replay_scope(view, version), datetime.now(timezone.utc)
     while not stop.is_set():
         progress.beat(engine, scope)
+        if (reason := retire_reason(settings, engine, view, version, started)) is not None:
+            if on_retire is not None:
+                on_retire(reason)
+            stop.set()
         stop.wait(BEAT_EVERY_S)
 
 

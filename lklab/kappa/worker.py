@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("version", type=int)
     parser.add_argument("--from", dest="start", default="earliest")
     parser.add_argument("--from-snapshot", dest="snapshot", default=None)
+    parser.add_argument("--max-rate", dest="max_rate", type=float, default=None, help="hydrate at most this many events/s")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = make_engine(settings)
     try:
         run_live(settings, engine, args.view, args.version, stop, parse_from(args.start), args.snapshot,
-                 on_hydrated=lambda r: log.info(f"{r.output} hydrated: {r.events} events to offsets {r.target_offsets}; following the log"))
+                 on_hydrated=lambda r: log.info(f"{r.output} hydrated: {r.events} events to offsets {r.target_offsets}; following the log"),
+                 max_rate=args.max_rate, on_retire=log.info)
     except (ReplayError, LookupError) as exc:
         log.error(f"{args.view} v{args.version}: {exc}")
         return 1

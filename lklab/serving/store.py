@@ -4,7 +4,8 @@ SQL is built with SQLAlchemy Core, so every value is a bound parameter.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -273,6 +274,21 @@ def make_engine(settings: Settings) -> Engine:
         engine.dispose()
         raise
     return engine
+
+
+@contextmanager
+def consistent_read(engine: Engine) -> Iterator[Connection]:
+    """A connection whose reads all see one committed state of the store, while live jobs write.
+    pysqlite opens a transaction only before a write, so without an explicit BEGIN each SELECT
+    sees the latest commit (state from one checkpoint, offsets from the next); PostgreSQL's
+    default READ COMMITTED has the same gap, REPEATABLE READ closes it."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN")  # committed (ended) by the transaction's exit
+            yield conn
 
 
 def dialect_insert(conn: Connection):

@@ -1,0 +1,109 @@
+"""Hydration: when a candidate version has caught up with the log and with the published version,
+and where two versions can be compared while both keep consuming.
+
+A candidate is hydrated once its lag is at most `kappa_hydration_max_lag` records and its
+event-time watermark is within `kappa_hydration_tolerance_s` of the published version's. Two
+live versions sit at different offsets, so a diff of everything they hold would report progress
+still in flight as changes; `comparable` compares them at the same offsets when they are there,
+else only on windows both hold as final (watermark minus allowed lateness)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from lklab import views
+from lklab.core.config import Settings
+from lklab.engine.outputs import read_output
+from lklab.kappa.names import output_name, replay_scope
+from lklab.kappa.query import published
+from lklab.kappa.records import build_record
+from lklab.log.kafka_io import Offsets
+from lklab.serving import progress
+from lklab.serving.store import consistent_read
+
+
+@dataclass(frozen=True)
+class Position:
+    """What one version has consumed (its committed offsets and watermark) and the rows it holds
+    there, read in one transaction: the rows are exactly those offsets' result."""
+
+    output: str
+    offsets: Offsets
+    watermark: datetime | None
+    rows: list[tuple]
+
+    def lag(self, ends: Offsets) -> int:
+        return progress.lag(self.offsets, ends)
+
+
+def position(settings: Settings, engine: Engine, view: str, version: int, with_rows: bool = True) -> Position:
+    """The version's committed position (and its rows, unless `with_rows` is False)."""
+    scope, output = replay_scope(view, version), output_name(view, version)
+    with consistent_read(engine) as conn:
+        offsets = progress.next_offsets(conn, scope, settings.topic)
+        wm = views.watermark(progress.max_event_times(conn, scope, settings.topic), settings.partitions)
+        rows = read_output(None, view, output, conn=conn) if with_rows else []
+    return Position(output, offsets, wm, rows)
+
+
+def published_position(settings: Settings, engine: Engine, view: str, with_rows: bool = True) -> Position | None:
+    """The position of the version `<view>` points at now (None: nothing published)."""
+    with engine.connect() as conn:
+        current = published(conn, view)
+    record = build_record(engine, current) if current else None
+    return position(settings, engine, view, int(record["version"]), with_rows) if record else None
+
+
+@dataclass(frozen=True)
+class Hydration:
+    hydrated: bool
+    summary: str  # one line: the figures, and why not when not
+
+
+def hydration(settings: Settings, candidate: Position, published: Position | None, ends: Offsets) -> Hydration:
+    """Whether `candidate` may take traffic from `published` (None: nothing published yet)."""
+    lag = candidate.lag(ends)
+    figures = f"lag {lag} records (at most {settings.kappa_hydration_max_lag})"
+    if lag > settings.kappa_hydration_max_lag:
+        return Hydration(False, f"{candidate.output} is not hydrated: {figures}; it is still catching up with the log")
+    if published is None or published.watermark is None:
+        return Hydration(True, f"{candidate.output} hydrated: {figures}; nothing published to compare watermarks with")
+    if candidate.watermark is None:
+        return Hydration(False, f"{candidate.output} is not hydrated: no watermark yet (a partition not read), "
+                                f"{published.output}'s is {published.watermark.isoformat()}")
+    behind = (published.watermark - candidate.watermark).total_seconds()
+    figures += (f", watermark {candidate.watermark.isoformat()} vs {published.output}'s {published.watermark.isoformat()} "
+                f"({behind:+.0f}s behind, tolerance {settings.kappa_hydration_tolerance_s:g}s)")
+    if behind > settings.kappa_hydration_tolerance_s:
+        return Hydration(False, f"{candidate.output} is not hydrated: {figures}")
+    return Hydration(True, f"{candidate.output} hydrated: {figures}")
+
+
+def hydration_now(settings: Settings, engine: Engine, view: str, version: int, ends: Offsets) -> Hydration:
+    """Whether `<view>__v<N>` is hydrated against the version published now (figures only, no rows)."""
+    return hydration(settings, position(settings, engine, view, version, with_rows=False),
+                     published_position(settings, engine, view, with_rows=False), ends)
+
+
+@dataclass(frozen=True)
+class Comparable:
+    old_rows: list[tuple]
+    new_rows: list[tuple]
+    basis: str  # how the two were aligned, for the diff's summary
+    in_flight: int  # rows left out of the diff: windows not final in both versions yet
+
+
+def comparable(settings: Settings, view: str, old: Position, new: Position) -> Comparable:
+    """The rows of two versions at a common input position: everything, if both committed the same
+    offsets; else the windows both hold as final, so that progress still in flight is not a change."""
+    if old.offsets == new.offsets:
+        return Comparable(old.rows, new.rows, "at the same offsets", 0)
+    cuts = [views.final_through(p.watermark, settings.allowed_lateness_s) for p in (old, new)]
+    cut = None if None in cuts else min(cuts)
+    spec = views.view(view)
+    final = [[r for r in rows if spec.measure.is_final(spec, r[1], cut)] for rows in (old.rows, new.rows)]
+    in_flight = len(old.rows) + len(new.rows) - len(final[0]) - len(final[1])
+    basis = (f"on windows final in both (before {cut.isoformat()})" if cut else "on no window: a version has no watermark yet")
+    return Comparable(final[0], final[1], basis, in_flight)
