@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,11 +71,16 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-class _Pacer:
-    """Progress reporting and the --max-rate throttle, shared by both tiers."""
+class ReplayStopped(Exception):
+    """The replay was asked to stop (a live job's SIGTERM while it hydrates); its progress is checkpointed."""
 
-    def __init__(self, total: int, max_rate: float | None, on_progress: Callable[[ReplayProgress], None] | None) -> None:
-        self.total, self.max_rate, self.on_progress = total, max_rate, on_progress
+
+class _Pacer:
+    """Progress reporting, the --max-rate throttle and the stop request, shared by both tiers."""
+
+    def __init__(self, total: int, max_rate: float | None, on_progress: Callable[[ReplayProgress], None] | None,
+                 stop: threading.Event | None = None) -> None:
+        self.total, self.max_rate, self.on_progress, self.stop = total, max_rate, on_progress, stop
         self.done, self.clock = 0, time.monotonic()
 
     def advance(self, n: int) -> float:
@@ -87,16 +93,36 @@ class _Pacer:
             return self.done / self.max_rate - (time.monotonic() - self.clock)
         return 0.0
 
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def throttle(self, n: int) -> None:
+        """advance(n), then sleep as it says, in slices: a stop request ends the replay (ReplayStopped)."""
+        until = time.monotonic() + self.advance(n)
+        while not self._stopping() and (left := until - time.monotonic()) > 0:
+            time.sleep(min(left, 0.2))
+        if self._stopping():
+            raise ReplayStopped
+
+    async def athrottle(self, n: int) -> None:
+        """throttle(n) for the Kafka tier's event loop."""
+        until = time.monotonic() + self.advance(n)
+        while not self._stopping() and (left := until - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.2))
+        if self._stopping():
+            raise ReplayStopped
+
 
 def replay(
     settings: Settings, engine: Engine, view: str, version: int, start: Offsets | None = None,
     max_rate: float | None = None, on_progress: Callable[[ReplayProgress], None] | None = None,
-    snapshot: str | None = None, spark=None, checkpoint_every: int = 100_000,
+    snapshot: str | None = None, spark=None, checkpoint_every: int = 100_000, stop: threading.Event | None = None,
 ) -> ReplayResult:
     """Replay [start (default: offset 0, or the snapshot's offsets), end offsets now) into
     `<view>__v<N>`, from bronze where Kafka no longer holds the offsets, then from Kafka.
     Re-running the same version resumes from its own committed offsets up to the new end.
-    State and offsets are checkpointed every `checkpoint_every` records (lklab.engine.checkpoint.CheckpointedSink)."""
+    State and offsets are checkpointed every `checkpoint_every` records (lklab.engine.checkpoint.CheckpointedSink).
+    Setting `stop` ends it early with ReplayStopped, after a checkpoint of what it applied."""
     check_args(view, version, max_rate)
     spec = spec_for(view, version)
     began = datetime.now(timezone.utc)
@@ -113,7 +139,7 @@ def replay(
     snapshot_id = the_plan.snapshot.snapshot_id if the_plan.snapshot else None
     record(engine, spec, view, version, the_plan.scope, the_plan.start, the_plan.target, began, status="running",
             snapshot_id=snapshot_id)
-    pacer = _Pacer(the_plan.records(), max_rate, on_progress)
+    pacer = _Pacer(the_plan.records(), max_rate, on_progress, stop)
     counts = {tiers.BRONZE: 0, tiers.KAFKA: 0}
     first_plan = the_plan
     while True:
@@ -122,6 +148,9 @@ def replay(
             with _bulk_gc():  # after the state is loaded, so that it is frozen out of collections
                 _replay_tiers(settings, spark, sink, the_plan, pacer, counts)
             break
+        except ReplayStopped:
+            sink.checkpoint()
+            raise
         except OffsetOutOfRangeError:
             # Retention deleted offsets after the plan was made: checkpoint what was applied, plan
             # again from that progress to the same end offsets; bronze serves what Kafka dropped,
@@ -153,7 +182,7 @@ def _replay_tiers(settings: Settings, spark, sink: CheckpointedSink, the_plan: R
         for records in tiers.read_bronze(spark, settings, span):
             sink.apply(records)
             counts[tiers.BRONZE] += len(records)
-            time.sleep(max(pacer.advance(len(records)), 0))
+            pacer.throttle(len(records))
     kafka = {r.partition: r.start for r in the_plan.ranges if r.tier == tiers.KAFKA}
     asyncio.run(_replay_kafka(settings, sink, kafka, the_plan.target, pacer, counts))
     sink.checkpoint()
@@ -197,6 +226,6 @@ async def _replay_kafka(settings: Settings, sink: CheckpointedSink, position: Of
                     done = {TopicPartition(settings.topic, p): o for p, o in dict(sink.committed).items() if p in position}
                     if done:
                         await consumer.commit(done)
-            await asyncio.sleep(max(pacer.advance(len(records)), 0))
+            await pacer.athrottle(len(records))
     finally:
         await consumer.stop()

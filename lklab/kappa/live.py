@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from lklab.core.config import Settings
 from lklab.engine.checkpoint import CheckpointedSink
-from lklab.kappa.job import BATCH, ReplayResult, replay
+from lklab.kappa.job import BATCH, ReplayResult, ReplayStopped, replay
 from lklab.kappa.names import replay_scope, spec_for
 from lklab.kappa.retirement import retire_reason
 from lklab.log import kafka_io
@@ -36,7 +36,10 @@ def run_live(settings: Settings, engine: Engine, view: str, version: int, stop: 
     beating = threading.Thread(target=_beat, args=(settings, engine, view, version, stop, on_retire),
                                name=f"heartbeat-{replay_scope(view, version)}", daemon=True)
     beating.start()
-    hydrated = replay(settings, engine, view, version, start, max_rate, snapshot=snapshot)
+    try:
+        hydrated = replay(settings, engine, view, version, start, max_rate, snapshot=snapshot, stop=stop)
+    except ReplayStopped:
+        return  # stopped while hydrating; what it applied is checkpointed
     if on_hydrated is not None:
         on_hydrated(hydrated)
     asyncio.run(_follow(settings, engine, view, version, stop))
