@@ -1,13 +1,16 @@
-"""Read-only HTTP JSON API over the merged views, T and freshness (FastAPI, 127.0.0.1 by default).
+"""Read-only HTTP JSON API over the merged Lambda views, T and freshness, and the published Kappa
+views, their freshness and jobs (FastAPI, 127.0.0.1 by default).
 
 Every query goes through SQLAlchemy Core with bound parameters; bad parameters get a 4xx with
 a one-line message naming the parameter, and so do parameters an endpoint does not take (a
 misspelt filter must not answer with every row). `city` and `driver` are accepted as aliases
 of `key`, like the CLI's --city and --driver. /health answers 503 when the speed layer is not
-healthy. /docs and /redoc load Swagger UI and ReDoc from files shipped in a package
-(fastapi-offline), so they render without internet access."""
+healthy. A view whose producer is stale answers flagged (`stale`), or 503 with the reason when
+its reader policy is `error` (Settings.reader_policy_for). /docs and /redoc load Swagger UI and
+ReDoc from files shipped in a package (fastapi-offline), so they render without internet access."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,10 +20,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
+from lklab.kappa import KAPPA_VIEWS
+from lklab.kappa import jobs as kappa_jobs
+from lklab.kappa import query as kappa
 from lklab.lambda_arch import merge
 from lklab import views
 from lklab.core.config import Settings
 from lklab.core.events import parse_time
+from lklab.core.staleness import StaleAnswer, check_reader_policy_views
 from lklab.serving.store import make_engine
 
 MAX_ROWS = 100_000
@@ -67,14 +74,67 @@ def _one_key(view: str, given: dict[str, str | None]) -> str | None:
     return value
 
 
+@dataclass(frozen=True)
+class RowQuery:
+    """Which rows of which view a reader asks for: the same parameters for Lambda and Kappa."""
+
+    view: str
+    key: str | None
+    start: datetime | None
+    end: datetime | None
+    limit: int
+
+
+def row_query(
+    view: str,
+    key: Annotated[str | None, Query(max_length=128, description="the view's key: city, driver_id or user_id")] = None,
+    city: Annotated[str | None, Query(max_length=128, description="alias of key, for views keyed by city")] = None,
+    driver: Annotated[str | None, Query(max_length=128, description="alias of key, for driver_earnings_daily")] = None,
+    start: Annotated[str | None, Query(alias="from", description="window start ≥ this ISO time")] = None,
+    end: Annotated[str | None, Query(alias="to", description="window start < this ISO time")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_ROWS)] = 10_000,
+) -> RowQuery:
+    """The view (404 if unknown) and its row filter, checked (422 with one line naming the parameter)."""
+    if view not in views.VIEWS:
+        raise HTTPException(404, f"unknown view {view!r}; one of: {', '.join(views.VIEWS)}")
+    key = _one_key(view, {"key": key, "city": city, "driver": driver})
+    lo, hi = _time(start, "from"), _time(end, "to")
+    if lo and hi and lo >= hi:
+        raise HTTPException(422, f"query parameter 'from' ({start}) is not before 'to' ({end})")
+    return RowQuery(view, key, lo, hi, limit)
+
+
 def _health_json(h: merge.SpeedHealth) -> dict[str, Any]:
     return {"healthy": h.healthy, "reason": h.reason, "heartbeat_age_s": h.heartbeat_age_s, "lag": h.lag}
 
 
+def _describe(spec: views.ViewSpec) -> dict[str, Any]:
+    return {"name": spec.name, "entity": spec.entity, "window_s": spec.window_s, "value": spec.value_column,
+            "values": list(spec.value_columns), "measure": spec.measure.kind, "speed_layer": spec.measure.speed_layer,
+            "logic_version": spec.logic_version}
+
+
+STALE_503 = {503: {"description": "the view's producer is stale and its reader policy is `error`: "
+                                  '{"detail": "<view> is stale: <reason> (reader policy error)"}'}}
+
+
 def create_app(settings: Settings) -> FastAPI:
+    try:
+        check_reader_policy_views(settings, views.VIEWS)
+    except ValueError as exc:
+        raise ValueError(f"reader_policy_views: {exc}") from None
     engine = make_engine(settings)
-    app = FastAPIOffline(title="lklab query API", version="1", description="Merged Lambda views, T and freshness. Read-only.",
+    app = FastAPIOffline(title="lklab query API", version="1",
+                         description="Merged Lambda views, T and freshness; published Kappa views, their freshness and jobs. Read-only.",
                          dependencies=[Depends(only_known_query_parameters)])
+
+    def published_versions() -> dict[str, str | None]:
+        with engine.connect() as conn:
+            return {name: kappa.published(conn, name) for name in KAPPA_VIEWS}
+
+    @app.exception_handler(StaleAnswer)
+    async def stale_503(_request: Request, exc: StaleAnswer) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
 
     @app.exception_handler(RequestValidationError)
     async def one_line_422(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -84,29 +144,33 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/views")
     def list_views() -> dict[str, Any]:
-        return {"views": [{"name": s.name, "entity": s.entity, "window_s": s.window_s, "value": s.value_column,
-                           "values": list(s.value_columns), "measure": s.measure.kind, "speed_layer": s.measure.speed_layer,
-                           "logic_version": s.logic_version} for s in views.VIEWS.values()]}
+        return {"views": [_describe(s) for s in views.VIEWS.values()]}
 
-    @app.get("/views/{view}")
-    def read_view(
-        view: str,
-        key: Annotated[str | None, Query(max_length=128, description="the view's key: city, driver_id or user_id")] = None,
-        city: Annotated[str | None, Query(max_length=128, description="alias of key, for views keyed by city")] = None,
-        driver: Annotated[str | None, Query(max_length=128, description="alias of key, for driver_earnings_daily")] = None,
-        start: Annotated[str | None, Query(alias="from", description="window start ≥ this ISO time")] = None,
-        end: Annotated[str | None, Query(alias="to", description="window start < this ISO time")] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_ROWS)] = 10_000,
-    ) -> dict[str, Any]:
-        if view not in views.VIEWS:
-            raise HTTPException(404, f"unknown view {view!r}; one of: {', '.join(views.VIEWS)}")
-        key = _one_key(view, {"key": key, "city": city, "driver": driver})
-        lo, hi = _time(start, "from"), _time(end, "to")
-        if lo and hi and lo >= hi:
-            raise HTTPException(422, f"query parameter 'from' ({start}) is not before 'to' ({end})")
-        health = merge.health_for(engine, settings, view)
-        answer = merge.query(engine, view, key, lo, hi, health=health, policy=settings.blocked_windows_policy)
-        return merge.answer_json(answer, limit)
+    @app.get("/views/{view}", responses=STALE_503)
+    def read_view(q: Annotated[RowQuery, Depends(row_query)]) -> dict[str, Any]:
+        """The merged view; batch-only and `stale` while the speed layer is unhealthy (503 under policy error)."""
+        return merge.answer_json(merge.serve(engine, settings, q.view, q.key, q.start, q.end), q.limit)
+
+    @app.get("/kappa/views")
+    def list_kappa_views() -> dict[str, Any]:
+        """The views Kappa runs, each with its published version (`<view>__v<N>`, or null)."""
+        published = published_versions()
+        return {"views": [_describe(views.VIEWS[name]) | {"version": published[name]} for name in KAPPA_VIEWS]}
+
+    @app.get("/kappa/views/{view}", responses=STALE_503)
+    def read_kappa_view(q: Annotated[RowQuery, Depends(row_query)]) -> dict[str, Any]:
+        """The published version's rows with its freshness: version, running, lag, watermark,
+        heartbeat_age_s, stale, stale_reason and the reader policy (503 when stale under policy error)."""
+        return kappa.answer_json(kappa.serve(settings, engine, q.view, q.key, q.start, q.end), q.limit)
+
+    @app.get("/kappa/status")
+    def kappa_status() -> dict[str, Any]:
+        """Every Kappa job that has run in this lab, running or not, and whether it is the published one."""
+        found, published = kappa_jobs.status(settings), published_versions()
+        return {"jobs": [{"output": j.output, "view": j.view, "version": j.version, "running": j.running, "pid": j.pid,
+                          "lag": j.lag, "watermark": j.watermark.isoformat() if j.watermark else None,
+                          "heartbeat_age_s": j.heartbeat_age_s, "stale": j.stale, "stale_reason": j.stale_reason,
+                          "published": published.get(j.view) == j.output} for j in found]}
 
     @app.get("/lambda/status")
     def status() -> dict[str, Any]:

@@ -46,9 +46,17 @@ err = _console(stderr=True)
 # them to stderr next to the one-line error that the exception becomes here.
 logging.getLogger("aiokafka").addHandler(logging.NullHandler())
 
-def fail(message: str) -> typer.Exit:
+BAD_REQUEST, STALE = 2, 3  # exit codes: a bad flag or state (2); an answer refused by the reader policy `error` (3)
+
+
+def fail(message: str, code: int = BAD_REQUEST) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+    return typer.Exit(code=code)
+
+
+def refuse_stale(exc: Exception) -> typer.Exit:
+    """A stale answer refused by its view's reader policy (lklab.core.staleness.StaleAnswer): one line, exit 3."""
+    return fail(str(exc), code=STALE)
 
 
 def kafka_failure(s: Settings, exc: Exception) -> typer.Exit:
@@ -57,9 +65,18 @@ def kafka_failure(s: Settings, exc: Exception) -> typer.Exit:
 
 def settings() -> Settings:
     try:
-        return Settings()
+        s = Settings()
     except Exception as exc:  # pydantic ValidationError: a bad LKLAB_* variable
         raise fail(f"bad LKLAB_* setting: {str(exc).splitlines()[0:3]}") from None
+    if s.reader_policy_views:  # names views, which the core cannot check (importing them costs ~0.5 s: only when set)
+        from lklab import views
+        from lklab.core.staleness import check_reader_policy_views
+
+        try:
+            check_reader_policy_views(s, views.VIEWS)
+        except ValueError as exc:
+            raise fail(f"LKLAB_READER_POLICY_VIEWS: {exc}") from None
+    return s
 
 
 def parse_iso(value: Optional[str], flag: str) -> Optional[datetime]:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lklab.cli.common import blocked_line, app, console, err, fail, parse_iso, policy_line, serving_engine, settings
+from lklab.cli.common import blocked_line, app, console, err, fail, parse_iso, policy_line, refuse_stale, serving_engine, settings
 
 
 @app.command()
@@ -20,8 +20,10 @@ def query(
     arch: Annotated[str, typer.Option("--arch", help="lambda (merged batch+speed) or kappa (the published version)")] = "lambda",
 ) -> None:
     """A view as readers see it: Lambda (batch rows for windows final at T, speed for the rest) or
-    Kappa (the version the alias points at)."""
+    Kappa (the version the alias points at, with its freshness). A stale answer is flagged, or
+    refused with exit 3 when the view's reader policy is error (LKLAB_READER_POLICY[_VIEWS])."""
     from lklab import views
+    from lklab.core.staleness import StaleAnswer
     from lklab.kappa import query as kappa
     from lklab.lambda_arch import merge
 
@@ -32,12 +34,16 @@ def query(
     start, end = parse_iso(from_, "--from"), parse_iso(to, "--to")
     if start and end and start >= end:
         raise fail(f"--from {from_} is not before --to {to}")
-    if arch == "kappa":
-        print(json.dumps(kappa.answer_json(kappa.query(serving_engine(settings()), view, key, start, end)), indent=2))
-        return
     s = settings()
     engine = serving_engine(s)
-    answer = merge.query(engine, view, key, start, end, health=merge.health_for(engine, s, view), policy=s.blocked_windows_policy)
+    try:
+        answer = (kappa.serve(s, engine, view, key, start, end) if arch == "kappa"
+                  else merge.serve(engine, s, view, key, start, end))
+    except StaleAnswer as exc:
+        raise refuse_stale(exc) from None
+    if arch == "kappa":  # JSON only: a Kappa answer is one version's rows plus its freshness
+        print(json.dumps(kappa.answer_json(answer), indent=2))
+        return
     if as_json:
         print(json.dumps(merge.answer_json(answer), indent=2))
         return

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from lklab import views
 from lklab.core import processes
 from lklab.core.config import Settings
+from lklab.kappa.freshness import WORKER_MARKER as _MARKER, freshness, pid_file, running_pid
 from lklab.kappa.names import ReplayError, output_name, replay_scope
 from lklab.kappa.planner import check_args, check_request, parse_from
 from lklab.kappa.query import published
@@ -24,7 +25,6 @@ from lklab.serving import progress
 from lklab.serving.store import make_engine
 
 _ROOT = Path(__file__).resolve().parents[2]
-_MARKER = b"lklab.kappa.worker"
 
 
 class JobError(RuntimeError):
@@ -41,14 +41,12 @@ class JobStatus:
     watermark: datetime | None
     heartbeat_age_s: float | None
     log: Path
+    stale: bool = False  # beyond the readers' budget (lklab.kappa.freshness): never beat, silent or lagging
+    stale_reason: str | None = None
 
     @property
     def running(self) -> bool:
         return self.pid is not None
-
-
-def pid_file(settings: Settings, output: str) -> Path:
-    return settings.home / "kappa" / f"{output}.pid"
 
 
 def log_file(settings: Settings, output: str) -> Path:
@@ -102,7 +100,7 @@ def start(settings: Settings, view: str, version: int, start_from: str = "earlie
 def ensure_not_running(settings: Settings, view: str, version: int) -> None:
     """JobError if `<view>__v<N>`'s live job runs: a second writer on its output must not start."""
     output = output_name(view, version)
-    if (pid := processes.read_pid(pid_file(settings, output), _MARKER)) is not None:
+    if (pid := running_pid(settings, output)) is not None:
         raise JobError(f"{output} is already running (pid {pid}); `lklab kappa stop {view} --version {version}` first")
 
 
@@ -127,7 +125,7 @@ def stop(settings: Settings, view: str, version: int, wait_s: float = 30.0) -> b
 
 def status(settings: Settings) -> list[JobStatus]:
     """Every job that has run in this lab (running or not): pid, lag, watermark, heartbeat age."""
-    ends, engine = end_offsets(settings), make_engine(settings)
+    ends, engine = kafka_io.end_offsets_or_none(settings), make_engine(settings)
     try:
         found = [_status(settings, engine, out, ends) for out in outputs(engine)]
     finally:
@@ -136,28 +134,15 @@ def status(settings: Settings) -> list[JobStatus]:
 
 
 def job_status(settings: Settings, view: str, version: int) -> JobStatus:
-    ends, engine = end_offsets(settings), make_engine(settings)
+    ends, engine = kafka_io.end_offsets_or_none(settings), make_engine(settings)
     try:
         return _status(settings, engine, views.VersionedOutput(view, version), ends)
     finally:
         engine.dispose()
 
 
-def end_offsets(settings: Settings) -> dict[int, int] | None:
-    """The log's end offsets, None if Kafka does not answer."""
-    try:
-        return kafka_io.run(kafka_io.end_offsets(settings))
-    except Exception:  # noqa: BLE001 - Kafka down: lag unknown, the rest still answers
-        return None
-
-
 def _status(settings: Settings, engine: Engine, out: views.VersionedOutput, ends: dict[int, int] | None) -> JobStatus:
-    scope = replay_scope(out.view, out.version)
     with engine.connect() as conn:
-        done = progress.next_offsets(conn, scope, settings.topic)
-        wm = views.watermark(progress.max_event_times(conn, scope, settings.topic), settings.partitions)
-        beat = progress.heartbeat(conn, scope)
-    lag = None if ends is None else progress.lag(done, ends)
-    age = None if beat is None else (datetime.now(timezone.utc) - beat[1]).total_seconds()
-    return JobStatus(out.view, out.version, out.name, processes.read_pid(pid_file(settings, out.name), _MARKER), lag, wm, age,
-                     log_file(settings, out.name))
+        f = freshness(conn, settings, out, ends)
+    return JobStatus(out.view, out.version, out.name, f.pid, f.lag, f.watermark, f.heartbeat_age_s, log_file(settings, out.name),
+                     f.stale, f.stale_reason)

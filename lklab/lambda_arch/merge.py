@@ -4,9 +4,7 @@ T comes from the record of the promoted batch build, never from a clock.
 """
 from __future__ import annotations
 
-import asyncio
-
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from datetime import datetime, timedelta, timezone
 
@@ -16,7 +14,8 @@ from lklab.log import kafka_io
 from lklab.lambda_arch import runs
 from lklab import views
 from lklab.lambda_arch.builds import BatchBuild, current_build
-from lklab.core.config import Settings
+from lklab.core.config import SERVE_STALE, Settings
+from lklab.core.staleness import apply_reader_policy, stale_reason
 from lklab.log.kafka_io import Offsets
 from lklab.lambda_arch.runs import BatchBlocked
 from lklab.serving import progress
@@ -60,6 +59,7 @@ class MergedAnswer:
     batch_blocked: BatchBlocked | None = None  # the batch layer's latest run did not promote
     policy: str = SERVE_FLAGGED  # what this answer did with speed rows of diverged windows
     withheld: int = 0  # speed rows of diverged windows left out (policy refuse)
+    reader_policy: str = SERVE_STALE  # the view's reader policy (a stale answer refused by `error` is never built)
 
 
 def speed_health(engine: Engine, settings: Settings, end_offsets: Offsets | None, now: datetime | None = None) -> SpeedHealth:
@@ -70,13 +70,8 @@ def speed_health(engine: Engine, settings: Settings, end_offsets: Offsets | None
         done = progress.next_offsets(conn, settings.speed_group, settings.topic)
     age = None if beat is None else (now - beat).total_seconds()
     lag = None if end_offsets is None else progress.lag(done, end_offsets)
-    if age is None:
-        return SpeedHealth(False, "the speed layer has never run", None, lag)
-    if age > settings.speed_heartbeat_timeout_s:
-        return SpeedHealth(False, f"speed heartbeat is {age:.0f}s old (worker down?)", age, lag)
-    if lag is not None and lag > settings.speed_max_lag:
-        return SpeedHealth(False, f"speed lag {lag} records exceeds {settings.speed_max_lag}", age, lag)
-    return SpeedHealth(True, None, age, lag)
+    reason = stale_reason("the speed layer", age, lag, settings.speed_heartbeat_timeout_s, settings.speed_max_lag)
+    return SpeedHealth(reason is None, reason, age, lag)
 
 
 def query(
@@ -118,6 +113,16 @@ def query(
     )
 
 
+def serve(engine: Engine, settings: Settings, view: str, entity: str | None = None, start: datetime | None = None,
+          end: datetime | None = None) -> MergedAnswer:
+    """`query` as readers get it (`lklab query`, GET /views/{view}): judged by the speed layer's
+    health now, with the settings' blocked-windows policy, and the view's reader policy applied
+    to a degraded (batch-only) answer: lklab.core.staleness.StaleAnswer under `error`."""
+    answer = query(engine, view, entity, start, end, health=health_for(engine, settings, view),
+                   policy=settings.blocked_windows_policy)
+    return replace(answer, reader_policy=apply_reader_policy(settings, view, answer.stale, answer.stale_reason))
+
+
 def blocked_json(blocked: BatchBlocked | None) -> dict | None:
     """The blocked-batch signal as readers get it (CLI --json, HTTP API, lambda status)."""
     if blocked is None:
@@ -137,6 +142,7 @@ def answer_json(answer: MergedAnswer, limit: int | None = None) -> dict:
         "mode": answer.mode,
         "stale": answer.stale,
         "stale_reason": answer.stale_reason,
+        "policy": answer.reader_policy,
         "batch_blocked": blocked_json(answer.batch_blocked),
         "blocked_windows_policy": answer.policy,
         "withheld_rows": answer.withheld,
@@ -154,11 +160,7 @@ def health_for(engine: Engine, settings: Settings, view: str) -> SpeedHealth | N
 
 def current_speed_health(engine: Engine, settings: Settings, timeout_s: float = 5.0) -> SpeedHealth:
     """speed_health with the log's end offsets read now (unknown if Kafka does not answer in time)."""
-    try:
-        ends = kafka_io.run(asyncio.wait_for(kafka_io.end_offsets(settings), timeout_s))
-    except Exception:  # noqa: BLE001 - Kafka down or topic missing: lag unknown, heartbeat still decides
-        ends = None
-    return speed_health(engine, settings, ends)
+    return speed_health(engine, settings, kafka_io.end_offsets_or_none(settings, timeout_s))
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,15 @@ async def end_offsets(settings: Settings, topic: str | None = None) -> Offsets:
     return (await _log_offsets(settings, topic, "end_offsets"))[0]
 
 
+def end_offsets_or_none(settings: Settings, timeout_s: float = 5.0) -> Offsets | None:
+    """end_offsets read now, or None when Kafka does not answer in time (or the topic is missing):
+    for readers that report lag as unknown instead of failing (health, freshness, status)."""
+    try:
+        return run(asyncio.wait_for(end_offsets(settings), timeout_s))
+    except Exception:  # noqa: BLE001 - Kafka down or topic missing: lag unknown, the rest still answers
+        return None
+
+
 async def beginning_offsets(settings: Settings, topic: str | None = None) -> Offsets:
     """First offset still held, per partition (moves up as retention deletes segments)."""
     return (await _log_offsets(settings, topic, "beginning_offsets"))[0]

@@ -76,3 +76,27 @@ def test_docs_load_swagger_ui_from_the_api_itself(client: TestClient) -> None:
         assert f"/static-offline-docs/{asset}" in page.text
         assert client.get(f"/static-offline-docs/{asset}").status_code == 200
     assert client.get("/openapi.json").json()["info"]["title"] == "lklab query API"
+
+
+def test_the_kappa_routes_take_the_same_parameters_and_refuse_in_one_line(isolated: Settings) -> None:
+    client = TestClient(create_app(isolated))
+    views_list = "revenue_per_minute, daily_active_users, driver_earnings_daily, user_sessions"
+    accepts = "accepts city, driver, from, key, limit, to"
+    refused = {
+        "/kappa/views/revenue_per_day": (404, f"unknown view 'revenue_per_day'; one of: {views_list}"),
+        "/kappa/views/revenue_per_minute?cty=berlin": (422, f"unknown query parameter 'cty'; /kappa/views/revenue_per_minute {accepts}"),
+        "/kappa/views/revenue_per_minute?driver=d1": (422, "query parameter 'driver': revenue_per_minute is keyed by city (use 'key' or 'city')"),
+        "/kappa/views/revenue_per_minute?from=noon": (422, "query parameter 'from': 'noon' is not an ISO-8601 time like 2026-11-17T10:00Z"),
+        "/kappa/views/revenue_per_minute?from=2026-11-17T11:00Z&to=2026-11-17T10:00Z":
+            (422, "query parameter 'from' (2026-11-17T11:00Z) is not before 'to' (2026-11-17T10:00Z)"),
+        "/kappa/views/revenue_per_minute?limit=0": (422, "query parameter 'limit': Input should be greater than or equal to 1"),
+        "/kappa/views?view=x": (422, "unknown query parameter 'view'; /kappa/views accepts none"),
+        "/kappa/status?all=1": (422, "unknown query parameter 'all'; /kappa/status accepts none"),
+    }
+    for url, (status, detail) in refused.items():
+        response = client.get(url)
+        assert (response.status_code, response.json()) == (status, {"detail": detail}), url
+    documented = client.get("/openapi.json").json()["paths"]
+    for path in ("/views/{view}", "/kappa/views/{view}"):
+        assert "503" in documented[path]["get"]["responses"], path
+        assert {p["name"] for p in documented[path]["get"]["parameters"]} == {"view", "key", "city", "driver", "from", "to", "limit"}

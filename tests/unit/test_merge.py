@@ -1,5 +1,8 @@
 """The Lambda merge and its health rule against a real SQLite serving store (no other services)."""
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+
+import pytest
 
 from lklab import views
 from lklab.lambda_arch import merge
@@ -87,3 +90,20 @@ def test_user_sessions_is_served_from_the_batch_build_for_every_day(tmp_path) ->
     assert merge.answer_json(only_u2)["rows"] == [{"user_id": "u2", "window_start": "2026-11-17T00:00:00+00:00", "sessions": 3,
                                                     "duration_ms": 9000, "source": "batch", "diverged": False,
                                                     "left_to_batch": False}]
+
+
+def test_the_reader_policy_refuses_a_degraded_answer_under_error_and_flags_it_under_serve_stale(tmp_path) -> None:
+    from lklab.core.staleness import StaleAnswer, apply_reader_policy
+
+    settings, engine = setup(tmp_path)
+    down = merge.SpeedHealth(False, "the speed layer has never run", None, None)
+    degraded = merge.query(engine, "revenue_per_minute", health=down)
+    assert apply_reader_policy(settings, "revenue_per_minute", degraded.stale, degraded.stale_reason) == "serve-stale"
+    strict = settings.model_copy(update={"reader_policy_views": {"revenue_per_minute": "error"}})
+    with pytest.raises(StaleAnswer, match=r"^revenue_per_minute is stale: the speed layer has never run \(reader policy error\)$"):
+        apply_reader_policy(strict, "revenue_per_minute", degraded.stale, degraded.stale_reason)
+    assert apply_reader_policy(strict, "driver_earnings_daily", True, "x") == "serve-stale"  # the override is per view
+    sessions = merge.query(engine, "user_sessions", health=down)  # batch alone: never stale from the speed layer
+    assert apply_reader_policy(strict.model_copy(update={"reader_policy": "error"}), "user_sessions", sessions.stale,
+                               sessions.stale_reason) == "error"
+    assert merge.answer_json(replace(degraded, reader_policy="error"))["policy"] == "error"
