@@ -87,6 +87,7 @@ def live_replay(s: Settings, engine, view: str, version: int, start_from: str, f
     from lklab import kappa
     from lklab.core import processes
     from lklab.kappa import hydration, jobs
+    from lklab.log import kafka_io
 
     output = kappa.output_name(view, version)
     try:
@@ -99,7 +100,7 @@ def live_replay(s: Settings, engine, view: str, version: int, start_from: str, f
     deadline = time.monotonic() + wait_s
     with console.status(f"{output}: hydrating") as shown:
         while True:
-            ends = jobs.end_offsets(s)
+            ends = kafka_io.end_offsets_or_none(s)
             ready = hydration.hydration_now(s, engine, view, version, ends) if ends is not None else None
             if ready is not None and ready.hydrated and (kappa.build_record(engine, output) or {}).get("status") == "complete":
                 break

@@ -105,11 +105,20 @@ def _sorted(keys: Iterable[Hashable]) -> list[Any]:
         return sorted(keys, key=repr)
 
 
-def compare(actual: Mapping[Any, int], expected: Mapping[Any, int]) -> Comparison:
+def _distance(a: Any, b: Any) -> int:
+    """|a - b| of two values (a missing one is zero); for (sessions, duration_ms), the largest
+    component's difference."""
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        width = len(a if isinstance(a, tuple) else b)
+        return max(abs(x - y) for x, y in zip(a or (0,) * width, b or (0,) * width))
+    return abs((a or 0) - (b or 0))
+
+
+def compare(actual: Mapping[Any, Any], expected: Mapping[Any, Any]) -> Comparison:
     """Row-by-row comparison of a view (key -> value) against the oracle's answer."""
     shared = actual.keys() & expected.keys()
     mismatched = [k for k in shared if actual[k] != expected[k]]
-    errors = [abs(actual.get(k, 0) - expected.get(k, 0)) for k in actual.keys() | expected.keys()]
+    errors = [_distance(actual.get(k), expected.get(k)) for k in actual.keys() | expected.keys()]
     return Comparison(
         rows_expected=len(expected),
         rows_actual=len(actual),
@@ -121,8 +130,11 @@ def compare(actual: Mapping[Any, int], expected: Mapping[Any, int]) -> Compariso
     )
 
 
-def for_view(name: str, truth: Iterable[Event]) -> dict[tuple[str, datetime], int]:
-    """The oracle's answer for a view, keyed like the pipelines: (entity, window start, aware UTC)."""
+def for_view(name: str, truth: Iterable[Event]) -> dict[tuple[str, datetime], Any]:
+    """The oracle's answer for a view, keyed like the pipelines: (entity, window start, aware UTC);
+    values are ints, or (sessions, duration_ms) for user_sessions."""
+    if name == "user_sessions":
+        return user_sessions(truth)
     compute = {
         "revenue_per_minute": revenue_per_minute,
         "daily_active_users": daily_active_users,

@@ -23,9 +23,10 @@ from lklab.core.config import Settings
 from lklab.core.gates import Severity, SuiteRunner, severity, suite_severities
 from lklab.serving.store import publish_log, serving_aliases, upsert
 from lklab.engine.snapshots import Snapshot
-from lklab.kappa import hydration, jobs
+from lklab.kappa import hydration
 from lklab.kappa.query import published
 from lklab.kappa.retirement import alias_moves
+from lklab.log import kafka_io
 from lklab.log.kafka_io import Offsets
 from lklab.lake.spark import ensure_spark
 from lklab.serving.progress import read_progress
@@ -150,7 +151,7 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
 
 
 def _end_offsets(settings: Settings) -> Offsets:
-    ends = jobs.end_offsets(settings)
+    ends = kafka_io.end_offsets_or_none(settings)
     if ends is None:  # without the log's end, hydration cannot be judged: refuse
         raise CutoverError(f"Kafka at {settings.bootstrap} did not answer: cannot judge hydration without the log's end offsets")
     return ends

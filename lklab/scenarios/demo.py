@@ -1,4 +1,8 @@
-"""The main job: a hermetic run of the Lambda slice on generated events, checked against the oracle.
+"""The main job: Lambda and Kappa live side by side on the same generated events, checked against
+the oracle: the Faust speed layer and a live Kappa job per view consume the events as they
+arrive, Dagster runs the batch with its gates, both architectures' readers are compared with the
+oracle with their freshness, one blue/green cutover runs under a polling reader, and the hybrid
+path (retention, bronze, snapshots, audit) follows.
 
 It starts its own broker on free loopback ports under .lklab/demo, so it never touches a
 broker or data you run yourself, and it stops everything it started.
@@ -30,6 +34,8 @@ from lklab.core.gates import styled
 from lklab.log.generator import GeneratorConfig, bad_lines, generate, write_jsonl, write_ledger
 from lklab.log.produce import produce_file
 from lklab.serving.store import make_engine
+from lklab.scenarios import side_by_side
+from lklab.scenarios.report import ViewComparison, results_table
 
 
 # The parts of a view the demo checks against the oracle (ViewComparison.part).
@@ -38,16 +44,6 @@ BATCH_ROWS = "batch rows"  # its batch rows: windows final at T
 SPEED_ROWS = "speed rows"  # its speed rows: windows after T
 SNAPSHOT_REPLAY = "hybrid replay from snapshot"  # Kappa replay seeded from a Delta snapshot, then the log
 FULL_REPLAY = "hybrid full replay"  # Kappa replay of the whole log, across bronze and Kafka
-
-
-@dataclass(frozen=True)
-class ViewComparison:
-    """One row of the demo's tables: a part of a view against the oracle."""
-
-    view: str
-    part: str  # MERGE, BATCH_ROWS, SPEED_ROWS, SNAPSHOT_REPLAY or FULL_REPLAY
-    label: str  # as printed in the table
-    comparison: oracle.Comparison
 
 
 @dataclass
@@ -72,6 +68,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+DEMO_START = datetime(2026, 11, 17, 23, 55, tzinfo=timezone.utc)  # across midnight: user_sessions v1's bug shows
 DEMO_SEGMENT_BYTES = 64 * 1024  # small segments, so a short retention deletes some of them
 DEMO_RETENTION_BYTES = 64 * 1024  # per partition: Kafka keeps 64-128 KB (the newest 150-300 records) of each
 
@@ -105,17 +102,6 @@ def _gates_table(gates: list) -> Table:
     return table
 
 
-def _results_table(rows: list[ViewComparison]) -> Table:
-    table = Table(title="lklab demo: views against the oracle")
-    for column in ("view", "rows", "exact matches", "max abs error", "equal"):
-        table.add_column(column, justify="right" if column in ("rows", "exact matches", "max abs error") else "left")
-    for row in rows:
-        c = row.comparison
-        table.add_row(row.label, str(c.rows_actual), f"{c.exact_matches}/{c.rows_expected}", str(c.max_abs_error),
-                      "[green]yes[/green]" if c.equal else "[red]NO[/red]")
-    return table
-
-
 def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, settings: Settings | None = None) -> DemoResult:
     """Run the demo; returns what it found, with the exit code (0 only when every merged view,
     and the hybrid replays, equal the oracle).
@@ -137,7 +123,7 @@ def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, s
             cleanup.callback(kafka_runtime.stop, settings)
         kafka_io.run(kafka_io.ensure_topics(settings))
 
-        workload = generate(GeneratorConfig(seed=seed, duration_s=minutes * 60))
+        workload = generate(GeneratorConfig(seed=seed, duration_s=minutes * 60, start=DEMO_START))
         engine = make_engine(settings)
         write_ledger(engine, workload.truth)
         path, bad = _write_input(settings, workload)
@@ -145,9 +131,11 @@ def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, s
         step(f"generated {len(workload.deliveries)} deliveries of {len(workload.truth)} events "
              f"({late} more than 5 min late, duplicates and corrections included) + {bad} bad lines → {path}")
 
-        step("starting the Faust speed worker")
+        step("starting the Faust speed worker (Lambda) and a live Kappa job per view (v1): both consume the same events as they arrive")
         speed.start(settings)
         cleanup.callback(speed.stop, settings)
+        cleanup.callback(side_by_side.stop_jobs, settings)
+        side_by_side.start_jobs(settings)
 
         report = produce_file(settings, path)
         step(f"lklab produce: accepted {report.accepted}, dead-lettered {report.dead_lettered} (to {settings.dlq_topic})")
@@ -183,7 +171,7 @@ def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, s
             ]
         step(f"T = {T} (build {answer.build_id})")
         result = DemoResult(1, "", comparisons, T, answer.build_id)
-        console.print(_results_table(comparisons))
+        console.print(results_table(comparisons))
         wrong = [c for c in comparisons if c.part == MERGE and not c.comparison.equal]
         for c in wrong:
             console.print(f"[red]{c.label} differs from the oracle:[/red] {c.comparison}")
@@ -191,6 +179,14 @@ def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, s
             result.message = f"{', '.join(c.view for c in wrong)}: the merged view differs from the oracle"
             return result
         console.print(f"[green]every merged view equals the oracle exactly[/green] in {time.monotonic() - clock:.0f}s")
+        from lklab.lake.spark import get_spark
+
+        live_ok, live = side_by_side.run_side_by_side(settings, engine, get_spark(settings), workload.truth, console, step)
+        result.comparisons += live
+        if not live_ok:
+            result.message = "Lambda or Kappa readers differ from the oracle, or the blue/green cutover failed"
+            return result
+        side_by_side.stop_jobs(settings)  # the hybrid part replays bounded, one writer per output
         if settings.topic_segment_bytes:
             result.hybrid_ran = True
             ok, hybrid = run_hybrid(settings, engine, workload, console, step)
@@ -199,8 +195,8 @@ def run_demo(minutes: int = 10, seed: int = 7, console: Console | None = None, s
                 result.message = "the hybrid path differs from the oracle (or the first cutover failed)"
                 return result
         console.print(f"[green]demo complete[/green] in {time.monotonic() - clock:.0f}s")
-        result.exit_code, result.message = 0, "demo complete: every merged view" + (
-            " and both hybrid replays equal the oracle" if result.hybrid_ran else " equals the oracle")
+        result.exit_code, result.message = 0, "demo complete: every view, read through Lambda and through Kappa" + (
+            ", and both hybrid replays equal the oracle" if result.hybrid_ran else ", equals the oracle")
         return result
 
 
@@ -234,14 +230,14 @@ def run_hybrid(settings: Settings, engine, workload, console: Console, step) -> 
     first = _wait_for_retention(settings)
     step(f"Kafka retention (retention.bytes={DEMO_RETENTION_BYTES}) deleted old segments: first retained offsets {first}; "
          "bronze still holds everything below them")
-    plan = kappa.plan(settings, engine, view, 1, spark=spark)
+    plan = kappa.plan(settings, engine, view, 2, spark=spark)
     step(f"replay plan: {plan.records(tiers.BRONZE)} records from bronze, {plan.records(tiers.KAFKA)} from Kafka, "
          f"{plan.records(tiers.LOST)} lost")
-    v1 = kappa.replay(settings, engine, view, 1, spark=spark)
-    snap = snapshots.take(settings, engine, spark, view, kappa.spec_for(view, 1), kappa.replay_scope(view, 1))
-    step(f"{v1.output}: {v1.events} events across both tiers {v1.tiers}; snapshot {snap.snapshot_id} at offsets {snap.offsets}")
-    published = co.cutover(settings, engine, view, 1, "demo: first Kappa publication", spark=spark, tolerance_pct=100, run_suite=run_suite)
-    served_v1, between = {(e, w): v for e, w, v in kappa.read_output(engine, view, v1.output)}, datetime.now(timezone.utc)
+    across = kappa.replay(settings, engine, view, 2, spark=spark)
+    snap = snapshots.take(settings, engine, spark, view, kappa.spec_for(view, 2), kappa.replay_scope(view, 2))
+    step(f"{across.output}: {across.events} events across both tiers {across.tiers}; snapshot {snap.snapshot_id} at offsets {snap.offsets}")
+    published = co.cutover(settings, engine, view, 2, "demo: replayed across both tiers", spark=spark, tolerance_pct=100, run_suite=run_suite)
+    served_v1, between = {(e, w): v for e, w, v in kappa.read_output(engine, view, across.output)}, datetime.now(timezone.utc)
     time.sleep(0.05)
 
     more = generate(GeneratorConfig(seed=workload.config.seed + 1, duration_s=60,  # < retention: Kafka still holds it
@@ -251,25 +247,25 @@ def run_hybrid(settings: Settings, engine, workload, console: Console, step) -> 
     produce_events(settings, more.deliveries)
     step(f"{len(more.deliveries)} more deliveries arrive, overlapping the last 90 s of event time")
     clock = time.monotonic()
-    fast = kappa.replay(settings, engine, view, 2, snapshot="latest", spark=spark)
+    fast = kappa.replay(settings, engine, view, 3, snapshot="latest", spark=spark)
     fast_s, clock = time.monotonic() - clock, time.monotonic()  # wall time: verifying and loading the snapshot included
-    full = kappa.replay(settings, engine, view, 3, spark=spark)
+    full = kappa.replay(settings, engine, view, 4, spark=spark)
     full_s = time.monotonic() - clock
     rows = lambda r: {(e, w): v for e, w, v in kappa.read_output(engine, view, r.output)}  # noqa: E731
     results = [ViewComparison(view, SNAPSHOT_REPLAY, f"{fast.output} (snapshot + {fast.events} events)",
                               oracle.compare(rows(fast), truth)),
                ViewComparison(view, FULL_REPLAY, f"{full.output} (full replay, {full.events} events)",
                               oracle.compare(rows(full), truth))]
-    console.print(_results_table(results))
+    console.print(results_table(results))
     step(f"replay from snapshot {fast_s:.1f}s (checksum, load, {fast.events} events) vs full replay {full_s:.1f}s "
          f"across tiers {full.tiers}")
     if not all(c.comparison.equal for c in results) or not published.swapped:
         console.print("[red]the hybrid path differs from the oracle (or the first cutover failed)[/red]")
         return False, results
-    co.cutover(settings, engine, view, 2, "demo: caught up from the snapshot", spark=spark, tolerance_pct=100, run_suite=run_suite)
+    co.cutover(settings, engine, view, 3, "demo: caught up from the snapshot", spark=spark, tolerance_pct=100, run_suite=run_suite)
     key, window = next((k for k in sorted(truth) if k in served_v1 and truth[k] != served_v1[k]), min(truth))
     then = audit.answer(settings, engine, spark, view, key, window, between, arch="kappa")
     now = audit.answer(settings, engine, spark, view, key, window, datetime.now(timezone.utc), arch="kappa")
-    step(f"audit {view} {key} {window:%Y-%m-%dT%H:%MZ}: as of the first publication {then.value} (from {then.publish['target']}), "
+    step(f"audit {view} {key} {window:%Y-%m-%dT%H:%MZ}: as of the cross-tier publication {then.value} (from {then.publish['target']}), "
          f"now {now.value} (from {now.publish['target']})")
     return True, results

@@ -1,4 +1,5 @@
-"""The demo path end to end: produce → Faust speed + Dagster batch → Lambda merge == oracle."""
+"""The demo path end to end: produce → Faust speed + live Kappa jobs + Dagster batch → Lambda and
+Kappa readers == oracle, a blue/green cutover under a polling reader, the hybrid path."""
 import re
 import subprocess
 import sys
@@ -8,6 +9,9 @@ import pytest
 from rich.console import Console
 
 from lklab.core.config import Settings
+from lklab import views
+from lklab.kappa import jobs
+from lklab.scenarios.side_by_side import KAPPA_READERS, LAMBDA_READERS
 from lklab.scenarios.demo import BATCH_ROWS, DEMO_SEGMENT_BYTES, FULL_REPLAY, MERGE, SNAPSHOT_REPLAY, SPEED_ROWS, run_demo
 
 pytestmark = pytest.mark.e2e
@@ -46,6 +50,13 @@ def test_demo_merged_view_and_the_hybrid_path_equal_the_oracle(isolated: Setting
         speed = next(x.comparison for x in result.part(SPEED_ROWS) if x.view == view)
         assert batch.rows_actual + speed.rows_actual == c.rows_actual, view
         assert batch.rows_expected + speed.rows_expected == c.rows_expected, view
+    # Lambda and Kappa side by side on the same live events: every view, both readers, after the blue/green
+    readers = [c for c in result.comparisons if c.part in (LAMBDA_READERS, KAPPA_READERS)]
+    assert sorted((c.view, c.part) for c in readers) == sorted((v, p) for v in views.VIEWS for p in (LAMBDA_READERS, KAPPA_READERS))
+    for c in readers:
+        assert_equals_oracle(c.comparison, c.label)
+    assert "versions seen in order user_sessions__v1 → user_sessions__v2, 0 empty or without a version" in text
+    assert not [j.output for j in jobs.status(small_segments) if j.running]  # the demo stopped every job it started
     replays = {c.part: c for c in result.comparisons if c.part in (SNAPSHOT_REPLAY, FULL_REPLAY)}
     assert set(replays) == {SNAPSHOT_REPLAY, FULL_REPLAY}
     for part, c in replays.items():

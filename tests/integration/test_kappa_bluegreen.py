@@ -17,6 +17,7 @@ from lklab.core.config import Settings
 from lklab.kappa import cutover as co
 from lklab.kappa import hydration, jobs
 from lklab.kappa.query import query as kappa_query
+from lklab.log import kafka_io
 from lklab.log.generator import GeneratorConfig, generate, write_ledger
 from lklab.log.produce import produce_events
 from lklab.serving.progress import read_counters
@@ -66,7 +67,7 @@ class Reader(threading.Thread):
 def hydrated(settings: Settings, engine, version: int, timeout_s: float = 120.0) -> hydration.Hydration:
     deadline = time.monotonic() + timeout_s
     while True:
-        ends = jobs.end_offsets(settings)
+        ends = kafka_io.end_offsets_or_none(settings)
         ready = hydration.hydration_now(settings, engine, VIEW, version, ends)
         if ready.hydrated:
             return ready
