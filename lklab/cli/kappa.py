@@ -230,13 +230,14 @@ def kappa_stop(
 
 @kappa_app.command("status")
 def kappa_status() -> None:
-    """Every Kappa job of this lab: running or not, pid, lag, watermark, heartbeat age."""
+    """Every Kappa job of this lab: running or not, pid, lag, watermark, heartbeat age, stale or fresh for readers."""
     from lklab.kappa import jobs
 
     found = jobs.status(settings())
-    table = Table("output", "state", "pid", "lag", "watermark", "heartbeat", "log", title="Kappa jobs")
+    table = Table("output", "state", "pid", "lag", "watermark", "heartbeat", "readers", "log", title="Kappa jobs")
     for job in found:
         table.add_row(job.output, "running" if job.running else "stopped", str(job.pid or "-"),
                       "unknown" if job.lag is None else str(job.lag), show(job.watermark),
-                      "never" if job.heartbeat_age_s is None else f"{job.heartbeat_age_s:.1f}s ago", str(job.log))
+                      "never" if job.heartbeat_age_s is None else f"{job.heartbeat_age_s:.1f}s ago",
+                      f"[yellow]stale: {job.stale_reason}[/yellow]" if job.stale else "fresh", str(job.log))
     console.print(table if found else "no Kappa job has run in this lab (`lklab kappa start VIEW --version N`)")
