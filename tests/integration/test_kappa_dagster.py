@@ -25,27 +25,10 @@ from lklab.serving import progress, publish
 from lklab.serving.store import make_engine, serving_aliases, upsert
 from orchestration.resources import LabSettings, build_resources
 from orchestration.sensors import kappa_jobs_sensor
+from tests.integration.test_kappa_live import caught_up, output
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 VIEW = "revenue_per_minute"
-
-
-def caught_up(settings: Settings, view: str, version: int, timeout_s: float = 60.0) -> jobs.JobStatus:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        st = jobs.job_status(settings, view, version)
-        if st.running and st.lag == 0:
-            return st
-        assert time.monotonic() < deadline, f"{st.output} not caught up: {st}"
-        time.sleep(0.2)
-
-
-def output(settings: Settings, view: str, version: int) -> dict:
-    engine = make_engine(settings)
-    try:
-        return {(e, w): v for e, w, v in kappa.read_output(engine, view, kappa.output_name(view, version))}
-    finally:
-        engine.dispose()
 
 
 def expected(view: str, deliveries) -> dict:
