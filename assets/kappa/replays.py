@@ -1,9 +1,9 @@
 """Kappa assets: a view version's output `<view>__v<N>`, built from the log (the Kafka topic).
 
 Materializing `kappa_<view>` with `version: N` starts vN's live job (blue/green: it hydrates from
-the log while the published version keeps serving) and waits until it is hydrated; with
-`until_end: true` it runs the bounded replay instead (to the end offsets at start, then stops),
-for reproducible builds."""
+the log while the published version keeps serving) and waits until it is hydrated, as `lklab
+replay` does; with `until_end: true` it runs the bounded replay instead (to the end offsets at
+start, then stops), for reproducible builds, as `lklab replay --until-end` does."""
 import time
 
 from dagster import AssetExecutionContext, AssetKey, AssetSpec, Config, Failure, MaterializeResult, MetadataValue, asset
@@ -11,17 +11,14 @@ from pydantic import Field
 
 from lklab import kappa
 from lklab import views
-from lklab.core import processes
 from lklab.core.config import Settings
-from lklab.kappa import jobs
+from lklab.kappa import hydration, jobs
 from orchestration.resources import LabSettings, ServingResource
 
 rides_events_log = AssetSpec(
     "rides_events_log", group_name="kappa", kinds={"kafka"},
     description="The Kafka topic rides.events: the log every Kappa job and replay reads.",
 )
-
-HYDRATION_POLL_S = 0.5
 
 
 class ReplayConfig(Config):
@@ -30,9 +27,9 @@ class ReplayConfig(Config):
     from_snapshot: str | None = Field(None, description="latest, or a snapshot id (then from_offsets must stay earliest)")
     until_end: bool = Field(False, description="run the bounded replay to the log's end offsets at start, then stop "
                                                "(reproducible builds), instead of starting the live job")
-    max_rate: float | None = Field(None, description="events/s; the bounded replay only (until_end)")
-    hydration_timeout_s: float = Field(600.0, gt=0, description="the live job: how long to wait until its lag is at most "
-                                                                "kappa_hydration_max_lag")
+    max_rate: float | None = Field(None, description="events/s: paces the bounded replay, or the live job's hydration")
+    hydration_timeout_s: float = Field(600.0, gt=0, description="the live job: how long to wait until it is hydrated "
+                                                                "(lklab.kappa.hydration)")
 
 
 def kappa_asset_key(view: str) -> AssetKey:
@@ -41,17 +38,15 @@ def kappa_asset_key(view: str) -> AssetKey:
 
 def kappa_asset(spec: views.ViewSpec):
     @asset(key=kappa_asset_key(spec.name), deps=[rides_events_log], kinds={"faust", "sqlalchemy"},
-           description=f"{spec.name}__v<N>: starts vN's live Kappa job and waits until it is hydrated (lag at most "
-                       f"kappa_hydration_max_lag); with until_end, a bounded replay to the end offsets at start.")
+           description=f"{spec.name}__v<N>: starts vN's live Kappa job and waits until it is hydrated (its lag and "
+                       f"watermark against the published version's); with until_end, a bounded replay to the end offsets at start.")
     def _replay(context: AssetExecutionContext, config: ReplayConfig, lab: LabSettings, serving: ServingResource) -> MaterializeResult:
         settings = lab.settings()
         try:
             if config.until_end:
                 return _bounded_replay(context, config, settings, serving, spec.name)
-            if config.max_rate is not None:
-                raise jobs.JobError("max_rate paces the bounded replay only: set until_end: true, or leave max_rate out")
-            return _live(context, config, settings, spec.name)
-        except (jobs.JobError, kappa.ReplayError) as exc:
+            return _live(context, config, settings, serving, spec.name)
+        except (jobs.JobError, kappa.ReplayError, LookupError) as exc:
             raise Failure(description=str(exc)) from None
 
     return _replay
@@ -78,50 +73,35 @@ def _bounded_replay(context: AssetExecutionContext, config: ReplayConfig, settin
     })
 
 
-def _live(context: AssetExecutionContext, config: ReplayConfig, settings: Settings, view: str) -> MaterializeResult:
+def _live(context: AssetExecutionContext, config: ReplayConfig, settings: Settings, serving: ServingResource,
+          view: str) -> MaterializeResult:
     """Start vN's live job unless it runs already, then wait until it is hydrated."""
     began = time.monotonic()
     running = jobs.job_status(settings, view, config.version)
     started = not running.running
     if started:
-        pid = jobs.start(settings, view, config.version, config.from_offsets, config.from_snapshot)
+        pid = jobs.start(settings, view, config.version, config.from_offsets, config.from_snapshot, max_rate=config.max_rate)
         context.log.info(f"{running.output}: live job started (pid {pid}), hydrating from {config.from_snapshot or config.from_offsets}")
     else:
         context.log.info(f"{running.output}: live job already running (pid {running.pid}); not started again "
-                         f"(from_offsets / from_snapshot do not apply)")
-    hydrated = _wait_until_hydrated(settings, view, config.version, config.hydration_timeout_s)
+                         f"(from_offsets, from_snapshot and max_rate do not apply)")
+    ready = hydration.wait_until_hydrated(settings, serving.engine(), view, config.version, config.hydration_timeout_s)
     waited = time.monotonic() - began
-    context.log.info(f"{hydrated.output}: hydrated after {waited:.1f}s, lag {hydrated.lag}, watermark {hydrated.watermark}")
+    st = jobs.job_status(settings, view, config.version)
+    context.log.info(f"{ready.summary} (after {waited:.1f}s)")
     return MaterializeResult(metadata={
         "mode": "live",
-        "output": hydrated.output,
+        "output": st.output,
         "version": config.version,
         "started": started,
-        "pid": hydrated.pid,
-        "lag_records": hydrated.lag,
-        "watermark": str(hydrated.watermark) if hydrated.watermark else "",
-        "heartbeat_age_s": round(hydrated.heartbeat_age_s, 1) if hydrated.heartbeat_age_s is not None else -1.0,
+        "pid": st.pid if st.pid is not None else -1,
+        "lag_records": st.lag if st.lag is not None else -1,
+        "watermark": str(st.watermark) if st.watermark else "",
+        "heartbeat_age_s": round(st.heartbeat_age_s, 1) if st.heartbeat_age_s is not None else -1.0,
+        "hydration": ready.summary,
         "hydrated_after_s": round(waited, 1),
-        "log": MetadataValue.path(str(hydrated.log)),
+        "log": MetadataValue.path(str(st.log)),
     })
-
-
-def _wait_until_hydrated(settings: Settings, view: str, version: int, timeout_s: float) -> jobs.JobStatus:
-    """Poll the job until its lag is at most kappa_hydration_max_lag. A job that exits, or a
-    timeout, fails the asset; after a timeout the job keeps running (it is still hydrating)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        st = jobs.job_status(settings, view, version)
-        if not st.running:
-            raise jobs.JobError(f"{st.output} exited before it was hydrated: {processes.log_tail(st.log)}")
-        if st.lag is not None and st.lag <= settings.kappa_hydration_max_lag:
-            return st
-        if time.monotonic() >= deadline:
-            lag = "unknown (Kafka did not answer)" if st.lag is None else f"{st.lag} records"
-            raise jobs.JobError(f"{st.output} not hydrated within {timeout_s:.0f}s (lag {lag}, at most "
-                                f"{settings.kappa_hydration_max_lag} wanted); it keeps running: materialize again to "
-                                f"wait more, or `lklab kappa stop {view} --version {version}`")
-        time.sleep(HYDRATION_POLL_S)
 
 
 kappa_assets = [kappa_asset(spec) for spec in views.VIEWS.values()]  # every view: Kappa has no batch layer behind it

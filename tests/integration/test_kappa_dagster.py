@@ -113,7 +113,7 @@ def test_the_replay_asset_starts_a_live_job_that_hydrates_and_keeps_consuming(is
         assert not bounded.success
         [failure] = [e for e in bounded.all_events if e.is_step_failure]
         reason = failure.step_failure_data.user_failure_data.description
-        assert "revenue_per_minute__v3's live job is running" in reason and "\n" not in reason, reason
+        assert "revenue_per_minute__v3 is already running" in reason and "\n" not in reason, reason
         counters = progress.read_counters(make_engine(settings), kappa.replay_scope(VIEW, 3))
         assert counters["processed"] == len(workload.deliveries), counters  # nothing applied twice
     finally:
@@ -179,7 +179,7 @@ def test_refresh_snapshots_a_view_whose_live_job_runs_without_replaying_it(isola
         pid = pause_between_beats(settings, VIEW, 1)  # running, but it cannot consume what comes next
         try:
             produce_events(settings, second)
-            with pytest.raises(jobs.JobError, match="revenue_per_minute__v1's live job is running"):
+            with pytest.raises(jobs.JobError, match="revenue_per_minute__v1 is already running"):
                 jobs.ensure_not_running(settings, VIEW, 1)
             refreshed = refresh(settings, engine, VIEW, spark=spark, who="test")
         finally:
