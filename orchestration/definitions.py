@@ -11,7 +11,7 @@ from assets import hybrid, kappa, lambda_arch, speed
 from assets.kappa.replays import rides_events_log
 from orchestration.jobs import daily_snapshots, hybrid_job, ingest_job, lambda_batch_job, nightly_ingest
 from orchestration.resources import LabSettings, build_resources
-from orchestration.sensors import gate_failure_sensor, rebuild_touched_dates, speed_lag_sensor
+from orchestration.sensors import gate_failure_sensor, kappa_jobs_sensor, rebuild_touched_dates, speed_lag_sensor
 
 DOMAINS: tuple[ModuleType, ...] = (lambda_arch, speed, kappa, hybrid)
 
@@ -29,7 +29,7 @@ def make_definitions(lab: LabSettings | None = None) -> Definitions:
         asset_checks=load_asset_checks_from_package_module(assets),
         jobs=[ingest_job, lambda_batch_job, hybrid_job],
         schedules=[nightly_ingest, daily_snapshots],
-        sensors=[rebuild_touched_dates, speed_lag_sensor, gate_failure_sensor],
+        sensors=[rebuild_touched_dates, speed_lag_sensor, kappa_jobs_sensor, gate_failure_sensor],
         resources=build_resources(lab),
     )
 

@@ -30,7 +30,8 @@ nightly_ingest = ScheduleDefinition(
 hybrid_job = define_asset_job(
     "hybrid_snapshots",
     selection=AssetSelection.groups("hybrid"),
-    description="Catch up every published Kappa view, snapshot it to Delta, and mirror the publish history.",
+    description="Snapshot every published Kappa view to Delta (its live job keeps it current; a view whose job is "
+                "not running is caught up first), and mirror the publish history.",
 )
 
 daily_snapshots = ScheduleDefinition(

@@ -1,4 +1,5 @@
-"""Sensors: chain ingest → partitioned batch, report the speed layer's lag, name failed gates."""
+"""Sensors: chain ingest → partitioned batch, report the speed layer's and the live Kappa jobs'
+lag and health, name failed gates."""
 from dagster import (
     AssetKey,
     AssetObservation,
@@ -16,6 +17,11 @@ from dagster import (
 
 from datetime import date
 
+from assets.kappa.replays import kappa_asset_key
+from lklab.core.config import Settings
+from lklab.kappa import KAPPA_VIEWS
+from lklab.kappa import jobs as kappa_jobs
+from lklab.kappa.query import published
 from lklab.lambda_arch import merge
 from lklab.lambda_arch import runs
 from orchestration.gates import failed_gates
@@ -48,6 +54,67 @@ def speed_lag_sensor(context: SensorEvaluationContext, lab: LabSettings, serving
                   "heartbeat_age_s": health.heartbeat_age_s if health.heartbeat_age_s is not None else -1.0,
                   "reason": health.reason or ""},
     )])
+
+
+KAPPA_DOWN, KAPPA_LAGGING = "down", "lagging"
+
+
+def kappa_job_problem(job: kappa_jobs.JobStatus, is_published: bool, settings: Settings) -> tuple[str, str] | None:
+    """(down | lagging, why) for a Kappa job in trouble, None when it is fine. The published
+    version must run; a running job is judged by the readers' rule (JobStatus.stale, from
+    lklab.core.staleness): stale by its heartbeat is down, stale by its lag is lagging. A job
+    stopped on purpose (a candidate, or a version retired after its rollback window) is not a problem."""
+    if not job.running:
+        return (KAPPA_DOWN, f"{job.output} is published but its live job is not running") if is_published else None
+    if not job.stale:
+        return None
+    beating = job.heartbeat_age_s is not None and job.heartbeat_age_s <= settings.kappa_heartbeat_timeout_s
+    return (KAPPA_LAGGING if beating else KAPPA_DOWN), job.stale_reason or f"{job.output} is stale"
+
+
+@sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
+        description="Observes every live Kappa job's lag, heartbeat and watermark every 30 s (on its view's kappa_<view> "
+                    "asset) and reports one that is down (the published version not running, or a stale heartbeat) or "
+                    "lagging (over kappa_max_lag).")
+def kappa_jobs_sensor(context: SensorEvaluationContext, lab: LabSettings, serving: ServingResource):
+    settings, engine = lab.settings(), serving.engine()
+    with engine.connect() as conn:
+        outputs = {view: output for view in KAPPA_VIEWS if (output := published(conn, view)) is not None}
+    found = {job.output: job for job in kappa_jobs.status(settings)}
+    for view, output in outputs.items():  # a published version that never ran live is down too
+        if output in found:
+            continue
+        try:
+            found[output] = kappa_jobs.job_status(settings, view, kappa_jobs.published_version(engine, view))
+        except kappa_jobs.JobError as exc:  # an alias no cutover wrote: no build record names its version
+            context.log.error(f"Kappa view {view} cannot be judged: {exc}")
+    if not found:
+        return SkipReason("no Kappa job has run and no Kappa view is published")
+    observations = []
+    for job in sorted(found.values(), key=lambda j: j.output):
+        is_published = outputs.get(job.view) == job.output
+        problem = kappa_job_problem(job, is_published, settings)
+        if problem is None:
+            context.log.info(f"{job.output} running={job.running} published={is_published} lag={job.lag} "
+                             f"heartbeat_age_s={job.heartbeat_age_s} watermark={job.watermark}")
+        elif problem[0] == KAPPA_LAGGING:
+            context.log.warning(f"Kappa job lagging: {problem[1]}")
+        else:
+            context.log.error(f"Kappa job down: {problem[1]}")
+        observations.append(AssetObservation(asset_key=kappa_asset_key(job.view), metadata={
+            "output": job.output,
+            "version": job.version,
+            "published": is_published,
+            "running": job.running,
+            "healthy": problem is None,
+            "problem": problem[0] if problem else "",
+            "reason": problem[1] if problem else "",
+            "pid": job.pid if job.pid is not None else -1,
+            "lag_records": job.lag if job.lag is not None else -1,
+            "heartbeat_age_s": round(job.heartbeat_age_s, 1) if job.heartbeat_age_s is not None else -1.0,
+            "watermark": str(job.watermark) if job.watermark else "",
+        }))
+    return SensorResult(asset_events=observations)
 
 
 @run_failure_sensor(default_status=DefaultSensorStatus.RUNNING,

@@ -11,8 +11,9 @@ from orchestration.resources import LabSettings, ServingResource, SparkResource
 
 
 @asset(deps=[kappa_asset_key(view) for view in kappa.KAPPA_VIEWS], kinds={"delta", "faust"},
-       description="For every published Kappa view: resume its replay to the log's end, write an immutable Delta snapshot "
-                   "(offsets, logic/schema version, row counts, checksum, git SHA) and record the refresh as a publish.")
+       description="For every published Kappa view: write an immutable Delta snapshot (offsets, logic/schema version, row "
+                   "counts, checksum, git SHA) and record it as a publish. The published version's live job keeps the view "
+                   "current; only a view whose job is not running is caught up (its bounded replay resumed) first.")
 def kappa_snapshots(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource, serving: ServingResource) -> MaterializeResult:
     settings, engine, session = lab.settings(), serving.engine(), spark.session()
     taken = {}
@@ -21,8 +22,10 @@ def kappa_snapshots(context: AssetExecutionContext, lab: LabSettings, spark: Spa
         if refreshed is None:
             continue
         snap = refreshed.snapshot
-        context.log.info(f"{refreshed.output}: +{refreshed.events} events, snapshot {snap.snapshot_id}")
-        taken[view] = {"output": refreshed.output, "snapshot_id": snap.snapshot_id, "caught_up_events": refreshed.events,
+        how = "live job running, nothing replayed" if refreshed.live else f"caught up {refreshed.events} events"
+        context.log.info(f"{refreshed.output}: {how}, snapshot {snap.snapshot_id}")
+        taken[view] = {"output": refreshed.output, "snapshot_id": snap.snapshot_id, "live_job": refreshed.live,
+                       "caught_up_events": refreshed.events,
                        "offsets": {str(p): o for p, o in snap.offsets.items()}, "rows": snap.row_counts["output"],
                        "checksum": snap.checksum}
     return MaterializeResult(metadata={"snapshots": MetadataValue.json(taken), "published_views": len(taken)})

@@ -8,17 +8,23 @@ still in flight as changes; `comparable` compares them at the same offsets when 
 else only on windows both hold as final (watermark minus allowed lateness)."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine
 
 from lklab import views
+from lklab.core import processes
 from lklab.core.config import Settings
 from lklab.engine.outputs import read_output
+from lklab.kappa import jobs
+from lklab.kappa.freshness import running_pid
 from lklab.kappa.names import output_name, replay_scope
 from lklab.kappa.query import published
 from lklab.kappa.records import build_record
+from lklab.log import kafka_io
 from lklab.log.kafka_io import Offsets
 from lklab.serving import progress
 from lklab.serving.store import consistent_read
@@ -107,3 +113,24 @@ def comparable(settings: Settings, view: str, old: Position, new: Position) -> C
     in_flight = len(old.rows) + len(new.rows) - len(final[0]) - len(final[1])
     basis = (f"on windows final in both (before {cut.isoformat()})" if cut else "on no window: a version has no watermark yet")
     return Comparable(final[0], final[1], basis, in_flight)
+
+
+def wait_until_hydrated(settings: Settings, engine: Engine, view: str, version: int, timeout_s: float,
+                        on_wait: Callable[[str], None] | None = None, poll_s: float = 0.5) -> Hydration:
+    """Poll `<view>__v<N>`'s live job until it is hydrated (`hydration_now`) and its hydrating
+    replay has completed. JobError (one line) if the job stops first, or after `timeout_s`; the
+    job then keeps running. `on_wait` gets each poll's summary while it is not hydrated."""
+    output, deadline = output_name(view, version), time.monotonic() + timeout_s
+    while True:
+        ends = kafka_io.end_offsets_or_none(settings)
+        ready = hydration_now(settings, engine, view, version, ends) if ends is not None else None
+        if ready is not None and ready.hydrated and (build_record(engine, output) or {}).get("status") == "complete":
+            return ready
+        summary = ready.summary if ready else "Kafka did not answer"
+        if running_pid(settings, output) is None:
+            raise jobs.JobError(f"{output} stopped while hydrating: {processes.log_tail(jobs.log_file(settings, output))}")
+        if time.monotonic() > deadline:
+            raise jobs.JobError(f"{output} not hydrated after {timeout_s:g}s ({summary}); it keeps running: `lklab kappa status`")
+        if on_wait is not None:
+            on_wait(summary)
+        time.sleep(poll_s)

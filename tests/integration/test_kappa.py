@@ -127,15 +127,20 @@ def test_a_replay_runs_as_a_dagster_asset(loaded) -> None:
     from dagster import DagsterInstance, materialize
 
     from assets.kappa.replays import kappa_assets, rides_events_log
+    from lklab.kappa import jobs
     from orchestration.resources import LabSettings, build_resources
 
     settings, engine, workload = loaded
+    settings = settings.model_copy(update={"kappa_hydration_max_lag": 0})  # hydrated = every record applied
     [dau] = [a for a in kappa_assets if a.key.to_user_string() == "kappa_daily_active_users"]
-    result = materialize([dau, rides_events_log], resources=build_resources(LabSettings.from_settings(settings)),
-                         run_config={"ops": {"kappa_daily_active_users": {"config": {"version": 7}}}},
-                         instance=DagsterInstance.ephemeral(), selection=[dau.key])
-    assert result.success
-    [event] = result.asset_materializations_for_node("kappa_daily_active_users")
-    assert event.metadata["output"].value == "daily_active_users__v7"
-    got = as_map(kappa.read_output(engine, "daily_active_users", "daily_active_users__v7"))
-    assert oracle.compare(got, oracle.for_view("daily_active_users", workload.truth)).equal
+    try:
+        result = materialize([dau, rides_events_log], resources=build_resources(LabSettings.from_settings(settings)),
+                             run_config={"ops": {"kappa_daily_active_users": {"config": {"version": 7}}}},
+                             instance=DagsterInstance.ephemeral(), selection=[dau.key])
+        assert result.success
+        [event] = result.asset_materializations_for_node("kappa_daily_active_users")
+        assert event.metadata["output"].value == "daily_active_users__v7"
+        got = as_map(kappa.read_output(engine, "daily_active_users", "daily_active_users__v7"))
+        assert oracle.compare(got, oracle.for_view("daily_active_users", workload.truth)).equal
+    finally:
+        jobs.stop(settings, "daily_active_users", 7)  # the asset started v7's live job
