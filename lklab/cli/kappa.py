@@ -82,12 +82,8 @@ def bounded_replay(s: Settings, engine, view: str, version: int, start, from_sna
 def live_replay(s: Settings, engine, view: str, version: int, start_from: str, from_snapshot: Optional[str],
                 max_rate: Optional[float], wait_s: float) -> None:
     """`lklab replay`: start the version's live job and wait (up to `wait_s`) until it is hydrated."""
-    import time
-
     from lklab import kappa
-    from lklab.core import processes
     from lklab.kappa import hydration, jobs
-    from lklab.log import kafka_io
 
     output = kappa.output_name(view, version)
     try:
@@ -97,20 +93,12 @@ def live_replay(s: Settings, engine, view: str, version: int, start_from: str, f
     console.print(f"{output}: live job started (pid {pid}, log {jobs.log_file(s, output)}); the published version keeps serving")
     if wait_s <= 0:
         return
-    deadline = time.monotonic() + wait_s
     with console.status(f"{output}: hydrating") as shown:
-        while True:
-            ends = kafka_io.end_offsets_or_none(s)
-            ready = hydration.hydration_now(s, engine, view, version, ends) if ends is not None else None
-            if ready is not None and ready.hydrated and (kappa.build_record(engine, output) or {}).get("status") == "complete":
-                break
-            if not jobs.job_status(s, view, version).running:
-                raise fail(f"{output} stopped while hydrating: {processes.log_tail(jobs.log_file(s, output))}")
-            if time.monotonic() > deadline:
-                raise fail(f"{output} not hydrated after {wait_s:g}s ({ready.summary if ready else 'Kafka did not answer'}); "
-                           f"it keeps running: `lklab kappa status`")
-            shown.update(f"{output}: hydrating ({ready.summary if ready else 'waiting for Kafka'})")
-            time.sleep(0.5)
+        try:
+            ready = hydration.wait_until_hydrated(s, engine, view, version, wait_s,
+                                                  on_wait=lambda summary: shown.update(f"{output}: hydrating ({summary})"))
+        except jobs.JobError as exc:
+            raise fail(str(exc)) from None
     console.print(ready.summary, highlight=False)
     console.print(f"next: `lklab cutover {view} --to {version}`")
 

@@ -20,7 +20,6 @@ from lklab.kappa import hydration, jobs
 from lklab.kappa.query import query as kappa_query
 from lklab.kappa.query import serve as kappa_serve
 from lklab.lambda_arch import merge
-from lklab.log import kafka_io
 from lklab.scenarios.report import ViewComparison, results_table
 
 LAMBDA_READERS = "lambda readers"  # what a Lambda reader gets (the merge), per view
@@ -112,12 +111,7 @@ def blue_green(settings: Settings, engine, spark, step: Callable[[str], None]) -
     polling.start()
     try:
         jobs.start(settings, BLUE_GREEN_VIEW, 2)
-        deadline = time.monotonic() + 300
-        while not (ready := hydration.hydration_now(settings, engine, BLUE_GREEN_VIEW, 2, kafka_io.end_offsets_or_none(settings) or {})).hydrated:
-            if time.monotonic() > deadline:
-                raise TimeoutError(ready.summary)
-            time.sleep(0.2)
-        step(ready.summary)
+        step(hydration.wait_until_hydrated(settings, engine, BLUE_GREEN_VIEW, 2, timeout_s=300).summary)
         result = co.cutover(settings, engine, BLUE_GREEN_VIEW, 2, "demo: blue/green, the midnight fix", spark=spark,
                             tolerance_pct=100, run_suite=run_suite)
         found.swapped, found.summaries = result.swapped, [f"{c.status} {c.name}: {c.summary}" for c in result.checks]
@@ -131,7 +125,17 @@ def blue_green(settings: Settings, engine, spark, step: Callable[[str], None]) -
 def run_side_by_side(settings: Settings, engine, spark, truth: list, console: Console,
                      step: Callable[[str], None]) -> tuple[bool, list[ViewComparison]]:
     """Publish v1 of every Kappa view, print both architectures' answers against the oracle and
-    their freshness, then the blue/green cutover; returns whether both end equal to the oracle."""
+    their freshness, then the blue/green cutover; returns whether both end equal to the oracle
+    (a job that does not catch up or hydrate, or a refused cutover, is one red line and False)."""
+    try:
+        return _side_by_side(settings, engine, spark, truth, console, step)
+    except (TimeoutError, jobs.JobError, co.CutoverError) as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
+        return False, []
+
+
+def _side_by_side(settings: Settings, engine, spark, truth: list, console: Console,
+                  step: Callable[[str], None]) -> tuple[bool, list[ViewComparison]]:
     wait_caught_up(settings)
     for view in kappa.KAPPA_VIEWS:
         co.cutover(settings, engine, view, 1, "demo: first publication", spark=spark, tolerance_pct=100, run_suite=run_suite)

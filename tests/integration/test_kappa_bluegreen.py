@@ -17,7 +17,6 @@ from lklab.core.config import Settings
 from lklab.kappa import cutover as co
 from lklab.kappa import hydration, jobs
 from lklab.kappa.query import query as kappa_query
-from lklab.log import kafka_io
 from lklab.log.generator import GeneratorConfig, generate, write_ledger
 from lklab.log.produce import produce_events
 from lklab.serving.progress import read_counters
@@ -64,17 +63,6 @@ class Reader(threading.Thread):
         return [v for i, v in enumerate(self.seen) if i == 0 or self.seen[i - 1] != v]
 
 
-def hydrated(settings: Settings, engine, version: int, timeout_s: float = 120.0) -> hydration.Hydration:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ends = kafka_io.end_offsets_or_none(settings)
-        ready = hydration.hydration_now(settings, engine, VIEW, version, ends)
-        if ready.hydrated:
-            return ready
-        assert time.monotonic() < deadline, ready.summary
-        time.sleep(0.2)
-
-
 def test_blue_green_on_a_live_stream(isolated: Settings, spark) -> None:
     settings = isolated.model_copy(update={"kappa_checkpoint_interval_s": 0.2, "kappa_rollback_window_s": WINDOW_S,
                                            "kappa_hydration_max_lag": 200})
@@ -111,7 +99,7 @@ def test_blue_green_on_a_live_stream(isolated: Settings, spark) -> None:
         assert started.returncode == 0 and f"{V2} hydrated" in started.stdout, started
         busy = lklab(settings, "replay", VIEW, "--version", "2", "--until-end")
         assert busy.returncode == 2 and "already running" in busy.stderr, busy  # one writer per output
-        hydrated(settings, engine, 2)
+        hydration.wait_until_hydrated(settings, engine, VIEW, 2, timeout_s=120)
         swapped = co.cutover(settings, engine, VIEW, 2, "blue/green", spark=spark, run_suite=run_suite)
         assert swapped.swapped, [c.summary for c in swapped.checks]
         assert [c.name for c in swapped.checks] == ["hydration", "gx", "ledger", "diff"]
