@@ -141,7 +141,7 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
         Check("hydration", True, ready.summary),
         _gx_check(settings, spark, view, new.rows, run_suite),
         _ledger_check(settings, engine, view, new, new.rows),
-        _diff_check(settings, view, old, new, tolerance_pct) if old else Check("diff", True, "nothing published yet"),
+        _diff_check(settings, engine, view, old, new, tolerance_pct) if old else Check("diff", True, "nothing published yet"),
     ]
     swapped = all(c.passed for c in checks)
     if swapped:
@@ -157,8 +157,8 @@ def _end_offsets(settings: Settings) -> Offsets:
     return ends
 
 
-def _diff_check(settings: Settings, view: str, old: hydration.Position, new: hydration.Position, tolerance_pct: float) -> Check:
-    both = hydration.comparable(settings, view, old, new)
+def _diff_check(settings: Settings, engine: Engine, view: str, old: hydration.Position, new: hydration.Position, tolerance_pct: float) -> Check:
+    both = hydration.comparable(settings, engine, view, old, new)
     check = diff(both.old_rows, both.new_rows, tolerance_pct, views.view(view).measure.size)
     in_flight = f"; {both.in_flight} rows in flight left out" if both.in_flight else ""
     return dataclasses.replace(check, summary=f"{old.output} → {new.output} {both.basis}: {check.summary}{in_flight}")

@@ -18,7 +18,9 @@ from sqlalchemy import Engine
 from lklab import views
 from lklab.core import processes
 from lklab.core.config import Settings
+from lklab.engine.fold import ApplyStats, contrib_of, fence_and_parse
 from lklab.engine.outputs import read_output
+from lklab.engine.sink import load_contribs
 from lklab.kappa import jobs
 from lklab.kappa.freshness import running_pid
 from lklab.kappa.names import output_name, replay_scope
@@ -101,18 +103,39 @@ class Comparable:
     in_flight: int  # rows left out of the diff: windows not final in both versions yet
 
 
-def comparable(settings: Settings, view: str, old: Position, new: Position) -> Comparable:
+def comparable(settings: Settings, engine: Engine, view: str, old: Position, new: Position) -> Comparable:
     """The rows of two versions at a common input position: everything, if both committed the same
-    offsets; else the windows both hold as final, so that progress still in flight is not a change."""
+    offsets; else the windows both hold as final and that no record between the two positions
+    touches, so that progress still in flight is not a change (a record later than the allowed
+    lateness, or a correction, reaches a final window too)."""
     if old.offsets == new.offsets:
         return Comparable(old.rows, new.rows, "at the same offsets", 0)
     cuts = [views.final_through(p.watermark, settings.allowed_lateness_s) for p in (old, new)]
     cut = None if None in cuts else min(cuts)
-    spec = views.view(view)
-    final = [[r for r in rows if spec.measure.is_final(spec, r[1], cut)] for rows in (old.rows, new.rows)]
+    spec, touched = views.view(view), in_flight_windows(settings, engine, view, old, new)
+    settled = lambda row: spec.measure.is_final(spec, row[1], cut) and (row[0], row[1]) not in touched  # noqa: E731
+    final = [[r for r in rows if settled(r)] for rows in (old.rows, new.rows)]
     in_flight = len(old.rows) + len(new.rows) - len(final[0]) - len(final[1])
-    basis = (f"on windows final in both (before {cut.isoformat()})" if cut else "on no window: a version has no watermark yet")
+    basis = (f"on windows final in both (before {cut.isoformat()}) and untouched by the {len(touched)} windows "
+             f"records in flight between them touch" if cut else "on no window: a version has no watermark yet")
     return Comparable(final[0], final[1], basis, in_flight)
+
+
+def in_flight_windows(settings: Settings, engine: Engine, view: str, old: Position, new: Position) -> set[tuple[str, datetime]]:
+    """The (entity, window) keys that records one version has consumed and the other has not touch:
+    each record's own window, and the window its event held in either output (a correction moves
+    an event out of it). Read after the positions: a correction that the slower version applies
+    between the two reads hides the window it left (a few milliseconds; the tolerance absorbs it)."""
+    parts = old.offsets.keys() | new.offsets.keys()
+    lo = {p: min(old.offsets.get(p, 0), new.offsets.get(p, 0)) for p in parts}
+    hi = {p: max(old.offsets.get(p, 0), new.offsets.get(p, 0)) for p in parts}
+    records = kafka_io.run(kafka_io.read_range(settings, lo, hi))
+    events = [e for _, e in fence_and_parse([(r.partition, r.offset, r.value) for r in records], {}, ApplyStats(settings.topic))]
+    spec = views.view(view)
+    touched = {(c.entity, c.window) for e in events if (c := contrib_of(spec, e)) is not None}
+    with engine.connect() as conn:
+        held = load_contribs(conn, [old.output, new.output], sorted({e.event_id for e in events}))
+    return touched | {(c.entity, c.window) for c in held.values()}
 
 
 def wait_until_hydrated(settings: Settings, engine: Engine, view: str, version: int, timeout_s: float,
