@@ -14,7 +14,7 @@ from lklab.engine import snapshots
 from lklab.engine.snapshots import Snapshot, SnapshotError
 from lklab.kappa import KAPPA_VIEWS, build_record, output_name, replay, spec_for
 from lklab.kappa.cutover import publish_snapshot, record_kappa_publish
-from lklab.kappa.jobs import JobError, ensure_not_running
+from lklab.kappa.freshness import running_pid
 from lklab.kappa.query import published
 from lklab.lake.spark import ensure_spark
 
@@ -45,16 +45,13 @@ def refresh(settings: Settings, engine: Engine, view: str, spark=None, who: str 
         output = published(conn, view)
     if output is None:
         return None
-    version = build_record(engine, output)["version"]
-    try:
-        ensure_not_running(settings, view, version)
-    except JobError:
+    if running_pid(settings, output) is not None:
         taken_before = {snap.snapshot_id for snap in snapshots.listing(engine, view)}
         snap = publish_snapshot(settings, engine, spark, view, output)
         if snap.snapshot_id not in taken_before:
             _record_refresh(engine, view, output, who, "snapshot of the live job", snap)
         return Refresh(view, output, 0, snap, live=True)
-    result = replay(settings, engine, view, version, spark=spark)
+    result = replay(settings, engine, view, build_record(engine, output)["version"], spark=spark)
     snap = publish_snapshot(settings, engine, spark, view, output)
     if result.events:
         _record_refresh(engine, view, output, who, f"caught up {result.events} events", snap)
