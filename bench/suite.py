@@ -45,7 +45,7 @@ LIVE_SHARES = (0.5, 0.9)  # event → visible is measured at these fractions of 
 KAPPA_LIVE_VIEW = "revenue_per_minute"  # the view the replay figures use too
 HYDRATE_SHARE = 0.1  # the live Kappa job hydrates on this first part of the workload, then follows the rest
 PROBE_EVERY = 10  # event → visible is timed on every 10th record sent (see _paced)
-QUICK = {"events": 200_000, "speed_events": 20_000, "kappa_live_events": 200_000, "history_events": 100_000, "runs": 2,
+QUICK = {"events": 200_000, "speed_events": 20_000, "kappa_live_events": 500_000, "history_events": 100_000, "runs": 2,
          "latency_s": 5.0}
 QUICK_OUT = Path.cwd() / ".lklab" / "bench-quick"
 QUICK_FLAGS = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in QUICK.items())
@@ -564,7 +564,10 @@ def live_side_by_side(settings: Settings, args: argparse.Namespace, figures: dic
         measured(SPEED, speed_sustained(speed_topic, f"speed{i}"))
         measured(KAPPA_LIVE, kappa_live_sustained(settings, f"kappa-live{i}", kappa_backlog))
     del kappa_backlog
-    figures["faust_ceiling_eps"].values.append(faust_ceiling_eps(speed_topic, "faust-ceiling", int(args.speed_events * 0.9)))
+    # The ceiling's clock starts after its first batch (up to speed_batch_max records): wait for no more than what
+    # is sure to follow it, or a small --speed-events never reaches the count.
+    ceiling_records = min(int(args.speed_events * 0.9), args.speed_events - settings.speed_batch_max)
+    figures["faust_ceiling_eps"].values.append(faust_ceiling_eps(speed_topic, "faust-ceiling", ceiling_records))
     say(f"Faust ceiling: {figures['faust_ceiling_eps'].values[-1]:,.0f} ev/s")
     sustained = {layer.key: figures[f"{layer.key}_eps"].median for layer in layers}
     found: dict[tuple[str, float], tuple[list[float], list[float]]] = {
@@ -702,6 +705,9 @@ def main() -> None:
                                                   "topic_segment_bytes": None,
                                                   "spark_driver_memory": "1g" if args.quick else "2g",
                                                   "kappa_checkpoint_interval_s": args.kappa_checkpoint_interval_s})
+    if args.speed_events < 2 * settings.speed_batch_max:  # the Faust ceiling's clock starts after one batch
+        parser.error(f"--speed-events {args.speed_events}: at least {2 * settings.speed_batch_max:,} "
+                     f"(twice the speed layer's batch of {settings.speed_batch_max:,})")
     shutil.rmtree(settings.home, ignore_errors=True)
     settings.home.mkdir(parents=True)
     say = lambda text: print(f"[bench {datetime.now():%H:%M:%S}] {text}", flush=True)  # noqa: E731
