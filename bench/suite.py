@@ -45,7 +45,7 @@ LIVE_SHARES = (0.5, 0.9)  # event → visible is measured at these fractions of 
 KAPPA_LIVE_VIEW = "revenue_per_minute"  # the view the replay figures use too
 HYDRATE_SHARE = 0.1  # the live Kappa job hydrates on this first part of the workload, then follows the rest
 PROBE_EVERY = 10  # event → visible is timed on every 10th record sent (see _paced)
-QUICK = {"events": 200_000, "speed_events": 20_000, "kappa_live_events": 500_000, "history_events": 100_000, "runs": 2,
+QUICK = {"events": 200_000, "speed_events": 50_000, "kappa_live_events": 500_000, "history_events": 100_000, "runs": 2,
          "latency_s": 5.0}
 QUICK_OUT = Path.cwd() / ".lklab" / "bench-quick"
 QUICK_FLAGS = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in QUICK.items())
