@@ -15,6 +15,8 @@ test: setup
 unit: setup
 	.venv/bin/pytest -q tests/unit
 
+# bench: every layer against its limit and its peer (about 20 min on 2 cores); it rewrites bench/RESULTS.md.
+# `make bench BENCH_ARGS=--quick` checks it end to end on small sizes and writes .lklab/bench-quick/ instead.
 bench: setup
 	.venv/bin/pip install -q -e ".[bench]"
 	.venv/bin/python bench/suite.py $(BENCH_ARGS)
