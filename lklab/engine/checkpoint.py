@@ -52,9 +52,11 @@ class CheckpointedSink:
               self.pending, self.lateness, self.partitions)
         self.since += len(records)
         if self.since >= self.every:
-            self._start_checkpoint()
+            self.start_checkpoint()
 
-    def _start_checkpoint(self) -> None:
+    def start_checkpoint(self) -> None:
+        """Hand what was applied so far to the writer thread (after the previous checkpoint is
+        written) and go on: the caller keeps folding while it is written."""
         self._wait()
         done = self.pending
         if done.next_offsets:
@@ -73,7 +75,7 @@ class CheckpointedSink:
 
     def checkpoint(self) -> dict[int, int]:
         """Write everything applied so far and wait for it; returns the committed offsets."""
-        self._start_checkpoint()
+        self.start_checkpoint()
         self._wait()
         return dict(self.committed)
 

@@ -78,7 +78,7 @@ async def _follow(settings: Settings, engine: Engine, view: str, version: int, s
             if records:
                 sink.apply(records)
             if sink.since and time.monotonic() - last >= settings.kappa_checkpoint_interval_s:
-                sink.checkpoint()
+                sink.start_checkpoint()  # written in the background while the loop goes on consuming
                 last = time.monotonic()
         sink.checkpoint()
     finally:
