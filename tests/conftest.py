@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lklab.core import processes
+from lklab.kappa.freshness import WORKER_MARKER
 from lklab.log import kafka_io
 from lklab.log import broker as kafka_runtime
 from lklab.core.config import Settings
@@ -41,7 +43,7 @@ def kafka(base_settings: Settings):
 
 
 @pytest.fixture
-def isolated(kafka: Settings, tmp_path: Path) -> Settings:
+def isolated(kafka: Settings, tmp_path: Path):
     """Settings with their own topics, consumer group, serving store and lake on the shared broker."""
     tag = uuid.uuid4().hex[:8]
     settings = kafka.model_copy(
@@ -56,7 +58,9 @@ def isolated(kafka: Settings, tmp_path: Path) -> Settings:
     )
     settings.home.mkdir(parents=True, exist_ok=True)
     kafka_io.run(kafka_io.ensure_topics(settings))
-    return settings
+    yield settings
+    for pid_file in (settings.home / "kappa").glob("*.pid"):  # a failed test must not leave its live Kappa jobs behind
+        processes.stop_group(pid_file, WORKER_MARKER, 10.0)
 
 
 @pytest.fixture(scope="session")
