@@ -424,7 +424,7 @@ def latency(settings: Settings, layer: LiveLayer, tag: str, rate: float, seconds
     if replay_rate:  # a separate process, as in production, stopped when the window ends
         replay_run = _fresh(settings, f"{tag}-replay")
         replay = subprocess.Popen([str(Path(sys.executable).parent / "lklab"), "replay", "revenue_per_minute", "--version", "1",
-                                   "--max-rate", str(replay_rate)], env={**os.environ, **replay_run.to_env()},
+                                   "--until-end", "--max-rate", str(replay_rate)], env={**os.environ, **replay_run.to_env()},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)  # let it get going before the window opens
     try:
