@@ -35,6 +35,12 @@ def running_pid(settings: Settings, output: str) -> int | None:
     return processes.read_pid(pid_file(settings, output), WORKER_MARKER)
 
 
+def committed(conn: Connection, settings: Settings, scope: str) -> tuple[Offsets, datetime | None]:
+    """A Kappa job's committed offsets and its event-time watermark (None until every partition reported)."""
+    offsets = progress.next_offsets(conn, scope, settings.topic)
+    return offsets, views.watermark(progress.max_event_times(conn, scope, settings.topic), settings.partitions)
+
+
 @dataclass(frozen=True)
 class Freshness:
     output: str | None  # the versioned output judged; None: the view has no published version
@@ -54,8 +60,7 @@ def freshness(conn: Connection, settings: Settings, out: views.VersionedOutput, 
               now: datetime | None = None) -> Freshness:
     """The output's freshness, read in `conn`'s transaction (the same one as the rows it qualifies)."""
     scope = replay_scope(out.view, out.version)
-    done = progress.next_offsets(conn, scope, settings.topic)
-    watermark = views.watermark(progress.max_event_times(conn, scope, settings.topic), settings.partitions)
+    done, watermark = committed(conn, settings, scope)
     beat = progress.heartbeat(conn, scope)
     lag = None if end_offsets is None else progress.lag(done, end_offsets)
     age = None if beat is None else ((now or datetime.now(timezone.utc)) - beat[1]).total_seconds()

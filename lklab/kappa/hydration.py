@@ -22,7 +22,7 @@ from lklab.engine.fold import ApplyStats, contrib_of, fence_and_parse
 from lklab.engine.outputs import read_output
 from lklab.engine.sink import load_contribs
 from lklab.kappa import jobs
-from lklab.kappa.freshness import running_pid
+from lklab.kappa.freshness import committed, running_pid
 from lklab.kappa.names import output_name, replay_scope
 from lklab.kappa.query import published
 from lklab.kappa.records import build_record
@@ -50,8 +50,7 @@ def position(settings: Settings, engine: Engine, view: str, version: int, with_r
     """The version's committed position (and its rows, unless `with_rows` is False)."""
     scope, output = replay_scope(view, version), output_name(view, version)
     with consistent_read(engine) as conn:
-        offsets = progress.next_offsets(conn, scope, settings.topic)
-        wm = views.watermark(progress.max_event_times(conn, scope, settings.topic), settings.partitions)
+        offsets, wm = committed(conn, settings, scope)
         rows = read_output(None, view, output, conn=conn) if with_rows else []
     return Position(output, offsets, wm, rows)
 
