@@ -1,0 +1,1 @@
+"""Importing this module registers every drill, in the order `lklab drill list` shows them."""
