@@ -84,9 +84,9 @@ def make_app(settings: Settings) -> faust.App:
     )
     source = event_source(app, settings)
     engine_holder: list[Engine] = []
-    specs = speed_specs(settings.speed_fault)
-    if settings.speed_fault:
-        log.warning("speed layer running with the deliberate fault %r", settings.speed_fault)
+    specs = speed_specs(settings)
+    if "speed" in settings.faults:
+        log.warning("speed layer running with the deliberate fault %r", settings.faults["speed"])
 
     def engine() -> Engine:
         if not engine_holder:

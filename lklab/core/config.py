@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     ledger_grace_s: int = Field(48 * 3600, ge=0, description="a day reconciles strictly once it is this far behind the watermark")
     speed_heartbeat_timeout_s: float = Field(10.0, gt=0, description="older heartbeat = speed layer down")
     speed_max_lag: int = Field(50_000, ge=0, description="records behind the log end before serving goes batch-only")
-    speed_fault: str | None = Field(None, description="test-only: a deliberate bug in the speed layer (see streaming.faults)")
+    faults: dict[str, str] = Field(default_factory=dict, description="drills and tests only: a deliberate bug per layer, "
+                                   '{"speed": name, "kappa": name}; names in lklab.views.faults.FAULTS')
 
     # PII
     pii_key: str | None = Field(None, description="Fernet key; None = a 0600 key file under <home>")
@@ -83,6 +84,13 @@ class Settings(BaseSettings):
         from lklab.core.gates import check_overrides
 
         return check_overrides(value)
+
+    @field_validator("faults")
+    @classmethod
+    def _known_faults(cls, value: dict[str, str]) -> dict[str, str]:
+        from lklab.views.faults import check_faults
+
+        return check_faults(value)
 
     @field_validator("reader_policy_views")
     @classmethod

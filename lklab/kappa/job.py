@@ -124,7 +124,7 @@ def replay(
     State and offsets are checkpointed every `checkpoint_every` records (lklab.engine.checkpoint.CheckpointedSink).
     Setting `stop` ends it early with ReplayStopped, after a checkpoint of what it applied."""
     check_args(view, version, max_rate)
-    spec = spec_for(view, version)
+    spec = spec_for(view, version, settings.faults.get("kappa"))
     began = datetime.now(timezone.utc)
     the_plan = plan(settings, engine, view, version, start, snapshot, spark)
     if the_plan.lost:

@@ -62,7 +62,7 @@ async def _follow(settings: Settings, engine: Engine, view: str, version: int, s
     """Consume every partition from the output's committed offsets until stopped; a checkpoint is
     written whenever records are pending and the interval has passed (and once more at the end)."""
     scope = replay_scope(view, version)
-    sink = CheckpointedSink(engine, settings, settings.topic, [spec_for(view, version)], scope, every=BATCH * 10)
+    sink = CheckpointedSink(engine, settings, settings.topic, [spec_for(view, version, settings.faults.get("kappa"))], scope, every=BATCH * 10)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=scope, enable_auto_commit=False,
                                 auto_offset_reset="none", max_poll_records=BATCH)
     await consumer.start()

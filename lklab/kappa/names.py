@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from lklab import views
+from lklab.views.faults import with_fault
 
 KAPPA_VIEWS = tuple(views.VIEWS)  # Kappa runs every view (no batch layer behind it)
 
@@ -19,9 +20,10 @@ def replay_scope(view: str, version: int) -> str:
     return f"lklab-replay-{output_name(view, version)}"
 
 
-def spec_for(view: str, version: int) -> views.ViewSpec:
+def spec_for(view: str, version: int, fault: str | None = None) -> views.ViewSpec:
     """The view's stream logic for version N (logic version N where the view has it, else its
-    newest: user_sessions v1 has the midnight bug, v2 the fix), writing into `<view>__v<N>`."""
-    return views.spec_at(view, version).for_output(views.VersionedOutput(view, version))
+    newest: user_sessions v1 has the midnight bug, v2 the fix), writing into `<view>__v<N>`;
+    with a named fault built in when a drill deployed one (Settings.faults["kappa"])."""
+    return with_fault(views.spec_at(view, version).for_output(views.VersionedOutput(view, version)), fault)
 
 

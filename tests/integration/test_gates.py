@@ -73,7 +73,7 @@ def test_a_sparse_city_warns_and_a_divergence_block_is_signalled_to_readers(lab:
     good_build = promoted_build_id(lab)
 
     speed.stop(lab)
-    buggy = lab.model_copy(update={"speed_fault": "refund_sign"})
+    buggy = lab.model_copy(update={"faults": {"speed": "refund_sign"}})
     speed.start(buggy)
     second = generate(GeneratorConfig(seed=52, duration_s=300, rides_per_minute=60, refund_fraction=0.3, cities=TWO_CITIES,
                                       start=START + timedelta(minutes=5)))

@@ -167,7 +167,7 @@ def test_an_injected_speed_bug_fails_the_divergence_gate_and_blocks_promotion(la
     good_build = promoted_build_id(lab)
 
     speed.stop(lab)
-    buggy = lab.model_copy(update={"speed_fault": "refund_sign"})
+    buggy = lab.model_copy(update={"faults": {"speed": "refund_sign"}})
     speed.start(buggy)
     second = generate(GeneratorConfig(seed=46, duration_s=300, rides_per_minute=60, refund_fraction=0.3,
                                       start=START + timedelta(minutes=4)))

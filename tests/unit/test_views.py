@@ -60,7 +60,7 @@ def test_dagster_lab_settings_cover_every_setting_but_secrets() -> None:
     assert set(LabSettings.model_fields) == set(Settings.model_fields) - set(SECRETS)
     assert all(field.default is None for field in LabSettings.model_fields.values())  # unset = the environment's value
     assert set(LabSettings.to_config_schema().as_field().config_type.fields) == set(LabSettings.model_fields)  # Dagster config
-    custom = Settings(home="/tmp/x", gate_severity={"gx_gold_revenue_per_minute.minute_coverage": "fail"}, allowed_lateness_s=7, speed_fault="refund_sign")
+    custom = Settings(home="/tmp/x", gate_severity={"gx_gold_revenue_per_minute.minute_coverage": "fail"}, allowed_lateness_s=7, faults={"speed": "refund_sign"})
     assert LabSettings.from_settings(custom).settings() == custom
     custom = Settings(home="/tmp/y", blocked_windows_policy="refuse", partitions_start="2025-06-01", topic_segment_bytes=4096)
     assert LabSettings.from_settings(custom).settings() == custom
