@@ -105,7 +105,7 @@ def _sorted(keys: Iterable[Hashable]) -> list[Any]:
         return sorted(keys, key=repr)
 
 
-def _distance(a: Any, b: Any) -> int:
+def value_distance(a: Any, b: Any) -> int:
     """|a - b| of two values (a missing one is zero); for (sessions, duration_ms), the largest
     component's difference."""
     if isinstance(a, tuple) or isinstance(b, tuple):
@@ -118,7 +118,7 @@ def compare(actual: Mapping[Any, Any], expected: Mapping[Any, Any]) -> Compariso
     """Row-by-row comparison of a view (key -> value) against the oracle's answer."""
     shared = actual.keys() & expected.keys()
     mismatched = [k for k in shared if actual[k] != expected[k]]
-    errors = [_distance(actual.get(k), expected.get(k)) for k in actual.keys() | expected.keys()]
+    errors = [value_distance(actual.get(k), expected.get(k)) for k in actual.keys() | expected.keys()]
     return Comparison(
         rows_expected=len(expected),
         rows_actual=len(actual),

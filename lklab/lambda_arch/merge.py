@@ -60,6 +60,9 @@ class MergedAnswer:
     policy: str = SERVE_FLAGGED  # what this answer did with speed rows of diverged windows
     withheld: int = 0  # speed rows of diverged windows left out (policy refuse)
     reader_policy: str = SERVE_STALE  # the view's reader policy (a stale answer refused by `error` is never built)
+    # how far the answer's input reaches in event time: the speed layer's watermark when speed rows
+    # are merged, else the batch build's (serve() fills it; query() gives the build's)
+    watermark: datetime | None = None
 
 
 def speed_health(engine: Engine, settings: Settings, end_offsets: Offsets | None, now: datetime | None = None) -> SpeedHealth:
@@ -107,7 +110,7 @@ def query(
                     rows.append(MergedRow(e, w, v, "speed", diverged=(e, w) in suspect, left_to_batch=(e, w) in late))
     rows.sort(key=lambda r: (r.entity, r.window_start))
     return MergedAnswer(
-        view=view, rows=rows, T=T, build_id=build.build_id if build else None,
+        view=view, rows=rows, T=T, build_id=build.build_id if build else None, watermark=build.watermark if build else None,
         mode="batch-only" if degraded else "lambda", stale=degraded, stale_reason=health.reason if degraded else None,
         batch_blocked=blocked, policy=policy, withheld=withheld,
     )
@@ -120,7 +123,20 @@ def serve(engine: Engine, settings: Settings, view: str, entity: str | None = No
     to a degraded (batch-only) answer: lklab.core.staleness.StaleAnswer under `error`."""
     answer = query(engine, view, entity, start, end, health=health_for(engine, settings, view),
                    policy=settings.blocked_windows_policy)
-    return replace(answer, reader_policy=apply_reader_policy(settings, view, answer.stale, answer.stale_reason))
+    policy = apply_reader_policy(settings, view, answer.stale, answer.stale_reason)
+    if answer.mode != "lambda" or not views.view(view).measure.speed_layer:
+        return replace(answer, reader_policy=policy)
+    return replace(answer, reader_policy=policy, watermark=_later(answer.watermark, speed_watermark(engine, settings)))
+
+
+def speed_watermark(engine: Engine, settings: Settings) -> datetime | None:
+    """The speed layer's event-time watermark (every partition's progress, lklab.views.watermark)."""
+    with engine.connect() as conn:
+        return views.watermark(progress.max_event_times(conn, settings.speed_group, settings.topic), settings.partitions)
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    return max((t for t in (a, b) if t is not None), default=None)
 
 
 def blocked_json(blocked: BatchBlocked | None) -> dict | None:
@@ -139,6 +155,7 @@ def answer_json(answer: MergedAnswer, limit: int | None = None) -> dict:
         "view": answer.view,
         "T": answer.T.isoformat() if answer.T else None,
         "build_id": answer.build_id,
+        "watermark": answer.watermark.isoformat() if answer.watermark else None,
         "mode": answer.mode,
         "stale": answer.stale,
         "stale_reason": answer.stale_reason,
@@ -189,7 +206,7 @@ def lambda_status(engine: Engine, settings: Settings) -> LambdaStatus:
     health = current_speed_health(engine, settings)
     with engine.connect() as conn:
         build = current_build(conn)
-        wm = views.watermark(progress.max_event_times(conn, settings.speed_group, settings.topic), settings.partitions)
+    wm = speed_watermark(engine, settings)
     T = build.final_through if build else None
     layers = []
     for name, spec in views.VIEWS.items():

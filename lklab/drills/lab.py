@@ -1,0 +1,320 @@
+"""One drill's live lab: both architectures running on one paced stream, the HTTP API, readers
+and the monitor, the supervisor that restarts crashed stream processes (as Kubernetes would,
+with a growing back-off), and the batch layer on a cadence. `run_isolated` gives a run its own
+broker, lake, serving store and ports under .lklab/drills/NAME, and stops all it started."""
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from sqlalchemy import Engine
+
+from expectations.runner import run_suite
+from lklab.core import processes
+from lklab.core.config import Settings
+from lklab.core.provenance import git_sha
+from lklab.drills.readers import Monitor, Reader, get_json, view_path
+from lklab.drills.registry import DrillContext, DrillError, Size, drill
+from lklab.drills.result import KAPPA, LAMBDA, Action, DrillResult
+from lklab.drills.stream import LiveStream, StreamShape, workload_for
+from lklab.kappa import cutover as co
+from lklab.kappa import hydration, jobs
+from lklab.kappa.freshness import running_pid
+from lklab.kappa.names import output_name
+from lklab.lambda_arch import speed
+from lklab.log import broker as kafka_runtime
+from lklab.log import kafka_io
+from lklab.log.generator import write_ledger
+from lklab.serving.store import make_engine
+from orchestration.launch import run_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "drills" / "results"
+API_MARKER = b"lklab.cli"
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0)  # CrashLoopBackOff, scaled down: Kubernetes waits 10 s doubling to 5 min
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def drill_settings(settings: Settings, **changes: object) -> Settings:
+    """The lab's settings for a drill: producers judged stale within seconds (the stream is sped
+    up), checkpoints and speed batches small, so readers see changes as they happen."""
+    return settings.model_copy(update={"speed_heartbeat_timeout_s": 4.0, "kappa_heartbeat_timeout_s": 4.0,
+                                       "kappa_checkpoint_interval_s": 0.25, "speed_batch_within_s": 0.1,
+                                       "kappa_rollback_window_s": 3600.0, **changes})
+
+
+@dataclass
+class Supervised:
+    """A stream process the supervisor keeps running: restarted after each exit with a growing
+    back-off, with the settings of whatever is deployed now."""
+
+    name: str
+    arch: str
+    start: Callable[[Settings], object]
+    running: Callable[[Settings], bool]
+    stop: Callable[[Settings], object]
+    settings: Settings
+    wanted: bool = True
+    restarts: int = 0
+    _failures: int = 0
+
+    def deploy(self, settings: Settings) -> None:
+        """Roll out new settings (code): stop; the supervisor starts it again with them."""
+        self.settings = settings
+        self.stop(settings)
+
+
+@dataclass
+class Supervisor:
+    monitor: Monitor
+    processes: list[Supervised] = field(default_factory=list)
+    interval_s: float = 0.5
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, proc: Supervised) -> Supervised:
+        with self._lock:
+            self.processes.append(proc)
+        return proc
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="drill-supervisor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                procs = list(self.processes)
+            for proc in procs:
+                if proc.wanted and not proc.running(proc.settings) and not self._stop.is_set():
+                    self._restart(proc)
+            self._stop.wait(self.interval_s)
+
+    def _restart(self, proc: Supervised) -> None:
+        self.monitor.note(proc.arch, "crash", f"{proc.name} is down; restarting (restart {proc.restarts + 1})")
+        self._stop.wait(BACKOFF_S[min(proc._failures, len(BACKOFF_S) - 1)])
+        if self._stop.is_set() or not proc.wanted:
+            return
+        proc.restarts += 1
+        try:
+            proc.start(proc.settings)
+            proc._failures = 0 if proc.running(proc.settings) else proc._failures + 1
+        except (speed.SpeedError, jobs.JobError) as exc:
+            proc._failures += 1
+            self.monitor.note(proc.arch, "crash", f"{proc.name} failed to start: {str(exc)[:200]}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(120)
+
+
+class Api:
+    """`lklab serve` for this lab's settings on a free loopback port, as its own process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings, self.port = settings, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.pid_file = settings.home / "api.pid"
+
+    def start(self) -> None:
+        settings = self.settings
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        env = processes.python_env(ROOT, settings.to_env())
+        try:
+            processes.spawn([sys.executable, "-m", "lklab.cli", "serve", "--port", str(self.port)],
+                            log=settings.logs_dir / "api.log", pid_file=self.pid_file,
+                            ready=lambda _pid: get_json(f"{self.url}/views", 1.0)[0] == 200,
+                            wait_s=60, poll_s=0.2, env=env, cwd=settings.home)
+        except (processes.StartupExited, processes.StartupTimedOut) as exc:
+            raise DrillError(f"the query API did not start ({exc}): {processes.log_tail(settings.logs_dir / 'api.log')}") from None
+
+    def stop(self) -> None:
+        processes.stop_group(self.pid_file, API_MARKER, 10.0)
+
+
+@dataclass
+class LiveLab:
+    """Both architectures live on one stream, for one view: the speed worker and the batch
+    layer (Lambda), the published version's live job (Kappa), readers of both, the monitor."""
+
+    ctx: DrillContext
+    view: str
+    shape: StreamShape
+    batch_every_s: float | None = None  # None: one build before the live stream only
+    poll_s: float = 0.25
+    workload_overrides: dict = field(default_factory=dict)
+    settings: Settings = field(init=False)
+    engine: Engine = field(init=False)
+    clock: float = field(init=False)
+    actions: dict[str, list[Action]] = field(default_factory=lambda: {LAMBDA: [], KAPPA: []})
+    builds: list[tuple[float, bool, str]] = field(default_factory=list)  # (t, promoted, note) per batch run
+    _stack: ExitStack = field(default_factory=ExitStack)
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def __enter__(self) -> LiveLab:
+        self.settings = drill_settings(self.ctx.settings)
+        self.clock = time.monotonic()
+        self.engine = make_engine(self.settings)
+        self._stack.callback(self.engine.dispose)
+        try:
+            self._set_up()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _set_up(self) -> None:
+        start = datetime(2026, 11, 30, 22, 0, tzinfo=timezone.utc)
+        self.workload = workload_for(self.shape, self.ctx.seed, start, **self.workload_overrides)
+        kafka_io.run(kafka_io.ensure_topics(self.settings))
+        write_ledger(self.engine, self.workload.truth)
+        self.stream = LiveStream(self.settings, self.workload, self.shape, self.clock)
+        self._stack.callback(self.stream.stop)
+        self.ctx.say(f"backlog: {self.stream.produce_backlog():,} events; live: {self.shape.live_min} event-minutes "
+                     f"in {self.shape.live_wall_s:.0f}s ({self.shape.speedup:g}x)")
+        self.api = Api(self.settings)
+        self.monitor = Monitor(self.api.url, self.view, self.now)
+        self.supervisor = Supervisor(self.monitor)
+        self._stack.callback(self._stop_processes)
+        self.speed = self.supervisor.add(Supervised("speed worker", LAMBDA, speed.start, lambda s: speed.read_pid(s) is not None,
+                                                    speed.stop, self.settings))
+        self.kappa = self.supervisor.add(self.kappa_job(1, self.settings))
+        for proc in self.supervisor.processes:
+            proc.start(proc.settings)
+        self.batch()
+        self.wait_kappa_caught_up(1)
+        self.publish_kappa(1, "drill: first publication")
+        self.api.start()
+        self.readers = {arch: Reader(arch, self.api.url + view_path(arch, self.view), self.poll_s, self.now) for arch in (LAMBDA, KAPPA)}
+        self.supervisor.start()
+        self.monitor.start()
+        for reader in self.readers.values():
+            reader.start()
+        self.stream.start()
+        if self.batch_every_s:
+            self._cadence = threading.Thread(target=self._batch_cadence, name="drill-batch", daemon=True)
+            self._cadence.start()
+
+    def kappa_job(self, version: int, settings: Settings) -> Supervised:
+        view = self.view
+        return Supervised(output_name(view, version), KAPPA, lambda s: jobs.start(s, view, version),
+                          lambda s: running_pid(s, output_name(view, version)) is not None,
+                          lambda s: jobs.stop(s, view, version), settings)
+
+    # ---- what the drill does -----------------------------------------------------------------
+    def now(self) -> float:
+        return round(time.monotonic() - self.clock, 3)
+
+    def act(self, arch: str, what: str, by: str = "operator") -> None:
+        self.actions[arch].append(Action(t=self.now(), what=what, by=by))
+        self.ctx.say(f"{arch}: {what}")
+
+    def batch(self) -> bool:
+        outcome = run_batch(self.settings)
+        note = "promoted" if outcome.success else (outcome.message or "did not promote")
+        self.builds.append((self.now(), outcome.success, note))
+        return outcome.success
+
+    def _batch_cadence(self) -> None:
+        while self.stream.running:
+            self.stream._stop.wait(self.batch_every_s)
+            if not self.stream._stop.is_set():
+                self.batch()
+
+    def wait_kappa_caught_up(self, version: int, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (job := jobs.job_status(self.settings, self.view, version)).lag != 0:
+            if time.monotonic() > deadline:
+                raise DrillError(f"{job.output} did not catch up within {timeout_s:.0f}s (lag {job.lag})")
+            time.sleep(0.2)
+
+    def publish_kappa(self, version: int, why: str) -> co.CutoverResult:
+        hydration.wait_until_hydrated(self.settings, self.engine, self.view, version, timeout_s=180)
+        result = co.cutover(self.settings, self.engine, self.view, version, why, spark=self.ctx.spark, tolerance_pct=100,
+                            run_suite=run_suite)
+        if not result.swapped:
+            raise DrillError(f"cutover to {output_name(self.view, version)} refused: "
+                             + "; ".join(c.summary for c in result.checks if c.status != "pass"))
+        return result
+
+    def wait_stream(self, timeout_s: float | None = None) -> None:
+        self.stream.join(timeout_s or self.shape.live_wall_s + 60)
+
+    def settle(self, seconds: float) -> None:
+        """Let readers watch the steady state for a while after the stream ends."""
+        time.sleep(seconds)
+
+    def finish(self) -> None:
+        """Stop the readers and the monitor (the raw reads stay)."""
+        for reader in self.readers.values():
+            reader.stop()
+        self.monitor.stop()
+
+    def _stop_processes(self) -> None:
+        if hasattr(self, "supervisor"):
+            self.supervisor.stop()
+            for proc in self.supervisor.processes:
+                proc.wanted = False
+                proc.stop(proc.settings)
+        if hasattr(self, "api"):
+            self.api.stop()
+
+    def __exit__(self, *exc: object) -> None:
+        if hasattr(self, "readers"):
+            self.finish()
+        self._stack.close()
+
+
+def versions() -> dict[str, str]:
+    """The versions a result was produced with."""
+    from importlib.metadata import version
+
+    found = {"lklab": git_sha(), "python": sys.version.split()[0]}
+    for package in ("pyspark", "delta-spark", "faust-streaming", "aiokafka", "dagster", "great-expectations"):
+        try:
+            found[package] = version(package)
+        except Exception:  # noqa: BLE001 - a missing package is just not listed
+            pass
+    found["kafka"] = kafka_runtime.KAFKA_VERSION if hasattr(kafka_runtime, "KAFKA_VERSION") else "see lklab/runtime/kafka-pom.xml"
+    return found
+
+
+def run_isolated(name: str, size: Size = "default", seed: int = 7, console: Console | None = None,
+                 results_dir: Path | None = None) -> tuple[DrillResult, Path, Path]:
+    """Run one drill on its own broker, lake, serving store and ports (.lklab/drills/NAME), stop
+    everything it started, and write its JSON and plot to results_dir (drills/results)."""
+    from lklab.drills.plot import timeline
+    from lklab.lake.spark import get_spark
+
+    the_drill = drill(name)
+    console = console or Console()
+    home = ROOT / ".lklab" / "drills" / name
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    settings = Settings(home=home, kafka_port=free_port(), kafka_controller_port=free_port(), speed_web_port=free_port(),
+                        speed_group=f"lklab-speed-drill-{name}")
+    with ExitStack() as cleanup:
+        kafka_runtime.start(settings)
+        cleanup.callback(kafka_runtime.stop, settings)
+        spark = get_spark(settings)
+        result = the_drill.run(DrillContext(name, settings, size, seed, spark, console))
+    out = results_dir or RESULTS
+    json_path = result.write(out / f"{name}.json")
+    png_path = (the_drill.plot or timeline)(result, out / f"{name}.png")
+    return result, json_path, png_path

@@ -1,0 +1,141 @@
+"""Every read scored against the oracle over what the log held when it was read, and the
+figures derived from the scored timeline.
+
+A live answer is never at the log's exact end: a correct pipeline answers as of some recent
+position. A read is therefore compared with the oracle at each position the log held during
+the `grace_s` before it (and the one just before that); the closest one is its expected answer.
+An answer equal to one of them is correct; one that equals none is wrong by its distance to the
+closest (the sum of absolute differences, a missing window counting as 0)."""
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from lklab import views
+from lklab.core import oracle
+from lklab.core.events import Event, parse_time
+from lklab.drills.readers import RawRead
+from lklab.drills.result import Action, Fault, Figures, Read, Signal
+from lklab.drills.stream import LogTimeline
+
+Answer = dict[tuple[str, datetime], Any]
+ADDITIVE = ("revenue_per_minute", "driver_earnings_daily")  # a sum over final events: folded one event at a time
+
+
+def parse_rows(view: str, rows: list[dict[str, Any]]) -> Answer:
+    """An answer's rows (the measure's JSON shape) keyed like the oracle."""
+    spec = views.view(view)
+    columns = spec.value_columns
+    out: Answer = {}
+    for row in rows:
+        values = tuple(row[c] for c in columns)
+        out[(row[spec.entity], parse_time(row["window_start"]))] = values if len(values) > 1 else values[0]
+    return out
+
+
+class PrefixOracle:
+    """The oracle's answer over the first n delivered events, for each n a mark names. Money
+    views are folded incrementally (the oracle's own rule on one event at a time: retract the
+    superseded version, add the new one); other views are recomputed per position asked for."""
+
+    def __init__(self, view: str, events: list[Event]) -> None:
+        self.view, self.events = view, events
+        self._cache: dict[int, Answer] = {}
+        self._additive = view in ADDITIVE
+        self._folded_to = 0
+        self._best: dict[str, Event] = {}
+        self._totals: dict[tuple, int] = {}
+        self._events_in: dict[tuple, int] = {}  # final events per window: a window whose payments sum to 0 is still a row
+
+    def at(self, n: int) -> Answer:
+        if n not in self._cache:
+            self._cache[n] = self._fold_to(n) if self._additive and n >= self._folded_to else oracle.for_view(self.view, self.events[:n])
+        return self._cache[n]
+
+    def _fold_to(self, n: int) -> Answer:
+        for event in self.events[self._folded_to:n]:
+            held = self._best.get(event.event_id)
+            if held is not None and event.event_version <= held.event_version:
+                continue
+            for old_or_new, sign in ((held, -1), (event, 1)):
+                if old_or_new is not None:
+                    for key, value in oracle.for_view(self.view, [old_or_new]).items():
+                        self._totals[key] = self._totals.get(key, 0) + sign * value
+                        self._events_in[key] = self._events_in.get(key, 0) + sign
+            self._best[event.event_id] = event
+        self._folded_to = n
+        return {k: v for k, v in self._totals.items() if self._events_in[k] > 0}
+
+
+def distance(actual: Mapping, expected: Mapping) -> tuple[int, int, int]:
+    """(sum of absolute differences, windows that differ, windows in either)."""
+    keys = actual.keys() | expected.keys()
+    total = wrong = 0
+    for key in keys:
+        a, e = actual.get(key), expected.get(key)
+        if a != e:
+            wrong += 1
+            total += oracle.value_distance(a, e)
+    return total, wrong, len(keys)
+
+
+def watermark_of(body: dict[str, Any]) -> datetime | None:
+    text = body.get("watermark")
+    return parse_time(text) if text else None
+
+
+def score(view: str, raw: list[RawRead], timeline: LogTimeline, grace_s: float, source: Callable[[dict], str | None]) -> list[Read]:
+    """Each raw read scored (see the module's docstring)."""
+    prefix = PrefixOracle(view, timeline.events)
+    times = [m.t for m in timeline.marks]
+    scored = []
+    for read in raw:
+        if read.status != 200:
+            detail = str(read.body.get("detail", ""))
+            scored.append(Read(t=read.t, status=read.status, stale="stale" in detail))
+            continue
+        last = bisect_right(times, read.t) - 1
+        if last < 0:
+            continue  # read before the log held anything: nothing to score
+        first = max(0, min(last, bisect_left(times, read.t - grace_s) - 1))
+        answer = parse_rows(view, read.body.get("rows", []))
+        error, wrong, windows = min(distance(answer, prefix.at(timeline.marks[i].delivered)) for i in range(first, last + 1))
+        newest, wm = timeline.marks[last].newest, watermark_of(read.body)
+        staleness = None if newest is None or wm is None else max(0.0, (newest - wm).total_seconds())
+        scored.append(Read(t=read.t, status=200, stale=bool(read.body.get("stale")), staleness_s=staleness, error=error,
+                           wrong_windows=wrong, windows=windows, source=source(read.body)))
+    return scored
+
+
+def reader_seconds(reads: list[Read], picked: Callable[[Read], bool], interval_s: float) -> float:
+    """Seconds of reads that `picked`: each read stands for the time to the next (at most 2 intervals)."""
+    total = 0.0
+    for i, read in enumerate(reads):
+        if picked(read):
+            gap = reads[i + 1].t - read.t if i + 1 < len(reads) else interval_s
+            total += min(gap, 2 * interval_s)
+    return round(total, 2)
+
+
+def figures(reads: list[Read], actions: list[Action], signals: list[Signal], fault: Fault, interval_s: float,
+            stale_budget_s: float, **measured: Any) -> Figures:
+    """The derived figures of one architecture's run; `measured` adds what the drill counted
+    itself (events_reprocessed, events_lost, events_double_counted)."""
+    stale = lambda r: r.stale or (r.staleness_s is not None and r.staleness_s > stale_budget_s)  # noqa: E731
+    after_start = [s for s in signals if fault.start_s is not None and s.t >= fault.start_s]
+    first = min(after_start, key=lambda s: s.t, default=None)
+    recovered = next((r for r in reads if fault.end_s is not None and r.t >= fault.end_s and r.correct), None)
+    return Figures(
+        reads=len(reads),
+        wrong_reader_s=reader_seconds(reads, lambda r: r.answered and (r.error or 0) > 0, interval_s),
+        stale_reader_s=reader_seconds(reads, stale, interval_s),
+        failed_reader_s=reader_seconds(reads, lambda r: not r.answered, interval_s),
+        max_error=max((r.error or 0 for r in reads), default=0),
+        detect_s=None if first is None else round(first.t - fault.start_s, 2),
+        detected_by=None if first is None else first.name,
+        recovery_s=None if recovered is None else round(recovered.t - fault.end_s, 2),
+        operator_steps=sum(a.step for a in actions),
+        **measured,
+    )
