@@ -1,6 +1,6 @@
 # The two commands: `make demo` runs the main job, `make test` runs the tests.
 # Both install what they need first (scripts/setup.sh is idempotent).
-.PHONY: setup demo test unit dagster-ui bench bench-isolation clean
+.PHONY: setup demo test unit dagster-ui bench bench-isolation drills clean
 
 setup:
 	@scripts/setup.sh
@@ -23,6 +23,16 @@ bench: setup
 
 bench-isolation: setup
 	.venv/bin/python bench/replay_isolation.py
+
+# drills: every registered drill at default size (each on its own broker), then drills/REPORT.md.
+# A drill that fails does not stop the others; the target fails at the end if any did.
+DRILL_NAMES = .venv/bin/python -c 'from lklab.drills import all_drills; print(" ".join(d.name for d in all_drills()))'
+drills: setup
+	@names=$$($(DRILL_NAMES)) || exit 1; status=0; for name in $$names; do \
+		.venv/bin/lklab drill run $$name --size default || status=1; \
+	done; \
+	.venv/bin/lklab drill report; \
+	exit $$status
 
 dagster-ui: setup
 	.venv/bin/python -c 'from orchestration.launch import write_dagster_yaml; from lklab.core.config import Settings; write_dagster_yaml(Settings())'

@@ -29,6 +29,9 @@ kappa_app = typer.Typer(help="Live Kappa jobs: one long-running stream job per v
 app.add_typer(kappa_app, name="kappa")
 db_app = typer.Typer(help="The serving store's schema: revision, pending migrations, upgrade.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+drill_app = typer.Typer(help="Drills: one fault applied to Lambda and Kappa on the same live stream, readers scored against the oracle.",
+                        no_args_is_help=True)
+app.add_typer(drill_app, name="drill")
 UNWRAPPED_WIDTH = 100_000  # piped output: one record per line, never cut, for grep and scripts
 
 
