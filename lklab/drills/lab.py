@@ -24,7 +24,8 @@ from lklab.core.config import Settings
 from lklab.core.provenance import git_sha
 from lklab.drills.readers import Monitor, Reader, get_json, view_path
 from lklab.drills.registry import DrillContext, DrillError, Size, drill
-from lklab.drills.result import KAPPA, LAMBDA, Action, DrillResult
+from lklab.drills.result import KAPPA, LAMBDA, Action, ArchRun, DrillResult, Fault
+from lklab.drills.scoring import figures, score
 from lklab.drills.stream import LiveStream, StreamShape, workload_for
 from lklab.kappa import cutover as co
 from lklab.kappa import hydration, jobs
@@ -70,47 +71,58 @@ class Supervised:
     settings: Settings
     wanted: bool = True
     restarts: int = 0
+    deploying: bool = False  # stopped on purpose: the next start is the rollout, not a crash
     _failures: int = 0
 
     def deploy(self, settings: Settings) -> None:
         """Roll out new settings (code): stop; the supervisor starts it again with them."""
-        self.settings = settings
+        self.settings, self.deploying, self._failures = settings, True, 0
         self.stop(settings)
 
 
 @dataclass
 class Supervisor:
+    """Keeps each supervised process running, one watcher thread per process (a slow start of
+    one never delays the restart of another)."""
+
     monitor: Monitor
     processes: list[Supervised] = field(default_factory=list)
     interval_s: float = 0.5
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _started: bool = False
 
     def add(self, proc: Supervised) -> Supervised:
-        with self._lock:
-            self.processes.append(proc)
+        self.processes.append(proc)
+        if self._started:
+            self._watch(proc)
         return proc
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="drill-supervisor", daemon=True)
-        self._thread.start()
+        self._started = True
+        for proc in self.processes:
+            self._watch(proc)
 
-    def _run(self) -> None:
+    def _watch(self, proc: Supervised) -> None:
+        thread = threading.Thread(target=self._run, args=(proc,), name=f"supervise-{proc.name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _run(self, proc: Supervised) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                procs = list(self.processes)
-            for proc in procs:
-                if proc.wanted and not proc.running(proc.settings) and not self._stop.is_set():
-                    self._restart(proc)
+            if proc.wanted and not proc.running(proc.settings):
+                self._restart(proc)
             self._stop.wait(self.interval_s)
 
     def _restart(self, proc: Supervised) -> None:
-        self.monitor.note(proc.arch, "crash", f"{proc.name} is down; restarting (restart {proc.restarts + 1})")
-        self._stop.wait(BACKOFF_S[min(proc._failures, len(BACKOFF_S) - 1)])
+        if proc.deploying:
+            proc.deploying = False
+        else:
+            self.monitor.note(proc.arch, "crash", f"{proc.name} is down; restarting (restart {proc.restarts + 1})")
+            self._stop.wait(BACKOFF_S[min(proc._failures, len(BACKOFF_S) - 1)])
+            proc.restarts += 1
         if self._stop.is_set() or not proc.wanted:
             return
-        proc.restarts += 1
         try:
             proc.start(proc.settings)
             proc._failures = 0 if proc.running(proc.settings) else proc._failures + 1
@@ -120,8 +132,8 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(120)
+        for thread in self._threads:
+            thread.join(120)
 
 
 class Api:
@@ -158,13 +170,16 @@ class LiveLab:
     shape: StreamShape
     batch_every_s: float | None = None  # None: one build before the live stream only
     poll_s: float = 0.25
+    grace_s: float = 2.0  # a read equal to the oracle at any log position of the last grace_s is correct
+    stale_wall_s: float = 5.0  # a read more than this many wall seconds of the stream behind the log is stale
     workload_overrides: dict = field(default_factory=dict)
     settings: Settings = field(init=False)
     engine: Engine = field(init=False)
     clock: float = field(init=False)
     actions: dict[str, list[Action]] = field(default_factory=lambda: {LAMBDA: [], KAPPA: []})
-    builds: list[tuple[float, bool, str]] = field(default_factory=list)  # (t, promoted, note) per batch run
+    builds: list[tuple[float, float, bool, str]] = field(default_factory=list)  # (began, ended, promoted, note) per batch run
     _stack: ExitStack = field(default_factory=ExitStack)
+    _done: threading.Event = field(default_factory=threading.Event)
 
     # ---- set-up -------------------------------------------------------------------------------
     def __enter__(self) -> LiveLab:
@@ -195,9 +210,12 @@ class LiveLab:
         self.speed = self.supervisor.add(Supervised("speed worker", LAMBDA, speed.start, lambda s: speed.read_pid(s) is not None,
                                                     speed.stop, self.settings))
         self.kappa = self.supervisor.add(self.kappa_job(1, self.settings))
-        for proc in self.supervisor.processes:
-            proc.start(proc.settings)
+        starting = [threading.Thread(target=p.start, args=(p.settings,), daemon=True) for p in self.supervisor.processes]
+        for thread in starting:  # the stream processes start while the first batch build runs
+            thread.start()
         self.batch()
+        for thread in starting:
+            thread.join(180)
         self.wait_kappa_caught_up(1)
         self.publish_kappa(1, "drill: first publication")
         self.api.start()
@@ -226,16 +244,27 @@ class LiveLab:
         self.ctx.say(f"{arch}: {what}")
 
     def batch(self) -> bool:
-        outcome = run_batch(self.settings)
+        began = self.now()
+        try:
+            outcome = run_batch(self.settings)
+        except Exception as exc:  # noqa: BLE001 - recorded in the result, the drill goes on as production would
+            self.builds.append((began, self.now(), False, f"failed: {exc!r}"[:300]))
+            return False
         note = "promoted" if outcome.success else (outcome.message or "did not promote")
-        self.builds.append((self.now(), outcome.success, note))
+        self.builds.append((began, self.now(), outcome.success, note))
         return outcome.success
 
     def _batch_cadence(self) -> None:
-        while self.stream.running:
-            self.stream._stop.wait(self.batch_every_s)
-            if not self.stream._stop.is_set():
-                self.batch()
+        while not self._done.wait(self.batch_every_s):
+            self.batch()
+
+    def wait_batch_after(self, t: float, timeout_s: float = 300.0) -> None:
+        """Until a batch run that began after `t` has finished (the cadence runs it)."""
+        deadline = time.monotonic() + timeout_s
+        while not any(began > t for began, *_ in self.builds):
+            if time.monotonic() > deadline:
+                raise DrillError(f"no batch run finished within {timeout_s:.0f}s after t={t:.0f}s")
+            time.sleep(0.5)
 
     def wait_kappa_caught_up(self, version: int, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -261,10 +290,42 @@ class LiveLab:
         time.sleep(seconds)
 
     def finish(self) -> None:
-        """Stop the readers and the monitor (the raw reads stay)."""
+        """Stop the readers, the monitor and the batch cadence (the raw reads stay)."""
+        self._done.set()
         for reader in self.readers.values():
             reader.stop()
         self.monitor.stop()
+
+    # ---- the result --------------------------------------------------------------------------
+    @property
+    def stale_budget_s(self) -> float:
+        """stale_wall_s in event seconds (the stream runs `speedup` event seconds per second)."""
+        return self.stale_wall_s * self.shape.speedup
+
+    def arch_run(self, arch: str, label: str, fault: Fault, evidence: dict | None = None, **measured: object) -> ArchRun:
+        """One architecture's reads scored against the oracle, its actions, signals and figures."""
+        source = (lambda b: b.get("mode")) if arch == LAMBDA else (lambda b: b.get("version"))
+        reads = score(self.view, self.readers[arch].reads, self.stream.timeline, self.grace_s, source)
+        signals = sorted(self.monitor.signals[arch], key=lambda s: s.t)
+        return ArchRun(arch=arch, label=label, reads=reads, actions=self.actions[arch], signals=signals,
+                       figures=figures(reads, self.actions[arch], signals, fault, self.poll_s, self.stale_budget_s, **measured),
+                       evidence=evidence or {})
+
+    def result(self, drill_name: str, question: str, fault: Fault, runs: list[ArchRun], started: datetime,
+               evidence: dict | None = None, lessons: list[str] | None = None) -> DrillResult:
+        timeline = self.stream.timeline
+        return DrillResult(
+            drill=drill_name, question=question, size=self.ctx.size, seed=self.ctx.seed, started_at=started,
+            wall_s=self.now(), git_sha=git_sha(), versions=versions(), poll_interval_s=self.poll_s, fault=fault, runs=runs,
+            workload={"view": self.view, "events_delivered": len(timeline.events), "injected": len(self.stream.injected),
+                      "backlog_event_minutes": self.shape.backlog_min, "live_event_minutes": self.shape.live_min,
+                      "rides_per_minute": self.shape.rides_per_minute, "speedup": self.shape.speedup,
+                      "late_fraction": self.workload.config.late_fraction, "late_max_s": self.workload.config.late_max_s,
+                      "duplicate_fraction": self.workload.config.duplicate_fraction,
+                      "correction_fraction": self.workload.config.correction_fraction,
+                      "grace_s": self.grace_s, "stale_budget_event_s": self.stale_budget_s,
+                      "batch_builds": [{"began": b, "ended": e, "promoted": ok, "note": note} for b, e, ok, note in self.builds]},
+            evidence=evidence or {}, lessons=lessons or [])
 
     def _stop_processes(self) -> None:
         if hasattr(self, "supervisor"):

@@ -2,10 +2,13 @@
 figures derived from the scored timeline.
 
 A live answer is never at the log's exact end: a correct pipeline answers as of some recent
-position. A read is therefore compared with the oracle at each position the log held during
-the `grace_s` before it (and the one just before that); the closest one is its expected answer.
-An answer equal to one of them is correct; one that equals none is wrong by its distance to the
-closest (the sum of absolute differences, a missing window counting as 0)."""
+position, and per partition (a produced batch lands on every partition, and is consumed part
+by part). So a read is compared with the oracle over everything the log held when it was
+asked, leaving out the windows in flight: those that the events produced during the `grace_s`
+before the read (and the batch being acknowledged as it was made) touch, in their new or
+their superseded version. Every other window must be exact; the error is the sum of absolute
+differences over them (a missing window counting as 0), as the cutover's diff leaves out what
+is in flight between two positions."""
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
@@ -48,6 +51,21 @@ class PrefixOracle:
         self._best: dict[str, Event] = {}
         self._totals: dict[tuple, int] = {}
         self._events_in: dict[tuple, int] = {}  # final events per window: a window whose payments sum to 0 is still a row
+        self._keys_of_id: dict[str, set] = {}
+
+    def touched(self, first: int, last: int) -> set:
+        """The windows events[first:last] touch, with every earlier version of theirs (a correction
+        retracts from the window its superseded version is in)."""
+        keys: set = set()
+        for event in self.events[first:last]:
+            keys |= self.keys_of(event.event_id)
+        return keys
+
+    def keys_of(self, event_id: str) -> set:
+        if not self._keys_of_id:
+            for event in self.events:
+                self._keys_of_id.setdefault(event.event_id, set()).update(oracle.for_view(self.view, [event]).keys())
+        return self._keys_of_id.get(event_id, set())
 
     def at(self, n: int) -> Answer:
         if n not in self._cache:
@@ -69,9 +87,9 @@ class PrefixOracle:
         return {k: v for k, v in self._totals.items() if self._events_in[k] > 0}
 
 
-def distance(actual: Mapping, expected: Mapping) -> tuple[int, int, int]:
-    """(sum of absolute differences, windows that differ, windows in either)."""
-    keys = actual.keys() | expected.keys()
+def distance(actual: Mapping, expected: Mapping, leave_out: set = frozenset()) -> tuple[int, int, int]:
+    """(sum of absolute differences, windows that differ, windows in either), `leave_out` left out."""
+    keys = (actual.keys() | expected.keys()) - leave_out
     total = wrong = 0
     for key in keys:
         a, e = actual.get(key), expected.get(key)
@@ -100,8 +118,10 @@ def score(view: str, raw: list[RawRead], timeline: LogTimeline, grace_s: float, 
         if last < 0:
             continue  # read before the log held anything: nothing to score
         first = max(0, min(last, bisect_left(times, read.t - grace_s) - 1))
+        until = timeline.marks[min(last + 1, len(timeline.marks) - 1)].delivered
+        in_flight = prefix.touched(timeline.marks[first].delivered, until)
         answer = parse_rows(view, read.body.get("rows", []))
-        error, wrong, windows = min(distance(answer, prefix.at(timeline.marks[i].delivered)) for i in range(first, last + 1))
+        error, wrong, windows = distance(answer, prefix.at(timeline.marks[last].delivered), in_flight)
         newest, wm = timeline.marks[last].newest, watermark_of(read.body)
         staleness = None if newest is None or wm is None else max(0.0, (newest - wm).total_seconds())
         scored.append(Read(t=read.t, status=200, stale=bool(read.body.get("stale")), staleness_s=staleness, error=error,

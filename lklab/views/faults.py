@@ -8,10 +8,9 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from lklab.core.config import FAULT_LAYERS
 from lklab.core.events import Event, EventType
 from lklab.views.registry import ViewSpec
-
-LAYERS = ("speed", "kappa")  # the layers that run the shared fold (the batch layer runs Spark's plan)
 
 
 class PoisonEvent(RuntimeError):
@@ -55,20 +54,13 @@ FAULTS: dict[str, FaultSpec] = {f.name: f for f in (
 )}
 
 
-def check_faults(value: dict[str, str]) -> dict[str, str]:
-    """Settings.faults, checked: known layers, known fault names."""
-    for layer, name in value.items():
-        if layer not in LAYERS:
-            raise ValueError(f"faults: {layer!r} is not a layer ({' | '.join(LAYERS)})")
-        if name not in FAULTS:
-            raise ValueError(f"faults: {layer}={name!r} is not a fault ({' | '.join(FAULTS)})")
-    return value
-
-
 def with_fault(spec: ViewSpec, fault: str | None) -> ViewSpec:
-    """The view's logic with the named fault built in (unchanged when fault is None)."""
+    """The view's logic with the named fault built in (unchanged when fault is None); ValueError
+    naming the known faults for an unknown one."""
     if fault is None:
         return spec
+    if fault not in FAULTS:
+        raise ValueError(f"faults: {fault!r} is not a fault ({' | '.join(FAULTS)}); layers: {' | '.join(FAULT_LAYERS)}")
     logic = FAULTS[fault].logic
     return logic(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)})
 
