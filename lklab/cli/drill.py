@@ -9,7 +9,8 @@ from rich.table import Table
 
 import lklab
 from lklab.cli.common import console, drill_app, err, fail
-from lklab.drills.registry import SIZES, DrillError, all_drills, drill
+from lklab.drills.catalog import all_drills, drill
+from lklab.drills.registry import SIZES, DrillError
 
 DRILLS_DIR = Path(lklab.__file__).parents[1] / "drills"  # in the repo: results and REPORT.md are committed
 
@@ -33,7 +34,7 @@ def run(
 ) -> None:
     """Run one drill on its own broker: print its figures and lessons, write NAME.json and NAME.png."""
     try:
-        drill(name)
+        the_drill = drill(name)
     except DrillError as exc:
         raise fail(str(exc)) from None
     if size not in SIZES:
@@ -43,7 +44,7 @@ def run(
     from lklab.log.broker import KafkaRuntimeError
 
     try:  # with --json, stdout carries the JSON alone
-        result, json_path, png_path = run_isolated(name, size=size, seed=seed, console=err if as_json else console,
+        result, json_path, png_path = run_isolated(the_drill, size=size, seed=seed, console=err if as_json else console,
                                                    results_dir=out)
     except (DrillError, KafkaRuntimeError, TimeoutError, LookupError) as exc:
         raise fail(str(exc)) from None

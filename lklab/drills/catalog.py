@@ -1,2 +1,17 @@
-"""Importing this module registers every drill, in the order `lklab drill list` shows them."""
-from lklab.drills import crash_loop  # noqa: F401
+"""Every drill, registered by importing its module, in the order `lklab drill list` shows them;
+and the lookups the CLI and the report use."""
+from __future__ import annotations
+
+from lklab.drills import crash_loop, sink  # noqa: F401 - each module registers its drill
+from lklab.drills.registry import DRILLS, Drill, DrillError
+
+
+def drill(name: str) -> Drill:
+    try:
+        return DRILLS[name]
+    except KeyError:
+        raise DrillError(f"unknown drill {name!r}; one of: {', '.join(DRILLS)}") from None
+
+
+def all_drills() -> list[Drill]:
+    return list(DRILLS.values())

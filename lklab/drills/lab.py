@@ -23,7 +23,7 @@ from lklab.core import processes
 from lklab.core.config import Settings
 from lklab.core.provenance import git_sha
 from lklab.drills.readers import Monitor, Reader, get_json, view_path
-from lklab.drills.registry import DrillContext, DrillError, Size, drill
+from lklab.drills.registry import Drill, DrillContext, DrillError, Size
 from lklab.drills.result import KAPPA, LAMBDA, Action, ArchRun, DrillResult, Fault
 from lklab.drills.scoring import figures, score
 from lklab.drills.stream import LiveStream, StreamShape, workload_for
@@ -316,7 +316,7 @@ class LiveLab:
         timeline = self.stream.timeline
         return DrillResult(
             drill=drill_name, question=question, size=self.ctx.size, seed=self.ctx.seed, started_at=started,
-            wall_s=self.now(), git_sha=git_sha(), versions=versions(), poll_interval_s=self.poll_s, fault=fault, runs=runs,
+            wall_s=self.now(), git_sha=git_sha(), versions=self.ctx.versions(), poll_interval_s=self.poll_s, fault=fault, runs=runs,
             workload={"view": self.view, "events_delivered": len(timeline.events), "injected": len(self.stream.injected),
                       "backlog_event_minutes": self.shape.backlog_min, "live_event_minutes": self.shape.live_min,
                       "rides_per_minute": self.shape.rides_per_minute, "speedup": self.shape.speedup,
@@ -342,28 +342,14 @@ class LiveLab:
         self._stack.close()
 
 
-def versions() -> dict[str, str]:
-    """The versions a result was produced with."""
-    from importlib.metadata import version
-
-    found = {"lklab": git_sha(), "python": sys.version.split()[0]}
-    for package in ("pyspark", "delta-spark", "faust-streaming", "aiokafka", "dagster", "great-expectations"):
-        try:
-            found[package] = version(package)
-        except Exception:  # noqa: BLE001 - a missing package is just not listed
-            pass
-    found["kafka"] = kafka_runtime.KAFKA_VERSION if hasattr(kafka_runtime, "KAFKA_VERSION") else "see lklab/runtime/kafka-pom.xml"
-    return found
-
-
-def run_isolated(name: str, size: Size = "default", seed: int = 7, console: Console | None = None,
+def run_isolated(the_drill: Drill, size: Size = "default", seed: int = 7, console: Console | None = None,
                  results_dir: Path | None = None) -> tuple[DrillResult, Path, Path]:
     """Run one drill on its own broker, lake, serving store and ports (.lklab/drills/NAME), stop
     everything it started, and write its JSON and plot to results_dir (drills/results)."""
     from lklab.drills.plot import timeline
     from lklab.lake.spark import get_spark
 
-    the_drill = drill(name)
+    name = the_drill.name
     console = console or Console()
     home = ROOT / ".lklab" / "drills" / name
     shutil.rmtree(home, ignore_errors=True)

@@ -2,14 +2,18 @@
 its result is plotted. `lklab drill list|run|report` and `make drills` read this registry."""
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rich.console import Console
+from rich.markup import escape
 
 from lklab.core.config import Settings
+from lklab.core.provenance import git_sha
 from lklab.drills.result import DrillResult
 
 if TYPE_CHECKING:
@@ -36,7 +40,21 @@ class DrillContext:
     console: Console = field(default_factory=Console)
 
     def say(self, text: str) -> None:
-        self.console.print(f"[bold cyan]▶[/bold cyan] [{self.name}] {text}", highlight=False)
+        self.console.print(f"[bold cyan]▶[/bold cyan] {escape(f'[{self.name}] {text}')}", highlight=False)
+
+    def versions(self) -> dict[str, str]:
+        """What produced a result: lklab's commit, the broker (the embedded jar's version), Python
+        and the engines' packages."""
+        jars = sorted((self.settings.jars_dir / "kafka").glob("kafka_2.13-*.jar"))
+        kafka = (f"external ({self.settings.bootstrap_servers})" if self.settings.bootstrap_servers
+                 else jars[-1].stem.removeprefix("kafka_2.13-") if jars else "unknown")
+        found = {"lklab": git_sha(), "kafka": kafka, "python": platform.python_version()}
+        for package in ("pyspark", "delta-spark", "faust-streaming", "aiokafka", "dagster", "great-expectations"):
+            try:
+                found[package] = version(package)
+            except PackageNotFoundError:
+                pass
+        return found
 
 
 @dataclass(frozen=True)
@@ -54,18 +72,3 @@ DRILLS: dict[str, Drill] = {}
 def register(drill: Drill) -> Drill:
     DRILLS[drill.name] = drill
     return drill
-
-
-def drill(name: str) -> Drill:
-    from lklab.drills import catalog  # noqa: F401 - registers every drill
-
-    try:
-        return DRILLS[name]
-    except KeyError:
-        raise DrillError(f"unknown drill {name!r}; one of: {', '.join(DRILLS)}") from None
-
-
-def all_drills() -> list[Drill]:
-    from lklab.drills import catalog  # noqa: F401 - registers every drill
-
-    return list(DRILLS.values())

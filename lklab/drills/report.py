@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from lklab.drills.registry import all_drills
+from lklab.drills.catalog import all_drills
 from lklab.drills.result import DrillResult, Fault
 from lklab.drills.table import detection, figure_rows, human, seconds
 

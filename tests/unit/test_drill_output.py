@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from lklab.cli import app
 from lklab.drills.plot import timeline
-from lklab.drills.registry import DRILLS, Drill, all_drills
+from lklab.drills.catalog import all_drills
+from lklab.drills.registry import DRILLS, Drill
 from lklab.drills.report import markdown_table, write_report
 from lklab.drills.result import Action, ArchRun, DrillResult, Fault, Figures, Read
 from lklab.drills.table import NONE, figures_table, print_result
