@@ -1,0 +1,67 @@
+"""Scoring reads against the oracle at the log's position: the incremental prefix oracle equals
+the oracle's own answer on every prefix; a read is exact outside the windows in flight; a read
+that lags behind the grace window is wrong by what it misses; figures add up."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from lklab.core import oracle
+from lklab.drills.readers import RawRead
+from lklab.drills.result import Action, Fault, Read, Signal
+from lklab.drills.scoring import PrefixOracle, figures, score
+from lklab.drills.stream import LogTimeline
+from lklab.log.generator import GeneratorConfig, generate
+
+VIEW = "revenue_per_minute"
+
+
+def workload():
+    return generate(GeneratorConfig(seed=21, duration_s=1800, rides_per_minute=20, correction_fraction=0.3))
+
+
+def test_prefix_oracle_is_the_oracle_on_every_prefix() -> None:
+    events = workload().deliveries
+    for view in ("revenue_per_minute", "driver_earnings_daily", "daily_active_users"):
+        prefix = PrefixOracle(view, events)
+        for n in (0, 1, 37, len(events) // 3, len(events) // 2, len(events)):
+            assert prefix.at(n) == oracle.for_view(view, events[:n]), (view, n)
+
+
+def rows_of(answer: dict) -> list[dict]:
+    return [{"city": city, "window_start": minute.isoformat(), "revenue_cents": cents} for (city, minute), cents in answer.items()]
+
+
+def timeline_of(events, batches: int = 10, every_s: float = 1.0) -> LogTimeline:
+    timeline, size = LogTimeline(), -(-len(events) // batches)
+    for i in range(batches):
+        timeline.add(i * every_s, events[i * size:(i + 1) * size])
+    return timeline
+
+
+def test_a_read_is_exact_outside_the_windows_in_flight_and_wrong_when_it_lags() -> None:
+    events = workload().deliveries
+    timeline = timeline_of(events)
+    prefix = PrefixOracle(VIEW, events)
+    at = lambda i: prefix.at(timeline.marks[i].delivered)  # noqa: E731
+    newest = timeline.marks[6].newest
+    current = RawRead(6.5, 200, {"rows": rows_of(at(6)), "watermark": newest.isoformat()})
+    one_back = RawRead(6.5, 200, {"rows": rows_of(at(5)), "watermark": (newest - timedelta(seconds=30)).isoformat()})
+    far_back = RawRead(6.5, 200, {"rows": rows_of(at(2)), "watermark": None, "stale": True})
+    refused = RawRead(6.6, 503, {"detail": "revenue_per_minute is stale: heartbeat 9s old"})
+    reads = score(VIEW, [current, one_back, far_back, refused], timeline, grace_s=1.2, source=lambda b: None)
+    assert reads[0].correct and reads[0].staleness_s == 0
+    assert reads[1].correct and reads[1].staleness_s == 30  # within the grace window: in flight, not wrong
+    missed = {k: v for k, v in at(6).items() if at(2).get(k) != v}
+    assert reads[2].error > 0 and reads[2].wrong_windows <= len(missed) and reads[2].stale
+    assert not reads[3].answered and reads[3].stale
+
+
+def test_figures_add_up() -> None:
+    reads = [Read(t=t, status=200, error=0 if t < 2 or t >= 6 else 5, staleness_s=0, windows=3, wrong_windows=0 if t < 2 or t >= 6 else 1)
+             for t in range(10)]
+    reads[4] = Read(t=4, status=503, stale=True)
+    fault = Fault(name="x", description="x", start_s=2, end_s=5)
+    found = figures(reads, [Action(t=2, what="deploy"), Action(t=5, what="fix"), Action(t=3, what="restart", by="harness")],
+                    [Signal(t=1, name="lag", detail="before"), Signal(t=3.5, name="crash", detail="down")], fault, 1.0, 60)
+    assert (found.wrong_reader_s, found.failed_reader_s, found.stale_reader_s, found.max_error) == (3.0, 1.0, 1.0, 5)
+    assert (found.detect_s, found.detected_by, found.recovery_s, found.operator_steps) == (1.5, "crash", 1.0, 2)
