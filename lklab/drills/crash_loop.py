@@ -71,7 +71,7 @@ def shadow_guardrail(lab: LiveLab, bad) -> dict:
     the poison event while hydrating and crash-loops; the cutover refuses it; readers are untouched."""
     t0 = lab.now()
     lab.act(KAPPA, f"guardrail: start {output_name(VIEW, 2)} with the new logic as a shadow (own consumer group)")
-    shadow = lab.supervisor.add(lab.kappa_job(2, bad))
+    shadow = lab.supervisor.add(lab.kappa_job(2, bad))  # started by the supervisor: it may crash at once
     time.sleep(max(6.0, lab.shape.live_wall_s * 0.2))
     try:
         co.cutover(lab.settings, lab.engine, VIEW, 2, "drill: promote the shadow", spark=lab.ctx.spark, tolerance_pct=100, run_suite=run_suite)

@@ -173,6 +173,8 @@ class LiveLab:
     grace_s: float = 2.0  # a read equal to the oracle at any log position of the last grace_s is correct
     stale_wall_s: float = 5.0  # a read more than this many wall seconds of the stream behind the log is stale
     workload_overrides: dict = field(default_factory=dict)
+    settings_overrides: dict = field(default_factory=dict)  # e.g. the batch layer's logic version
+    speed_layer: bool = True  # False for a view the speed layer does not maintain (user_sessions)
     settings: Settings = field(init=False)
     engine: Engine = field(init=False)
     clock: float = field(init=False)
@@ -183,7 +185,7 @@ class LiveLab:
 
     # ---- set-up -------------------------------------------------------------------------------
     def __enter__(self) -> LiveLab:
-        self.settings = drill_settings(self.ctx.settings)
+        self.settings = drill_settings(self.ctx.settings, **self.settings_overrides)
         self.clock = time.monotonic()
         self.engine = make_engine(self.settings)
         self._stack.callback(self.engine.dispose)
@@ -204,11 +206,12 @@ class LiveLab:
         self.ctx.say(f"backlog: {self.stream.produce_backlog():,} events; live: {self.shape.live_min} event-minutes "
                      f"in {self.shape.live_wall_s:.0f}s ({self.shape.speedup:g}x)")
         self.api = Api(self.settings)
-        self.monitor = Monitor(self.api.url, self.view, self.now)
+        self.monitor = Monitor(self.api.url, self.view, self.now, speed_layer=self.speed_layer)
         self.supervisor = Supervisor(self.monitor)
         self._stack.callback(self._stop_processes)
-        self.speed = self.supervisor.add(Supervised("speed worker", LAMBDA, speed.start, lambda s: speed.read_pid(s) is not None,
-                                                    speed.stop, self.settings))
+        if self.speed_layer:
+            self.speed = self.supervisor.add(Supervised("speed worker", LAMBDA, speed.start,
+                                                        lambda s: speed.read_pid(s) is not None, speed.stop, self.settings))
         self.kappa = self.supervisor.add(self.kappa_job(1, self.settings))
         starting = [threading.Thread(target=p.start, args=(p.settings,), daemon=True) for p in self.supervisor.processes]
         for thread in starting:  # the stream processes start while the first batch build runs
@@ -234,6 +237,12 @@ class LiveLab:
         return Supervised(output_name(view, version), KAPPA, lambda s: jobs.start(s, view, version),
                           lambda s: running_pid(s, output_name(view, version)) is not None,
                           lambda s: jobs.stop(s, view, version), settings)
+
+    def start_job(self, version: int, settings: Settings) -> Supervised:
+        """Start `<view>__vN`'s live job now (its own consumer group), then keep it supervised."""
+        job = self.kappa_job(version, settings)
+        job.start(settings)
+        return self.supervisor.add(job)
 
     # ---- what the drill does -----------------------------------------------------------------
     def now(self) -> float:
@@ -360,7 +369,10 @@ def run_isolated(the_drill: Drill, size: Size = "default", seed: int = 7, consol
         kafka_runtime.start(settings)
         cleanup.callback(kafka_runtime.stop, settings)
         spark = get_spark(settings)
-        result = the_drill.run(DrillContext(name, settings, size, seed, spark, console))
+        try:
+            result = the_drill.run(DrillContext(name, settings, size, seed, spark, console))
+        except (jobs.JobError, co.CutoverError, speed.SpeedError) as exc:
+            raise DrillError(f"drill {name} stopped: {exc}") from None
     out = results_dir or RESULTS
     json_path = result.write(out / f"{name}.json")
     png_path = (the_drill.plot or timeline)(result, out / f"{name}.png")

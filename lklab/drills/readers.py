@@ -80,6 +80,7 @@ class Monitor:
     view: str
     now: Callable[[], float]
     interval_s: float = 0.5
+    speed_layer: bool = True  # False: the view has no speed layer, its health is no signal for it
     signals: dict[str, list[Signal]] = field(default_factory=lambda: {LAMBDA: [], KAPPA: []})
     _active: set[tuple[str, str]] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -112,7 +113,8 @@ class Monitor:
         if status != 200:
             return
         speed = body.get("speed") or {}
-        self._edge(LAMBDA, "health", not speed.get("healthy", True), speed.get("reason") or "speed layer unhealthy")
+        if self.speed_layer:
+            self._edge(LAMBDA, "health", not speed.get("healthy", True), speed.get("reason") or "speed layer unhealthy")
         blocked = body.get("batch_blocked")
         self._edge(LAMBDA, "gate", blocked is not None, f"batch blocked by {blocked['gate']}: {blocked['reason']}" if blocked else "")
 
