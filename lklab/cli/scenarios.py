@@ -1,4 +1,4 @@
-"""`lklab demo` and `lklab compare`: whole scenarios on their own broker."""
+"""`lklab demo` and `lklab compare` (now the drill sessionization-backfill): whole scenarios on their own broker."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -6,26 +6,20 @@ from typing import Annotated
 import typer
 
 from lklab.cli.common import app, console, fail
+from lklab.cli.drill import DRILLS_DIR
 
 
 @app.command()
 def compare(
     scenario: Annotated[str, typer.Argument(help="sessionization")],
-    days: Annotated[int, typer.Option(min=2, help="days of generated history")] = 30,
     seed: Annotated[int, typer.Option(help="generator seed")] = 7,
 ) -> None:
-    """Play a fix both ways on the same history and print them side by side (own broker, .lklab/compare)."""
-    from lklab.scenarios.compare import run_sessionization
-    from lklab.log.broker import KafkaRuntimeError
-    from lklab.serving.migrations import StoreSchemaError
+    """The sessionization fix both ways: the drill sessionization-backfill at default size (`lklab drill run`)."""
+    from lklab.cli.drill import run as run_drill
 
     if scenario != "sessionization":
         raise fail(f"unknown scenario {scenario!r}; one of: sessionization")
-    try:
-        code = run_sessionization(days=days, seed=seed, console=console)
-    except (KafkaRuntimeError, StoreSchemaError, TimeoutError, LookupError) as exc:
-        raise fail(str(exc)) from None
-    raise typer.Exit(code=code)
+    run_drill("sessionization-backfill", size="default", seed=seed, as_json=False, out=DRILLS_DIR / "results")
 
 
 @app.command()
