@@ -28,7 +28,8 @@ def timeline(result: DrillResult, path: Path) -> Path:
         _note(axes[0], "no runs recorded")
     _legend(figure)
     axes[-1].set_xlabel("seconds since start")
-    axes[-1].set_xlim(0, end)
+    first_read = min((r.t for run in result.runs for r in run.reads), default=0.0)
+    axes[-1].set_xlim(max(0.0, first_read - 5), end)  # from the readers' start: set-up before it is not drawn
     figure.suptitle(textwrap.fill(f"{result.drill}: {result.question}", 110), fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
