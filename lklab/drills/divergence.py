@@ -9,6 +9,7 @@ Lambda needs a batch run past the fault's windows, which the gate keeps blocking
 speed layer still holds its wrong rows, so the operator overrides that gate for one run."""
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -25,8 +26,8 @@ from lklab.kappa.names import output_name
 VIEW = "revenue_per_minute"
 FAULT = "refund_sign"
 DIVERGENCE_GATE = f"divergence_{VIEW}"
-# The stream must outlast the fault by the allowed lateness (300 event seconds, 15 s at 20x)
-# plus two batch runs, so that a batch run can pass T beyond the fault's windows.
+# The fault lasts 35 % of the live stream; what follows it must exceed the allowed lateness
+# (300 event seconds, 15 s at 20x), so that a batch run's T can pass the fault's windows.
 SHAPES = {"small": StreamShape(backlog_min=20, live_min=30, rides_per_minute=20, speedup=20),
           "default": StreamShape(backlog_min=120, live_min=60, rides_per_minute=60, speedup=20)}
 BATCH_EVERY_S = {"small": None, "default": 30.0}
@@ -49,8 +50,13 @@ def run_divergence(ctx: DrillContext) -> DrillResult:
         lab.speed.deploy(bad)
         lab.act(KAPPA, f"deploy the new logic to {output_name(VIEW, 1)} in place (restart)")
         lab.kappa.deploy(bad)
-        # a batch run whose T is past the first wrong windows: the earliest the gate can see them
-        detecting = batch_after(lab, fault.start_s + lab.settings.allowed_lateness_s / shape.speedup + 3)
+        # a batch run whose T is past the first wrong windows (the earliest the gate can see them),
+        # while the fault goes on: the fix lands while the stream runs, whatever a batch run takes
+        detecting: list[bool] = []
+        detector = threading.Thread(target=lambda: detecting.append(batch_after(lab, fault.start_s + lateness_wall_s(lab) + 6)),
+                                    name="drill-detecting-batch", daemon=True)
+        detector.start()
+        time.sleep(max(0.0, fault.start_s + shape.live_wall_s * 0.35 - lab.now()))
         ledger_during = ledger_on_published(lab)
         fault.end_s = lab.now()
         lab.act(LAMBDA, "deploy the fixed speed-layer logic")
@@ -59,6 +65,7 @@ def run_divergence(ctx: DrillContext) -> DrillResult:
         lab.kappa.deploy(lab.settings)
         lab.act(KAPPA, f"replay the fixed logic as {output_name(VIEW, 2)} (new consumer group, from earliest)")
         lab.supervisor.add(lab.kappa_job(2, lab.settings))
+        detector.join()
         after_fix = batch_after(lab, fault.end_s)
         forced = force_batch(lab)
         repair = cut_over_to_fixed(lab)
@@ -66,13 +73,18 @@ def run_divergence(ctx: DrillContext) -> DrillResult:
         lab.settle(3)
         lab.finish()
         runs = [lab.arch_run(LAMBDA, "Lambda (speed layer + batch, divergence gate)", fault,
-                             {"detecting_batch_promoted": detecting, "batch_after_fix_promoted": after_fix,
+                             {"detecting_batch_promoted": detecting[0] if detecting else None, "batch_after_fix_promoted": after_fix,
                               "forced_batch_promoted": forced, **diverged_reads(lab.readers[LAMBDA].reads, fault)}),
                 lab.arch_run(KAPPA, f"Kappa ({output_name(VIEW, 1)} → fixed {output_name(VIEW, 2)})", fault,
                              {"ledger_during_fault": ledger_during, **repair}, events_reprocessed=repair["replayed_events"])]
         evidence = {"refund_fraction": REFUND_FRACTION, "allowed_lateness_s": lab.settings.allowed_lateness_s,
                     "ledger_grace_s": lab.settings.ledger_grace_s, "content_detect_s": content_detection(runs, fault)}
         return lab.result("divergence", QUESTION, fault, runs, started, evidence=evidence, lessons=lessons(runs, fault, evidence))
+
+
+def lateness_wall_s(lab: LiveLab) -> float:
+    """The allowed lateness in wall seconds: how long a wrong window takes to become final."""
+    return lab.settings.allowed_lateness_s / lab.shape.speedup
 
 
 def batch_after(lab: LiveLab, t: float) -> bool:
