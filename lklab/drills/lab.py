@@ -99,7 +99,7 @@ class Supervisor:
     def add(self, proc: Supervised) -> Supervised:
         self.processes.append(proc)
         if self._started:
-            proc.deploying = True  # its first start is a rollout, not a restart after a crash
+            proc.deploying = not proc.running(proc.settings)  # its first start is a rollout, not a crash's restart
             self._watch(proc)
         return proc
 
