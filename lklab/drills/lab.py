@@ -75,9 +75,13 @@ class Supervised:
     _failures: int = 0
 
     def deploy(self, settings: Settings) -> None:
-        """Roll out new settings (code): stop; the supervisor starts it again with them."""
+        """Roll out new settings (code): stop; the supervisor starts it again with them. Not
+        wanted while it stops: a start racing the stop would lose its pid file to the stop's
+        clean-up and leave the old code running, orphaned."""
+        self.wanted = False
+        self.stop(self.settings)
         self.settings, self.deploying, self._failures = settings, True, 0
-        self.stop(settings)
+        self.wanted = True
 
 
 @dataclass
@@ -95,6 +99,7 @@ class Supervisor:
     def add(self, proc: Supervised) -> Supervised:
         self.processes.append(proc)
         if self._started:
+            proc.deploying = not proc.running(proc.settings)  # its first start is a rollout, not a crash's restart
             self._watch(proc)
         return proc
 
@@ -182,6 +187,7 @@ class LiveLab:
     builds: list[tuple[float, float, bool, str]] = field(default_factory=list)  # (began, ended, promoted, note) per batch run
     _stack: ExitStack = field(default_factory=ExitStack)
     _done: threading.Event = field(default_factory=threading.Event)
+    _batch_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---- set-up -------------------------------------------------------------------------------
     def __enter__(self) -> LiveLab:
@@ -252,10 +258,16 @@ class LiveLab:
         self.actions[arch].append(Action(t=self.now(), what=what, by=by))
         self.ctx.say(f"{arch}: {what}")
 
-    def batch(self) -> bool:
+    def batch(self, settings: Settings | None = None) -> bool:
+        """One batch run (with `settings`, e.g. a gate overridden, else the lab's); runs one at a
+        time, as the batch layer allows one run per date."""
+        with self._batch_lock:
+            return self._batch(settings or self.settings)
+
+    def _batch(self, settings: Settings) -> bool:
         began = self.now()
         try:
-            outcome = run_batch(self.settings)
+            outcome = run_batch(settings)
         except Exception as exc:  # noqa: BLE001 - recorded in the result, the drill goes on as production would
             self.builds.append((began, self.now(), False, f"failed: {exc!r}"[:300]))
             return False

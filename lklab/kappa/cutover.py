@@ -71,7 +71,9 @@ def _gx_check(settings: Settings, spark, view: str, rows: list[tuple], run_suite
     return Check("gx", result.passed, f"GX suite {result.summary()}", (*result.failures, *result.warnings), bool(result.warnings))
 
 
-def _ledger_check(settings: Settings, engine: Engine, view: str, at: hydration.Position, rows: list[tuple]) -> Check:
+def ledger_check(settings: Settings, engine: Engine, view: str, at: hydration.Position, rows: list[tuple]) -> Check:
+    """The output's money per day (and per driver-day) at `at` against the payments ledger; a
+    difference blocks only on a closed day (lklab.lake.reconcile.compare_to_ledger)."""
     spec = views.view(view)
     if not spec.measure.carries_money:
         return Check("ledger", True, f"{view} carries no money: nothing to reconcile")
@@ -140,7 +142,7 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
     checks = [
         Check("hydration", True, ready.summary),
         _gx_check(settings, spark, view, new.rows, run_suite),
-        _ledger_check(settings, engine, view, new, new.rows),
+        ledger_check(settings, engine, view, new, new.rows),
         _diff_check(settings, engine, view, old, new, tolerance_pct) if old else Check("diff", True, "nothing published yet"),
     ]
     swapped = all(c.passed for c in checks)
