@@ -112,7 +112,7 @@ def spawn_cli(settings: Settings, args: list[str], log_name: str) -> subprocess.
                                 cwd=settings.home, start_new_session=True)
 
 
-def kill_in_stall(lab: LiveLab, proc: subprocess.Popen, layer: str, log_name: str, timeout_s: float = 300.0) -> dict[str, Any]:
+def kill_in_stall(lab: LiveLab, proc: subprocess.Popen, layer: str, log_name: str, timeout_s: float = 900.0) -> dict[str, Any]:
     """Wait until `proc` hangs inside its publishing transaction (the stall marker names its pid),
     then SIGKILL it there; its process group (Spark's JVM) goes after it."""
     marker, deadline = stall_marker(lab.settings, layer), time.monotonic() + timeout_s
