@@ -13,7 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ReaderPolicy = Literal["serve-stale", "error"]
 SERVE_STALE, ERROR = "serve-stale", "error"
-FAULT_LAYERS = ("speed", "kappa")  # the layers that run the shared fold (the batch layer runs Spark's plan)
+# the layers a named fault (lklab.views.faults) can be switched on in: the two that run the shared
+# fold (speed, kappa: logic faults), and the two publishing transactions (batch: the promotion of
+# a batch build; cutover: the Kappa alias swap) where a stall fault holds the commit open
+FAULT_LAYERS = ("speed", "kappa", "batch", "cutover")
 
 
 class Settings(BaseSettings):
@@ -74,7 +77,7 @@ class Settings(BaseSettings):
     speed_heartbeat_timeout_s: float = Field(10.0, gt=0, description="older heartbeat = speed layer down")
     speed_max_lag: int = Field(50_000, ge=0, description="records behind the log end before serving goes batch-only")
     faults: dict[str, str] = Field(default_factory=dict, description="drills and tests only: a deliberate bug per layer, "
-                                   '{"speed": name, "kappa": name}; names in lklab.views.faults.FAULTS')
+                                   '{"speed"|"kappa"|"batch"|"cutover": name}; names in lklab.views.faults.FAULTS')
 
     # PII
     pii_key: str | None = Field(None, description="Fernet key; None = a 0600 key file under <home>")

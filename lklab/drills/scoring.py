@@ -117,16 +117,36 @@ def score(view: str, raw: list[RawRead], timeline: LogTimeline, grace_s: float, 
         last = bisect_right(times, read.t) - 1
         if last < 0:
             continue  # read before the log held anything: nothing to score
-        first = max(0, min(last, bisect_left(times, read.t - grace_s) - 1))
-        until = timeline.marks[min(last + 1, len(timeline.marks) - 1)].delivered
-        in_flight = prefix.touched(timeline.marks[first].delivered, until)
         answer = parse_rows(view, read.body.get("rows", []))
-        error, wrong, windows = distance(answer, prefix.at(timeline.marks[last].delivered), in_flight)
+        error, wrong, windows = _distance_at(answer, prefix, timeline, times, last, read.t, grace_s)
         newest, wm = timeline.marks[last].newest, watermark_of(read.body)
         staleness = None if newest is None or wm is None else max(0.0, (newest - wm).total_seconds())
         scored.append(Read(t=read.t, status=200, stale=bool(read.body.get("stale")), staleness_s=staleness, error=error,
                            wrong_windows=wrong, windows=windows, source=source(read.body)))
     return scored
+
+
+def _distance_at(answer: Answer, prefix: PrefixOracle, timeline: LogTimeline, times: list[float], last: int, asked: float,
+                 grace_s: float) -> tuple[int, int, int]:
+    """distance() from the oracle over what the log held at mark `last`, the windows in flight
+    around it (events of the `grace_s` before `asked` and of the next batch) left out."""
+    first = max(0, min(last, bisect_left(times, asked - grace_s) - 1))
+    until = timeline.marks[min(last + 1, len(timeline.marks) - 1)].delivered
+    in_flight = prefix.touched(timeline.marks[first].delivered, until)
+    return distance(answer, prefix.at(timeline.marks[last].delivered), in_flight)
+
+
+def matches_some_position(view: str, rows: list[dict[str, Any]], timeline: LogTimeline, since: float, asked: float,
+                          grace_s: float, prefix: PrefixOracle | None = None) -> bool:
+    """Whether an answer equals the oracle over what the log held at some mark between `since`
+    and `asked` (windows in flight at that mark left out, as in score): an answer that is behind
+    but whole. A torn write (part of one commit) or a double-applied one matches no position."""
+    prefix = prefix or PrefixOracle(view, timeline.events)
+    times = [m.t for m in timeline.marks]
+    answer = parse_rows(view, rows)
+    last = bisect_right(times, asked) - 1
+    first = max(0, bisect_left(times, since) - 1)
+    return any(_distance_at(answer, prefix, timeline, times, k, times[k], grace_s)[0] == 0 for k in range(last, first - 1, -1))
 
 
 def reader_seconds(reads: list[Read], picked: Callable[[Read], bool], interval_s: float) -> float:

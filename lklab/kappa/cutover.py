@@ -30,6 +30,7 @@ from lklab.log import kafka_io
 from lklab.log.kafka_io import Offsets
 from lklab.lake.spark import ensure_spark
 from lklab.serving.progress import read_progress
+from lklab.views.faults import stall_in_commit
 
 DEFAULT_TOLERANCE_PCT = 0.5  # the diff gate: total |change| / total |published value|
 
@@ -148,7 +149,7 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
     swapped = all(c.passed for c in checks)
     if swapped:
         snap = publish_snapshot(settings, engine, spark, view, output)
-        _swap(engine, view, current, output, "cutover", who, why, checks, snap)
+        _swap(settings, engine, view, current, output, "cutover", who, why, checks, snap)
     return CutoverResult(view, current, output, swapped, checks)
 
 
@@ -198,19 +199,21 @@ def rollback(settings: Settings, engine: Engine, view: str, why: str, who: str |
         raise CutoverError(f"{view} stays on {current}: {ready.summary}. Its job stops when the rollback window "
                            f"({settings.kappa_rollback_window_s:g}s) ends: `lklab kappa start {view} --version {version}`, "
                            f"then roll back once it is hydrated")
-    publish_id = _swap(engine, view, current, last, "rollback", who, why, [Check("hydration", True, ready.summary)], None)
+    publish_id = _swap(settings, engine, view, current, last, "rollback", who, why, [Check("hydration", True, ready.summary)], None)
     snap = publish_snapshot(settings, engine, spark, view, last)
     with engine.begin() as conn:
         attach_snapshot(conn, publish_id, snap.snapshot_id, {snap.piece_location("output"): snap.delta_versions["output"]})
     return current, last
 
 
-def _swap(engine: Engine, view: str, old: str | None, new: str, action: str, who: str | None, why: str, checks: list[Check],
-          snap: Snapshot | None) -> int:
+def _swap(settings: Settings, engine: Engine, view: str, old: str | None, new: str, action: str, who: str | None, why: str,
+          checks: list[Check], snap: Snapshot | None) -> int:
     now, who = datetime.now(timezone.utc), who or getpass.getuser()
     with engine.begin() as conn:  # alias and its publish record (who, why, checks, build, snapshot): one atomic swap
         upsert(conn, serving_aliases, [{"view": view, "target": new, "updated_at": now}])
-        return record_kappa_publish(conn, engine, now, view, old, new, action, who, why, snap, checks)
+        publish_id = record_kappa_publish(conn, engine, now, view, old, new, action, who, why, snap, checks)
+        stall_in_commit(settings, "cutover")  # drills only: a swap that hangs before its commit
+        return publish_id
 
 
 def record_kappa_publish(conn, engine: Engine, now: datetime, view: str, old: str | None, new: str, action: str, who: str,

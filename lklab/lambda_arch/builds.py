@@ -8,9 +8,11 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, select
 
+from lklab.core.config import Settings
 from lklab.serving.publish import LAMBDA, record_publish
 from lklab.serving.store import batch_builds, serving_aliases, upsert
 from lklab.views import ViewSpec
+from lklab.views.faults import stall_in_commit
 
 BATCH_ALIAS = "lambda@batch"  # the promoted batch build every merged view reads
 
@@ -37,10 +39,12 @@ class BatchBuild(BaseModel):
     delta_versions: dict[str, int]
 
 
-def promote(engine: Engine, build: BatchBuild, outputs: Iterable[tuple[ViewSpec, Iterable[Sequence]]]) -> None:
+def promote(engine: Engine, build: BatchBuild, outputs: Iterable[tuple[ViewSpec, Iterable[Sequence]]],
+            settings: Settings | None = None) -> None:
     """Record the build, load its gold rows ((entity, window_start, *values) per view, stored
     where each view's measure keeps a build's rows) and point the batch alias at it, in one
-    transaction: readers see the previous build or this one, never a mix."""
+    transaction: readers see the previous build or this one, never a mix. `settings` carries
+    the drills' faults (the batch layer's stall_in_commit, lklab.views.faults)."""
     with engine.begin() as conn:
         previous = conn.execute(select(serving_aliases.c.target).where(serving_aliases.c.view == BATCH_ALIAS)).scalar()
         conn.execute(batch_builds.insert(), [build.model_dump(mode="python") | {"offsets": {str(k): v for k, v in build.offsets.items()}}])
@@ -53,6 +57,7 @@ def promote(engine: Engine, build: BatchBuild, outputs: Iterable[tuple[ViewSpec,
             record_publish(conn, at=build.created_at, view=BATCH_ALIAS, arch=LAMBDA, action="promote", target=build.build_id,
                            from_target=previous, why="batch build passed its gates", delta_versions=build.delta_versions,
                            build=build.model_dump(mode="json", exclude={"delta_versions", "build_id", "status"}))
+        stall_in_commit(settings, "batch")
 
 
 def current_build(conn) -> BatchBuild | None:

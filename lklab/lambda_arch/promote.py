@@ -44,5 +44,5 @@ def publish_batch(spark: SparkSession, settings: Settings, engine: Engine, valid
         validation=validation or {"passed": True, "gates": "Dagster blocking asset checks"},
         delta_versions={t: lake.delta_version(spark, lake.path(settings, t)) for t in tables},
     )
-    promote(engine, build, [(views.VIEWS[name], view_rows) for name, view_rows in rows.items()])
+    promote(engine, build, [(views.VIEWS[name], view_rows) for name, view_rows in rows.items()], settings)
     return build
