@@ -2,7 +2,7 @@
 and the lookups the CLI and the report use."""
 from __future__ import annotations
 
-from lklab.drills import crash_loop, sink  # noqa: F401 - each module registers its drill
+from lklab.drills import crash_loop, late_storm, sink  # noqa: F401 - each module registers its drill
 from lklab.drills.registry import DRILLS, Drill, DrillError
 
 
