@@ -10,7 +10,7 @@ demo: setup
 
 test: setup
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q --timeout=900
+	.venv/bin/pytest -q --timeout=900 --durations=25
 
 unit: setup
 	.venv/bin/pytest -q tests/unit

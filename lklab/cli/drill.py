@@ -9,7 +9,6 @@ from rich.table import Table
 
 import lklab
 from lklab.cli.common import console, drill_app, err, fail
-from lklab.drills.catalog import all_drills, drill
 from lklab.drills.registry import SIZES, DrillError
 
 DRILLS_DIR = Path(lklab.__file__).parents[1] / "drills"  # in the repo: results and REPORT.md are committed
@@ -18,6 +17,8 @@ DRILLS_DIR = Path(lklab.__file__).parents[1] / "drills"  # in the repo: results 
 @drill_app.command("list")
 def list_drills() -> None:
     """Every drill: its name, the question it answers and what it does."""
+    from lklab.drills.catalog import all_drills  # the drills import the lab's engines: only when asked for
+
     table = Table("name", "question", "what it does", title="drills")
     for d in all_drills():
         table.add_row(d.name, d.question, d.summary)
@@ -33,6 +34,8 @@ def run(
     out: Annotated[Path, typer.Option(help="where NAME.json and NAME.png go")] = DRILLS_DIR / "results",
 ) -> None:
     """Run one drill on its own broker: print its figures and lessons, write NAME.json and NAME.png."""
+    from lklab.drills.catalog import drill
+
     try:
         the_drill = drill(name)
     except DrillError as exc:

@@ -58,7 +58,7 @@ class FaultSpec:
 
 
 STALL_IN_COMMIT = "stall_in_commit"
-STALL_S = 20.0  # below the serving store's 30 s busy timeout: writers queued behind the held lock do not fail
+STALL_S = 8.0  # long enough to kill the process inside it; below the serving store's 30 s busy timeout
 
 FAULTS: dict[str, FaultSpec] = {f.name: f for f in (
     FaultSpec("refund_sign", "refunds are added instead of subtracted (a logic bug in one code path)", RefundsAddedSpec),
