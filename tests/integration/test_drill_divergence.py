@@ -10,7 +10,7 @@ from lklab.drills import DrillContext
 from lklab.drills.catalog import drill
 from lklab.drills.result import KAPPA, LAMBDA, ArchRun, DrillResult
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)  # a drill of ~4 min idle, ~9 min on a loaded 2-core machine]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]  # a drill of ~4 min idle, ~9 min on a loaded 2-core machine
 
 
 @pytest.fixture
