@@ -37,19 +37,12 @@ def run_crash_loop(ctx: DrillContext) -> DrillResult:
         fault = Fault(name=FAULT, description="new logic that divides by the payment amount, rolled out in place to the "
                                               "speed layer and the published Kappa job; then a zero-amount payment arrives")
         fault.start_s = lab.now()
-        bad = lab.settings.model_copy(update={"faults": {"speed": FAULT, "kappa": FAULT}})
-        lab.act(LAMBDA, "deploy the new speed-layer logic (rolling restart)")
-        lab.speed.deploy(bad)
-        lab.act(KAPPA, f"deploy the new logic to {output_name(VIEW, 1)} in place (restart)")
-        lab.kappa.deploy(bad)
+        bad = lab.deploy_in_place(FAULT)
         poison = poison_payment(lab.workload.deliveries[-1], lab.stream.timeline.marks[-1].newest)
         lab.stream.inject(poison)
         time.sleep(wall * 0.35)  # the crash loop, watched
         fault.end_s = lab.now()
-        lab.act(LAMBDA, "roll back: deploy the fixed speed-layer logic")
-        lab.speed.deploy(lab.settings)
-        lab.act(KAPPA, f"roll back: deploy the fixed logic to {output_name(VIEW, 1)}")
-        lab.kappa.deploy(lab.settings)
+        lab.deploy_in_place(None)
         lab.wait_stream()
         if lab.batch_every_s:
             lab.wait_batch_after(fault.end_s)  # the batch layer passes the windows the speed layer left to it

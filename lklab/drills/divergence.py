@@ -45,11 +45,7 @@ def run_divergence(ctx: DrillContext) -> DrillResult:
         fault = Fault(name=FAULT, description="new stream logic that adds refunds instead of subtracting them, rolled out in "
                                               "place to the speed layer and the published Kappa job (the batch layer is right)")
         fault.start_s = lab.now()
-        bad = lab.settings.model_copy(update={"faults": {"speed": FAULT, "kappa": FAULT}})
-        lab.act(LAMBDA, "deploy the new speed-layer logic (rolling restart)")
-        lab.speed.deploy(bad)
-        lab.act(KAPPA, f"deploy the new logic to {output_name(VIEW, 1)} in place (restart)")
-        lab.kappa.deploy(bad)
+        lab.deploy_in_place(FAULT)
         # a batch run whose T is past the first wrong windows (the earliest the gate can see them),
         # while the fault goes on: the fix lands while the stream runs, whatever a batch run takes
         detecting: list[bool] = []
@@ -59,10 +55,7 @@ def run_divergence(ctx: DrillContext) -> DrillResult:
         time.sleep(max(0.0, fault.start_s + shape.live_wall_s * 0.35 - lab.now()))
         ledger_during = ledger_on_published(lab)
         fault.end_s = lab.now()
-        lab.act(LAMBDA, "deploy the fixed speed-layer logic")
-        lab.speed.deploy(lab.settings)
-        lab.act(KAPPA, f"deploy the fixed logic to {output_name(VIEW, 1)} in place (restart)")
-        lab.kappa.deploy(lab.settings)
+        lab.deploy_in_place(None)
         lab.act(KAPPA, f"replay the fixed logic as {output_name(VIEW, 2)} (new consumer group, from earliest)")
         lab.supervisor.add(lab.kappa_job(2, lab.settings))
         detector.join()

@@ -244,6 +244,17 @@ class LiveLab:
                           lambda s: running_pid(s, output_name(view, version)) is not None,
                           lambda s: jobs.stop(s, view, version), settings)
 
+    def deploy_in_place(self, fault: str | None) -> Settings:
+        """Roll stream logic out in place, as a restart, to the speed layer and the published Kappa
+        job (v1): the named fault's logic, or (None) the fixed logic. Returns the settings deployed."""
+        settings = self.settings.model_copy(update={"faults": {"speed": fault, "kappa": fault}}) if fault else self.settings
+        what = f"the new logic ({fault})" if fault else "the fixed logic"
+        self.act(LAMBDA, f"deploy {what} to the speed layer (rolling restart)")
+        self.speed.deploy(settings)
+        self.act(KAPPA, f"deploy {what} to {output_name(self.view, 1)} in place (restart)")
+        self.kappa.deploy(settings)
+        return settings
+
     def start_job(self, version: int, settings: Settings) -> Supervised:
         """Start `<view>__vN`'s live job now (its own consumer group), then keep it supervised."""
         job = self.kappa_job(version, settings)
