@@ -1,6 +1,7 @@
-"""The seed's sessionization scenario: user_sessions v1 ships the midnight bug, v2 fixes it, and
-the fix is applied both ways (Lambda backfill, Kappa replay + cutover). The oracle is the
-generator's truth sessionized by independent code (lklab.core.oracle.user_sessions)."""
+"""The seed's sessionization scenario: user_sessions v1 ships the midnight bug, v2 fixes it, both
+engines agree on each. The oracle is the generator's truth sessionized by independent code
+(lklab.core.oracle.user_sessions). The fix applied both ways, with readers polling, is the drill
+sessionization-backfill (tests/integration/test_drill_sessionization.py)."""
 from __future__ import annotations
 
 import tempfile
@@ -9,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from expectations.runner import run_suite
-from lklab.kappa import cutover as co
-from lklab.kappa.query import query as kappa_query
 from lklab import kappa
 from lklab.lake import tables as lake
-from lklab.lambda_arch import merge
 from lklab.core import oracle
 from lklab import views
-from orchestration.launch import run_batch
 from lklab.core.config import Settings
 from lklab.log.generator import GeneratorConfig, generate
-from lklab.log.produce import produce_events
 from lklab.serving.store import make_engine
 from lklab.engine.sink import apply_records
 
@@ -53,31 +48,3 @@ def test_both_engines_sessionize_like_the_spec_and_v2_like_the_oracle(spark) -> 
         assert spark_rows == sink_rows == spec.evaluate(workload.deliveries), f"v{version}"
     assert as_map([(u, d, v) for (u, d), v in views.spec_at("user_sessions", 2).evaluate(workload.deliveries).items()]) == truth
     assert views.spec_at("user_sessions", 1).evaluate(workload.deliveries) != truth  # the bug shows across midnight
-
-
-def test_the_fix_applied_both_ways_gives_the_oracles_answer(isolated: Settings, spark) -> None:
-    settings = isolated.model_copy(update={"user_sessions_logic": 1})
-    workload = generate(GeneratorConfig(seed=72, duration_s=3 * 86_400, rides_per_minute=1, users=40,
-                                        start=datetime(2026, 11, 10, tzinfo=timezone.utc)))
-    truth = oracle.user_sessions(workload.truth)
-    engine = make_engine(settings)
-    produce_events(settings, workload.deliveries)
-
-    # Lambda: v1 in production, then deploy v2 and backfill the three daily partitions.
-    assert run_batch(settings).success
-    buggy = [(r.entity, r.window_start, r.value) for r in merge.query(engine, "user_sessions").rows]
-    assert as_map(buggy) != truth
-    fixed = settings.model_copy(update={"user_sessions_logic": 2})
-    outcome = run_batch(fixed, ("2026-11-10", "2026-11-12"))
-    assert outcome.success, outcome.failed_gates
-    lambda_rows = [(r.entity, r.window_start, r.value) for r in merge.query(engine, "user_sessions").rows]
-    assert as_map(lambda_rows) == truth
-
-    # Kappa: v1 published, then replay v2 into a new output and cut over after validation.
-    kappa.replay(settings, engine, "user_sessions", 1)
-    assert co.cutover(settings, engine, "user_sessions", 1, "v1", spark=spark, run_suite=run_suite).swapped
-    assert as_map(kappa_query(engine, "user_sessions").rows) != truth
-    kappa.replay(settings, engine, "user_sessions", 2)
-    result = co.cutover(settings, engine, "user_sessions", 2, "fix the midnight split", tolerance_pct=50.0, spark=spark, run_suite=run_suite)
-    assert result.swapped, [c.summary for c in result.checks]
-    assert as_map(kappa_query(engine, "user_sessions").rows) == truth
