@@ -180,6 +180,7 @@ class LiveLab:
     workload_overrides: dict = field(default_factory=dict)
     settings_overrides: dict = field(default_factory=dict)  # e.g. the batch layer's logic version
     speed_layer: bool = True  # False for a view the speed layer does not maintain (user_sessions)
+    workload_start: datetime = datetime(2026, 11, 30, 22, 0, tzinfo=timezone.utc)  # event time of the backlog's start
     settings: Settings = field(init=False)
     engine: Engine = field(init=False)
     clock: float = field(init=False)
@@ -203,8 +204,7 @@ class LiveLab:
         return self
 
     def _set_up(self) -> None:
-        start = datetime(2026, 11, 30, 22, 0, tzinfo=timezone.utc)
-        self.workload = workload_for(self.shape, self.ctx.seed, start, **self.workload_overrides)
+        self.workload = workload_for(self.shape, self.ctx.seed, self.workload_start, **self.workload_overrides)
         kafka_io.run(kafka_io.ensure_topics(self.settings))
         write_ledger(self.engine, self.workload.truth)
         self.stream = LiveStream(self.settings, self.workload, self.shape, self.clock)

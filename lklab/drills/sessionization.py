@@ -9,7 +9,7 @@ reprocessed, the operator steps, and that no reader saw a mix of the two logics.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from lklab.drills.lab import LiveLab
 from lklab.drills.registry import Drill, DrillContext, register
@@ -23,6 +23,7 @@ VIEW = "user_sessions"
 SHAPES = {"small": StreamShape(backlog_min=24 * 60, live_min=2, rides_per_minute=1, speedup=20),
           "default": StreamShape(backlog_min=30 * 24 * 60, live_min=5, rides_per_minute=1, speedup=20)}
 USERS = {"small": 40, "default": 200}  # few riders: sessions across midnight, where v1 is wrong, are common
+HISTORY_ENDS = datetime(2026, 11, 30, 22, 0, tzinfo=timezone.utc)
 QUESTION = ("You discover a bug in sessionization logic that existed for 30 days: is a Lambda batch backfill or a "
             "Kappa replay riskier, and what does each cost?")
 
@@ -32,8 +33,11 @@ def run_sessionization_backfill(ctx: DrillContext) -> DrillResult:
     started = datetime.now(timezone.utc)
     # a sparse stream (a ride a minute): each partition's watermark moves every few event-minutes, so
     # staleness is judged against 2 event-hours rather than the default 100 event-seconds
+    # the history ends at a fixed past instant: 30 days from a later start would reach past today,
+    # and the batch gates refuse windows from the future
     with LiveLab(ctx, VIEW, shape, speed_layer=False, settings_overrides={"user_sessions_logic": 1},
-                 workload_overrides={"users": USERS[ctx.size]}, stale_wall_s=360) as lab:
+                 workload_overrides={"users": USERS[ctx.size]}, stale_wall_s=360,
+                 workload_start=HISTORY_ENDS - timedelta(minutes=shape.backlog_min + shape.live_min)) as lab:
         lab.wait_stream()
         lab.settle(2)  # readers see the bug served by both
         fault = Fault(name="sessionization v1", start_s=0.0,
