@@ -28,10 +28,11 @@ bench-isolation: setup
 # A drill that fails does not stop the others; the target fails at the end if any did.
 DRILL_NAMES = .venv/bin/python -c 'from lklab.drills.catalog import all_drills; print(" ".join(d.name for d in all_drills()))'
 drills: setup
-	@names=$$($(DRILL_NAMES)) || exit 1; status=0; for name in $$names; do \
+	@names=$$($(DRILL_NAMES)) || exit 1; status=0; began=$$(date +%s); for name in $$names; do \
 		.venv/bin/lklab drill run $$name --size default || status=1; \
 	done; \
 	.venv/bin/lklab drill report; \
+	echo "make drills: $$(( $$(date +%s) - began ))s for every drill and the report"; \
 	exit $$status
 
 dagster-ui: setup

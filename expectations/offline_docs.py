@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 VENDOR_DIR = Path(__file__).resolve().parents[1] / ".lklab" / "web"  # shared by every LKLAB_HOME, like the jars
@@ -96,11 +97,20 @@ def localize(site: Path, source: Path = VENDOR_DIR) -> bool:
         return False
     for package, path in (*ASSETS.values(), *SUPPORT):
         _copy(source / package / path, site / SITE_VENDOR / package / path)
+    # Only pages written since the last pass: a gate updates a page or two, the site grows with
+    # every run, and rewriting all of it made each gate slower than the one before.
+    stamp = site / SITE_VENDOR / ".localized"
+    since = stamp.stat().st_mtime_ns if stamp.exists() else -1
+    began = time.time_ns() - 2_000_000_000  # file times come from a coarse clock: keep a margin
     for page in site.rglob("*.html"):
+        if page.stat().st_mtime_ns < since:
+            continue
         text = page.read_text(encoding="utf-8")
         local = _rewrite(text, Path(os.path.relpath(site, page.parent)).as_posix())
         if local != text:
             page.write_text(local, encoding="utf-8")
+    stamp.touch()
+    os.utime(stamp, ns=(began, began))  # a page written while this pass ran is looked at again next time
     return True
 
 

@@ -1,8 +1,9 @@
 """Jobs and schedules: ingest (bronze), the partitioned Lambda batch (silver → gold → gates → promote)
 and the hybrid daily snapshots."""
-from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
+from dagster import AssetKey, AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
 from lklab.core.config import Settings
+from lklab.lambda_arch.builds import batch_views
 
 LAMBDA_BATCH_TAG = "lklab/lambda_batch"  # the run queue admits one run with this tag at a time
 
@@ -21,6 +22,16 @@ lambda_batch_job = define_asset_job(
     description="silver → gold → quality gates → promoted batch build, for a range of event dates in one run",
     tags={LAMBDA_BATCH_TAG: "1"},  # the run queue's tag concurrency limit: one at a time
 )
+
+
+
+def lambda_batch_selection(settings: Settings) -> list[AssetKey] | None:
+    """The assets of a lambda_batch run for the settings' batch_views (None: the whole job):
+    silver, the gold of each of those views (their checks come with them) and the promotion."""
+    if settings.batch_views is None:
+        return None
+    return [AssetKey("silver_events"), *(AssetKey(f"gold_{name}") for name in batch_views(settings)), AssetKey("lambda_batch_build")]
+
 
 nightly_ingest = ScheduleDefinition(
     name="nightly_ingest", job=ingest_job, default_status=SCHEDULE_STATUS, cron_schedule="0 2 * * *", execution_timezone="UTC",

@@ -152,6 +152,7 @@ def _run_batch(settings: Settings, dates: tuple[str, str] | None, engine: Engine
 
     from orchestration.definitions import make_definitions
     from orchestration.gates import failed_gates, gate_outcomes
+    from orchestration.jobs import lambda_batch_selection
     from orchestration.resources import LabSettings
     from orchestration.partitions import dates_to_partition_keys, range_tags
 
@@ -180,6 +181,7 @@ def _run_batch(settings: Settings, dates: tuple[str, str] | None, engine: Engine
     try:
         batch = definitions.resolve_job_def("lambda_batch").execute_in_process(
             run_config=quiet, instance=instance, raise_on_error=False, tags=range_tags(*keys), run_id=run_id,
+            asset_selection=lambda_batch_selection(settings),
         )
     except BaseException:  # Ctrl-C or a crash: give the dates back now, not after the lease timeout
         runs.finish(engine, run_id, failure="interrupted before it finished")

@@ -25,7 +25,7 @@ from lklab.kappa.query import published
 from lklab.lambda_arch import merge
 from lklab.lambda_arch import runs
 from orchestration.gates import failed_gates
-from orchestration.jobs import lambda_batch_job
+from orchestration.jobs import lambda_batch_job, lambda_batch_selection
 from orchestration.partitions import dates_to_partition_keys, range_tags
 from orchestration.resources import LabSettings, ServingResource
 
@@ -33,13 +33,14 @@ from orchestration.resources import LabSettings, ServingResource
 @asset_sensor(asset_key=AssetKey("bronze_events"), job=lambda_batch_job, default_status=DefaultSensorStatus.RUNNING,
               description="After each ingest, rebuild the event dates it touched plus every date whose last batch run "
                           "did not promote (one run, through the run queue), gates included.")
-def rebuild_touched_dates(context: SensorEvaluationContext, asset_event: EventLogEntry, serving: ServingResource):
+def rebuild_touched_dates(context: SensorEvaluationContext, asset_event: EventLogEntry, lab: LabSettings, serving: ServingResource):
     metadata = asset_event.dagster_event.event_specific_data.materialization.metadata
     touched = [date.fromisoformat(d) for d in (metadata.get("touched_dates").value if "touched_dates" in metadata else [])]
     keys = dates_to_partition_keys(touched + runs.unpromoted_dates(serving.engine()))
     if keys is None:
         return SkipReason("the ingest touched no event dates in the partition set, and no batch run is blocked")
-    return RunRequest(run_key=context.cursor or asset_event.run_id, tags=range_tags(*keys))
+    return RunRequest(run_key=context.cursor or asset_event.run_id, tags=range_tags(*keys),
+                      asset_selection=lambda_batch_selection(lab.settings()))
 
 
 @sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,

@@ -24,6 +24,7 @@ from lklab.kappa import KAPPA_VIEWS
 from lklab.kappa import jobs as kappa_jobs
 from lklab.kappa import query as kappa
 from lklab.lambda_arch import merge
+from lklab.lambda_arch.builds import batch_views
 from lklab import views
 from lklab.core.config import Settings
 from lklab.core.events import parse_time
@@ -123,6 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
         check_reader_policy_views(settings, views.VIEWS)
     except ValueError as exc:
         raise ValueError(f"reader_policy_views: {exc}") from None
+    built = batch_views(settings)  # an unknown name is refused at start, not at the first read
     engine = make_engine(settings)
     app = FastAPIOffline(title="lklab query API", version="1",
                          description="Merged Lambda views, T and freshness; published Kappa views, their freshness and jobs. Read-only.",
@@ -149,6 +151,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/views/{view}", responses=STALE_503)
     def read_view(q: Annotated[RowQuery, Depends(row_query)]) -> dict[str, Any]:
         """The merged view; batch-only and `stale` while the speed layer is unhealthy (503 under policy error)."""
+        if q.view not in built:
+            raise HTTPException(404, f"{q.view} is not built by this lab's batch layer (batch_views: {', '.join(built)})")
         return merge.answer_json(merge.serve(engine, settings, q.view, q.key, q.start, q.end), q.limit)
 
     @app.get("/kappa/views")

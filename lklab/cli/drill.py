@@ -1,6 +1,7 @@
 """`lklab drill list|run|report`: the drills (lklab.drills), their results and drills/REPORT.md."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -46,16 +47,19 @@ def run(
     from lklab.drills.table import print_result
     from lklab.log.broker import KafkaRuntimeError
 
+    began = time.monotonic()
     try:  # with --json, stdout carries the JSON alone
         result, json_path, png_path = run_isolated(the_drill, size=size, seed=seed, console=err if as_json else console,
                                                    results_dir=out)
     except (DrillError, KafkaRuntimeError, TimeoutError, LookupError) as exc:
         raise fail(str(exc)) from None
+    took = f"{name} took {time.monotonic() - began:.0f}s, broker and Spark start included"
     if as_json:
+        err.print(took, highlight=False)
         typer.echo(result.model_dump_json(indent=1))
         return
     print_result(result, console)
-    console.print(f"wrote {json_path} and {png_path}", highlight=False)
+    console.print(f"wrote {json_path} and {png_path}; {took}", highlight=False)
 
 
 @drill_app.command()

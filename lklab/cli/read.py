@@ -26,6 +26,7 @@ def query(
     from lklab.core.staleness import StaleAnswer
     from lklab.kappa import query as kappa
     from lklab.lambda_arch import merge
+    from lklab.lambda_arch.builds import batch_views
 
     if arch not in ("lambda", "kappa"):
         raise fail(f"--arch {arch!r}: one of lambda, kappa")
@@ -35,6 +36,12 @@ def query(
     if start and end and start >= end:
         raise fail(f"--from {from_} is not before --to {to}")
     s = settings()
+    try:
+        built = batch_views(s)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if arch == "lambda" and view not in built:
+        raise fail(f"{view} is not built by this lab's batch layer (LKLAB_BATCH_VIEWS: {', '.join(built)}); try --arch kappa")
     engine = serving_engine(s)
     try:
         answer = (kappa.serve(s, engine, view, key, start, end) if arch == "kappa"

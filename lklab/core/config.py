@@ -57,6 +57,8 @@ class Settings(BaseSettings):
                                           "names and defaults in lklab.core.gates.GATES")
     blocked_windows_policy: Literal["serve-flagged", "refuse"] = Field(
         "serve-flagged", description="while the batch layer is blocked: serve speed rows of diverged windows flagged, or refuse them")
+    batch_views: list[str] | None = Field(None, description="the views the Lambda batch layer builds, gates and promotes; None = every "
+                                          "view. A lab for one view (a drill) builds only it; the others are not served by Lambda")
     batch_wait_s: float = Field(600.0, ge=0, description="`lklab batch` waits this long for a batch run in flight on its dates")
     batch_lease_timeout_s: float = Field(3600.0, gt=0, description="a running batch run's hold on its dates expires after this long")
     schedules_running: bool = Field(False, description="the nightly_ingest and daily_snapshots schedules start switched on")
@@ -148,7 +150,7 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """LKLAB_* variables that rebuild these settings in a child process (workers, Dagster runs)."""
         return {
-            f"LKLAB_{name.upper()}": json.dumps(value) if isinstance(value, dict) else str(value)
+            f"LKLAB_{name.upper()}": json.dumps(value) if isinstance(value, (dict, list)) else str(value)
             for name, value in self.model_dump().items()
             if value is not None
         }

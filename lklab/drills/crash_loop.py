@@ -22,7 +22,7 @@ from lklab.kappa.names import output_name
 VIEW = "revenue_per_minute"
 FAULT = "zero_amount_crash"
 SHAPES = {"small": StreamShape(backlog_min=20, live_min=10, rides_per_minute=20, speedup=20),
-          "default": StreamShape(backlog_min=120, live_min=40, rides_per_minute=60, speedup=20)}
+          "default": StreamShape(backlog_min=120, live_min=30, rides_per_minute=60, speedup=20)}
 BATCH_EVERY_S = {"small": None, "default": 30.0}  # small (tests): one build before the stream, no repair wait
 QUESTION = ("Your stream job repeatedly fails due to a bad deployment: which is more acceptable, temporary stale "
             "dashboards or incorrect dashboards, and what guardrails prevent crash loops (canary, shadow traffic)?")
@@ -81,13 +81,17 @@ def shadow_guardrail(lab: LiveLab, bad) -> dict:
             "published_during_shadow": sorted({r.body.get("version") for r in reads if r.status == 200})}
 
 
+def recovered(seconds: float | None) -> str:
+    return "never fully correct again before the run ended" if seconds is None else f"fully correct again {seconds} s after the fix"
+
+
 def lessons(runs, guard: dict) -> list[str]:
     lam, kap = (r.figures for r in runs)
     return [
         f"Lambda: {lam.stale_reader_s:.1f} reader-seconds flagged stale (batch-only), {lam.wrong_reader_s:.1f} wrong; "
-        f"recovered {lam.recovery_s if lam.recovery_s is not None else 'never'} s after the fix",
+        f"{recovered(lam.recovery_s)}",
         f"Kappa: {kap.stale_reader_s:.1f} reader-seconds stale, {kap.failed_reader_s:.1f} refused, {kap.wrong_reader_s:.1f} wrong; "
-        f"recovered {kap.recovery_s if kap.recovery_s is not None else 'never'} s after the fix",
+        f"{recovered(kap.recovery_s)}",
         f"Kappa's answers flagged themselves stale for {runs[1].evidence['flagged_stale_reader_s']:.1f} of those "
         f"{kap.stale_reader_s:.1f} s: a crash-looping job beats between crashes and its lag stays under kappa_max_lag, "
         "so only its watermark shows it is stuck",

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -192,7 +193,9 @@ class LiveLab:
 
     # ---- set-up -------------------------------------------------------------------------------
     def __enter__(self) -> LiveLab:
-        self.settings = drill_settings(self.ctx.settings, **self.settings_overrides)
+        # the batch layer builds the drill's view only: its runs take a fraction of the time, as
+        # a deployment that serves one view would
+        self.settings = drill_settings(self.ctx.settings, **{"batch_views": [self.view], **self.settings_overrides})
         self.clock = time.monotonic()
         self.engine = make_engine(self.settings)
         self._stack.callback(self.engine.dispose)
@@ -212,25 +215,28 @@ class LiveLab:
         self.ctx.say(f"backlog: {self.stream.produce_backlog():,} events; live: {self.shape.live_min} event-minutes "
                      f"in {self.shape.live_wall_s:.0f}s ({self.shape.speedup:g}x)")
         self.api = Api(self.settings)
-        self.monitor = Monitor(self.api.url, self.view, self.now, speed_layer=self.speed_layer)
+        self.monitor = Monitor(self.view, self.now, speed_layer=self.speed_layer)
         self.supervisor = Supervisor(self.monitor)
         self._stack.callback(self._stop_processes)
         if self.speed_layer:
             self.speed = self.supervisor.add(Supervised("speed worker", LAMBDA, speed.start,
                                                         lambda s: speed.read_pid(s) is not None, speed.stop, self.settings))
         self.kappa = self.supervisor.add(self.kappa_job(1, self.settings))
-        starting = [threading.Thread(target=p.start, args=(p.settings,), daemon=True) for p in self.supervisor.processes]
-        for thread in starting:  # the stream processes start while the first batch build runs
-            thread.start()
+        # the stream processes and the API start while the first batch build runs
+        starting = ThreadPoolExecutor(len(self.supervisor.processes) + 1, thread_name_prefix="drill-start")
+        self._stack.callback(starting.shutdown)
+        started = [starting.submit(p.start, p.settings) for p in self.supervisor.processes] + [starting.submit(self.api.start)]
         self.batch()
-        for thread in starting:
-            thread.join(180)
+        self.ctx.say(f"first batch build: {self.builds[-1][3]} in {self.builds[-1][1] - self.builds[-1][0]:.0f}s")
+        for future in started:
+            future.result(180)  # a process that could not start fails the set-up with its reason
         self.wait_kappa_caught_up(1)
+        self.ctx.say(f"{output_name(self.view, 1)} caught up; publishing it (cutover)")
         self.publish_kappa(1, "drill: first publication")
-        self.api.start()
-        self.readers = {arch: Reader(arch, self.api.url + view_path(arch, self.view), self.poll_s, self.now) for arch in (LAMBDA, KAPPA)}
+        self.ctx.say(f"live: readers on {self.api.url}")
+        self.readers = {arch: Reader(arch, self.api.url + view_path(arch, self.view), self.poll_s, self.now, self.monitor.observe)
+                        for arch in (LAMBDA, KAPPA)}
         self.supervisor.start()
-        self.monitor.start()
         for reader in self.readers.values():
             reader.start()
         self.stream.start()
@@ -326,7 +332,6 @@ class LiveLab:
         self._done.set()
         for reader in self.readers.values():
             reader.stop()
-        self.monitor.stop()
 
     # ---- the result --------------------------------------------------------------------------
     @property

@@ -42,8 +42,7 @@ HOUR = 3600
 LATENESS_S = {"small": (60, 48 * HOUR), "default": (60, 300, HOUR, 48 * HOUR)}
 # A low rate keeps the backlog small while it spans hours of event time: the storm lands hours back.
 SHAPES = {"small": StreamShape(backlog_min=120, live_min=6, rides_per_minute=3, speedup=24),
-          "default": StreamShape(backlog_min=360, live_min=20, rides_per_minute=4, speedup=20)}
-BATCH_EVERY_S = {"small": None, "default": 30.0}  # small (tests): one batch run after the stream
+          "default": StreamShape(backlog_min=360, live_min=15, rides_per_minute=4, speedup=20)}
 PROFILE = {"late_fraction": 0.05, "late_max_s": 48 * HOUR}  # the seed's 48 h tail, 50x as frequent: a storm
 STORM = (0.1, 0.6)  # the storm is delivered between these shares of the live section's wall time
 STORM_BURSTS = 10
@@ -198,7 +197,8 @@ def shifted(run: ArchRun, by: float) -> ArchRun:
 def run_setting(ctx: DrillContext, lateness_s: int) -> SettingRun:
     label, size = lateness_label(lateness_s), ctx.size
     shape = SHAPES[size]
-    with LiveLab(ctx, VIEW, shape, batch_every_s=BATCH_EVERY_S[size], workload_overrides=PROFILE, stale_wall_s=STALE_WALL_S) as lab:
+    # no batch cadence: one batch run right after the stream, when the speed layer left it events
+    with LiveLab(ctx, VIEW, shape, workload_overrides=PROFILE, stale_wall_s=STALE_WALL_S) as lab:
         live_started = lab.now()
         dropped_before = progress.read_counters(lab.engine, lab.settings.speed_group)[progress.LATE_DROPPED]
         storm = storm_events(lab)
@@ -207,9 +207,7 @@ def run_setting(ctx: DrillContext, lateness_s: int) -> SettingRun:
         fault = Fault(name="late_storm", description="", start_s=began, end_s=ended)
         lab.wait_stream()
         left = progress.read_counters(lab.engine, lab.settings.speed_group)[progress.LATE_DROPPED] - dropped_before
-        if lab.batch_every_s:
-            lab.wait_batch_after(ended)
-        elif left:
+        if left:
             lab.act(LAMBDA, f"the batch run after the stream (the speed layer left {left} events to it)", by="harness")
             lab.batch()
         else:

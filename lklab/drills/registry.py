@@ -3,6 +3,7 @@ its result is plotted. `lklab drill list|run|report` and `make drills` read this
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass, field
@@ -38,9 +39,12 @@ class DrillContext:
     seed: int = 7
     spark: SparkSession | None = None
     console: Console = field(default_factory=Console)
+    began: float = field(default_factory=time.monotonic)
 
     def say(self, text: str) -> None:
-        self.console.print(f"[bold cyan]▶[/bold cyan] {escape(f'[{self.name}] {text}')}", highlight=False)
+        """One progress line, with the seconds since the drill began (where a run spends its time)."""
+        elapsed = time.monotonic() - self.began
+        self.console.print(f"[bold cyan]▶[/bold cyan] {escape(f'[{self.name} {elapsed:5.0f}s] {text}')}", highlight=False)
 
     def versions(self) -> dict[str, str]:
         """What produced a result: lklab's commit, the broker (the embedded jar's version), Python

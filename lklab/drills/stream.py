@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from lklab.core.config import Settings
 from lklab.core.events import Event, EventType
 from lklab.log.generator import GeneratorConfig, Workload, generate
-from lklab.log.produce import produce_events
+from lklab.log.produce import ProducerSession, produce_events
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,10 @@ class LiveStream:
             self.injected.append(event)
 
     def _run(self) -> None:
+        with ProducerSession(self.settings) as producer:  # opened once: a tick is one acknowledged batch, nothing more
+            self._pace(producer)
+
+    def _pace(self, producer: ProducerSession) -> None:
         _, live = self.split()
         began, i = self.now(), 0
         while not self._stop.is_set() and (i < len(live) or self._pending):
@@ -130,7 +134,7 @@ class LiveStream:
                 extra, self._pending = self._pending, []
             batch = [e for _, e in live[i:j]] + extra
             if batch:
-                produce_events(self.settings, batch)
+                producer.send(batch)
                 self.timeline.add(self.now(), batch)
             i = j
             self._stop.wait(self.shape.tick_s)

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 from lklab.core.config import Settings
 from lklab.serving.publish import LAMBDA, record_publish
 from lklab.serving.store import batch_builds, serving_aliases, upsert
+from lklab import views
 from lklab.views import ViewSpec
 from lklab.views.faults import stall_in_commit
 
@@ -20,6 +21,18 @@ BATCH_ALIAS = "lambda@batch"  # the promoted batch build every merged view reads
 def new_build_id(now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     return now.strftime("b%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def batch_views(settings: Settings) -> list[str]:
+    """The views this deployment's batch layer builds and promotes (settings.batch_views, else
+    every view), checked: an unknown name is a ValueError naming it."""
+    if settings.batch_views is None:
+        return list(views.VIEWS)
+    unknown = [name for name in settings.batch_views if name not in views.VIEWS]
+    if unknown or not settings.batch_views:
+        raise ValueError(f"batch_views: {unknown[0] + ' is not a view' if unknown else 'empty'}; "
+                         f"give some of {', '.join(views.VIEWS)} (or leave it unset: every view)")
+    return list(settings.batch_views)
 
 
 class BatchBuild(BaseModel):

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from lklab.lake import tables as lake
 from lklab import views
 from lklab.core.provenance import git_sha
-from lklab.lambda_arch.builds import BatchBuild, new_build_id, promote
+from lklab.lambda_arch.builds import BatchBuild, batch_views, new_build_id, promote
 from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION, as_utc
 
@@ -23,12 +23,13 @@ def gold_rows(spark: SparkSession, settings: Settings, spec: views.ViewSpec) -> 
 
 
 def publish_batch(spark: SparkSession, settings: Settings, engine: Engine, validation: dict | None = None) -> BatchBuild:
-    """Record the build (offsets, watermark, T, counts, validation, Delta versions), load every
-    gold view into the serving store and move the batch alias to it, atomically. Dagster runs
-    this only after every blocking quality gate on the gold views has passed."""
+    """Record the build (offsets, watermark, T, counts, validation, Delta versions), load each
+    gold view of `batch_views` into the serving store and move the batch alias to it, atomically.
+    Dagster runs this only after every blocking quality gate on the gold views has passed."""
     wm = lake.silver_watermark(spark, settings)
-    rows = {name: gold_rows(spark, settings, spec) for name, spec in views.VIEWS.items()}
-    tables = [lake.BRONZE, lake.SILVER, *(lake.gold_table(name) for name in views.VIEWS)]
+    built = batch_views(settings)
+    rows = {name: gold_rows(spark, settings, views.VIEWS[name]) for name in built}
+    tables = [lake.BRONZE, lake.SILVER, *(lake.gold_table(name) for name in built)]
     build = BatchBuild(
         build_id=new_build_id(),
         created_at=datetime.now(timezone.utc),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +149,65 @@ def produce_events(settings: Settings, events: Iterable[Event], source: str = "g
     from lklab.log.generator import wire_json
 
     return kafka_io.run(produce_lines(settings, (wire_json(e, local_offsets) for e in events), source))
+
+
+class ProducerSession:
+    """A long-lived import for a paced producer (the drills' live stream): topics checked, record
+    limits read and the idempotent producer opened once, then batch after batch through the same
+    validation path as `produce_events`. Its event loop runs in its own thread, so callers stay
+    synchronous. Use it as a context manager."""
+
+    def __init__(self, settings: Settings, source: str = "generator", local_offsets: bool = True) -> None:
+        self.settings, self.source, self.local_offsets = settings, source, local_offsets
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="lklab-producer", daemon=True)
+        self._exit = AsyncExitStack()
+        self._run: _Import | None = None
+        self._sent = 0
+
+    def __enter__(self) -> ProducerSession:
+        self._thread.start()
+        try:
+            self._call(self._open())
+        except BaseException:
+            self._halt()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._call(self._exit.aclose())
+        finally:
+            self._halt()
+
+    def send(self, events: Iterable[Event]) -> ProduceReport:
+        """Send `events` and wait until Kafka acknowledged each; the report counts this batch only."""
+        from lklab.log.generator import wire_json
+
+        return self._call(self._send([wire_json(e, self.local_offsets) for e in events]))
+
+    async def _open(self) -> None:
+        await kafka_io.ensure_topics(self.settings)
+        limits = await kafka_io.record_limits(self.settings, (self.settings.topic, self.settings.dlq_topic))
+        producer = await self._exit.enter_async_context(kafka_io.producer(self.settings, max_batch_bytes=min(limits.values())))
+        self._run = _Import(self.settings, producer, limits, self.source)
+
+    async def _send(self, lines: list[str]) -> ProduceReport:
+        run = self._run
+        run.report = ProduceReport()
+        for line in lines:
+            self._sent += 1
+            await run.send(f"{self.source}:{self._sent}", line)
+        await run.confirm()
+        return run.report
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _halt(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
 
 
 def read_dead_letters(settings: Settings) -> list[dict]:

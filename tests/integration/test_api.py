@@ -100,3 +100,17 @@ def test_the_kappa_routes_take_the_same_parameters_and_refuse_in_one_line(isolat
     for path in ("/views/{view}", "/kappa/views/{view}"):
         assert "503" in documented[path]["get"]["responses"], path
         assert {p["name"] for p in documented[path]["get"]["parameters"]} == {"view", "key", "city", "driver", "from", "to", "limit"}
+
+
+def test_a_lab_whose_batch_layer_builds_one_view_refuses_the_others_by_name(isolated: Settings) -> None:
+    one = isolated.model_copy(update={"batch_views": ["revenue_per_minute"]})
+    records = [(0, 0, payment("r1", "Zürich", "d1", 700))]
+    apply_records(make_engine(one), one, one.topic, records)
+    beat(make_engine(one), one.speed_group)
+    client = TestClient(create_app(one))
+    assert rows(client.get("/views/revenue_per_minute")) == [("Zürich", 700)]
+    response = client.get("/views/driver_earnings_daily")
+    assert (response.status_code, response.json()) == (
+        404, {"detail": "driver_earnings_daily is not built by this lab's batch layer (batch_views: revenue_per_minute)"})
+    with pytest.raises(ValueError, match="batch_views: revenue_per_hour is not a view"):
+        create_app(isolated.model_copy(update={"batch_views": ["revenue_per_hour"]}))

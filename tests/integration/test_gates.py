@@ -28,7 +28,7 @@ from lklab.log.generator import GeneratorConfig, generate, write_ledger
 from lklab.log.produce import produce_events
 from lklab.serving.store import batch_runs, make_engine, payments_ledger, speed_late_windows
 from lklab.lake.spark import get_spark
-from tests.integration.test_lambda import CAP, START, batch_ok, event, lab, merged, produce, promoted_build_id  # noqa: F401
+from tests.integration.test_lambda import CAP, START, batch_ok, event, lab, merged, produce, promoted_build_id, revenue_lab  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -61,7 +61,8 @@ def assert_one_line_per_gate(output: str) -> None:
     assert not re.search(r"\bWARN\b", output), output  # no Spark/log4j WARN lines
 
 
-def test_a_sparse_city_warns_and_a_divergence_block_is_signalled_to_readers(lab: Settings) -> None:
+def test_a_sparse_city_warns_and_a_divergence_block_is_signalled_to_readers(revenue_lab: Settings) -> None:
+    lab = revenue_lab
     workload = generate(GeneratorConfig(seed=51, duration_s=300, rides_per_minute=60, cities=TWO_CITIES))
     lisbon = [event(f"lis-{m}", CAP, START + timedelta(minutes=m, seconds=10), "lisbon", 500 + m, user=f"u-l{m}") for m in (0, 3)]
     produce(lab, [*workload.deliveries, *lisbon])

@@ -9,7 +9,7 @@ from lklab.log import broker as kafka_runtime
 from lklab.core.config import Settings
 from lklab.core.events import parse_event
 from lklab.log.generator import GeneratorConfig, bad_lines, generate, wire_json
-from lklab.log.produce import produce_events, produce_file, read_dead_letters
+from lklab.log.produce import ProducerSession, produce_events, produce_file, read_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,26 @@ def test_round_trip_keeps_every_event_keyed_by_ride(isolated: Settings) -> None:
     for r in records:
         by_ride.setdefault(r.key, set()).add(r.partition)
     assert all(len(parts) == 1 for parts in by_ride.values())
+
+
+def test_a_producer_session_sends_batch_after_batch_through_one_producer(isolated: Settings) -> None:
+    """The drills' paced stream: one session, many acknowledged batches, each report its own,
+    the log holding exactly what was sent, in order per ride."""
+    workload = generate(GeneratorConfig(seed=12, duration_s=60, rides_per_minute=30))
+    batches = [workload.deliveries[i:i + 37] for i in range(0, len(workload.deliveries), 37)]
+    with ProducerSession(isolated) as session:
+        reports = [session.send(batch) for batch in batches]
+    assert [(r.accepted, r.dead_lettered) for r in reports] == [(len(b), 0) for b in batches]
+    end = kafka_io.run(kafka_io.end_offsets(isolated))
+    records = kafka_io.run(kafka_io.read_range(isolated, {}, end))
+    assert sorted(parse_event(r.value).to_json() for r in records) == sorted(e.to_json() for e in workload.deliveries)
+    sent: dict[str, list[str]] = {}
+    for event in workload.deliveries:
+        sent.setdefault(event.ride_id, []).append(event.to_json())
+    logged: dict[str, list[str]] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        logged.setdefault(r.key.decode(), []).append(parse_event(r.value).to_json())
+    assert logged == sent  # each ride's events in the order they were sent
 
 
 def test_bad_lines_go_to_the_dead_letter_topic_and_good_lines_around_them_land(isolated: Settings, tmp_path) -> None:
