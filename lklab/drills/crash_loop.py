@@ -22,7 +22,7 @@ from lklab.kappa.names import output_name
 VIEW = "revenue_per_minute"
 FAULT = "zero_amount_crash"
 SHAPES = {"small": StreamShape(backlog_min=20, live_min=10, rides_per_minute=20, speedup=20),
-          "default": StreamShape(backlog_min=120, live_min=30, rides_per_minute=60, speedup=20)}
+          "default": StreamShape(backlog_min=120, live_min=24, rides_per_minute=60, speedup=20)}
 BATCH_EVERY_S = {"small": None, "default": 30.0}  # small (tests): one build before the stream, no repair wait
 QUESTION = ("Your stream job repeatedly fails due to a bad deployment: which is more acceptable, temporary stale "
             "dashboards or incorrect dashboards, and what guardrails prevent crash loops (canary, shadow traffic)?")

@@ -29,7 +29,7 @@ DIVERGENCE_GATE = f"divergence_{VIEW}"
 # The fault lasts 35 % of the live stream; what follows it must exceed the allowed lateness
 # (300 event seconds, 15 s at 20x), so that a batch run's T can pass the fault's windows.
 SHAPES = {"small": StreamShape(backlog_min=20, live_min=20, rides_per_minute=20, speedup=20),
-          "default": StreamShape(backlog_min=120, live_min=45, rides_per_minute=60, speedup=20)}
+          "default": StreamShape(backlog_min=120, live_min=36, rides_per_minute=60, speedup=20)}
 BATCH_EVERY_S = {"small": None, "default": 30.0}
 # whether a batch run after the fix shows the gate still blocking (the speed rows stay wrong);
 # small (tests) goes straight to the operator's override: one batch run less

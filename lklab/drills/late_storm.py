@@ -42,7 +42,7 @@ HOUR = 3600
 LATENESS_S = {"small": (60, 48 * HOUR), "default": (60, 300, HOUR, 48 * HOUR)}
 # A low rate keeps the backlog small while it spans hours of event time: the storm lands hours back.
 SHAPES = {"small": StreamShape(backlog_min=120, live_min=6, rides_per_minute=3, speedup=24),
-          "default": StreamShape(backlog_min=360, live_min=15, rides_per_minute=4, speedup=20)}
+          "default": StreamShape(backlog_min=300, live_min=12, rides_per_minute=4, speedup=20)}
 PROFILE = {"late_fraction": 0.05, "late_max_s": 48 * HOUR}  # the seed's 48 h tail, 50x as frequent: a storm
 STORM = (0.1, 0.6)  # the storm is delivered between these shares of the live section's wall time
 STORM_BURSTS = 10
