@@ -103,8 +103,9 @@ class Monitor:
             if self.speed_layer:
                 self._edge(LAMBDA, "health", bool(body.get("stale")) or read.status == 503,
                            body.get("stale_reason") or body.get("detail") or "speed layer unhealthy")
-            blocked = body.get("batch_blocked") if read.status == 200 else None
-            self._edge(LAMBDA, "gate", blocked is not None, f"batch blocked by {blocked['gate']}: {blocked['reason']}" if blocked else "")
+            if read.status == 200:  # a refused answer says nothing about the batch layer
+                blocked = body.get("batch_blocked")
+                self._edge(LAMBDA, "gate", blocked is not None, f"batch blocked by {blocked['gate']}: {blocked['reason']}" if blocked else "")
         elif arch == KAPPA and read.status in (200, 503):
             self._edge(KAPPA, "lag", bool(body.get("stale")) or read.status == 503,
                        f"{body.get('version') or self.view}: {body.get('stale_reason') or body.get('detail')}")

@@ -65,3 +65,28 @@ def test_figures_add_up() -> None:
                     [Signal(t=1, name="lag", detail="before"), Signal(t=3.5, name="crash", detail="down")], fault, 1.0, 60)
     assert (found.wrong_reader_s, found.failed_reader_s, found.stale_reader_s, found.max_error) == (3.0, 1.0, 1.0, 5)
     assert (found.detect_s, found.detected_by, found.recovery_s, found.operator_steps) == (1.5, "crash", 1.0, 2)
+
+
+def test_the_monitor_reads_each_signal_off_the_answers_once_per_episode() -> None:
+    from lklab.drills.readers import Monitor
+    from lklab.drills.result import KAPPA, LAMBDA
+
+    clock = iter(range(100))
+    monitor = Monitor(VIEW, lambda: float(next(clock)))
+    blocked = {"gate": "gold_revenue_per_minute.divergence_revenue_per_minute", "reason": "batch and speed differ"}
+    lambda_answers = [(200, {"stale": False}), (200, {"stale": True, "stale_reason": "speed heartbeat 6 s old"}),
+                      (200, {"stale": True, "stale_reason": "speed heartbeat 7 s old", "batch_blocked": blocked}),
+                      (503, {"detail": "revenue_per_minute is stale"}), (200, {"stale": False, "batch_blocked": blocked}),
+                      (0, {}), (200, {"stale": True, "stale_reason": "speed lag 60000"})]
+    for status, body in lambda_answers:
+        monitor.observe(LAMBDA, RawRead(0.0, status, body))
+    for status, body in [(200, {"stale": False, "version": "v1"}), (503, {"detail": "stale"}), (503, {"detail": "stale"}),
+                         (200, {"stale": False, "version": "v1"})]:
+        monitor.observe(KAPPA, RawRead(0.0, status, body))
+    # health fires on the first stale answer, stays active through the 503, clears, fires again;
+    # the gate fires once: a refused answer and an unanswered read say nothing about it
+    assert [(s.name, s.detail) for s in monitor.signals[LAMBDA]] == [
+        ("health", "speed heartbeat 6 s old"), ("gate", f"batch blocked by {blocked['gate']}: batch and speed differ"),
+        ("health", "speed lag 60000")]
+    assert [s.name for s in monitor.signals[KAPPA]] == ["lag"]
+    assert [s.t for s in monitor.signals[LAMBDA]] == sorted(s.t for s in monitor.signals[LAMBDA])
