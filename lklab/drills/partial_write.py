@@ -78,14 +78,16 @@ def run_partial_write(ctx: DrillContext) -> DrillResult:
                                                         "third of each served output's rows deleted and rebuilt")
         time.sleep(shape.live_wall_s * 0.15)
         fault.start_s = lab.now()
+        checkpoint = kill_checkpoints(lab, KAPPA_KILLS[ctx.size], (v1,))
+        lab.wait_kappa_caught_up(1)
+        lab.act(KAPPA, "hybrid: daily snapshot of the published version (before the failure)", by="harness")
+        snap = refresh(lab.settings, lab.engine, VIEW, spark=ctx.spark).snapshot
+        lab.wait_stream()
+        # after the stream: the killed run's gold must hold the whole log, or re-promoting gold
+        # (the Lambda rebuild below) could not equal the oracle. A fresh `lklab batch` takes a
+        # minute to reach its commit: the cutover's kill goes on meanwhile.
         with ThreadPoolExecutor(1, thread_name_prefix="drill-promotion") as background:
-            # a fresh `lklab batch` takes a minute to reach its commit: the other kills go on meanwhile
             promoting = background.submit(kill_promotion, lab)
-            checkpoint = kill_checkpoints(lab, KAPPA_KILLS[ctx.size], (v1,))
-            lab.wait_kappa_caught_up(1)
-            lab.act(KAPPA, "hybrid: daily snapshot of the published version (before the failure)", by="harness")
-            snap = refresh(lab.settings, lab.engine, VIEW, spark=ctx.spark).snapshot
-            lab.wait_stream()
             swap = kill_cutover(lab, (v1, v2))
             promotion = promoting.result()
         windows = [checkpoint, promotion, swap]
