@@ -45,7 +45,7 @@ from lklab.views.faults import STALL_IN_COMMIT, STALL_S, stall_marker
 
 VIEW = "revenue_per_minute"
 SHAPES = {"small": StreamShape(backlog_min=20, live_min=12, rides_per_minute=20, speedup=20),
-          "default": StreamShape(backlog_min=120, live_min=16, rides_per_minute=60, speedup=20)}
+          "default": StreamShape(backlog_min=120, live_min=24, rides_per_minute=60, speedup=20)}
 KAPPA_KILLS = {"small": 4, "default": 6}
 SETTLE_S = 3.0  # a kill window ends this long after the kill (or the restart it caused)
 LAG_ALLOWANCE_S = 20.0  # a Kappa answer may be this far behind the kill window's start and still be whole
