@@ -77,6 +77,12 @@ def batch(
             raise fail(f"--from-day {from_day} is after --to-day {to_day}")
         dates = (first.isoformat(), last.isoformat())
     s = settings()  # a bad LKLAB_* setting is one line here, before Dagster's modules read Settings at import
+    from lklab.lambda_arch.builds import batch_views
+
+    try:
+        batch_views(s)  # an unknown view name is one line here, not after the ingest ran
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     serving_engine(s).dispose()  # a store this code cannot serve is refused here, before Dagster starts
     from expectations.runner import data_docs_index
     from orchestration.launch import run_batch

@@ -105,3 +105,11 @@ def test_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
         result = lklab(nowhere, *args)
         assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
         assert result.stderr.startswith(f"error: Kafka at {nowhere.bootstrap} failed: KafkaConnectionError"), result.stderr
+
+
+def test_an_unknown_batch_view_is_one_line_before_the_batch_runs(tmp_path: Path) -> None:
+    bad = Settings(home=tmp_path / "home", batch_views=["revenue_per_hour"])
+    for args in (("batch",), ("query", "revenue_per_minute")):
+        result = lklab(bad, *args)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("error: batch_views: revenue_per_hour is not a view"), result.stderr
