@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from expectations.runner import run_suite
@@ -61,10 +62,13 @@ def run_divergence(ctx: DrillContext) -> DrillResult:
         lab.deploy_in_place(None)
         lab.act(KAPPA, f"replay the fixed logic as {output_name(VIEW, 2)} (new consumer group, from earliest)")
         lab.supervisor.add(lab.kappa_job(2, lab.settings))
-        detector.join()
-        after_fix = batch_after(lab, fault.end_s) if AFTER_FIX_BATCH[ctx.size] else None
-        forced = force_batch(lab)
-        repair = cut_over_to_fixed(lab)
+        # each architecture's operator repairs it at once, neither waiting for the other
+        with ThreadPoolExecutor(1, thread_name_prefix="drill-kappa-repair") as kappa_operator:
+            repairing = kappa_operator.submit(cut_over_to_fixed, lab)
+            detector.join()
+            after_fix = batch_after(lab, fault.end_s) if AFTER_FIX_BATCH[ctx.size] else None
+            forced = force_batch(lab)
+            repair = repairing.result()
         lab.wait_stream()
         lab.settle(3)
         lab.finish()

@@ -222,17 +222,21 @@ class LiveLab:
             self.speed = self.supervisor.add(Supervised("speed worker", LAMBDA, speed.start,
                                                         lambda s: speed.read_pid(s) is not None, speed.stop, self.settings))
         self.kappa = self.supervisor.add(self.kappa_job(1, self.settings))
-        # the stream processes and the API start while the first batch build runs
-        starting = ThreadPoolExecutor(len(self.supervisor.processes) + 1, thread_name_prefix="drill-start")
+        # the first batch build, the stream processes and the API start together; Kappa's first
+        # publication (its own Spark jobs and GX check) runs beside the batch build, as the two
+        # architectures would in production
+        starting = ThreadPoolExecutor(len(self.supervisor.processes) + 2, thread_name_prefix="drill-start")
         self._stack.callback(starting.shutdown)
+        first_build = starting.submit(self.batch)
         started = [starting.submit(p.start, p.settings) for p in self.supervisor.processes] + [starting.submit(self.api.start)]
-        self.batch()
-        self.ctx.say(f"first batch build: {self.builds[-1][3]} in {self.builds[-1][1] - self.builds[-1][0]:.0f}s")
         for future in started:
             future.result(180)  # a process that could not start fails the set-up with its reason
         self.wait_kappa_caught_up(1)
         self.ctx.say(f"{output_name(self.view, 1)} caught up; publishing it (cutover)")
         self.publish_kappa(1, "drill: first publication")
+        first_build.result(600)
+        began, ended, _, note = self.builds[-1]
+        self.ctx.say(f"first batch build: {note} in {ended - began:.0f}s")
         self.ctx.say(f"live: readers on {self.api.url}")
         self.readers = {arch: Reader(arch, self.api.url + view_path(arch, self.view), self.poll_s, self.now, self.monitor.observe)
                         for arch in (LAMBDA, KAPPA)}
@@ -365,13 +369,20 @@ class LiveLab:
             evidence=evidence or {}, lessons=lessons or [])
 
     def _stop_processes(self) -> None:
+        """Stop every process the lab started, all at once (each waits out its own graceful stop)."""
+        began = time.monotonic()
+        stops: list[Callable[[], object]] = []
         if hasattr(self, "supervisor"):
             self.supervisor.stop()
             for proc in self.supervisor.processes:
                 proc.wanted = False
-                proc.stop(proc.settings)
+                stops.append(lambda proc=proc: proc.stop(proc.settings))
         if hasattr(self, "api"):
-            self.api.stop()
+            stops.append(self.api.stop)
+        with ThreadPoolExecutor(max(1, len(stops)), thread_name_prefix="drill-stop") as stopping:
+            for future in [stopping.submit(stop) for stop in stops]:
+                future.result()
+        self.ctx.say(f"stopped {len(stops)} processes in {time.monotonic() - began:.1f}s")
 
     def __exit__(self, *exc: object) -> None:
         if hasattr(self, "readers"):
@@ -382,7 +393,8 @@ class LiveLab:
 def run_isolated(the_drill: Drill, size: Size = "default", seed: int = 7, console: Console | None = None,
                  results_dir: Path | None = None) -> tuple[DrillResult, Path, Path]:
     """Run one drill on its own broker, lake, serving store and ports (.lklab/drills/NAME), stop
-    everything it started, and write its JSON and plot to results_dir (drills/results)."""
+    everything it started, and write its JSON and plot to results_dir (drills/results). The Spark
+    session is the process's (its scratch under .lklab/drills/spark): later drills find it warm."""
     from lklab.drills.plot import timeline
     from lklab.lake.spark import get_spark
 
@@ -396,7 +408,7 @@ def run_isolated(the_drill: Drill, size: Size = "default", seed: int = 7, consol
     with ExitStack() as cleanup:
         kafka_runtime.start(settings)
         cleanup.callback(kafka_runtime.stop, settings)
-        spark = get_spark(settings)
+        spark = get_spark(settings.model_copy(update={"home": home.parent}))  # one JVM for every drill this process runs
         try:
             result = the_drill.run(DrillContext(name, settings, size, seed, spark, console))
         except (jobs.JobError, co.CutoverError, speed.SpeedError) as exc:

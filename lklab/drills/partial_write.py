@@ -77,19 +77,21 @@ def run_partial_write(ctx: DrillContext) -> DrillResult:
         fault = Fault(name="partial-write", description="kill -9 mid-promotion, mid-checkpoint and mid-cutover; then a "
                                                         "third of each served output's rows deleted and rebuilt")
         time.sleep(shape.live_wall_s * 0.15)
-        fault.start_s = lab.now()
-        checkpoint = kill_checkpoints(lab, KAPPA_KILLS[ctx.size], (v1,))
-        lab.wait_kappa_caught_up(1)
+        # early in the live section, so that a snapshot + replay has a tail of the stream to replay
         lab.act(KAPPA, "hybrid: daily snapshot of the published version (before the failure)", by="harness")
         snap = refresh(lab.settings, lab.engine, VIEW, spark=ctx.spark).snapshot
+        fault.start_s = lab.now()
+        # under the live stream: v2 replays and the killed cutover runs while v1's job is killed
+        # again and again (a fresh `lklab cutover` takes half a minute to reach its swap)
+        with ThreadPoolExecutor(1, thread_name_prefix="drill-cutover") as background:
+            swapping = background.submit(kill_cutover, lab, (v1, v2))
+            checkpoint = kill_checkpoints(lab, KAPPA_KILLS[ctx.size], (v1,))
+            swap = swapping.result()
+        lab.wait_kappa_caught_up(1)
         lab.wait_stream()
         # after the stream: the killed run's gold must hold the whole log, or re-promoting gold
-        # (the Lambda rebuild below) could not equal the oracle. A fresh `lklab batch` takes a
-        # minute to reach its commit: the cutover's kill goes on meanwhile.
-        with ThreadPoolExecutor(1, thread_name_prefix="drill-promotion") as background:
-            promoting = background.submit(kill_promotion, lab)
-            swap = kill_cutover(lab, (v1, v2))
-            promotion = promoting.result()
+        # (the Lambda rebuild below) could not equal the oracle
+        promotion = kill_promotion(lab)
         windows = [checkpoint, promotion, swap]
         builds = served_builds(lab)
         count_reads(lab, windows, builds)

@@ -125,7 +125,10 @@ def test_drill_list_shows_registered_drills(throwaway_drill: Drill) -> None:
 
 
 @pytest.mark.parametrize("args, message", [(["nosuch"], "unknown drill 'nosuch'"),
-                                           (["zz-throwaway", "--size", "huge"], "unknown size 'huge'")])
+                                           (["zz-throwaway", "nosuch"], "unknown drill 'nosuch'"),
+                                           (["zz-throwaway", "--size", "huge"], "unknown size 'huge'"),
+                                           ([], "name the drills to run, or pass --all"),
+                                           (["zz-throwaway", "--all"], "name the drills to run, or pass --all")])
 def test_drill_run_refuses_in_one_line(throwaway_drill: Drill, args: list[str], message: str) -> None:
     refused = CliRunner().invoke(app, ["drill", "run", *args])
     assert refused.exit_code == 2
