@@ -49,10 +49,15 @@ def run(
         chosen = all_drills() if every else [drill(name) for name in names or []]
     except DrillError as exc:
         raise fail(str(exc)) from None
-    results, failed, began = [], [], time.monotonic()
+    results: list[DrillResult] = []
+    failed: list[str] = []
+    began = time.monotonic()
     for the_drill in chosen:
         result = _run_one(the_drill, size, seed, as_json, out)
-        (results if result is not None else failed).append(result or the_drill.name)
+        if result is None:
+            failed.append(the_drill.name)
+        else:
+            results.append(result)
     if len(chosen) > 1:
         err.print(f"{len(chosen)} drills took {time.monotonic() - began:.0f}s"
                   + (f"; failed: {', '.join(failed)}" if failed else ""), highlight=False)
@@ -74,7 +79,7 @@ def _run_one(the_drill: Drill, size: Size, seed: int, as_json: bool, out: Path) 
         result, json_path, png_path = run_isolated(the_drill, size=size, seed=seed, console=err if as_json else console,
                                                    results_dir=out)
     except (DrillError, KafkaRuntimeError, TimeoutError, LookupError) as exc:
-        fail(f"{the_drill.name}: {exc}")
+        fail(f"{the_drill.name}: {exc}")  # the one line; the caller goes on with the other drills
         return None
     took = f"{the_drill.name} took {time.monotonic() - began:.0f}s, broker start included"
     if as_json:
