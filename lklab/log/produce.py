@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Iterable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,10 +50,7 @@ async def produce_lines(
 ) -> ProduceReport:
     """Send each valid line keyed by ride_id (acks=all, idempotent); each bad line, and each line
     too large for the topic or refused by the broker for itself, to the DLQ."""
-    await kafka_io.ensure_topics(settings)
-    limits = await kafka_io.record_limits(settings, (settings.topic, settings.dlq_topic))
-    async with kafka_io.producer(settings, max_batch_bytes=min(limits.values())) as producer:
-        run = _Import(settings, producer, limits, source)
+    async with _opened_import(settings, source) as run:
         for number, line in enumerate(lines, start=1):
             if line.strip():
                 await run.send(f"{source}:{number}", line.rstrip("\n"))
@@ -63,6 +60,15 @@ async def produce_lines(
                 on_progress(number)
         await run.confirm()
     return run.report
+
+
+@asynccontextmanager
+async def _opened_import(settings: Settings, source: str) -> AsyncIterator[_Import]:
+    """One import's set-up: topics checked, record limits read, the idempotent producer open."""
+    await kafka_io.ensure_topics(settings)
+    limits = await kafka_io.record_limits(settings, (settings.topic, settings.dlq_topic))
+    async with kafka_io.producer(settings, max_batch_bytes=min(limits.values())) as producer:
+        yield _Import(settings, producer, limits, source)
 
 
 class ProduceError(RuntimeError):
@@ -187,10 +193,7 @@ class ProducerSession:
         return self._call(self._send([wire_json(e, self.local_offsets) for e in events]))
 
     async def _open(self) -> None:
-        await kafka_io.ensure_topics(self.settings)
-        limits = await kafka_io.record_limits(self.settings, (self.settings.topic, self.settings.dlq_topic))
-        producer = await self._exit.enter_async_context(kafka_io.producer(self.settings, max_batch_bytes=min(limits.values())))
-        self._run = _Import(self.settings, producer, limits, self.source)
+        self._run = await self._exit.enter_async_context(_opened_import(self.settings, self.source))
 
     async def _send(self, lines: list[str]) -> ProduceReport:
         run = self._run
