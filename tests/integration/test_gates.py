@@ -124,7 +124,8 @@ def test_a_sparse_city_warns_and_a_divergence_block_is_signalled_to_readers(reve
 
 
 def test_the_next_batch_rebuilds_the_dates_a_blocked_run_left_and_clears_the_signal(isolated: Settings) -> None:
-    settings = isolated.model_copy(update={"ledger_grace_s": 0})
+    # the two views the ledger gate reads; the others are not built (LKLAB_BATCH_VIEWS)
+    settings = isolated.model_copy(update={"ledger_grace_s": 0, "batch_views": ["revenue_per_minute", "driver_earnings_daily"]})
     workload = generate(GeneratorConfig(seed=53, duration_s=600, rides_per_minute=30, start=datetime(2026, 11, 17, 23, 55, tzinfo=timezone.utc)))
     engine = make_engine(settings)
     write_ledger(engine, workload.truth)
@@ -158,7 +159,8 @@ def test_two_batch_runs_launched_together_on_the_same_dates_never_write_together
     from orchestration.resources import LabSettings
     from orchestration.partitions import range_tags
 
-    isolated = isolated.model_copy(update={"allowed_lateness_s": 60})  # minutes become final within the small workload
+    # minutes become final within the small workload; revenue_per_minute is the view it reads
+    isolated = isolated.model_copy(update={"allowed_lateness_s": 60, "batch_views": ["revenue_per_minute"]})
     workload = generate(GeneratorConfig(seed=54, duration_s=240, rides_per_minute=60))
     produce_events(isolated, workload.deliveries)
     batch_ok(isolated)  # ingest + a first build

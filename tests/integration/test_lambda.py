@@ -44,6 +44,16 @@ def lab(isolated: Settings):
         speed.stop(settings)
 
 
+SPEED_VIEWS = list(views.SPEED_LAYER)  # the views with a speed layer: what the T-contract tests read
+
+
+@pytest.fixture
+def speed_views_lab(lab: Settings) -> Settings:
+    """`lab` whose batch layer builds the speed layer's views only (not user_sessions, which
+    these tests never read): each batch run skips the sessionization."""
+    return lab.model_copy(update={"batch_views": SPEED_VIEWS})
+
+
 @pytest.fixture
 def revenue_lab(lab: Settings) -> Settings:
     """`lab` whose batch layer builds, gates and promotes revenue_per_minute only
@@ -79,7 +89,8 @@ def event(eid: str, etype: EventType, at: datetime, city: str, amount: int, vers
                  ride_id="ride-" + eid, user_id=user, driver_id="d-x", city=city, amount_cents=amount)
 
 
-def test_a_late_event_after_T_is_corrected_by_the_next_batch(lab: Settings) -> None:
+def test_a_late_event_after_T_is_corrected_by_the_next_batch(speed_views_lab: Settings) -> None:
+    lab = speed_views_lab
     workload = generate(GeneratorConfig(seed=41, duration_s=480, rides_per_minute=60))
     write_ledger(make_engine(lab), workload.truth)
     truth = oracle.for_view("revenue_per_minute", workload.truth)
@@ -214,7 +225,7 @@ def test_data_that_breaks_a_gx_suite_blocks_promotion_and_the_old_build_stays(re
 
 def test_a_three_day_backfill_reproduces_the_first_build_and_the_ledger_gate_blocks_a_mismatch(isolated: Settings) -> None:
     # Sparse data: empty minutes are legitimate (coverage warns). A one-day ledger grace closes day one only.
-    settings = isolated.model_copy(update={"ledger_grace_s": 86_400})
+    settings = isolated.model_copy(update={"ledger_grace_s": 86_400, "batch_views": SPEED_VIEWS})
     workload = generate(GeneratorConfig(seed=48, duration_s=3 * 86_400, rides_per_minute=1, start=datetime(2026, 11, 10, tzinfo=timezone.utc)))
     engine = make_engine(settings)
     write_ledger(engine, workload.truth)
