@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import TypeAdapter
 from rich.table import Table
 
 import lklab
@@ -63,7 +64,7 @@ def run(
                   + (f"; failed: {', '.join(failed)}" if failed else ""), highlight=False)
     if as_json and results:
         typer.echo(results[0].model_dump_json(indent=1) if len(chosen) == 1
-                   else "[" + ",\n".join(r.model_dump_json(indent=1) for r in results) + "]")
+                   else TypeAdapter(list[DrillResult]).dump_json(results, indent=1).decode())
     if failed:
         raise typer.Exit(code=1 if len(chosen) > 1 else BAD_REQUEST)
 
