@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: venv, Python packages, Kafka and Spark/Delta jars from Maven Central.
+# Idempotent set-up: venv, Python packages, Kafka and Spark/Delta jars from Maven Central,
+# Chromium and PostgreSQL from Debian's packages.
 # Each step is skipped when its stamp says it is already done for the current inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,5 +71,14 @@ if ! command -v chromium >/dev/null; then
   say "installing chromium (headless, for the offline-rendering tests)"
   { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; } \
     || die "could not install chromium with apt-get"
+fi
+# PostgreSQL: the scaled serving store (every serving-store test also runs on it; make demo-scaled).
+# Tests start their own server in a temporary directory; nothing is started here.
+if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  command -v apt-get >/dev/null || die "PostgreSQL not found; install it (the serving-store tests run on it too)"
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  say "installing postgresql (the scaled serving store; tests start it on loopback themselves)"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null; } \
+    || die "could not install postgresql with apt-get"
 fi
 say "ready"

@@ -1,7 +1,10 @@
-"""Session-scoped real services: one Kafka broker and (lazily) one Spark session per test run."""
+"""Session-scoped real services: one Kafka broker, (lazily) one Spark session and one PostgreSQL
+server per test run."""
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from lklab.kappa.freshness import WORKER_MARKER
 from lklab.log import kafka_io
 from lklab.log import broker as kafka_runtime
 from lklab.core.config import Settings
+from lklab.serving import postgres
 
 
 def free_port() -> int:
@@ -71,3 +75,33 @@ def spark(base_settings: Settings):
     session = get_spark(base_settings)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (Debian's binaries) on a free loopback port, started on first use.
+    Its directory is a fresh one in the system temp dir: under root the server runs as `postgres`,
+    which cannot traverse pytest's 0700 temp root."""
+    root = Path(tempfile.mkdtemp(prefix="lklab-pg-"))
+    try:
+        server = postgres.start(root, free_port())
+        yield server
+    finally:
+        postgres.stop(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+STORES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=STORES)
+def serving_url(request: pytest.FixtureRequest) -> str | None:
+    """Every serving-store test runs on both stores: None = the embedded SQLite file under the
+    test's home; otherwise the URL of a fresh database on the run's PostgreSQL server."""
+    if request.param == "sqlite":
+        yield None
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = f"lklab_test_{uuid.uuid4().hex[:12]}"
+    yield postgres.create_database(server, name)
+    postgres.drop_database(server, name)

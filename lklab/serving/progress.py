@@ -106,9 +106,12 @@ def commit(conn: Connection, scope: str, topic: str, advanced: Mapping[int, int]
         else:
             inserts.append({"scope": scope, "topic": topic, "partition": partition, **values})
     if inserts:
-        stmt = dialect_insert(conn)(t).on_conflict_do_nothing(index_elements=["scope", "topic", "partition"])
+        # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT DO NOTHING under
+        # SQLAlchemy, so a rowcount fence rolled back every first batch on PostgreSQL
+        stmt = (dialect_insert(conn)(t).on_conflict_do_nothing(index_elements=["scope", "topic", "partition"])
+                .returning(t.c.partition))
         for row in inserts:  # one per newly seen partition, once in the topic's lifetime
-            if conn.execute(stmt, row).rowcount != 1:
+            if conn.execute(stmt, row).first() is None:
                 raise StaleProgressError(f"{topic}[{row['partition']}]: progress created concurrently; batch rolled back")
 
 

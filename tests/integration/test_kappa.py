@@ -23,13 +23,25 @@ from lklab.serving.store import make_engine
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
+def _load(settings: Settings):
+    workload = generate(GeneratorConfig(seed=61, duration_s=360, rides_per_minute=60))
+    engine = make_engine(settings)
+    write_ledger(engine, workload.truth)
+    produce_events(settings, workload.deliveries)
+    return settings, engine, workload
+
+
 @pytest.fixture
 def loaded(isolated: Settings):
-    workload = generate(GeneratorConfig(seed=61, duration_s=360, rides_per_minute=60))
-    engine = make_engine(isolated)
-    write_ledger(engine, workload.truth)
-    produce_events(isolated, workload.deliveries)
-    return isolated, engine, workload
+    return _load(isolated)
+
+
+@pytest.fixture
+def loaded_on_both_stores(isolated: Settings, serving_url: str | None):
+    """`loaded`, once on the embedded SQLite store and once on a fresh PostgreSQL database."""
+    settings, engine, workload = _load(isolated.model_copy(update={"serving_url": serving_url}))
+    yield settings, engine, workload
+    engine.dispose()
 
 
 def as_map(rows) -> dict:
@@ -58,8 +70,8 @@ def test_a_replay_to_recorded_offsets_is_reproducible_and_equals_the_oracle(load
     assert again.events == second.events - first.events  # only what arrived after v2's first target
 
 
-def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_reader(loaded, spark) -> None:
-    settings, engine, workload = loaded
+def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_reader(loaded_on_both_stores, spark) -> None:
+    settings, engine, workload = loaded_on_both_stores
     kappa.replay(settings, engine, "driver_earnings_daily", 1)
     kappa.replay(settings, engine, "driver_earnings_daily", 2)
     v1 = as_map(kappa.read_output(engine, "driver_earnings_daily", "driver_earnings_daily__v1"))

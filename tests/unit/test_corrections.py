@@ -3,13 +3,14 @@ arrive before their original. A property over random streams, arrival orders and
 lateness values: the speed layer's open windows, the Lambda merge after a batch and a Kappa
 replay all equal the oracle (lklab.core.oracle, which shares no code with the sinks).
 
-No services: the sinks write to a throwaway SQLite store. The Spark batch is checked against
+The sinks write to a throwaway store: SQLite, and (fewer examples) a fresh PostgreSQL database. The Spark batch is checked against
 the oracle in the integration tests; here a build holding the oracle's rows stands in for it,
 so what is under test is the speed side of the merge and the merge's cut at T."""
 from __future__ import annotations
 
 import random
 import tempfile
+import uuid
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,7 @@ from lklab.core.config import Settings
 from lklab.core.events import Event
 from lklab.log.generator import GeneratorConfig, generate, wire_json
 from lklab.lambda_arch.merge import query
+from lklab.serving import postgres
 from lklab.serving.store import make_engine
 from lklab.engine.checkpoint import CheckpointedSink
 from lklab.engine.sink import apply_records, read_late_windows, read_view
@@ -82,71 +84,104 @@ def streams(draw) -> tuple[GeneratorConfig, list[Event], int, int]:
     return config, deliveries, lateness, batch
 
 
-def _store(root: Path, name: str, lateness: int):
-    s = Settings(home=root / name, allowed_lateness_s=lateness, partitions=PARTITIONS)
-    return s, make_engine(s)
+class _Stores:
+    """A fresh serving store per name: a SQLite file under `root`, or (with a PostgreSQL server)
+    a fresh database there, dropped by close()."""
+
+    def __init__(self, root: Path, server: postgres.PostgresServer | None = None) -> None:
+        self.root, self.server, self.databases = root, server, []
+
+    def __call__(self, name: str, lateness: int):
+        url = None
+        if self.server is not None:
+            database = f"lklab_property_{uuid.uuid4().hex[:12]}"
+            url = postgres.create_database(self.server, database)
+            self.databases.append(database)
+        s = Settings(home=self.root / name, allowed_lateness_s=lateness, partitions=PARTITIONS, serving_url=url)
+        return s, make_engine(s)
+
+    def close(self) -> None:
+        for database in self.databases:
+            postgres.drop_database(self.server, database)
 
 
 @hsettings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(streams())
 def test_speed_merge_and_kappa_equal_the_oracle_under_window_moving_corrections(stream) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        check_against_the_oracle(stream, _Stores(Path(tmp)))
+
+
+# The same property on PostgreSQL (unicode cities, its own ordering and upsert paths), fewer examples:
+# each needs two fresh databases.
+@hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(stream=streams())
+def test_the_same_property_holds_on_postgresql(postgres_server, stream) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = _Stores(Path(tmp), postgres_server)
+        try:
+            check_against_the_oracle(stream, stores)
+        finally:
+            stores.close()
+
+
+def check_against_the_oracle(stream, new_store: _Stores) -> None:
     _config, deliveries, lateness, batch = stream
     recs = records(deliveries)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        s, speed = _store(root, "speed", lateness)
-        for i in range(0, len(recs), batch):
-            apply_records(speed, s, TOPIC, recs[i:i + batch])
+    s, speed = new_store("speed", lateness)
+    for i in range(0, len(recs), batch):
+        apply_records(speed, s, TOPIC, recs[i:i + batch])
 
-        # 1. The speed layer: every window it has not closed holds exactly the oracle's value.
-        maxima = {p: pp.max_event_time for p, pp in read_progress(speed, TOPIC).items() if pp.max_event_time}
-        T_speed = views.final_through(views.watermark(maxima), lateness)
-        for name, spec in views.SPEED_LAYER.items():
-            want = {k: v for k, v in truth_of(name, deliveries).items() if not spec.is_final(k[1], T_speed)}
-            got = {(r.entity, r.window_start): r.value for r in read_view(speed, name) if not spec.is_final(r.window_start, T_speed)}
-            assert oracle.compare(got, want).equal, f"speed {name}: {oracle.compare(got, want)}"
+    # 1. The speed layer: every window it has not closed holds exactly the oracle's value.
+    maxima = {p: pp.max_event_time for p, pp in read_progress(speed, TOPIC).items() if pp.max_event_time}
+    T_speed = views.final_through(views.watermark(maxima), lateness)
+    for name, spec in views.SPEED_LAYER.items():
+        want = {k: v for k, v in truth_of(name, deliveries).items() if not spec.is_final(k[1], T_speed)}
+        got = {(r.entity, r.window_start): r.value for r in read_view(speed, name) if not spec.is_final(r.window_start, T_speed)}
+        assert oracle.compare(got, want).equal, f"speed {name}: {oracle.compare(got, want)}"
 
-        # 2. The Lambda merge after a batch that read every delivery: T from the batch's own
-        # watermark (latest versions per partition, as silver has them).
-        latest = views.latest_versions(deliveries).values()
-        batch_maxima: dict[int, datetime] = {}
-        for event in latest:
-            p = partition_of(event)
-            batch_maxima[p] = max(batch_maxima.get(p, event.event_time), event.event_time)
-        T = views.final_through(views.watermark(batch_maxima), lateness)
-        rows = [(spec, [(e, w, v) for (e, w), v in truth_of(name, deliveries).items()]) for name, spec in views.SPEED_LAYER.items()]
-        promote(speed, _build(T, batch_maxima), rows)
-        for name, spec in views.SPEED_LAYER.items():
-            merged = {(r.entity, r.window_start): r.value for r in query(speed, name).rows}
-            want = truth_of(name, deliveries)
-            # The one documented gap: a window the speed layer closed (its watermark ran ahead of
-            # the batch's, e.g. a superseded version carried a later time) and then left a late
-            # event of to batch, but that this batch's T does not reach yet.
-            left = {k for k in read_late_windows(speed, name) if not spec.is_final(k[1], T)}
-            differ = oracle.compare(merged, want)
-            wrong = {*differ.missing, *differ.unexpected, *differ.mismatched}
-            assert wrong <= left, f"merged {name}: {differ}; outside windows left to batch: {sorted(wrong - left)[:5]}"
-            flagged = {(r.entity, r.window_start) for r in query(speed, name).rows if r.left_to_batch}
-            assert {k for k in wrong if k in merged} <= flagged  # a reader is told which served values lack a late event
+    # 2. The Lambda merge after a batch that read every delivery: T from the batch's own
+    # watermark (latest versions per partition, as silver has them).
+    latest = views.latest_versions(deliveries).values()
+    batch_maxima: dict[int, datetime] = {}
+    for event in latest:
+        p = partition_of(event)
+        batch_maxima[p] = max(batch_maxima.get(p, event.event_time), event.event_time)
+    T = views.final_through(views.watermark(batch_maxima), lateness)
+    rows = [(spec, [(e, w, v) for (e, w), v in truth_of(name, deliveries).items()]) for name, spec in views.SPEED_LAYER.items()]
+    promote(speed, _build(T, batch_maxima), rows)
+    for name, spec in views.SPEED_LAYER.items():
+        merged = {(r.entity, r.window_start): r.value for r in query(speed, name).rows}
+        want = truth_of(name, deliveries)
+        # The one documented gap: a window the speed layer closed (its watermark ran ahead of
+        # the batch's, e.g. a superseded version carried a later time) and then left a late
+        # event of to batch, but that this batch's T does not reach yet.
+        left = {k for k in read_late_windows(speed, name) if not spec.is_final(k[1], T)}
+        differ = oracle.compare(merged, want)
+        wrong = {*differ.missing, *differ.unexpected, *differ.mismatched}
+        assert wrong <= left, f"merged {name}: {differ}; outside windows left to batch: {sorted(wrong - left)[:5]}"
+        flagged = {(r.entity, r.window_start) for r in query(speed, name).rows if r.left_to_batch}
+        assert {k for k in wrong if k in merged} <= flagged  # a reader is told which served values lack a late event
 
-        # 3. A Kappa replay: no window is ever final, so every window equals the oracle,
-        # checkpointed in pieces and resumed from the store.
-        k, kappa = _store(root, "kappa", lateness)
-        sink = CheckpointedSink(kappa, k, TOPIC, MONEY_AND_DISTINCT, "kappa-property", every=max(1, batch // 2))
-        for i in range(0, len(recs) // 2, batch):
-            sink.apply(recs[i:min(i + batch, len(recs) // 2)])
-        sink.checkpoint()
-        sink.close()
-        resumed = CheckpointedSink(kappa, k, TOPIC, MONEY_AND_DISTINCT, "kappa-property", every=max(1, batch // 2))
-        for i in range(0, len(recs), batch):
-            resumed.apply(recs[i:i + batch])  # the first half again: skipped by the offset fence
-        resumed.checkpoint()
-        resumed.close()
-        for name in views.SPEED_LAYER:
-            got = {(r.entity, r.window_start): r.value for r in read_view(kappa, name)}
-            assert oracle.compare(got, truth_of(name, deliveries)).equal, f"kappa {name}: {oracle.compare(got, truth_of(name, deliveries))}"
-        speed.dispose()
-        kappa.dispose()
+    # 3. A Kappa replay: no window is ever final, so every window equals the oracle,
+    # checkpointed in pieces and resumed from the store.
+    k, kappa = new_store("kappa", lateness)
+    sink = CheckpointedSink(kappa, k, TOPIC, MONEY_AND_DISTINCT, "kappa-property", every=max(1, batch // 2))
+    for i in range(0, len(recs) // 2, batch):
+        sink.apply(recs[i:min(i + batch, len(recs) // 2)])
+    sink.checkpoint()
+    sink.close()
+    resumed = CheckpointedSink(kappa, k, TOPIC, MONEY_AND_DISTINCT, "kappa-property", every=max(1, batch // 2))
+    for i in range(0, len(recs), batch):
+        resumed.apply(recs[i:i + batch])  # the first half again: skipped by the offset fence
+    resumed.checkpoint()
+    resumed.close()
+    for name in views.SPEED_LAYER:
+        got = {(r.entity, r.window_start): r.value for r in read_view(kappa, name)}
+        assert oracle.compare(got, truth_of(name, deliveries)).equal, f"kappa {name}: {oracle.compare(got, truth_of(name, deliveries))}"
+    speed.dispose()
+    kappa.dispose()
 
 
 def _build(T: datetime | None, maxima: dict[int, datetime]) -> BatchBuild:

@@ -202,8 +202,8 @@ def test_reading_v1_only_would_be_caught(default: Workload) -> None:
     assert not result.equal and result.max_abs_error > 0
 
 
-def test_write_ledger_is_idempotent(tmp_path: Path, default: Workload) -> None:
-    engine = make_engine(Settings(home=tmp_path / "home"))
+def test_write_ledger_is_idempotent(tmp_path: Path, default: Workload, serving_url: str | None) -> None:
+    engine = make_engine(Settings(home=tmp_path / "home", serving_url=serving_url))
     payments = [e for e in default.truth if e.event_type in PAYMENT_TYPES]
     count_rows = select(func.count()).select_from(payments_ledger)
     total = select(func.sum(payments_ledger.c.amount_cents)).where(

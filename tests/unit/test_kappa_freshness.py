@@ -1,4 +1,4 @@
-"""A Kappa output's freshness against a real SQLite serving store (no other services): the
+"""A Kappa output's freshness against a real serving store (SQLite and PostgreSQL) (no other services): the
 heartbeat and lag budgets, and the watermark over every partition."""
 from datetime import datetime, timedelta, timezone
 
@@ -12,8 +12,8 @@ OUT = views.VersionedOutput("revenue_per_minute", 2)
 NOW = datetime(2026, 11, 17, 12, 0, tzinfo=timezone.utc)
 
 
-def test_a_kappa_output_is_stale_when_it_never_beat_is_silent_or_lags(tmp_path) -> None:
-    settings = Settings(home=tmp_path, partitions=2, kappa_heartbeat_timeout_s=5, kappa_max_lag=100)
+def test_a_kappa_output_is_stale_when_it_never_beat_is_silent_or_lags(tmp_path, serving_url) -> None:
+    settings = Settings(home=tmp_path, partitions=2, kappa_heartbeat_timeout_s=5, kappa_max_lag=100, serving_url=serving_url)
     engine = make_engine(settings)
     with engine.connect() as conn:
         never = freshness(conn, settings, OUT, {0: 10, 1: 10}, now=NOW)

@@ -46,8 +46,8 @@ JUST_BEFORE = timedelta(microseconds=1)
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, ledger_grace_s=GRACE_S)
+def settings(tmp_path: Path, serving_url: str | None) -> Settings:
+    return Settings(home=tmp_path, ledger_grace_s=GRACE_S, serving_url=serving_url)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The Lambda merge and its health rule against a real SQLite serving store (no other services)."""
+"""The Lambda merge and its health rule against a real serving store, SQLite and PostgreSQL (no other services)."""
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -25,8 +25,8 @@ def build(build_id: str, T: datetime) -> BatchBuild:
                       validation={}, delta_versions={})
 
 
-def setup(tmp_path):
-    settings = Settings(home=tmp_path, speed_heartbeat_timeout_s=5, speed_max_lag=100)
+def setup(tmp_path, serving_url):
+    settings = Settings(home=tmp_path, speed_heartbeat_timeout_s=5, speed_max_lag=100, serving_url=serving_url)
     engine = make_engine(settings)
     promote(engine, build("b1", minute(3)), [(REVENUE, [("berlin", minute(m), 100 + m) for m in range(5)])])
     with engine.begin() as conn:
@@ -37,8 +37,8 @@ def setup(tmp_path):
     return settings, engine
 
 
-def test_batch_serves_final_windows_and_speed_the_rest(tmp_path) -> None:
-    _, engine = setup(tmp_path)
+def test_batch_serves_final_windows_and_speed_the_rest(tmp_path, serving_url) -> None:
+    _, engine = setup(tmp_path, serving_url)
     answer = merge.query(engine, "revenue_per_minute")
     assert answer.T == minute(3) and answer.build_id == "b1" and answer.mode == "lambda"
     got = [(r.window_start, r.value, r.source) for r in answer.rows]
@@ -48,16 +48,16 @@ def test_batch_serves_final_windows_and_speed_the_rest(tmp_path) -> None:
     assert minute(7) not in [r.window_start for r in answer.rows]
 
 
-def test_a_newer_promotion_moves_T_atomically(tmp_path) -> None:
-    _, engine = setup(tmp_path)
+def test_a_newer_promotion_moves_T_atomically(tmp_path, serving_url) -> None:
+    _, engine = setup(tmp_path, serving_url)
     promote(engine, build("b2", minute(5)), [(REVENUE, [("berlin", minute(m), 200 + m) for m in range(6)])])
     answer = merge.query(engine, "revenue_per_minute", start=minute(2), end=minute(6))
     assert [(r.window_start, r.value, r.source) for r in answer.rows] == [
         (minute(2), 202, "batch"), (minute(3), 203, "batch"), (minute(4), 204, "batch"), (minute(5), 905, "speed")]
 
 
-def test_unhealthy_speed_means_batch_only_and_stale(tmp_path) -> None:
-    settings, engine = setup(tmp_path)
+def test_unhealthy_speed_means_batch_only_and_stale(tmp_path, serving_url) -> None:
+    settings, engine = setup(tmp_path, serving_url)
     now = datetime.now(timezone.utc)
     with engine.begin() as conn:
         upsert(conn, speed_heartbeat, [{"group_id": settings.speed_group, "pid": 1, "beat_at": now}])
@@ -73,10 +73,10 @@ def test_unhealthy_speed_means_batch_only_and_stale(tmp_path) -> None:
     assert [(r.window_start, r.value, r.source) for r in answer.rows] == [(minute(m), 100 + m, "batch") for m in range(5)]
 
 
-def test_user_sessions_is_served_from_the_batch_build_for_every_day(tmp_path) -> None:
+def test_user_sessions_is_served_from_the_batch_build_for_every_day(tmp_path, serving_url) -> None:
     """A view the speed layer does not maintain: the merge serves the promoted build's rows for
     every day, before and after T, whatever the speed layer's health, in the measure's shape."""
-    _, engine = setup(tmp_path)
+    _, engine = setup(tmp_path, serving_url)
     sessions = views.view("user_sessions")
     day, next_day = datetime(2026, 11, 16, tzinfo=timezone.utc), datetime(2026, 11, 17, tzinfo=timezone.utc)
     promote(engine, build("b2", minute(3)), [(REVENUE, [("berlin", minute(0), 1)]),
@@ -92,10 +92,10 @@ def test_user_sessions_is_served_from_the_batch_build_for_every_day(tmp_path) ->
                                                     "left_to_batch": False}]
 
 
-def test_the_reader_policy_refuses_a_degraded_answer_under_error_and_flags_it_under_serve_stale(tmp_path) -> None:
+def test_the_reader_policy_refuses_a_degraded_answer_under_error_and_flags_it_under_serve_stale(tmp_path, serving_url) -> None:
     from lklab.core.staleness import StaleAnswer, apply_reader_policy
 
-    settings, engine = setup(tmp_path)
+    settings, engine = setup(tmp_path, serving_url)
     down = merge.SpeedHealth(False, "the speed layer has never run", None, None)
     degraded = merge.query(engine, "revenue_per_minute", health=down)
     assert apply_reader_policy(settings, "revenue_per_minute", degraded.stale, degraded.stale_reason) == "serve-stale"

@@ -3,8 +3,6 @@ cannot serve is refused with one line and left as it was, and the head revision 
 from __future__ import annotations
 
 import multiprocessing
-import os
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,7 +11,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, MetaData, String, create_engine, inspect, make_url, select, text
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, MetaData, String, inspect, make_url, select, text
 from typer.testing import CliRunner
 
 from lklab.serving import migrations
@@ -25,25 +23,12 @@ from lklab.serving.store import make_engine, store_engine
 
 HEAD = migrations.head()
 OLDER = migrations.pending(None)[:-1]  # every revision a store can be behind at
-# e.g. postgresql+psycopg://lklab@127.0.0.1:5432/postgres: every test then also runs on its own fresh database there
-POSTGRES = os.environ.get("LKLAB_TEST_POSTGRES_URL")
 
 
-@pytest.fixture(params=["sqlite"] + (["postgresql"] if POSTGRES else []))
-def settings(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "sqlite":
-        yield Settings(home=tmp_path)
-        return
-    database = f"lklab_migrations_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {database}")
-    try:
-        yield Settings(home=tmp_path, serving_url=make_url(POSTGRES).set(database=database).render_as_string(hide_password=False))
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {database} WITH (FORCE)")
-        admin.dispose()
+@pytest.fixture
+def settings(tmp_path: Path, serving_url: str | None) -> Settings:
+    """Every migration test on both stores: SQLite, and a fresh database on the run's PostgreSQL."""
+    return Settings(home=tmp_path, serving_url=serving_url)
 
 
 def store_at(settings: Settings, revision: str) -> Engine:

@@ -1,4 +1,4 @@
-"""Batch run records on a real SQLite serving store: the one-writer lease on event dates, the dates
+"""Batch run records on a real serving store (SQLite and PostgreSQL): the one-writer lease on event dates, the dates
 a later run must rebuild, and the blocked-batch signal (set by a block, cleared by a promotion)."""
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ T0 = datetime(2026, 11, 17, 10, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def engine(tmp_path):
-    return make_engine(Settings(home=tmp_path))
+def engine(tmp_path, serving_url):
+    engine = make_engine(Settings(home=tmp_path, serving_url=serving_url))
+    yield engine
+    engine.dispose()
 
 
 def test_a_lease_is_exclusive_per_overlapping_dates_and_a_stale_one_is_taken_over(engine) -> None:

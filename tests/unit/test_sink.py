@@ -33,8 +33,8 @@ def ev(eid: str, etype: EventType, at: str, *, city: str = "berlin", amount: int
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, allowed_lateness_s=300, partitions=2)  # the tests' topic has partitions 0 and 1
+def settings(tmp_path: Path, serving_url: str | None) -> Settings:
+    return Settings(home=tmp_path, allowed_lateness_s=300, partitions=2, serving_url=serving_url)  # the tests' topic has partitions 0 and 1
 
 
 @pytest.fixture
@@ -259,14 +259,14 @@ def test_before_commit_failure_commits_nothing(engine, settings) -> None:
     assert read_counters(engine)["processed"] == 0
 
 
-def test_every_speed_view_equals_the_oracle_on_a_generated_stream(tmp_path) -> None:
+def test_every_speed_view_equals_the_oracle_on_a_generated_stream(tmp_path, serving_url) -> None:
     """All three views, with duplicates, corrections and out-of-order events, against the oracle
     (lateness wide enough that the speed layer keeps every window open)."""
     from lklab.core import oracle
     from lklab import views
     from lklab.log.generator import GeneratorConfig, generate
 
-    settings = Settings(home=tmp_path, allowed_lateness_s=4 * 86_400)
+    settings = Settings(home=tmp_path, allowed_lateness_s=4 * 86_400, serving_url=serving_url)
     engine = make_engine(settings)
     workload = generate(GeneratorConfig(seed=31, duration_s=1800, rides_per_minute=20))
     records = [(0, offset, e.to_json().encode()) for offset, e in enumerate(workload.deliveries)]
@@ -278,7 +278,7 @@ def test_every_speed_view_equals_the_oracle_on_a_generated_stream(tmp_path) -> N
         assert comparison.equal, f"{name}: {comparison}"
 
 
-def test_checkpointed_sink_equals_the_oracle_across_a_crash(tmp_path) -> None:
+def test_checkpointed_sink_equals_the_oracle_across_a_crash(tmp_path, serving_url) -> None:
     """A replay's in-memory sink over two partitions, checkpointing every 150 records in the
     background; it "crashes" (stops without a final checkpoint) halfway, a new one resumes from the
     checkpointed offsets with everything re-delivered, and every view equals the oracle, with the
@@ -288,7 +288,7 @@ def test_checkpointed_sink_equals_the_oracle_across_a_crash(tmp_path) -> None:
     from lklab.log.generator import GeneratorConfig, generate
     from lklab.engine.checkpoint import CheckpointedSink
 
-    settings = Settings(home=tmp_path, allowed_lateness_s=300)
+    settings = Settings(home=tmp_path, allowed_lateness_s=300, serving_url=serving_url)
     engine = make_engine(settings)
     workload = generate(GeneratorConfig(seed=37, duration_s=1800, rides_per_minute=20))
     offsets = {0: 0, 1: 0}
