@@ -1,6 +1,6 @@
 # The two commands: `make demo` runs the main job, `make test` runs the tests.
 # Both install what they need first (scripts/setup.sh is idempotent).
-.PHONY: setup demo test unit dagster-ui bench bench-isolation drills clean
+.PHONY: setup demo demo-scaled test unit dagster-ui bench bench-isolation drills chaos clean
 
 setup:
 	@scripts/setup.sh
@@ -8,9 +8,16 @@ setup:
 demo: setup
 	.venv/bin/lklab demo
 
+# demo-scaled: the same demo on a 3-broker Kafka cluster, Spark standalone and PostgreSQL (all on loopback)
+demo-scaled: setup
+	.venv/bin/lklab demo --scaled
+
+# test: two pytest workers, whole files each (--dist loadfile): most tests wait on brokers, batch
+# runs and paced streams rather than compute, so two at once fit 2 cores. Each worker starts its
+# own broker, Spark session and PostgreSQL on free loopback ports.
 test: setup
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q --timeout=900 --durations=25
+	.venv/bin/pytest -q --timeout=900 --durations=25 -n 2 --dist loadfile
 
 unit: setup
 	.venv/bin/pytest -q tests/unit
@@ -30,6 +37,14 @@ drills: setup
 	@began=$$(date +%s); status=0; .venv/bin/lklab drill run --all --size default || status=1; \
 	.venv/bin/lklab drill report; \
 	echo "make drills: $$(( $$(date +%s) - began ))s for every drill and the report"; \
+	exit $$status
+
+# chaos: every reliability check at full size (kills, broker loss, fuzzing, concurrent readers, the
+# security surface), then RELIABILITY.md and reliability.json. A check that fails does not stop the others.
+chaos: setup
+	@began=$$(date +%s); status=0; .venv/bin/lklab chaos run --all --size full || status=1; \
+	.venv/bin/lklab chaos report; \
+	echo "make chaos: $$(( $$(date +%s) - began ))s for every check and the report"; \
 	exit $$status
 
 dagster-ui: setup

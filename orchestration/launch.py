@@ -129,7 +129,9 @@ def run_batch(settings: Settings, dates: tuple[str, str] | None = None,
     """The batch layer through Dagster, recorded in the local instance (visible in `dagster dev`):
     the `ingest` job appends the log's new offsets to bronze, then the `lambda_batch` job rebuilds
     in one run the event dates that ingest touched plus every date whose last run did not promote
-    (or `dates`, a backfill range of partition keys): silver → gold → blocking gates → promotion.
+    (blocked, failed, or killed before its promotion committed, which leaves bronze records no
+    promoted build consumed), or `dates` (a backfill range of partition keys): silver → gold →
+    blocking gates → promotion.
     It waits up to settings.batch_wait_s for a batch run in flight (calling `on_wait` with what it
     waits for), then reports it instead (outcome.busy)."""
     from lklab.serving.store import make_engine
@@ -170,7 +172,8 @@ def _run_batch(settings: Settings, dates: tuple[str, str] | None, engine: Engine
         return outcome
     [materialization] = ingest.asset_materializations_for_node("bronze_events")
     outcome.touched_dates = list(materialization.metadata["touched_dates"].value)
-    retried = [d for d in runs.unpromoted_dates(engine) if d.isoformat() not in outcome.touched_dates]
+    retried = [d for d in sorted(set(runs.unpromoted_dates(engine)) | set(_owed_dates(materialization)))
+               if d.isoformat() not in outcome.touched_dates]
     outcome.retried_dates = [d.isoformat() for d in retried] if dates is None else []
     keys = dates or dates_to_partition_keys([date.fromisoformat(d) for d in outcome.touched_dates] + retried)
     if keys is None:
@@ -196,6 +199,13 @@ def _run_batch(settings: Settings, dates: tuple[str, str] | None, engine: Engine
     status = runs.finish(engine, batch.run_id, failure=_first_failure(batch))
     outcome.message = f"batch run {batch.run_id} {status or 'stopped'} on event dates {keys[0]}…{keys[1]}; {_previous_build_note(engine)}"
     return outcome
+
+
+def _owed_dates(materialization) -> list[date]:
+    """The dates bronze holds records of that no promoted build consumed (a run killed between
+    its ingest and its promotion left them), from the ingest's materialization."""
+    owed = materialization.metadata.get("owed_dates")
+    return [date.fromisoformat(d) for d in owed.value] if owed is not None else []
 
 
 def _first_failure(result) -> str:

@@ -15,7 +15,7 @@ from lklab.core.config import Settings
 from lklab.serving.store import make_engine
 from lklab.lake.spark import get_spark
 
-SECRETS = ("pii_key",)  # never Dagster config (it would show in the UI): read from the environment only
+SECRETS = ("pii_key", "api_token")  # never Dagster config (it would show in the UI): read from the environment only
 
 
 def _config_type(annotation: Any) -> Any:

@@ -35,7 +35,7 @@ from orchestration.resources import LabSettings, ServingResource
                           "did not promote (one run, through the run queue), gates included.")
 def rebuild_touched_dates(context: SensorEvaluationContext, asset_event: EventLogEntry, lab: LabSettings, serving: ServingResource):
     metadata = asset_event.dagster_event.event_specific_data.materialization.metadata
-    touched = [date.fromisoformat(d) for d in (metadata.get("touched_dates").value if "touched_dates" in metadata else [])]
+    touched = [date.fromisoformat(d) for key in ("touched_dates", "owed_dates") if key in metadata for d in metadata[key].value]
     keys = dates_to_partition_keys(touched + runs.unpromoted_dates(serving.engine()))
     if keys is None:
         return SkipReason("the ingest touched no event dates in the partition set, and no batch run is blocked")

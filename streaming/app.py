@@ -24,10 +24,11 @@ import faust
 from sqlalchemy import Engine
 
 from lklab.core.config import Settings
-from lklab.log.kafka_io import dlq_payload
+from lklab.log.kafka_io import MAX_REQUEST_BYTES
 from lklab.serving.store import make_engine
 from streaming.faults import speed_specs
 from lklab.lambda_arch.speed import assignment_file
+from lklab.engine import dead_letters
 from lklab.engine.fold import ApplyStats
 from lklab.engine.sink import apply_records
 from lklab.serving.progress import StaleProgressError, beat
@@ -48,7 +49,7 @@ def consumer_options(settings: Settings) -> dict:
         broker=_brokers(settings),
         store="memory://",
         autodiscover=False,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication_factor,
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
         topic_disable_leader=True,
@@ -77,6 +78,7 @@ def make_app(settings: Settings) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         producer_acks=-1,
+        producer_max_request_size=MAX_REQUEST_BYTES,  # what dead_letters.dlq_limit assumes of lklab's producers
         web_enabled=True,
         web_bind="127.0.0.1",
         web_host="127.0.0.1",
@@ -93,18 +95,16 @@ def make_app(settings: Settings) -> faust.App:
             engine_holder.append(make_engine(settings))
         return engine_holder[0]
 
+    dlq_limits: list[int] = []  # the DLQ's record limit, read at the first dead letter
+
     async def send_dead_letters(stats: ApplyStats, keys: dict[tuple[int, int], bytes | None]) -> None:
-        pending = [
-            await app.producer.send(
-                settings.dlq_topic,
-                keys.get((d.partition, d.offset)),
-                dlq_payload(d.reason, f"{stats.topic}[{d.partition}]@{d.offset}", d.raw),
-                None,
-                None,
-                None,
-            )
-            for d in stats.dead_letters
-        ]
+        if not dlq_limits:
+            dlq_limits.append(await dead_letters.dlq_limit(settings))
+        pending = []
+        for d in stats.dead_letters:
+            key = keys.get((d.partition, d.offset))
+            value = dead_letters.letter(d, stats.topic, settings.speed_group, dlq_limits[0], key)
+            pending.append(await app.producer.send(settings.dlq_topic, key, value, None, None, None))
         await asyncio.gather(*pending)  # acks=all: on the DLQ before the sink transaction commits
 
     def apply_batch(topic: str, records: Sequence[tuple[int, int, bytes]], keys, loop) -> ApplyStats:

@@ -2,8 +2,8 @@
 server per test run."""
 from __future__ import annotations
 
+import logging
 import shutil
-import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -11,17 +11,12 @@ from pathlib import Path
 import pytest
 
 from lklab.core import processes
+from lklab.core.processes import free_port
 from lklab.kappa.freshness import WORKER_MARKER
 from lklab.log import kafka_io
 from lklab.log import broker as kafka_runtime
 from lklab.core.config import Settings
 from lklab.serving import postgres
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +97,9 @@ def serving_url(request: pytest.FixtureRequest) -> str | None:
         yield None
         return
     server = request.getfixturevalue("postgres_server")
+    # DROP DATABASE … WITH (FORCE) ends the connections a test's engine still pools; when that
+    # engine is collected later, SQLAlchemy logs the failed reset of each. Nothing is wrong.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     name = f"lklab_test_{uuid.uuid4().hex[:12]}"
     yield postgres.create_database(server, name)
     postgres.drop_database(server, name)

@@ -6,6 +6,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 
 from lklab.lake import tables as lake
 from lklab.lambda_arch import runs
+from lklab.lambda_arch.builds import promoted_next_offsets
 from lklab import views
 from orchestration.partitions import event_date_partitions, single_run
 from orchestration.resources import KafkaResource, LabSettings, ServingResource, SparkResource
@@ -18,19 +19,28 @@ def partition_dates(context: AssetExecutionContext) -> lake.DateRange:
 
 
 @asset(compute_kind="spark",
-       description="Raw Kafka records with topic/partition/offset, appended by explicit offset ranges; re-reading a range adds nothing.")
-def bronze_events(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource, kafka: KafkaResource) -> MaterializeResult:
+       description="Raw Kafka records with topic/partition/offset, appended by explicit offset ranges; re-reading a range adds nothing. "
+                   "Names the event dates it touched, and every date bronze holds records of that no promoted build consumed.")
+def bronze_events(context: AssetExecutionContext, lab: LabSettings, spark: SparkResource, kafka: KafkaResource,
+                  serving: ServingResource) -> MaterializeResult:
     settings, session = lab.settings(), spark.session()
     start = lake.bronze_next_offsets(session, settings)
     end = kafka.end_offsets()
     added = lake.append_bronze(session, settings, start, end)
     touched = lake.event_dates(session, settings, start) if added else []
-    context.log.info(f"bronze: read offsets {start} → {end}, inserted {added} records touching {len(touched)} event dates")
+    with serving.engine().connect() as conn:
+        promoted = promoted_next_offsets(conn)
+    # A run killed after its ingest (kill -9 before its promotion commits) leaves records in bronze
+    # that no build consumed and no batch_runs row owes: their dates are owed until a build holds them.
+    owed = touched if promoted == start else lake.event_dates(session, settings, promoted)
+    context.log.info(f"bronze: read offsets {start} → {end}, inserted {added} records touching {len(touched)} event dates; "
+                     f"{len(owed)} event dates hold records no promoted build consumed")
     return MaterializeResult(metadata={
         "start_offsets": MetadataValue.json({str(k): v for k, v in start.items()}),
         "end_offsets": MetadataValue.json({str(k): v for k, v in end.items()}),
         "rows_inserted": added,
         "touched_dates": MetadataValue.json([d.isoformat() for d in touched]),
+        "owed_dates": MetadataValue.json([d.isoformat() for d in owed]),
         "delta_version": lake.delta_version(session, lake.path(settings, lake.BRONZE)),
     })
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lklab.core.config import Settings
 
@@ -21,6 +22,9 @@ app = typer.Typer(help="lklab: Lambda, Kappa and hybrid pipelines side by side o
 kafka_app = typer.Typer(help="The embedded Kafka broker (KRaft, 127.0.0.1 only).", no_args_is_help=True)
 speed_app = typer.Typer(help="The Faust speed-layer worker, in the background.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
+spark_app = typer.Typer(help="A Spark standalone master and worker (127.0.0.1 only), for LKLAB_SPARK_MASTER=spark://...",
+                        no_args_is_help=True)
+app.add_typer(spark_app, name="spark")
 app.add_typer(speed_app, name="speed")
 lambda_app = typer.Typer(help="The Lambda serving layer: T, freshness and who serves what.", no_args_is_help=True)
 app.add_typer(lambda_app, name="lambda")
@@ -32,6 +36,9 @@ app.add_typer(db_app, name="db")
 drill_app = typer.Typer(help="Drills: one fault applied to Lambda and Kappa on the same live stream, readers scored against the oracle.",
                         no_args_is_help=True)
 app.add_typer(drill_app, name="drill")
+chaos_app = typer.Typer(help="The chaos suite: kills, broker loss, fuzzed input and concurrent readers, measured (RELIABILITY.md).",
+                        no_args_is_help=True)
+app.add_typer(chaos_app, name="chaos")
 UNWRAPPED_WIDTH = 100_000  # piped output: one record per line, never cut, for grep and scripts
 
 
@@ -53,7 +60,7 @@ BAD_REQUEST, STALE = 2, 3  # exit codes: a bad flag or state (2); an answer refu
 
 
 def fail(message: str, code: int = BAD_REQUEST) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # messages quote user input
     return typer.Exit(code=code)
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -12,24 +12,45 @@ from lklab.cli.common import app, console, err, fail, kafka_app, kafka_failure, 
 
 
 
+MAX_BROKERS = 9  # Settings.kafka_brokers' bound: one JVM per node
+
+
 @kafka_app.command("start")
-def kafka_start() -> None:
-    """Start the broker in the background (data under .lklab/kafka)."""
+def kafka_start(
+    brokers: Annotated[Optional[int], typer.Option(
+        "--brokers", help="KRaft nodes (each broker+controller), 1..9; default LKLAB_KAFKA_BROKERS, else the size of the "
+                          "cluster last started under this home, else 1", show_default=False)] = None,
+) -> None:
+    """Start the broker, or a cluster of brokers, in the background (data under .lklab/kafka)."""
     from lklab.log import kafka_io
     from lklab.log import broker as kafka_runtime
 
     s = settings()
+    if brokers is not None:
+        if not 1 <= brokers <= MAX_BROKERS:
+            raise fail(f"--brokers {brokers}: must be between 1 and {MAX_BROKERS}")
+        s = s.model_copy(update={"kafka_brokers": brokers})
     try:
-        pid = kafka_runtime.start(s)
+        kafka_runtime.start(s)
         kafka_io.run(kafka_io.ensure_topics(s))
     except (kafka_runtime.KafkaRuntimeError, TimeoutError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"Kafka running: pid {pid}, bootstrap {s.bootstrap}, topics {s.topic} and {s.dlq_topic} ({s.partitions} partitions)")
+    except Exception as exc:  # noqa: BLE001 - a Kafka refusal creating the topics (say a replication factor above the brokers)
+        raise kafka_failure(s, exc) from None
+    pids = ", ".join(str(n.pid) for n in kafka_runtime.status(s).nodes)
+    topics = (f"topics {s.topic} and {s.dlq_topic} ({s.partitions} partitions, replication factor {s.topic_replication_factor}, "
+              f"min.insync.replicas {s.topic_min_insync_replicas})")
+    if s.kafka_brokers == 1:
+        console.print(f"Kafka running: pid {pids}, bootstrap {s.bootstrap}, {topics}")
+    else:
+        console.print(f"Kafka running: {s.kafka_brokers} brokers (pids {pids}), bootstrap {s.bootstrap}, {topics}; "
+                      f"recorded in {s.home / 'kafka' / 'cluster.json'}, so later commands with this home use all "
+                      f"{s.kafka_brokers} without --brokers")
 
 
 @kafka_app.command("stop")
 def kafka_stop() -> None:
-    """Stop the broker."""
+    """Stop the broker (every node of a cluster)."""
     from lklab.log import broker as kafka_runtime
 
     stopped = kafka_runtime.stop(settings())
@@ -38,14 +59,24 @@ def kafka_stop() -> None:
 
 @kafka_app.command("status")
 def kafka_status() -> None:
-    """Is the broker up and reachable; topics with their end offsets."""
+    """Is the broker (each node of a cluster) up and reachable; topics with their end offsets."""
     from lklab.log import kafka_io
     from lklab.log import broker as kafka_runtime
 
     s = settings()
     st = kafka_runtime.status(s)
-    health = "healthy" if st.running and st.reachable else ("running, not reachable" if st.running else "stopped")
+    up = sum(n.alive and n.reachable for n in st.nodes)
+    if st.healthy:
+        health = "healthy"
+    elif st.running and st.reachable:
+        health = f"degraded ({up} of {len(st.nodes)} nodes up)"
+    else:
+        health = "running, not reachable" if st.running else "stopped"
     console.print(f"Kafka {health}: pid {st.pid or '-'}, bootstrap {st.bootstrap}, data {st.data_dir}")
+    if len(st.nodes) > 1:
+        for n in st.nodes:
+            state = "up" if n.alive and n.reachable else ("running, not reachable" if n.alive else "down")
+            console.print(f"  node {n.node_id}: {state}, pid {n.pid or '-'}, port {n.port}, data {n.data_dir}")
     if st.reachable:
         for topic in (s.topic, s.dlq_topic):
             try:
@@ -53,7 +84,7 @@ def kafka_status() -> None:
                 console.print(f"  {topic}: {sum(ends.values())} records, end offsets {ends}")
             except LookupError:
                 console.print(f"  {topic}: not created yet")
-    if not (st.running and st.reachable):
+    if not st.healthy:
         raise typer.Exit(code=1)
 
 
@@ -81,7 +112,7 @@ def produce(file: Annotated[Path, typer.Option("--file", "-f", help="JSONL, one 
         else:
             stopped = None
     for reason in report.reasons:
-        err.print(f"dead-lettered {reason}", highlight=False)
+        err.print(f"dead-lettered {reason}", highlight=False, markup=False)  # a reason quotes the line: "[/x]" is no markup
     if report.dead_lettered > len(report.reasons):
         err.print(f"... and {report.dead_lettered - len(report.reasons)} more (read them from {s.dlq_topic})")
     console.print(f"accepted {report.accepted}, dead-lettered {report.dead_lettered} (to {s.dlq_topic})"

@@ -80,16 +80,21 @@ def print_answer(answer) -> None:
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="port on 127.0.0.1")] = 8000,
-    host: Annotated[str, typer.Option(help="bind address (keep it on loopback unless you front it with auth)")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="bind address; anything but loopback needs a bearer token (LKLAB_API_TOKEN)")] = "127.0.0.1",
 ) -> None:
-    """The read-only HTTP JSON query API (see README, Query API)."""
+    """The read-only HTTP JSON query API (see README, Query API). On a non-loopback address it
+    refuses to start unless LKLAB_API_TOKEN is set, and then every request needs that bearer token."""
     import uvicorn
 
-    from lklab.api.app import create_app
+    from lklab.api.app import create_app, serve_refusal
     from lklab.serving.migrations import StoreSchemaError
 
+    s = settings()
     try:
-        api = create_app(settings())
-    except StoreSchemaError as exc:
+        refusal = serve_refusal(host, s)
+        if refusal:
+            raise fail(refusal)
+        api = create_app(s)
+    except (StoreSchemaError, ValueError) as exc:
         raise fail(str(exc)) from None
     uvicorn.run(api, host=host, port=port, log_level="warning")

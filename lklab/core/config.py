@@ -5,9 +5,9 @@ import json
 import re
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,24 @@ SERVE_STALE, ERROR = "serve-stale", "error"
 # fold (speed, kappa: logic faults), and the two publishing transactions (batch: the promotion of
 # a batch build; cutover: the Kappa alias swap) where a stall fault holds the commit open
 FAULT_LAYERS = ("speed", "kappa", "batch", "cutover")
+# `lklab kafka start` records the embedded cluster it started here, relative to home (see started_brokers)
+CLUSTER_FILE = Path("kafka") / "cluster.json"
+
+
+def default_home() -> Path:
+    return Path.cwd() / ".lklab"
+
+
+def started_brokers(home: Path) -> int | None:
+    """The node count of the embedded cluster last started under `home`, or None (never started
+    with a cluster file: a fresh home, or one from before multi-broker clusters)."""
+    path = home / CLUSTER_FILE
+    try:
+        return int(json.loads(path.read_text())["brokers"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is not an lklab cluster file (expected {{\"brokers\": N}}); delete {path.parent} to start over") from None
 
 
 class Settings(BaseSettings):
@@ -24,14 +42,21 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LKLAB_", frozen=True)
 
-    home: Path = Field(default_factory=lambda: Path.cwd() / ".lklab", description="state, logs, lake, Kafka data")
+    home: Path = Field(default_factory=default_home, description="state, logs, lake, Kafka data")
 
     # event log
     bootstrap_servers: str | None = Field(None, description="external Kafka; None = the embedded broker")
     kafka_host: str = "127.0.0.1"
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
-    kafka_heap: str = "512m"
+    kafka_brokers: int = Field(1, ge=1, le=9, description="nodes of the embedded KRaft cluster (each broker+controller); node i "
+                               "listens on kafka_port + i - 1 and kafka_controller_port + i - 1. Unset = the size of the cluster "
+                               "`lklab kafka start --brokers N` last started under home (<home>/kafka/cluster.json), else 1")
+    kafka_heap: str = Field("512m", description="JVM heap of a single-node broker; nodes of a larger cluster get at most 384m each")
+    replication_factor: int | None = Field(None, ge=1, description="replicas of the topics lklab creates; None = min(3, kafka_brokers). "
+                                           "Set it (and min_insync_replicas) for an external cluster (bootstrap_servers)")
+    min_insync_replicas: int | None = Field(None, ge=1, description="topic min.insync.replicas: an acks=all write needs this many "
+                                            "replicas; None = 2 when the replication factor is 3 or more, else 1")
     topic: str = "rides.events"
     dlq_topic: str = "rides.events.dlq"
     partitions: int = Field(4, ge=1)
@@ -46,6 +71,8 @@ class Settings(BaseSettings):
     # speed layer / serving
     serving_url: str | None = Field(None, description="SQLAlchemy URL; None = SQLite (WAL) under <home>")
     serving_auto_migrate: bool = Field(True, description="upgrade a serving store behind the code on start; off = refuse and name `lklab db upgrade`")
+    api_token: SecretStr | None = Field(None, description="bearer token the HTTP API requires on every request but /health "
+                                        "(LKLAB_API_TOKEN, ≥ 16 characters; never logged); without one `lklab serve` binds loopback only")
     speed_group: str = "lklab-speed"
     speed_web_port: int = 6066
     speed_batch_max: int = Field(5000, ge=1, description="records per speed-layer sink transaction, at most")
@@ -83,6 +110,23 @@ class Settings(BaseSettings):
 
     # PII
     pii_key: str | None = Field(None, description="Fernet key; None = a 0600 key file under <home>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _started_cluster(cls, data: Any) -> Any:
+        # A cluster started with `--brokers 3` is found by every later command (and, through
+        # to_env, every child process) without repeating the flag; an explicit value still wins.
+        if not isinstance(data, dict) or data.get("kafka_brokers") is not None or data.get("bootstrap_servers"):
+            return data
+        brokers = started_brokers(Path(data.get("home") or default_home()))
+        return data if brokers is None else {**data, "kafka_brokers": brokers}
+
+    @model_validator(mode="after")
+    def _replication_fits(self) -> Settings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(f"min_insync_replicas {self.topic_min_insync_replicas} exceeds the replication factor "
+                             f"{self.topic_replication_factor}: no acks=all write could ever succeed")
+        return self
 
     @field_validator("gate_severity")
     @classmethod
@@ -125,7 +169,20 @@ class Settings(BaseSettings):
 
     @property
     def bootstrap(self) -> str:
-        return self.bootstrap_servers or f"{self.kafka_host}:{self.kafka_port}"
+        """Every broker of the embedded cluster, so a client still connects while any one is down."""
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        return ",".join(f"{self.kafka_host}:{self.kafka_port + i}" for i in range(self.kafka_brokers))
+
+    @property
+    def topic_replication_factor(self) -> int:
+        """Replicas of every topic lklab creates: one per broker, up to 3."""
+        return self.replication_factor or min(3, self.kafka_brokers)
+
+    @property
+    def topic_min_insync_replicas(self) -> int:
+        """With 3 replicas an acknowledged write is on 2 of them, so losing any one broker loses nothing."""
+        return self.min_insync_replicas or (2 if self.topic_replication_factor >= 3 else 1)
 
     @property
     def lake_root(self) -> str:
@@ -150,7 +207,8 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """LKLAB_* variables that rebuild these settings in a child process (workers, Dagster runs)."""
         return {
-            f"LKLAB_{name.upper()}": json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            f"LKLAB_{name.upper()}": json.dumps(value) if isinstance(value, (dict, list))
+            else value.get_secret_value() if isinstance(value, SecretStr) else str(value)  # a child needs the secret itself
             for name, value in self.model_dump().items()
             if value is not None
         }

@@ -8,7 +8,9 @@ reason. So the fast path can only be faster, never more lenient; a unit test kee
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from functools import lru_cache
@@ -35,10 +37,20 @@ class EventType(StrEnum):
 PAYMENT_TYPES = frozenset({EventType.PAYMENT_CAPTURED, EventType.PAYMENT_REFUNDED})
 
 
+REASON_CHARS = 300  # a reason quoting a huge value stays one readable line (and fits a dead letter)
+
+
+def short_reason(reason: str) -> str:
+    """`reason`, or its start and its full length when it is longer than REASON_CHARS (idempotent)."""
+    return reason if len(reason) <= REASON_CHARS else f"{reason[:REASON_CHARS - 40]}… ({len(reason):,} characters)"
+
+
 class EventError(ValueError):
-    """A record that breaks the contract; `reason` is one line that says what and where."""
+    """A record that breaks the contract; `reason` is one line that says what and where, at most
+    REASON_CHARS long: a reason quotes the bad value, which can be megabytes."""
 
     def __init__(self, reason: str):
+        reason = short_reason(reason)
         super().__init__(reason)
         self.reason = reason
 
@@ -113,8 +125,9 @@ def schema() -> dict[str, Any]:
     return json.loads(resources.files("lklab.schemas").joinpath("event.v1.json").read_text())
 
 
+INT64_MAX = 2**63 - 1  # the schema's bound on integers: what Spark (LongType) and SQL (BIGINT) hold
 _Id = Annotated[str, Meta(min_length=1, max_length=128)]
-_Count = Annotated[int, Meta(ge=1)]
+_Count = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 _TIME_PATTERN = schema()["properties"]["event_time"]["pattern"]  # the reference's own rule
 
 
@@ -131,7 +144,7 @@ class _Wire(msgspec.Struct, gc=False):
     user_id: _Id
     driver_id: _Id | None
     city: Annotated[str, Meta(min_length=1, max_length=64)]
-    amount_cents: Annotated[int, Meta(ge=0)] | None = None
+    amount_cents: Annotated[int, Meta(ge=0, le=INT64_MAX)] | None = None
     pii: Annotated[str, Meta(min_length=1)] | None = None
 
 
@@ -151,6 +164,8 @@ def _describe(error) -> str:
         return f"field '{path}': {error.instance!r} is not one of {', '.join(error.validator_value)}"
     if error.validator == "pattern" and path == "event_time":
         return _describe_time(error.instance)
+    if isinstance(error.instance, float) and math.isinf(error.instance):
+        return f"field '{path}': a number too large to read (beyond a double, or more than {MAX_DIGITS:,} digits)"
     if path == "amount_cents" and error.validator == "type" and error.validator_value == "null":
         return "field 'amount_cents' is only allowed on payment events"
     return f"field '{path}': {error.message}" if path else error.message
@@ -194,13 +209,43 @@ def validate_dict(data: Any) -> dict[str, Any]:
         parse_time(data["event_time"])
     except ValueError as exc:
         raise EventError(f"field 'event_time': {data['event_time']!r} is not a valid timestamp ({exc})") from None
+    _check_unicode(data)
     return data
+
+
+def _check_unicode(data: dict[str, Any]) -> None:
+    """JSON escapes can spell a lone surrogate ("\\ud800"): valid JSON, but no Unicode text, and
+    UTF-8 (the log, the serving store, the lake) cannot hold it."""
+    pii = data.get("pii")
+    texts = [(name, data.get(name)) for name in EVENT_FIELDS] + (list(pii.items()) if isinstance(pii, dict) else [])
+    for name, value in texts:
+        if isinstance(value, str) and _SURROGATE.search(value):
+            raise EventError(f"field '{name}': {value[:40]!r} holds a lone UTF-16 surrogate, which is not Unicode text")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_DIGITS = 4300  # Python's own limit on converting digits to an int (sys.get_int_max_str_digits)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")  # Python's json reads NaN and Infinity; JSON has neither
+
+
+def _integer(digits: str) -> int | float:
+    """An integer too long to read (it would cost quadratic time) reads as ±infinity, as a float
+    beyond the double range does: refused where the schema wants a number, ignored in unknown
+    fields, as the wire path ignores them."""
+    if len(digits.lstrip("-")) > MAX_DIGITS:
+        return float("-inf") if digits.startswith("-") else float("inf")
+    return int(digits)
 
 
 def decode(raw: bytes | str) -> dict[str, Any]:
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_int=_integer)
+    except RecursionError:  # nesting deeper than the interpreter's recursion limit
+        raise EventError(f"malformed JSON: nested deeper than {sys.getrecursionlimit():,} levels") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError (bytes not UTF-8), or the two above
         raise EventError(f"malformed JSON: {exc}") from None
 
 
@@ -208,8 +253,8 @@ def _fast(raw: bytes | str) -> Event | None:
     """The wire fast path; None when the record needs the reference path (invalid or unusual)."""
     try:
         w = _WIRE.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        return None  # bytes that are not UTF-8, or nesting deeper than msgspec goes: the reference path words it
     if (w.amount_cents is None) == (w.event_type in PAYMENT_TYPES):
         return None  # the cross-field rule: the reference path words it
     try:  # the pattern requires an offset (Z or ±HH:MM): normalise the instant to UTC here, at the edge

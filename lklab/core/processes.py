@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -136,6 +137,41 @@ def stop_group(pid_file: Path, marker: bytes, wait_s: float = 30.0) -> bool:
             break
     pid_file.unlink(missing_ok=True)
     return True
+
+
+JAVA_MISSING = "java not found: install a JDK 17+ (apt-get install openjdk-17-jdk-headless) or set JAVA_HOME"
+
+
+def java() -> str | None:
+    """The JVM the lab starts its services with: $JAVA_HOME/bin/java, else java on PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    found = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    return found if found and Path(found).exists() else None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now (the caller binds it soon; another process could take it first)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def free_port_range(n: int, avoid: range = range(0), attempts: int = 100, host: str = "127.0.0.1") -> int:
+    """A base port such that base .. base + n - 1 are all free now (an N-node cluster listens on
+    consecutive ports) and none falls in `avoid`."""
+    for _ in range(attempts):
+        base = free_port(host)
+        ports = range(base, base + n)
+        if ports[-1] < 65536 and not set(ports) & set(avoid) and all(port_free(host, p) for p in ports):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports on {host} in {attempts} attempts")
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Something accepts connections there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        return sock.connect_ex((host, port)) == 0
 
 
 def port_free(host: str, port: int) -> bool:

@@ -5,7 +5,6 @@ broker, lake, serving store and ports under .lklab/drills/NAME, and stops all it
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from sqlalchemy import Engine
 
 from expectations.runner import run_suite
 from lklab.core import processes
+from lklab.core.processes import free_port
 from lklab.core.config import Settings
 from lklab.core.provenance import git_sha
 from lklab.drills.readers import Monitor, Reader, get_json, view_path
@@ -43,12 +43,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "drills" / "results"
 API_MARKER = b"lklab.cli"
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0)  # CrashLoopBackOff, scaled down: Kubernetes waits 10 s doubling to 5 min
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def drill_settings(settings: Settings, **changes: object) -> Settings:

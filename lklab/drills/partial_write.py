@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +24,8 @@ from sqlalchemy import and_, delete, select
 from lklab import views
 from lklab.core import oracle, processes
 from lklab.core.config import Settings
-from lklab.drills.lab import ROOT, LiveLab, Supervised
+from lklab.drills.kill import kill_in_stall, spawn_cli
+from lklab.drills.lab import LiveLab, Supervised
 from lklab.drills.readers import RawRead, get_json, view_path
 from lklab.drills.registry import Drill, DrillContext, DrillError, register
 from lklab.drills.result import KAPPA, LAMBDA, DrillResult, Fault
@@ -41,7 +40,7 @@ from lklab.kappa.records import build_record
 from lklab.lambda_arch.builds import current_build
 from lklab.lambda_arch.promote import publish_batch
 from lklab.serving.store import batch_builds, batch_runs, batch_view_rows, speed_view_rows
-from lklab.views.faults import STALL_IN_COMMIT, STALL_S, stall_marker
+from lklab.views.faults import STALL_IN_COMMIT, STALL_S
 
 VIEW = "revenue_per_minute"
 SHAPES = {"small": StreamShape(backlog_min=20, live_min=12, rides_per_minute=20, speedup=20),
@@ -111,47 +110,12 @@ def run_partial_write(ctx: DrillContext) -> DrillResult:
 
 # ---- the kills ---------------------------------------------------------------------------------
 
-def spawn_cli(settings: Settings, args: list[str], log_name: str) -> subprocess.Popen:
-    """`python -m lklab.cli ARGS` in its own session (so what it starts, Spark's JVM, can be reaped with it)."""
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.logs_dir / log_name, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "lklab.cli", *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=processes.python_env(ROOT, settings.to_env()),
-                                cwd=settings.home, start_new_session=True)
-
-
-def kill_in_stall(lab: LiveLab, proc: subprocess.Popen, layer: str, log_name: str, timeout_s: float = 900.0) -> dict[str, Any]:
-    """Wait until `proc` hangs inside its publishing transaction (the stall marker names its pid),
-    then SIGKILL it there; its process group (Spark's JVM) goes after it."""
-    marker, deadline = stall_marker(lab.settings, layer), time.monotonic() + timeout_s
-    while not marker.exists():
-        if proc.poll() is not None:
-            raise DrillError(f"`lklab {layer}` exited ({proc.returncode}) before it reached its commit: "
-                             f"{processes.log_tail(lab.settings.logs_dir / log_name)}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise DrillError(f"`lklab {layer}` did not reach its commit within {timeout_s:.0f}s")
-        time.sleep(0.1)
-    stalled_pid = int(marker.read_text().split()[0])
-    time.sleep(0.3)  # well inside the stall: the writes are done, the commit is not
-    t = lab.now()
-    os.kill(proc.pid, signal.SIGKILL)
-    code = proc.wait(30)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    marker.unlink(missing_ok=True)
-    return {"t": t, "pid": proc.pid, "in_transaction": stalled_pid == proc.pid, "returncode": code,
-            "killed": code == -signal.SIGKILL}
-
-
 def kill_promotion(lab: LiveLab) -> KillWindow:
     window = KillWindow("batch promotion", "`lklab batch` (its promote transaction)", lab.now())
     lab.act(LAMBDA, "`lklab batch` starts; kill -9 while it promotes (stall_in_commit holds the transaction)", by="harness")
     faulty = lab.settings.model_copy(update={"faults": {"batch": STALL_IN_COMMIT}})
     proc = spawn_cli(faulty, ["batch"], "partial-write-batch.log")
-    window.kills.append(kill_in_stall(lab, proc, "batch", "partial-write-batch.log"))
+    window.kills.append(kill_in_stall(lab.settings, proc, "batch", "partial-write-batch.log", clock=lab.now))
     time.sleep(SETTLE_S)
     with lab.engine.connect() as conn:
         lease = conn.execute(select(batch_runs.c.status).order_by(batch_runs.c.started_at.desc()).limit(1)).scalar()
@@ -225,7 +189,7 @@ def kill_cutover(lab: LiveLab, allowed: tuple[str, ...]) -> KillWindow:
     faulty = lab.settings.model_copy(update={"faults": {"cutover": STALL_IN_COMMIT}})
     proc = spawn_cli(faulty, ["cutover", VIEW, "--to", "2", "--tolerance-pct", "100", "--why", "drill: killed mid-swap"],
                      "partial-write-cutover.log")
-    window.kills.append(kill_in_stall(lab, proc, "cutover", "partial-write-cutover.log"))
+    window.kills.append(kill_in_stall(lab.settings, proc, "cutover", "partial-write-cutover.log", clock=lab.now))
     time.sleep(SETTLE_S)
     with lab.engine.connect() as conn:
         window.after = published(conn, VIEW)

@@ -1,7 +1,7 @@
 """A Kafka consumer's sink whose state lives in memory: a Kappa job's (lklab.kappa.job)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
@@ -26,11 +26,16 @@ class CheckpointedSink:
 
     Checkpoints are written by one background thread while the next records are folded (the
     driver releases the GIL while it writes); at most one is in flight, and they commit in order.
-    Memory: one entry per event ever seen, per view (a heap state backend, as in Flink)."""
+    Memory: one entry per event ever seen, per view (a heap state backend, as in Flink).
+
+    `before_commit(stats)`, if given, runs inside each checkpoint's open transaction (a job sends
+    the checkpoint's dead letters there); if it raises, the checkpoint is not committed."""
 
     def __init__(self, engine: Engine, settings: Settings, topic: str, specs: Sequence[views.ViewSpec], scope: str,
-                 *, close_windows: bool = False, every: int = 100_000) -> None:
+                 *, close_windows: bool = False, every: int = 100_000,
+                 before_commit: Callable[[ApplyStats], None] | None = None) -> None:
         self.engine, self.topic, self.specs, self.scope, self.every = engine, topic, list(specs), scope, every
+        self.before_commit = before_commit
         self.lateness, self.partitions = (settings.allowed_lateness_s if close_windows else None), settings.partitions
         with engine.connect() as conn:
             held = progress.load(conn, scope, topic)
@@ -66,6 +71,8 @@ class CheckpointedSink:
     def _write(self, done: ApplyStats, deltas: BatchDeltas, changed: dict[str, int], max_time: dict[int, datetime]) -> None:
         with self.engine.begin() as conn:
             persist(conn, self.scope, self.topic, deltas, changed, done, dict(self.committed), max_time)
+            if self.before_commit is not None:
+                self.before_commit(done)
         self.committed.update(done.next_offsets)
 
     def _wait(self) -> None:

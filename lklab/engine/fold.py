@@ -108,7 +108,9 @@ def fence_and_parse(records: Sequence[InputRecord], next_offset: dict[int, int],
         next_offset[partition] = offset + 1
         stats.next_offsets[partition] = offset + 1
         try:
-            event = parse_event(raw if raw is not None else b"")
+            if raw is None:  # a tombstone: a record with a key and no value
+                raise EventError("the record has no value (null)")
+            event = parse_event(raw)
         except EventError as exc:
             stats.dead_letters.append(DeadLetter(exc.reason, partition, offset, raw or b""))
             continue

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -24,6 +25,7 @@ from lklab.log.kafka_io import Offsets
 from lklab.lake.spark import ensure_spark
 from lklab.engine.outputs import read_output
 from lklab.serving import progress
+from lklab.engine import dead_letters
 from lklab.engine.checkpoint import CheckpointedSink
 from lklab.kappa.names import ReplayError, spec_for
 from lklab.kappa.planner import ReplayPlan, check_args, plan
@@ -143,7 +145,8 @@ def replay(
     counts = {tiers.BRONZE: 0, tiers.KAFKA: 0}
     first_plan = the_plan
     while True:
-        sink = CheckpointedSink(engine, settings, settings.topic, [spec], the_plan.scope, every=checkpoint_every)
+        sink = CheckpointedSink(engine, settings, settings.topic, [spec], the_plan.scope, every=checkpoint_every,
+                                before_commit=partial(dead_letters.send, settings, consumer=the_plan.scope))
         try:
             with _bulk_gc():  # after the state is loaded, so that it is frozen out of collections
                 _replay_tiers(settings, spark, sink, the_plan, pacer, counts)

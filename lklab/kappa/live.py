@@ -9,12 +9,14 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Engine
 
 from lklab.core.config import Settings
+from lklab.engine import dead_letters
 from lklab.engine.checkpoint import CheckpointedSink
 from lklab.kappa.job import BATCH, ReplayResult, ReplayStopped, replay
 from lklab.kappa.names import replay_scope, spec_for
@@ -62,7 +64,8 @@ async def _follow(settings: Settings, engine: Engine, view: str, version: int, s
     """Consume every partition from the output's committed offsets until stopped; a checkpoint is
     written whenever records are pending and the interval has passed (and once more at the end)."""
     scope = replay_scope(view, version)
-    sink = CheckpointedSink(engine, settings, settings.topic, [spec_for(view, version, settings.faults.get("kappa"))], scope, every=BATCH * 10)
+    sink = CheckpointedSink(engine, settings, settings.topic, [spec_for(view, version, settings.faults.get("kappa"))], scope,
+                            every=BATCH * 10, before_commit=partial(dead_letters.send, settings, consumer=scope))
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=scope, enable_auto_commit=False,
                                 auto_offset_reset="none", max_poll_records=BATCH)
     await consumer.start()

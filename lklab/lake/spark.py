@@ -1,12 +1,21 @@
 """One Spark session factory, with Delta Lake and the Kafka source configured from local jars."""
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from lklab.core.config import Settings
 
 if TYPE_CHECKING:  # pyspark is imported when a session is first needed, not by every importer
     from pyspark.sql import SparkSession
+
+
+# A cluster's executors (lklab.lake.standalone): one core each, and a heap that fits a worker
+# started with the default 1g next to its own daemon; one core per application so a second
+# lklab process (a Kappa job next to `lklab batch`) is not left waiting for the first to finish.
+EXECUTOR_MEMORY = "768m"
+EXECUTOR_CORES = 1
+APP_CORES_MAX = 1
 
 
 def spark_jars(settings: Settings) -> list[str]:
@@ -67,9 +76,24 @@ def get_spark(settings: Settings) -> SparkSession:
         .config("spark.sql.files.maxPartitionBytes", str(32 * 1024 * 1024))
         .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={local_dir} -Dlog4j2.configurationFile={_log4j2_config(local_dir)}")
     )
+    if not settings.spark_master.startswith("local"):
+        builder = _cluster_config(builder)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def _cluster_config(builder: SparkSession.Builder) -> SparkSession.Builder:
+    """What executors in other JVMs need. spark.jars (set above) already reaches them: the driver
+    serves the jars, bound like itself to 127.0.0.1, which the executors on this machine reach.
+    Python workers, if a job starts any, must be this venv's interpreter (a bare `python3` has
+    no pyspark and no lklab); executors are sized to fit the standalone worker."""
+    return (
+        builder.config("spark.pyspark.python", sys.executable)
+        .config("spark.executor.memory", EXECUTOR_MEMORY)
+        .config("spark.executor.cores", str(EXECUTOR_CORES))
+        .config("spark.cores.max", str(APP_CORES_MAX))
+    )
 
 
 def ensure_spark(settings: Settings, spark: SparkSession | None = None) -> SparkSession:

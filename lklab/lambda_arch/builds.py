@@ -82,3 +82,10 @@ def current_build(conn) -> BatchBuild | None:
     if row is None:
         return None
     return BatchBuild.model_validate({**row, "offsets": {int(k): v for k, v in row["offsets"].items()}})
+
+
+def promoted_next_offsets(conn) -> dict[int, int]:
+    """Per partition, the first offset the promoted batch build did not consume ({} before any
+    promotion): records at or past it are in no served build yet."""
+    build = current_build(conn)
+    return {partition: held[1] for partition, held in build.offsets.items()} if build else {}

@@ -3,7 +3,9 @@ between layers, so every reader here works with explicit per-partition offsets."
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import time
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,7 +13,9 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, TopicAlreadyExistsError
+from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError, TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from lklab.core.config import Settings
@@ -43,9 +47,9 @@ async def ensure_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        configs = {"segment.bytes": str(settings.topic_segment_bytes)} if settings.topic_segment_bytes else None
         wanted = [
-            NewTopic(name, num_partitions=settings.partitions, replication_factor=1, topic_configs=configs)
+            NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.topic_replication_factor,
+                     topic_configs=_topic_configs(settings) or None)
             for name in (settings.topic, settings.dlq_topic)
             if name not in existing
         ]
@@ -59,19 +63,117 @@ async def ensure_topics(settings: Settings) -> None:
     await _wait_for_metadata(settings, [settings.topic, settings.dlq_topic])
 
 
-async def _wait_for_metadata(settings: Settings, topics: list[str], timeout_s: float = 30.0) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
-    await consumer.start()
+def _topic_configs(settings: Settings) -> dict[str, str]:
+    configs = {"segment.bytes": str(settings.topic_segment_bytes)} if settings.topic_segment_bytes else {}
+    if settings.topic_replication_factor >= 2:
+        # acks=all then means "on this many replicas": an acknowledged record survives losing the others
+        configs["min.insync.replicas"] = str(settings.topic_min_insync_replicas)
+    return configs
+
+
+@asynccontextmanager
+async def _metadata_client(settings: Settings, timeout_s: float):
+    """A bare client for metadata (brokers, partition leaders), not a consumer: no group, nothing to commit."""
+    client = AIOKafkaClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=int(timeout_s * 1000))
     try:
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+        yield client
+    finally:
+        await client.close()
+
+
+async def broker_ids(settings: Settings, timeout_s: float = 10.0) -> set[int]:
+    """Ids of the brokers the cluster lists (registered, not fenced) as every listed broker sees
+    it: right after a start or a restart the brokers agree only once each has caught up."""
+    async with _metadata_client(settings, timeout_s) as client:
+        # an answer listing no broker leaves "bootstrap-N" pseudo brokers: not registered ones
+        listed = {b.nodeId for b in (await client.fetch_all_metadata()).brokers() if isinstance(b.nodeId, int)}
+        seen = set(listed)
+        for node_id in listed:
+            answer = await asyncio.wait_for(client.send(node_id, MetadataRequest([])), timeout_s)  # [] = brokers only
+            seen &= {b["node_id"] for b in answer.to_object()["brokers"]}
+        return seen
+
+
+async def partition_leader(settings: Settings, partition: int, topic: str | None = None, timeout_s: float = 10.0) -> int | None:
+    """The broker id leading one partition now; None while it has no leader (one is being elected)."""
+    topic = topic or settings.topic
+    async with _metadata_client(settings, timeout_s) as client:
+        cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)
+        leader = cluster.leader_for_partition(TopicPartition(topic, partition))
+        if leader is None and not cluster.partitions_for_topic(topic):
+            raise LookupError(f"topic {topic!r} does not exist on {settings.bootstrap}")
+        return None if leader is None or leader < 0 else leader
+
+
+def wait_for_leader(settings: Settings, partition: int, not_on: int | None = None, topic: str | None = None,
+                    wait_s: float = 30.0) -> int:
+    """The partition's leader once it has one (other than `not_on`, a broker just killed): after a
+    start or an election the metadata reaches each broker a moment apart."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            leader = run(partition_leader(settings, partition, topic))
+        except Exception:  # noqa: BLE001 - a broker not caught up yet (LookupError), or a connection to a killed one
+            leader = None
+        if leader is not None and leader != not_on:
+            return leader
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"partition {partition} of {topic or settings.topic} has no leader"
+                               f"{'' if not_on is None else f' other than broker {not_on}'} after {wait_s:.0f}s")
+        time.sleep(0.2)
+
+
+async def in_sync_replicas(settings: Settings, topic: str | None = None, timeout_s: float = 10.0) -> dict[int, set[int]]:
+    """Per partition, the broker ids of its in-sync replica set, as the cluster's metadata lists them."""
+    topic = topic or settings.topic
+    async with _metadata_client(settings, timeout_s) as client:
+        request = MetadataRequest([topic], allow_auto_topic_creation=False)
+        answer = await asyncio.wait_for(client.send(client.get_random_node(), request), timeout_s)
+    [found] = answer.to_object()["topics"]
+    return {p["partition"]: set(p["isr"]) for p in found["partitions"]}
+
+
+async def group_coordinator(settings: Settings, group: str, timeout_s: float = 10.0) -> int:
+    """The broker id coordinating consumer group `group` (its offsets and rebalances)."""
+    async with _metadata_client(settings, timeout_s) as client:
+        return await asyncio.wait_for(_coordinator(client, group), timeout_s)
+
+
+async def _coordinator(client: AIOKafkaClient, group: str) -> int:
+    while True:
+        try:
+            return await client.coordinator_lookup(CoordinationType.GROUP, group)
+        except KafkaError as exc:
+            if not exc.retriable:  # e.g. the offsets topic is still being created, or its leader elected
+                raise
+        await asyncio.sleep(0.2)
+
+
+async def _wait_for_metadata(settings: Settings, topics: list[str], timeout_s: float = 30.0) -> None:
+    """Until every broker lists `topics` with a leader for each partition: a new topic reaches
+    the brokers of a cluster a moment apart, and the next command may ask any of them."""
+    async with _metadata_client(settings, timeout_s) as client:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
-            if set(topics) <= await consumer.topics():
+            if await _every_broker_sees(client, topics):
                 return
             await asyncio.sleep(0.2)
         raise TimeoutError(f"topics {topics} not visible on {settings.bootstrap} after {timeout_s}s")
-    finally:
-        await consumer.stop()
+
+
+async def _every_broker_sees(client: AIOKafkaClient, topics: list[str]) -> bool:
+    for broker in (await client.fetch_all_metadata()).brokers():
+        try:
+            answer = await client.send(broker.nodeId, MetadataRequest(topics, allow_auto_topic_creation=False))
+        except KafkaError:
+            return False
+        led = {t["topic"] for t in answer.to_object()["topics"]
+               if t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])}
+        if not set(topics) <= led:
+            return False
+    return True
 
 
 async def record_limits(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
@@ -217,22 +319,46 @@ async def read_range(settings: Settings, start: Offsets, end: Offsets, topic: st
     return sorted(out, key=lambda r: (r.partition, r.offset))
 
 
-def dlq_payload(reason: str, source: str, raw: bytes | str, max_bytes: int | None = None) -> bytes:
-    """Dead-letter record: the original bytes (as text) with the one-line reason and where it came
-    from. When the whole line would not fit in `max_bytes`, `raw` keeps its first bytes (at most
-    DLQ_PREVIEW_BYTES, fewer if still too large), `raw_bytes` gives the line's size and
-    `raw_kept_bytes` how much of it was kept."""
+def dlq_payload(reason: str, source: str, raw: bytes | str, max_bytes: int | None = None, consumer: str | None = None) -> bytes:
+    """Dead-letter record: the original bytes (as text) with the one-line reason, where it came
+    from and, from a consumer of the log, which one (its group). Bytes that are not UTF-8 are kept
+    exactly in `raw_base64` beside a readable `raw`. When the whole line would not fit in
+    `max_bytes`, `raw` keeps its first bytes (at most DLQ_PREVIEW_BYTES, fewer if still too large),
+    `raw_bytes` gives the line's size and `raw_kept_bytes` how much of it was kept."""
     data = raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw
-    letter = {"reason": reason, "source": source, "raw": data.decode("utf-8", errors="replace")}
-    payload = _compact(letter)
+    letter = {"reason": reason, "source": source, **({"consumer": consumer} if consumer else {})}
+    payload = _with_raw(letter, data)
     keep = min(len(data), DLQ_PREVIEW_BYTES)
     while max_bytes is not None and len(payload) > max_bytes:
         if keep == 0:
             raise ValueError(f"a dead letter for {source} does not fit in {max_bytes:,} bytes even without its line")
-        kept = data[:keep].decode("utf-8", errors="ignore")  # never half a character
-        payload = _compact({**letter, "raw": kept, "raw_bytes": len(data), "raw_kept_bytes": len(kept.encode())})
+        kept = _prefix(data, keep)
+        payload = _with_raw({**letter, "raw_bytes": len(data), "raw_kept_bytes": len(kept)}, kept)
         keep //= 2
     return payload
+
+
+def dead_letter_budget(limit: int, key: bytes | None) -> int:
+    """The largest dead-letter value a record of `limit` bytes with this key can carry: the value's
+    length varint grows with it (up to 5 bytes), so keep that much headroom."""
+    return limit - record_size(key, b"") - 5
+
+
+def _with_raw(letter: dict, data: bytes) -> bytes:
+    try:
+        return _compact({**letter, "raw": data.decode("utf-8")})
+    except UnicodeDecodeError:  # not text: a readable rendering, and the exact bytes
+        return _compact({**letter, "raw": data.decode("utf-8", errors="replace"), "raw_base64": base64.b64encode(data).decode()})
+
+
+def _prefix(data: bytes, keep: int) -> bytes:
+    """The first `keep` bytes, never ending in half a character of UTF-8 text."""
+    cut = data[:keep]
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return cut  # not text: kept byte for byte (base64)
+    return cut.decode("utf-8", errors="ignore").encode()
 
 
 def _compact(obj: dict) -> bytes:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from lklab.log import kafka_io
 from lklab.core.config import Settings
-from lklab.core.events import Event, EventError, decode, parse_event, validate_dict
+from lklab.core.events import Event, EventError, decode, parse_event, short_reason, validate_dict
 from lklab.core.pii import PiiCipher
 
 CONFIRM_EVERY = 5000  # records in flight before waiting for their acknowledgements
-REASON_CHARS = 300  # a reason quoting a huge value stays one readable line
+JSON_WHITESPACE = " \t\r\n"  # a line of only these holds no event; any other character is a line to judge
 
 
 @dataclass
@@ -30,10 +30,6 @@ class ProduceReport:
         self.dead_lettered += 1
         if len(self.reasons) < 20:
             self.reasons.append(f"{where}: {reason}")
-
-
-def short_reason(reason: str) -> str:
-    return reason if len(reason) <= REASON_CHARS else f"{reason[:REASON_CHARS]}… ({len(reason):,} characters)"
 
 
 def validate_line(line: str, cipher: PiiCipher) -> Event:
@@ -52,8 +48,8 @@ async def produce_lines(
     too large for the topic or refused by the broker for itself, to the DLQ."""
     async with _opened_import(settings, source) as run:
         for number, line in enumerate(lines, start=1):
-            if line.strip():
-                await run.send(f"{source}:{number}", line.rstrip("\n"))
+            if line.strip(JSON_WHITESPACE):
+                await run.send(f"{source}:{number}", line.rstrip("\r\n"))
             if len(run.pending) >= CONFIRM_EVERY:
                 await run.confirm()
             if on_progress and number % 1000 == 0:
@@ -69,6 +65,23 @@ async def _opened_import(settings: Settings, source: str) -> AsyncIterator[_Impo
     limits = await kafka_io.record_limits(settings, (settings.topic, settings.dlq_topic))
     async with kafka_io.producer(settings, max_batch_bytes=min(limits.values())) as producer:
         yield _Import(settings, producer, limits, source)
+
+
+def _not_utf8(line: str) -> str | None:
+    """The reason a line read with surrogateescape was not UTF-8, or None if it was."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"line is not UTF-8 text: byte 0x{_line_bytes(line[exc.start])[0]:02x} at character {exc.start + 1}"
+    return None
+
+
+def _line_bytes(line: str) -> bytes:
+    """A line's bytes as read: surrogateescape gives back the bytes that were not UTF-8."""
+    try:
+        return line.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that was not read from bytes (a caller's own str)
+        return line.encode("utf-8", errors="surrogatepass")
 
 
 class ProduceError(RuntimeError):
@@ -97,6 +110,8 @@ class _Import:
         self.pending: list[_Sent] = []
 
     async def send(self, where: str, line: str) -> None:
+        if (not_text := _not_utf8(line)) is not None:
+            return await self.dead_letter(where, not_text, line)
         try:
             event = validate_line(line, self.cipher)
         except EventError as exc:
@@ -109,10 +124,10 @@ class _Import:
         self.pending.append(_Sent(where, line, await self.producer.send(topic, key=key, value=value), False))
 
     async def dead_letter(self, where: str, reason: str, line: str) -> None:
+        reason, line = self.cipher.seal_dead_letter(reason, line)  # the dead-letter topic is the log too: no plaintext PII
         topic, reason = self.settings.dlq_topic, short_reason(reason)
         try:
-            # the value's length varint grows with it (up to 5 bytes): keep that much headroom
-            value = kafka_io.dlq_payload(reason, where, line, self.limits[topic] - kafka_io.record_size(self.key, b"") - 5)
+            value = kafka_io.dlq_payload(reason, where, _line_bytes(line), kafka_io.dead_letter_budget(self.limits[topic], self.key))
         except ValueError as exc:
             raise ProduceError(f"{where}: {reason}, and {exc} (topic {topic}); nothing is dropped, so the import stopped here",
                                self.report) from None
@@ -144,8 +159,9 @@ def produce_file(settings: Settings, path: Path, on_progress: Callable[[int], No
         raise FileNotFoundError(f"{path}: no such file (it is a directory; expected a JSONL file, one event per line)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected JSONL, one event per line)")
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        return kafka_io.run(produce_lines(settings, handle, str(path), on_progress))
+    with path.open("rb") as handle:  # lines end at \n only (JSON Lines); bytes that are not UTF-8 are kept to dead-letter
+        lines = (raw.decode("utf-8", errors="surrogateescape") for raw in handle)
+        return kafka_io.run(produce_lines(settings, lines, str(path), on_progress))
 
 
 def produce_events(settings: Settings, events: Iterable[Event], source: str = "generator",

@@ -10,7 +10,6 @@ broker or data you run yourself, and it stops everything it started.
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from lklab import views
 from expectations.runner import data_docs_index
 from orchestration.launch import run_batch
 from lklab.core.config import Settings
+from lklab.core.processes import free_port
 from lklab.core.gates import styled
 from lklab.log.generator import GeneratorConfig, bad_lines, generate, write_jsonl, write_ledger
 from lklab.log.produce import produce_file
@@ -62,12 +62,6 @@ class DemoResult:
         return [c for c in self.comparisons if c.part == part]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 DEMO_START = datetime(2026, 11, 17, 23, 55, tzinfo=timezone.utc)  # across midnight: user_sessions v1's bug shows
 DEMO_SEGMENT_BYTES = 64 * 1024  # small segments, so a short retention deletes some of them
 DEMO_RETENTION_BYTES = 64 * 1024  # per partition: Kafka keeps 64-128 KB (the newest 150-300 records) of each
@@ -75,7 +69,7 @@ DEMO_RETENTION_BYTES = 64 * 1024  # per partition: Kafka keeps 64-128 KB (the ne
 
 def demo_settings() -> Settings:
     home = Path.cwd() / ".lklab" / "demo"
-    return Settings(home=home, kafka_port=_free_port(), kafka_controller_port=_free_port(), speed_web_port=_free_port(),
+    return Settings(home=home, kafka_port=free_port(), kafka_controller_port=free_port(), speed_web_port=free_port(),
                     topic_segment_bytes=DEMO_SEGMENT_BYTES)
 
 

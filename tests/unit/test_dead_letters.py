@@ -27,3 +27,14 @@ def test_a_line_too_large_keeps_its_first_bytes_and_says_how_many() -> None:
 def test_a_limit_too_small_for_any_dead_letter_is_an_error() -> None:
     with pytest.raises(ValueError, match="does not fit in 40 bytes even without its line"):
         dlq_payload("malformed JSON", "f.jsonl:1", "x" * 100, max_bytes=40)
+
+
+def test_bytes_that_are_not_utf8_are_kept_exactly_in_base64() -> None:
+    import base64
+
+    raw = b'{"city": "b\xffx"}'
+    letter = json.loads(dlq_payload("malformed JSON", "t[0]@1", raw, max_bytes=1000, consumer="lklab-speed"))
+    assert base64.b64decode(letter["raw_base64"]) == raw and letter["raw"] == '{"city": "b\ufffdx"}'
+    assert letter["consumer"] == "lklab-speed"
+    cut = json.loads(dlq_payload("too large", "t[0]@2", b"\xff" * 200_000, max_bytes=100_000))
+    assert base64.b64decode(cut["raw_base64"]) == b"\xff" * cut["raw_kept_bytes"] and cut["raw_bytes"] == 200_000

@@ -75,6 +75,14 @@ def test_a_later_schema_version_with_added_fields_is_accepted() -> None:
             (line(event_time="9999-12-31T23:59:59-01:00"), "not a valid timestamp"),
         (line(event_version=0), "field 'event_version'"),
         ("[1, 2]", "expected a JSON object"),
+        # found by the bad-input chaos check: each once crashed a consumer or was accepted
+        ("[" * 10_000 + "]" * 10_000, "malformed JSON: nested deeper than"),
+        (line(amount_cents=2**70), "is greater than the maximum"),
+        (line(event_version=2**63), "is greater than the maximum"),
+        (line(city="\ud800"), "lone UTF-16 surrogate"),
+        (line(amount_cents=1)[:-1] + ', "extra": NaN}', "NaN is not a JSON number"),
+        (line(amount_cents=1).replace('"amount_cents": 1', '"amount_cents": ' + "9" * 5000), "a number too large to read"),
+        (line(city="c" * 2_000_000), "characters)"),
         (line(pii={"name": "Ada", "phone": "1"}), "plaintext PII"),
     ],
 )
@@ -83,6 +91,11 @@ def test_bad_records_are_rejected_with_a_reason(record: str, expected: str) -> N
         parse_event(record)
     assert expected in info.value.reason
     assert "\n" not in info.value.reason
+
+
+def test_bytes_that_are_not_utf8_are_a_reason_not_a_crash() -> None:
+    with pytest.raises(EventError, match="malformed JSON: 'utf-8' codec can't decode byte 0xff"):
+        parse_event(line(city="b-x").encode().replace(b"b-x", b"b\xffx"))
 
 
 def test_generator_bad_lines_all_fail() -> None:
