@@ -3,6 +3,7 @@ server per test run."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import uuid
@@ -16,6 +17,12 @@ from lklab.kappa.freshness import WORKER_MARKER
 from lklab.log import kafka_io
 from lklab.log import broker as kafka_runtime
 from lklab.core.config import Settings
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # xdist's workers inherit COLUMNS=80 and LINES=24 from execnet's set-up, not from the shell;
+    # lklab reads COLUMNS as the user's chosen width, so piped output in the tests would wrap.
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 from lklab.serving import postgres
 
 

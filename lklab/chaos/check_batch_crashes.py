@@ -373,7 +373,8 @@ def landed(trial: Trial, in_transaction: bool) -> tuple[bool, str]:
     before, at, written = trial.commits_before, trial.commits_at_kill, trial.uncommitted_at_kill
     golds = sum(1 for name in before if name.startswith("gold/"))
     if trial.phase == BRONZE:
-        bronze = "after bronze's commit" if at["bronze"] > before["bronze"] else f"{written['bronze']} bronze data files written, not committed"
+        bronze = ("after bronze's commit" if at["bronze"] > before["bronze"]
+                  else f"{written['bronze']} bronze data files written, not committed")
         ok = jobs.get("ingest") == "STARTED" and "lambda_batch" not in jobs
         return ok, f"ingest run {jobs.get('ingest')}, batch run not started: {'lambda_batch' not in jobs}; {bronze}"
     batch = jobs.get("lambda_batch")
@@ -549,8 +550,7 @@ def figures(lab: Lab, planned: list[str], trials: list[Trial], reader: Reader, p
         equal("kills landed in their phase", sum(t.landed for t in trials), len(planned), unit="kills"),
         zero("reads that saw a partial or mixed build", len(partial), "reads"),
         zero("reads that saw anything but the previous build during a killed run", len(not_previous), "reads"),
-        holds("next run equals the oracle", converged, "; ".join(f"{v}: {c}" for v, c in comparisons.items())
-              if not converged else f"yes: {len(lab.views)} views, {sum(c.rows_expected for c in comparisons.values())} rows exact"),
+        holds("next run equals the oracle", converged, convergence_detail(converged, final, comparisons)),
         holds("Delta tables readable at their last commit after every kill", all(t.lake.get("readable") for t in trials),
               lake_detail(trials)),
         zero("killed runs still holding a lease after the next run", len(holding), "runs"),
@@ -561,6 +561,13 @@ def figures(lab: Lab, planned: list[str], trials: list[Trial], reader: Reader, p
                 "final_build": served.build_id if served else None,
                 "oracle": {v: str(c) for v, c in comparisons.items()}}
     return result, evidence
+
+
+def convergence_detail(converged: bool, final: dict[str, Any], comparisons: dict[str, oracle.Comparison]) -> str:
+    if converged:
+        return f"yes: {len(comparisons)} views, {sum(c.rows_expected for c in comparisons.values())} rows exact"
+    ran = "" if final["succeeded"] else f"the clean run failed ({final['message']}); "
+    return "no: " + ran + "; ".join(f"{view}: {c}" for view, c in comparisons.items())
 
 
 def lake_detail(trials: list[Trial]) -> str:
