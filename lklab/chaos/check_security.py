@@ -27,7 +27,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -119,21 +118,8 @@ def socket_table() -> list[Socket]:
     return found
 
 
-def _processes() -> dict[int, tuple[str, int, int]]:
-    """Every live process: pid → (state, parent pid, process group), from /proc/<pid>/stat."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, parent, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-                out[int(entry.name)] = (state, int(parent), int(group))
-            except (OSError, ValueError):
-                continue
-    return out
-
-
 def _parents() -> dict[int, int]:
-    return {pid: parent for pid, (_state, parent, _group) in _processes().items()}
+    return {pid: parent for pid, (_state, parent, _group) in processes.process_table().items()}
 
 
 def process_tree(root: int, parents: dict[int, int]) -> set[int]:
@@ -210,27 +196,8 @@ class DagsterUi:
 
     def stop(self) -> None:
         if (pid := self.pid()) is not None:
-            stop_process_group(pid)
+            processes.stop_process_group(pid)
             self.pid_file.unlink(missing_ok=True)
-
-
-def _group_members(pgid: int) -> list[int]:
-    return [pid for pid, (state, _parent, group) in _processes().items() if group == pgid and state not in ("Z", "X")]
-
-
-def stop_process_group(pgid: int, patience_s: float = 20.0) -> None:
-    """SIGTERM every process of the group (dagster dev's webserver, daemon and code servers
-    outlive their parent), wait until none is left, then SIGKILL what remains."""
-    for sig, wait_s in ((signal.SIGTERM, patience_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while _group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not _group_members(pgid):
-            return
 
 
 def broker_process(settings: Settings) -> tuple[int | None, Path | None]:

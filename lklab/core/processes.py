@@ -120,6 +120,38 @@ def read_pid(pid_file: Path, marker: bytes) -> int | None:
     return None
 
 
+def process_table() -> dict[int, tuple[str, int, int]]:
+    """Every live process: pid → (state, parent pid, process group), from /proc/<pid>/stat."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, parent, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+                out[int(entry.name)] = (state, int(parent), int(group))
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def group_members(pgid: int) -> list[int]:
+    return [pid for pid, (state, _parent, group) in process_table().items() if group == pgid and state not in ("Z", "X")]
+
+
+def stop_process_group(pgid: int, patience_s: float = 20.0) -> None:
+    """SIGTERM every process of the group (dagster dev's webserver, daemon and code servers
+    outlive their parent), wait until none is left, then SIGKILL what remains."""
+    for sig, wait_s in ((signal.SIGTERM, patience_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not group_members(pgid):
+            return
+
+
 def stop_group(pid_file: Path, marker: bytes, wait_s: float = 30.0) -> bool:
     """SIGTERM the service's process group, wait, then SIGKILL. False if it was not running."""
     pid = read_pid(pid_file, marker)
@@ -135,6 +167,8 @@ def stop_group(pid_file: Path, marker: bytes, wait_s: float = 30.0) -> bool:
             time.sleep(0.1)
         if not alive(pid, marker):
             break
+    if group_members(pid):  # children that outlived the service (Spark's JVM, Dagster's code servers)
+        stop_process_group(pid, patience_s=0.0)
     pid_file.unlink(missing_ok=True)
     return True
 

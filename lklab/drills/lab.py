@@ -8,12 +8,13 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from sqlalchemy import Engine
@@ -38,6 +39,9 @@ from lklab.log import kafka_io
 from lklab.log.generator import write_ledger
 from lklab.serving.store import make_engine
 from orchestration.launch import run_batch
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "drills" / "results"
@@ -384,25 +388,32 @@ class LiveLab:
         self._stack.close()
 
 
+@contextmanager
+def own_lab(home: Path, speed_group: str) -> Iterator[tuple[Settings, SparkSession]]:
+    """A wiped `home` with its own broker on free loopback ports (stopped at the end), and the
+    process's Spark session, its scratch beside the home: later runs in the process find it warm."""
+    from lklab.lake.spark import get_spark
+
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    settings = Settings(home=home, kafka_port=free_port(), kafka_controller_port=free_port(), speed_web_port=free_port(),
+                        speed_group=speed_group)
+    with ExitStack() as cleanup:
+        kafka_runtime.start(settings)
+        cleanup.callback(kafka_runtime.stop, settings)
+        yield settings, get_spark(settings.model_copy(update={"home": home.parent}))
+
+
 def run_isolated(the_drill: Drill, size: Size = "default", seed: int = 7, console: Console | None = None,
                  results_dir: Path | None = None) -> tuple[DrillResult, Path, Path]:
     """Run one drill on its own broker, lake, serving store and ports (.lklab/drills/NAME), stop
     everything it started, and write its JSON and plot to results_dir (drills/results). The Spark
     session is the process's (its scratch under .lklab/drills/spark): later drills find it warm."""
     from lklab.drills.plot import timeline
-    from lklab.lake.spark import get_spark
 
     name = the_drill.name
     console = console or Console()
-    home = ROOT / ".lklab" / "drills" / name
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    settings = Settings(home=home, kafka_port=free_port(), kafka_controller_port=free_port(), speed_web_port=free_port(),
-                        speed_group=f"lklab-speed-drill-{name}")
-    with ExitStack() as cleanup:
-        kafka_runtime.start(settings)
-        cleanup.callback(kafka_runtime.stop, settings)
-        spark = get_spark(settings.model_copy(update={"home": home.parent}))  # one JVM for every drill this process runs
+    with own_lab(ROOT / ".lklab" / "drills" / name, f"lklab-speed-drill-{name}") as (settings, spark):
         try:
             result = the_drill.run(DrillContext(name, settings, size, seed, spark, console))
         except (jobs.JobError, co.CutoverError, speed.SpeedError) as exc:
