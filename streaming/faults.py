@@ -8,4 +8,4 @@ from lklab.views.faults import with_faults
 
 
 def speed_specs(settings: Settings) -> list[views.ViewSpec]:
-    return with_faults(views.SPEED_LAYER.values(), settings.faults.get("speed"))
+    return with_faults(views.speed_layer_specs(settings), settings.faults.get("speed"))

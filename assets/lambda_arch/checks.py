@@ -12,6 +12,7 @@ from expectations.runner import GateResult, run_suite
 from lklab.lake import tables as lake
 from lklab.lake import reconcile
 from lklab.lambda_arch import runs
+from lklab.evolution import history
 from lklab import views
 from lklab.lake.tables import silver_watermark
 from lklab.core.gates import severity, suite_severities
@@ -124,8 +125,26 @@ def ledger_reconciliation(context: AssetCheckExecutionContext, lab: LabSettings,
     return _gate(context, lab, serving, reconcile.reconcile_with_ledger(session, settings, serving.engine(), silver_watermark(session, settings)))
 
 
+@asset_check(asset=bronze_events, blocking=True, name="history_readable",
+             description="when a batch logic reads a field an older schema version lacks (revenue v2: tip_cents), every "
+                         "record of the log (Kafka and bronze) must decode with the current code")
+def history_readable(context: AssetCheckExecutionContext, lab: LabSettings, serving: ServingResource) -> AssetCheckResult:
+    settings = lab.settings()
+    fields = sorted({f for spec in views.VIEWS.values() for f in history.new_fields(views.batch_spec(spec, settings))})
+    if not fields:
+        return _gate(context, lab, serving, reconcile.GateReport(True, "no batch logic reads a field an older schema version lacks"))
+    try:
+        report = history.verify_history(settings)
+    except history.HistoryError as exc:
+        return _gate(context, lab, serving, reconcile.GateReport(False, f"reads {', '.join(fields)}; history unreadable: {exc}"))
+    lines = list(history.gate_lines(report))
+    return _gate(context, lab, serving, reconcile.GateReport(report.readable, f"reads {', '.join(fields)}: {lines[0]}", lines[1:],
+                                                             {"unreadable": len(report.blocking)}))
+
+
 quality_gates = [
     gx_bronze_events,
+    history_readable,
     gx_silver_events,
     *(gx_gold_check(spec) for spec in views.VIEWS.values()),
     *(divergence_check(spec) for spec in views.SPEED_LAYER.values()),

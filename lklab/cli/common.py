@@ -36,6 +36,9 @@ app.add_typer(db_app, name="db")
 drill_app = typer.Typer(help="Drills: one fault applied to Lambda and Kappa on the same live stream, readers scored against the oracle.",
                         no_args_is_help=True)
 app.add_typer(drill_app, name="drill")
+schema_app = typer.Typer(help="Event schemas: the registered versions, compatibility of a proposed one, readability of the history.",
+                         no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
 chaos_app = typer.Typer(help="The chaos suite: kills, broker loss, fuzzed input and concurrent readers, measured (RELIABILITY.md).",
                         no_args_is_help=True)
 app.add_typer(chaos_app, name="chaos")

@@ -126,14 +126,17 @@ def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write")],
     minutes: Annotated[int, typer.Option(min=1, help="minutes of event time")] = 10,
     seed: Annotated[int, typer.Option(help="generator seed")] = 7,
-    rides_per_minute: Annotated[int, typer.Option(min=0)] = 60,
+    rides_per_minute: Annotated[float, typer.Option(min=0, help="may be below 1 for long, sparse histories")] = 60,
+    schema_v2: Annotated[float, typer.Option("--schema-v2", min=0, max=1, help="share of rides written in event schema v2 "
+                                             "(tips, currency); the rest in v1")] = 0.0,
 ) -> None:
     """Write a deterministic workload (late, duplicate, corrected events) and its payments ledger."""
     from lklab.log.generator import GeneratorConfig, write_jsonl, write_ledger
     from lklab.log.generator import generate as make_workload
 
     s = settings()
-    workload = make_workload(GeneratorConfig(seed=seed, duration_s=minutes * 60, rides_per_minute=rides_per_minute))
+    workload = make_workload(GeneratorConfig(seed=seed, duration_s=minutes * 60, rides_per_minute=rides_per_minute,
+                                             schema_v2_fraction=schema_v2))
     write_jsonl(workload.deliveries, out, workload.config.local_offsets)
     ledger = write_ledger(serving_engine(s), workload.truth)
     console.print(f"wrote {len(workload.deliveries)} deliveries of {len(workload.truth)} events to {out}; "

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     speed_prefetch: int = Field(20_000, ge=1, description="Faust stream buffer per partition (back-pressure)")
     allowed_lateness_s: int = Field(300, ge=0, description="99.9% of the seed's events arrive within 5 minutes")
     user_sessions_logic: int = Field(2, ge=1, le=2, description="batch sessionization logic: 1 has the midnight bug, 2 the fix")
+    revenue_logic: int | None = Field(None, ge=1, le=2, description="revenue_per_minute logic of the Lambda layers (batch and "
+                                      "speed): 1 ignores tips, 2 counts them (schema v2); unset: the view's current logic (1)")
     gate_severity: dict[str, str] = Field(default_factory=dict, description="per-gate severity overrides (fail | warn | drop); "
                                           "names and defaults in lklab.core.gates.GATES")
     blocked_windows_policy: Literal["serve-flagged", "refuse"] = Field(

@@ -1,4 +1,6 @@
-"""The event contract: schema v1 (JSON Schema file) plus the typed model every layer imports.
+"""The event contract: the registered JSON Schemas (lklab.core.schemas: v1, v2, ...) plus the
+typed model every layer imports. A record is checked against the version its schema_version
+names; the fields its version lacks take the newer versions' defaults (a v1 payment has no tip).
 
 The JSON Schema file is the reference. The hot path (every record the sink consumes) decodes
 with msgspec into a wire struct whose constraints are no looser than the schema; anything it
@@ -14,7 +16,6 @@ import sys
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from functools import lru_cache
-from importlib import resources
 from typing import Annotated, Any
 
 import fastjsonschema
@@ -22,7 +23,9 @@ import msgspec
 from jsonschema import Draft202012Validator
 from msgspec import Meta
 
-SCHEMA_VERSION = 1
+from lklab.core import schemas
+
+SCHEMA_VERSION = schemas.latest()  # the newest registered version: what lklab writes
 
 
 class EventType(StrEnum):
@@ -74,10 +77,14 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     city: str
     amount_cents: int | None = None
     pii: str | None = None  # Fernet token; plaintext never reaches the log
+    tip_cents: int = 0  # schema v2: payment_captured only
+    currency: str = "EUR"  # schema v2
 
     def to_json(self, offset: timedelta | None = None) -> str:
-        """The wire form; event_time in UTC with a Z, or in the given local offset."""
-        data = {name: getattr(self, name) for name in self.__struct_fields__}
+        """The wire form of its schema version (a v1 event has no tip_cents or currency); event_time
+        in UTC with a Z, or in the given local offset."""
+        own = schema(self.schema_version)["properties"]
+        data = {name: getattr(self, name) for name in self.__struct_fields__ if name in own}
         data["event_type"] = self.event_type.value
         data["event_time"] = format_time(self.event_time, offset)
         return json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
@@ -120,9 +127,9 @@ def parse_time(text: str) -> datetime:
         raise ValueError("the instant is outside the years 1 to 9999 in UTC") from None
 
 
-@lru_cache(maxsize=1)
-def schema() -> dict[str, Any]:
-    return json.loads(resources.files("lklab.schemas").joinpath("event.v1.json").read_text())
+def schema(version: int | None = None) -> dict[str, Any]:
+    """The JSON Schema of `version` (None: the newest)."""
+    return schemas.schema(version)
 
 
 INT64_MAX = 2**63 - 1  # the schema's bound on integers: what Spark (LongType) and SQL (BIGINT) hold
@@ -132,8 +139,9 @@ _TIME_PATTERN = schema()["properties"]["event_time"]["pattern"]  # the reference
 
 
 class _Wire(msgspec.Struct, gc=False):
-    """Schema v1 as msgspec constraints, at least as strict as the JSON Schema (the test
-    `test_the_wire_fast_path_is_never_more_lenient` holds it to that)."""
+    """Every schema version as msgspec constraints, at least as strict as the JSON Schema (the test
+    `test_the_wire_fast_path_is_never_more_lenient` holds it to that). It reads the newest
+    version's fields; _fast drops those the record's own version does not have."""
 
     event_id: _Id
     event_version: _Count
@@ -146,14 +154,21 @@ class _Wire(msgspec.Struct, gc=False):
     city: Annotated[str, Meta(min_length=1, max_length=64)]
     amount_cents: Annotated[int, Meta(ge=0, le=INT64_MAX)] | None = None
     pii: Annotated[str, Meta(min_length=1)] | None = None
+    tip_cents: Annotated[int, Meta(ge=0, le=INT64_MAX)] = 0
+    currency: Annotated[str, Meta(pattern=schema()["properties"]["currency"]["pattern"])] = "EUR"
 
 
 _WIRE = msgspec.json.Decoder(_Wire)
 
 
-@lru_cache(maxsize=1)
-def _validator() -> Draft202012Validator:
-    return Draft202012Validator(schema())
+@lru_cache(maxsize=None)
+def _validator(version: int) -> Draft202012Validator:
+    return Draft202012Validator(schema(version))
+
+
+@lru_cache(maxsize=None)
+def _defaults(version: int) -> dict[str, Any]:
+    return schemas.defaults(version)
 
 
 def _describe(error) -> str:
@@ -168,6 +183,8 @@ def _describe(error) -> str:
         return f"field '{path}': a number too large to read (beyond a double, or more than {MAX_DIGITS:,} digits)"
     if path == "amount_cents" and error.validator == "type" and error.validator_value == "null":
         return "field 'amount_cents' is only allowed on payment events"
+    if path == "tip_cents" and error.validator == "const":
+        return f"field 'tip_cents': {error.instance!r}, but a tip is only allowed on payment_captured events"
     return f"field '{path}': {error.message}" if path else error.message
 
 
@@ -187,24 +204,36 @@ def _rank(error) -> tuple[bool, int]:
     return (bool(error.schema_path) and error.schema_path[0] == "allOf", len(error.absolute_path))
 
 
-@lru_cache(maxsize=1)
-def _fast_check():
+@lru_cache(maxsize=None)
+def _fast_check(version: int):
     """The same schema compiled to Python code (about 30x faster than the reference validator).
-    The schema uses only draft-07 keywords, so it compiles as draft-07; a unit test keeps the two
+    The schemas use only draft-07 keywords, so they compile as draft-07; a unit test keeps the two
     validators' verdicts equal."""
-    return fastjsonschema.compile({**schema(), "$schema": "http://json-schema.org/draft-07/schema#"})
+    return fastjsonschema.compile({**schema(version), "$schema": "http://json-schema.org/draft-07/schema#"})
+
+
+def claimed_version(data: dict[str, Any]) -> int:
+    """The registered version a record is checked against: the one its schema_version names (the
+    newest for a newer or unreadable one: its own field check then words the problem)."""
+    claimed = data.get("schema_version")
+    if isinstance(claimed, bool) or not isinstance(claimed, (int, float)) or claimed != int(claimed) or claimed < 1:
+        return SCHEMA_VERSION
+    return min(int(claimed), SCHEMA_VERSION)
 
 
 def validate_dict(data: Any) -> dict[str, Any]:
-    """Check a decoded record against schema v1; raises EventError naming the first problem."""
+    """Check a decoded record against the schema version it claims; raises EventError naming
+    the first problem (prefixed with the version for versions after the first)."""
     if not isinstance(data, dict):
         raise EventError(f"expected a JSON object, got {type(data).__name__}")
+    version = claimed_version(data)
     try:
-        _fast_check()(data)
+        _fast_check(version)(data)
     except fastjsonschema.JsonSchemaValueException:
-        errors = list(_validator().iter_errors(data))  # the reference validator words the reason
+        errors = list(_validator(version).iter_errors(data))  # the reference validator words the reason
         if errors:
-            raise EventError(_describe(min(errors, key=_rank))) from None
+            reason = _describe(min(errors, key=_rank))
+            raise EventError(reason if version == min(schemas.versions()) else f"schema v{version}: {reason}") from None
     try:
         parse_time(data["event_time"])
     except ValueError as exc:
@@ -256,13 +285,19 @@ def _fast(raw: bytes | str) -> Event | None:
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None  # bytes that are not UTF-8, or nesting deeper than msgspec goes: the reference path words it
     if (w.amount_cents is None) == (w.event_type in PAYMENT_TYPES):
-        return None  # the cross-field rule: the reference path words it
+        return None  # the cross-field rules: the reference path words them
+    tip, currency = w.tip_cents, w.currency
+    if w.schema_version < SCHEMA_VERSION:  # fields its version lacks take their defaults
+        fill = _defaults(w.schema_version)
+        tip, currency = fill.get("tip_cents", tip), fill.get("currency", currency)
+    if tip and w.event_type is not EventType.PAYMENT_CAPTURED:
+        return None
     try:  # the pattern requires an offset (Z or ±HH:MM): normalise the instant to UTC here, at the edge
         at = datetime.fromisoformat(w.event_time).astimezone(timezone.utc)
     except (ValueError, OverflowError):  # the reference path words it
         return None
     return Event(w.event_id, w.event_version, w.schema_version, w.event_type, at, w.ride_id, w.user_id, w.driver_id,
-                 w.city, w.amount_cents, w.pii)
+                 w.city, w.amount_cents, w.pii, tip, currency)
 
 
 def _from_dict(data: dict[str, Any]) -> Event:
@@ -270,9 +305,12 @@ def _from_dict(data: dict[str, Any]) -> Event:
     if isinstance(data.get("pii"), dict):
         raise EventError("field 'pii': plaintext PII on the log; it must be encrypted at the edge")
     integer = lambda v: None if v is None else int(v)  # noqa: E731 - JSON Schema integers include 1.0
+    version = claimed_version(data)
+    later = {**_defaults(version), **{k: v for k, v in data.items() if k not in _defaults(version)}}
     return Event(data["event_id"], integer(data["event_version"]), integer(data["schema_version"]),
                  EventType(data["event_type"]), parse_time(data["event_time"]), data["ride_id"], data["user_id"],
-                 data["driver_id"], data["city"], integer(data.get("amount_cents")), data.get("pii"))
+                 data["driver_id"], data["city"], integer(data.get("amount_cents")), data.get("pii"),
+                 integer(later.get("tip_cents", 0)), later.get("currency", "EUR"))
 
 
 def parse_event(raw: bytes | str | dict[str, Any]) -> Event:

@@ -40,6 +40,8 @@ GATES: dict[str, tuple[Severity, frozenset[Severity]]] = {
     "divergence_daily_active_users": (Severity.FAIL, frozenset({Severity.FAIL, Severity.WARN})),
     "divergence_driver_earnings_daily": (Severity.FAIL, frozenset({Severity.FAIL, Severity.WARN})),
     "ledger_reconciliation": (Severity.FAIL, frozenset({Severity.FAIL, Severity.WARN})),
+    # A batch logic that reads a field older schema versions lack needs the whole history readable.
+    "history_readable": (Severity.FAIL, frozenset({Severity.FAIL, Severity.WARN})),
     # Events that break the schema never reach silver: they go to silver_rejects with a reason.
     SILVER_QUARANTINE: (Severity.DROP, frozenset({Severity.DROP})),
 }

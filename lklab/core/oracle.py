@@ -39,16 +39,20 @@ def _day(event: Event) -> date:
     return _utc(event).date()
 
 
-def _money(event: Event) -> int | None:
+def _money(event: Event, with_tips: bool = False) -> int | None:
     sign = _SIGN.get(event.event_type)
-    return None if sign is None else sign * (event.amount_cents or 0)
+    if sign is None:
+        return None
+    tip = event.tip_cents if with_tips and event.event_type is EventType.PAYMENT_CAPTURED else 0
+    return sign * ((event.amount_cents or 0) + tip)
 
 
-def revenue_per_minute(truth: Iterable[Event]) -> dict[tuple[str, datetime], int]:
-    """(city, UTC minute) -> captured minus refunded cents; a row iff a payment falls in it."""
+def revenue_per_minute(truth: Iterable[Event], with_tips: bool = False) -> dict[tuple[str, datetime], int]:
+    """(city, UTC minute) -> captured minus refunded cents (plus captures' tips with `with_tips`:
+    revenue logic v2); a row iff a payment falls in it."""
     totals: dict[tuple[str, datetime], int] = defaultdict(int)
     for event in final_events(truth):
-        money = _money(event)
+        money = _money(event, with_tips)
         if money is not None:
             totals[(event.city, _minute(event))] += money
     return dict(totals)
@@ -130,13 +134,14 @@ def compare(actual: Mapping[Any, Any], expected: Mapping[Any, Any]) -> Compariso
     )
 
 
-def for_view(name: str, truth: Iterable[Event]) -> dict[tuple[str, datetime], Any]:
+def for_view(name: str, truth: Iterable[Event], logic_version: int = 1) -> dict[tuple[str, datetime], Any]:
     """The oracle's answer for a view, keyed like the pipelines: (entity, window start, aware UTC);
-    values are ints, or (sessions, duration_ms) for user_sessions."""
+    values are ints, or (sessions, duration_ms) for user_sessions. `logic_version` 2 of
+    revenue_per_minute counts tips; the other views have one correct answer."""
     if name == "user_sessions":
         return user_sessions(truth)
     compute = {
-        "revenue_per_minute": revenue_per_minute,
+        "revenue_per_minute": lambda events: revenue_per_minute(events, with_tips=logic_version >= 2),
         "daily_active_users": daily_active_users,
         "driver_earnings_daily": driver_earnings_daily,
     }[name]

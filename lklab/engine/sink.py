@@ -116,7 +116,7 @@ def apply_records(
     """Apply one consumed batch of `topic` to every speed view in ONE transaction.
 
     `records` are (partition, offset, value) in consumption order (per-partition offset order).
-    `specs` are the views to maintain (default: the views the speed layer maintains, lklab.views.SPEED_LAYER); `scope` names the consumer
+    `specs` are the views to maintain (default: the views the speed layer maintains, with the logic the settings pick); `scope` names the consumer
     whose dedup state, offsets and counters these are (default: the live speed group), so a
     replay into versioned outputs never shares state with the live speed layer. With
     `close_windows=False` no window is ever final: a Kappa view has no batch layer behind it, so
@@ -127,7 +127,7 @@ def apply_records(
     """
     stats = ApplyStats(topic=topic)
     lateness = settings.allowed_lateness_s if close_windows else None
-    specs = list(views.SPEED_LAYER.values()) if specs is None else specs
+    specs = views.speed_layer_specs(settings) if specs is None else specs
     scope = scope or settings.speed_group
     with engine.begin() as conn:
         held = progress.load(conn, scope, topic)

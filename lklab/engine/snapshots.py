@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
+from lklab import views
 from lklab.core.provenance import git_sha
 from lklab.engine import outputs
 from lklab.serving import progress
@@ -236,9 +237,22 @@ def _resessionize_all(conn: Connection, spec) -> None:
     spec.measure.rebuild_all(conn, spec)
 
 
+def _state_unchanged(conn: Connection, spec) -> None:
+    """Event schema v2 only adds event fields with defaults; a snapshot holds no event, only the
+    views' contributions and dedup state, which do not change shape."""
+
+
+def _same_without_new_fields(conn: Connection, spec) -> None:
+    """revenue_per_minute v2 differs from v1 only by reading tip_cents. The state of v1 is v2's
+    state exactly when no event before the snapshot carried a tip: the Kappa planner proves that
+    from the log before it loads one (lklab.kappa.planner), and refuses otherwise."""
+
+
 # (view, "logic" | "schema", from, to) → migration
 MIGRATIONS: dict[tuple[str, str, int, int], Migration] = {
     ("user_sessions", "logic", 1, 2): _resessionize_all,
+    ("revenue_per_minute", "logic", 1, 2): _same_without_new_fields,
+    **{(view, "schema", 1, 2): _state_unchanged for view in views.VIEWS},
 }
 
 

@@ -1,5 +1,6 @@
 """Blue/green cutover for Kappa views: validate `<view>__v<N>` (GX suite, ledger, diff against
-the published version), then swap the alias `<view>` atomically. Every swap is recorded in the
+the published version, and a readable history when its logic reads a field some schema version
+lacks), then swap the alias `<view>` atomically. Every swap is recorded in the
 publish log with who, when, why and the checks; rollback swaps back. Readers read the alias and its rows in one transaction."""
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from lklab import kappa
+from lklab.evolution import history as log_history
 from lklab.lake import reconcile
 from lklab.engine import snapshots
 from lklab import views
@@ -72,10 +74,12 @@ def _gx_check(settings: Settings, spark, view: str, rows: list[tuple], run_suite
     return Check("gx", result.passed, f"GX suite {result.summary()}", (*result.failures, *result.warnings), bool(result.warnings))
 
 
-def ledger_check(settings: Settings, engine: Engine, view: str, at: hydration.Position, rows: list[tuple]) -> Check:
-    """The output's money per day (and per driver-day) at `at` against the payments ledger; a
-    difference blocks only on a closed day (lklab.lake.reconcile.compare_to_ledger)."""
-    spec = views.view(view)
+def ledger_check(settings: Settings, engine: Engine, view: str, at: hydration.Position, rows: list[tuple],
+                 version: int | None = None) -> Check:
+    """The output's money per day (and per driver-day) at `at` against the payments ledger, with
+    tips where the version's logic counts them; a difference blocks only on a closed day
+    (lklab.lake.reconcile.compare_to_ledger)."""
+    spec = views.view(view) if version is None else views.spec_at(view, version)
     if not spec.measure.carries_money:
         return Check("ledger", True, f"{view} carries no money: nothing to reconcile")
     per_day, per_driver = defaultdict(int), defaultdict(int)
@@ -83,11 +87,29 @@ def ledger_check(settings: Settings, engine: Engine, view: str, at: hydration.Po
         per_day[window.date()] += value
         per_driver[(entity, window.date())] += value
     report = reconcile.compare_to_ledger(engine, settings, dict(per_day),
-                                         dict(per_driver) if spec.entity == "driver_id" else None, at.watermark)
+                                         dict(per_driver) if spec.entity == "driver_id" else None, at.watermark,
+                                         revenue_tips=spec.measure.with_tips)
     blocks = severity(settings.gate_severity, "ledger_reconciliation") == Severity.FAIL
     first = f" | {report.differences[0]}" if not report.passed and report.differences else ""
     return Check("ledger", report.passed or not blocks, f"{report.summary}{first}", tuple(report.differences),
                  warned=not report.passed and not blocks)
+
+
+def history_check(settings: Settings, spec: views.ViewSpec) -> Check:
+    """A logic that reads a field some registered schema version lacks (revenue v2 reads tip_cents)
+    reads every older record with that field's default: the whole history must decode with the
+    current code first (lklab.evolution.history). Other logic reads nothing new: passes unread."""
+    fields = log_history.new_fields(spec)
+    if not fields:
+        return Check("history", True, f"logic v{spec.logic_version} reads no field an older schema version lacks")
+    try:
+        report = log_history.verify_history(settings)
+    except log_history.HistoryError as exc:
+        return Check("history", False, f"reads {', '.join(fields)}, and the history could not be read: {exc}")
+    lines = tuple(log_history.gate_lines(report))
+    verdict = "every record decodes" if report.readable else f"{len(report.blocking)} records do not decode"
+    return Check("history", report.readable, f"reads {', '.join(fields)} (older versions read the default): {verdict}; "
+                                              f"{report.summary()}", lines[1:])
 
 
 def diff(old: list[tuple], new: list[tuple], tolerance_pct: float, size: Callable[[Any], int] = int) -> Check:
@@ -143,8 +165,9 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
     checks = [
         Check("hydration", True, ready.summary),
         _gx_check(settings, spark, view, new.rows, run_suite),
-        ledger_check(settings, engine, view, new, new.rows),
+        ledger_check(settings, engine, view, new, new.rows, version),
         _diff_check(settings, engine, view, old, new, tolerance_pct) if old else Check("diff", True, "nothing published yet"),
+        history_check(settings, views.spec_at(view, version)),
     ]
     swapped = all(c.passed for c in checks)
     if swapped:

@@ -9,7 +9,9 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from lklab.core.config import Settings
+from lklab import views
 from lklab.core.events import SCHEMA_VERSION
+from lklab.evolution import history as log_history
 from lklab.engine import snapshots
 from lklab.engine.snapshots import Snapshot
 from lklab.kappa.names import KAPPA_VIEWS, ReplayError, replay_scope, spec_for
@@ -130,7 +132,8 @@ def check_args(view: str, version: int, max_rate: float | None = None, start: Of
         raise ReplayError("--from and --from-snapshot exclude each other: a snapshot fixes the start offsets")
 
 
-def _snapshot_start(engine: Engine, view: str, spec, scope: str, held: Offsets, ref: str) -> tuple[Snapshot, bool]:
+def _snapshot_start(settings: Settings, engine: Engine, view: str, spec, scope: str, held: Offsets,
+                    ref: str) -> tuple[Snapshot, bool]:
     """The snapshot to start from, and whether it still has to be loaded (False: resuming)."""
     try:
         snap = snapshots.resolve(engine, view, ref)
@@ -138,12 +141,28 @@ def _snapshot_start(engine: Engine, view: str, spec, scope: str, held: Offsets, 
     except snapshots.SnapshotError as exc:
         raise ReplayError(str(exc)) from None
     if not held:
+        _check_new_fields_unset(settings, snap, view, spec)
         return snap, True
     record = build_record(engine, spec.name) or {}
     if record.get("snapshot_id") != snap.snapshot_id:
         raise ReplayError(f"{spec.name} already has state that did not start from snapshot {snap.snapshot_id}: "
                           "choose a new --version for a replay from a snapshot")
     return snap, False
+
+
+def _check_new_fields_unset(settings: Settings, snap: Snapshot, view: str, spec) -> None:
+    """A snapshot of older logic loads into logic that reads fields the older one ignored (revenue
+    v2 reads tip_cents) only if no event before the snapshot's offsets set them: then the two
+    logics computed the same state. Otherwise the state is wrong for the new logic: refuse."""
+    older = views.spec_at(view, snap.logic_version)
+    fields = [f for f in log_history.new_fields(spec) if f not in older.measure.reads]
+    if not fields:
+        return
+    found = log_history.set_before(settings, fields, snap.offsets)
+    if found:
+        raise ReplayError(f"snapshot {snap.snapshot_id} holds logic v{snap.logic_version} state, which ignores "
+                          f"{', '.join(fields)}, and {found:,} events before its offsets set them: its state is not "
+                          f"v{spec.logic_version}'s. Replay from earliest instead (no --from-snapshot)")
 
 
 def plan(settings: Settings, engine: Engine, view: str, version: int, start: Offsets | None = None,
@@ -153,7 +172,7 @@ def plan(settings: Settings, engine: Engine, view: str, version: int, start: Off
     check_args(view, version, start=start, snapshot=snapshot)
     spec, scope = spec_for(view, version), replay_scope(view, version)
     held = _held(engine, scope, settings.topic)
-    snap, load = (None, False) if snapshot is None else _snapshot_start(engine, view, spec, scope, held, snapshot)
+    snap, load = (None, False) if snapshot is None else _snapshot_start(settings, engine, view, spec, scope, held, snapshot)
     kafka_first, now_end = kafka_io.run(kafka_io.log_range(settings))
     target = end or now_end
     check_start(start, target, settings.topic)

@@ -34,15 +34,17 @@ def _day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
 
 
-def ledger_by_day(engine: Engine) -> tuple[dict[date, int], dict[tuple[str, date], int]]:
-    """Ledger money per UTC day and per (driver, day): captures minus refunds, in cents."""
+def ledger_by_day(engine: Engine, revenue_tips: bool = False) -> tuple[dict[date, int], dict[tuple[str, date], int]]:
+    """Ledger money per UTC day (revenue: captures minus refunds, plus tips with `revenue_tips`)
+    and per (driver, day) (earnings: captures minus refunds), in cents."""
     per_day: dict[date, int] = defaultdict(int)
     per_driver: dict[tuple[str, date], int] = defaultdict(int)
     t = payments_ledger.c
     with engine.connect() as conn:
-        for event_type, driver_id, event_time, amount in conn.execute(select(t.event_type, t.driver_id, t.event_time, t.amount_cents)):
+        for event_type, driver_id, event_time, amount, tip in conn.execute(
+                select(t.event_type, t.driver_id, t.event_time, t.amount_cents, t.tip_cents)):
             signed = views.MONEY_SIGN[event_type] * amount
-            per_day[event_time.date()] += signed
+            per_day[event_time.date()] += signed + (views.MONEY_SIGN[event_type] * tip if revenue_tips else 0)
             if driver_id is not None:
                 per_driver[(driver_id, event_time.date())] += signed
     return dict(per_day), dict(per_driver)
@@ -59,16 +61,19 @@ def reconcile_with_ledger(spark: SparkSession, settings: Settings, engine: Engin
     """Gold money against the ledger, by day and by (driver, day), to the cent (see compare_to_ledger)."""
     revenue_day = _gold_sums(spark, settings, "revenue_per_minute", ["event_date"])
     driver_day = _gold_sums(spark, settings, "driver_earnings_daily", ["driver_id", "event_date"])
-    return compare_to_ledger(engine, settings, revenue_day, driver_day, watermark)
+    tips = views.batch_spec(views.view("revenue_per_minute"), settings).measure.with_tips
+    return compare_to_ledger(engine, settings, revenue_day, driver_day, watermark, revenue_tips=tips)
 
 
 def compare_to_ledger(engine: Engine, settings: Settings, revenue_day: dict[date, int] | None,
-                      driver_day: dict[tuple[str, date], int] | None, watermark: datetime | None) -> GateReport:
+                      driver_day: dict[tuple[str, date], int] | None, watermark: datetime | None,
+                      revenue_tips: bool = False) -> GateReport:
     """Money per day (and per driver-day) against the ledger, to the cent. A day is closed once
     its end plus `ledger_grace_s` (the log's worst lateness) is behind the watermark: a
     difference on a closed day fails the gate; on an open day it is reported as in flight.
-    Pass None for a breakdown that the output does not have."""
-    ledger_day, ledger_driver = ledger_by_day(engine)
+    Pass None for a breakdown that the output does not have; `revenue_tips` when the revenue
+    logic counts tips."""
+    ledger_day, ledger_driver = ledger_by_day(engine, revenue_tips)
     if not ledger_day:
         return GateReport(True, "no ledger rows: nothing to reconcile against", details={"evaluated": False})
     grace = timedelta(seconds=settings.ledger_grace_s)

@@ -18,6 +18,7 @@ from pyspark.sql import types as T
 from lklab import views
 from lklab.views import measures
 from lklab.core.config import Settings
+from lklab.core import schemas
 from lklab.core.events import EVENT_FIELDS, PAYMENT_TYPES, Event, EventType, as_utc, schema
 from lklab.log.kafka_io import Offsets
 
@@ -139,10 +140,43 @@ def _rejection_reason() -> F.Column:
         (e["event_type"].isin([t.value for t in PAYMENT_TYPES]) & (e["amount_cents"].isNull() | (e["amount_cents"] < 0)),
          "payment without a non-negative amount_cents"),
     ]
+    checks += _later_version_checks()
     reason = F.lit(None).cast("string")
     for condition, text in reversed(checks):
         reason = F.when(condition, F.lit(text)).otherwise(reason)
     return reason
+
+
+def _versions_lacking(field: str) -> list[int]:
+    return [v for v, body in schemas.versions().items() if field not in body["properties"]]
+
+
+def _later_version_checks() -> list[tuple[F.Column, str]]:
+    """Schema v2's rules, for records that claim v2 or later (a v1 record's tip_cents and currency
+    are unknown fields, ignored): the same rules the wire path checks (lklab.core.events)."""
+    e, present = F.col("e"), F.expr("json_object_keys(value)")
+    claims = lambda field: ~e["schema_version"].isin(_versions_lacking(field)) & F.array_contains(present, field)  # noqa: E731
+    currency = schema()["properties"]["currency"]["pattern"]
+    return [
+        (claims("tip_cents") & e["tip_cents"].isNull(), "schema v2: field 'tip_cents' is not an integer"),
+        (claims("tip_cents") & (e["tip_cents"] < 0), "schema v2: field 'tip_cents' is negative"),
+        (claims("tip_cents") & (e["tip_cents"] != 0) & (e["event_type"] != EventType.PAYMENT_CAPTURED.value),
+         "schema v2: field 'tip_cents' is only allowed on payment_captured events"),
+        (claims("currency") & (e["currency"].isNull() | ~e["currency"].rlike(currency)),
+         f"schema v2: field 'currency' does not match {currency}"),
+    ]
+
+
+def _with_defaults(name: str) -> F.Column:
+    """A parsed field, or its default where the record's schema version does not have it (or,
+    in a version that has it, where it is absent)."""
+    default = schema()["properties"][name].get("default")
+    column = F.col(f"e.{name}")
+    if default is None:
+        return column.alias(name)
+    lacking = _versions_lacking(name)
+    value = F.coalesce(column, F.lit(default))
+    return (F.when(F.col("e.schema_version").isin(lacking), F.lit(default)).otherwise(value) if lacking else value).alias(name)
 
 
 def parse_bronze(bronze: DataFrame) -> DataFrame:
@@ -186,8 +220,8 @@ def write_partitions(spark: SparkSession, frame: DataFrame, location: str, dates
     predicate = _replace_where(dates)
     if predicate is None or not exists(spark, location):
         writer.option("overwriteSchema", "true").save(location)
-    else:
-        writer.option("replaceWhere", predicate).save(location)
+    else:  # mergeSchema: columns a newer schema version adds join a table written before it (old files read them as null)
+        writer.option("replaceWhere", predicate).option("mergeSchema", "true").save(location)
 
 
 def event_dates(spark: SparkSession, settings: Settings, start: Offsets | None = None) -> list[date]:
@@ -219,7 +253,7 @@ def _event_time(text: F.Column) -> F.Column:
 def valid_events(parsed: DataFrame) -> DataFrame:
     """Typed event rows (with their Kafka position and event_date) from parse_bronze's valid rows."""
     return parsed.where(F.col("reject_reason").isNull()).select(
-        *[F.col(f"e.{name}").alias(name) for name in EVENT_FIELDS if name != "event_time"],
+        *[_with_defaults(name) for name in EVENT_FIELDS if name != "event_time"],
         F.col("event_time"),
         F.col("partition").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),

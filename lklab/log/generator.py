@@ -24,7 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import Engine
 
-from lklab.core.events import PAYMENT_TYPES, SCHEMA_VERSION, Event, EventType, format_time
+from lklab.core.events import PAYMENT_TYPES, Event, EventType, format_time
 from lklab.serving.store import payments_ledger, upsert
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -62,7 +62,7 @@ class GeneratorConfig(BaseModel):
     seed: int = 7
     start: datetime = datetime(2026, 11, 17, 10, 0, 0, tzinfo=timezone.utc)
     duration_s: int = Field(600, ge=1, description="event-time span of the workload")
-    rides_per_minute: int = Field(60, ge=0)
+    rides_per_minute: float = Field(60, ge=0, description="may be below 1: months of sparse history")
     cities: list[str] = Field(default_factory=lambda: ["berlin", "lisbon", "paris", "são paulo"], min_length=1)
     sparse_cities: list[str] = Field(default_factory=lambda: ["zürich"], description="cities with few riders (empty minutes)")
     sparse_user_share: float = Field(0.02, ge=0, le=1, description="of users, spread over sparse_cities")
@@ -78,6 +78,9 @@ class GeneratorConfig(BaseModel):
     refund_fraction: float = Field(0.05, ge=0, le=1, description="of rides")
     users: int = Field(200, ge=1)
     drivers: int = Field(50, ge=1)
+    schema_v2_fraction: float = Field(0.0, ge=0, le=1, description="of rides, written by a producer on schema v2 (tips, "
+                                      "currency); a corrected v2 event's first version is v1 half the time (mid-upgrade)")
+    tip_fraction: float = Field(0.6, ge=0, le=1, description="of schema v2 captures, with a tip")
 
     @field_validator("start")
     @classmethod
@@ -217,7 +220,7 @@ def _ride(
         event = Event(
             event_id=f"{ride_id}-{event_type.value}",
             event_version=1,
-            schema_version=SCHEMA_VERSION,
+            schema_version=1,  # _schema_versions moves some rides to v2
             event_type=event_type,
             event_time=from_ms(ms),
             ride_id=ride_id,
@@ -283,6 +286,30 @@ def _wrong_user(config: GeneratorConfig, rng: random.Random, cast: _Cast, event:
 
 
 _WRONG = {"amount": _wrong_amount, "city": _wrong_city, "driver": _wrong_driver, "time": _wrong_time, "user": _wrong_user}
+
+
+TIP_MAX_CENTS = 1500
+CURRENCIES = {"zürich": "CHF"}  # a v2 producer's currency per city; EUR elsewhere (views sum minor units: no FX)
+
+
+def _schema_versions(config: GeneratorConfig, rides: list[tuple[Event, Event | None]]) -> list[tuple[Event, Event | None]]:
+    """Which producer wrote each ride: schema v2 for schema_v2_fraction of rides (captures tipped
+    for tip_fraction of them), else v1. A corrected v2 event's first version came from a v1
+    producer half the time, or says another tip. Drawn from an RNG of its own, so workloads
+    without v2 stay byte-identical to those of earlier lklab versions."""
+    if not config.schema_v2_fraction:
+        return rides
+    rng, on_v2 = random.Random(f"{config.seed}/schema-v2"), {}
+    out = []
+    for final, first in rides:
+        if on_v2.setdefault(final.ride_id, rng.random() < config.schema_v2_fraction):
+            tip = rng.randint(1, TIP_MAX_CENTS) if final.event_type is EventType.PAYMENT_CAPTURED and rng.random() < config.tip_fraction else 0
+            final = final.replace(schema_version=2, tip_cents=tip, currency=CURRENCIES.get(final.city, "EUR"))
+            if first is not None and rng.random() < 0.5:
+                wrong_tip = rng.randint(0, TIP_MAX_CENTS) if tip and rng.random() < 0.5 else tip
+                first = first.replace(schema_version=2, tip_cents=wrong_tip, currency=CURRENCIES.get(first.city, "EUR"))
+        out.append((final, first))
+    return out
 
 
 @dataclass(frozen=True)
@@ -354,6 +381,7 @@ def generate(config: GeneratorConfig | None = None) -> Workload:
     rng = random.Random(config.seed)
     window, cast = _Window.of(config), _Cast.of(config)
     rides = [pair for index in range(_ride_count(config)) for pair in _ride(config, rng, window, cast, index)]
+    rides = _schema_versions(config, rides)
     deliveries = _schedule(config, rng, rides)
     truth = sorted((final for final, _ in rides), key=lambda e: (e.event_time, e.event_id))
     return Workload(
@@ -398,6 +426,7 @@ def ledger_row(event: Event) -> dict:
         "city": event.city,
         "event_time": event.event_time,
         "amount_cents": event.amount_cents,
+        "tip_cents": event.tip_cents,
     }
 
 
@@ -414,7 +443,7 @@ def bad_lines() -> list[tuple[str, str]]:
     good = {
         "event_id": "bad-0001-payment_captured",
         "event_version": 1,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": 1,
         "event_type": EventType.PAYMENT_CAPTURED.value,
         "event_time": format_time(GeneratorConfig().start),
         "ride_id": "bad-0001",
@@ -438,6 +467,10 @@ def bad_lines() -> list[tuple[str, str]]:
         (line(amount_cents=-5), "negative amount_cents"),
         (line(event_type=EventType.APP_OPENED.value), "amount_cents on a non-payment event"),
         ("[1, 2, 3]", "not a JSON object"),
+        (line(schema_version=2, tip_cents=-100), "schema v2: negative tip_cents"),
+        (line(schema_version=2, tip_cents="2.50"), "schema v2: tip_cents is a string"),
+        (line(schema_version=2, event_type=EventType.PAYMENT_REFUNDED.value, tip_cents=100), "schema v2: a tip on a refund"),
+        (line(schema_version=2, currency="euro"), "schema v2: currency is not an ISO 4217 code"),
     ]
 
 

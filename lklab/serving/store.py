@@ -61,6 +61,8 @@ payments_ledger = Table(
     Column("city", String(64), nullable=False),
     Column("event_time", UTCDateTime, nullable=False),
     Column("amount_cents", BigInteger, nullable=False),
+    Column("tip_cents", BigInteger, nullable=False, server_default="0",
+           comment="the capture's tip (schema v2); 0 for v1 payments and refunds"),
     comment="source of truth for money, written by the payments system (here: the generator)",
 )
 

@@ -7,6 +7,7 @@ T), measures (one strategy per kind of measure), registry (the views and their l
 """
 from lklab.views.measures import Contrib, DistinctCount, Measure, MoneySum, Sessions, window_start_col
 from lklab.views.registry import (
+    CURRENT_LOGIC,
     LOGIC_VERSIONS,
     SPEED_LAYER,
     VIEWS,
@@ -14,6 +15,7 @@ from lklab.views.registry import (
     ViewSpec,
     batch_spec,
     spec_at,
+    speed_layer_specs,
     view,
 )
 from lklab.views.windows import (
@@ -33,8 +35,8 @@ from lklab.views.windows import (
 )
 
 __all__ = [
-    "DAY_S", "EPOCH", "LOGIC_VERSION", "LOGIC_VERSIONS", "MONEY_SIGN", "SPEED_LAYER", "VIEWS", "WINDOW_S", "Contrib",
+    "CURRENT_LOGIC", "DAY_S", "EPOCH", "LOGIC_VERSION", "LOGIC_VERSIONS", "MONEY_SIGN", "SPEED_LAYER", "VIEWS", "WINDOW_S", "Contrib",
     "DistinctCount", "Measure", "MoneySum", "Sessions", "VersionedOutput", "ViewSpec", "batch_spec", "final_through",
-    "is_too_late", "latest_versions", "signed_amount", "spec_at", "supersedes", "view", "watermark", "window_is_final",
+    "is_too_late", "latest_versions", "signed_amount", "spec_at", "speed_layer_specs", "supersedes", "view", "watermark", "window_is_final",
     "window_start", "window_start_col",
 ]

@@ -86,10 +86,17 @@ class Measure:
     measure is a hashable value (the engine groups its per-batch deltas by measure)."""
 
     kind: ClassVar[str]
+    with_tips = False  # money sums that count schema v2's tips (MoneySum's field)
     speed_layer: ClassVar[bool] = True  # the Lambda speed layer maintains it (else batch serves every window)
     carries_money: ClassVar[bool] = False  # reconciled against the payments ledger
 
     # --- semantics -------------------------------------------------------------------------
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The event fields it reads beside the view's entity, event_type and event_time (a logic
+        that reads a field older schema versions lack needs a readable history: lklab.evolution)."""
+        return ()
+
     def contribution(self, spec: ViewSpec, event: Event) -> tuple[Key, int | str] | None:
         raise NotImplementedError
 
@@ -196,14 +203,20 @@ def _keyed(spec: ViewSpec, event: Event) -> Key | None:
 
 @dataclass(frozen=True)
 class MoneySum(Measure):
-    """Sum of signed amounts per (entity, window): captures minus refunds. Additive."""
+    """Sum of signed amounts per (entity, window): captures minus refunds, and with `with_tips`
+    plus each capture's tip (schema v2's tip_cents; a v1 event reads as tip 0). Additive."""
 
+    with_tips: bool = False
     kind: ClassVar[str] = "money"
     carries_money: ClassVar[bool] = True
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("amount_cents", "tip_cents") if self.with_tips else ("amount_cents",)
+
     def contribution(self, spec: ViewSpec, event: Event) -> tuple[Key, int] | None:
         key = _keyed(spec, event)
-        amount = None if key is None else signed_amount(event)
+        amount = None if key is None else signed_amount(event, self.with_tips)
         return None if amount is None else (key, amount)
 
     def contrib(self, key: Key, value: int | str) -> Contrib:
@@ -232,7 +245,11 @@ class MoneySum(Measure):
 
         rows = _counted(silver, spec)
         sign = F.create_map(*[x for k, v in MONEY_SIGN.items() for x in (F.lit(k), F.lit(v))])
-        rows = rows.withColumn("signed", F.col("amount_cents") * sign[F.col("event_type")]).where(F.col("signed").isNotNull())
+        money = F.col("amount_cents")
+        if self.with_tips:  # silver's tip_cents: null in partitions written before schema v2, 0 for v1 events
+            captured = F.col("event_type") == F.lit("payment_captured")
+            money = money + F.when(captured, F.coalesce(F.col("tip_cents"), F.lit(0))).otherwise(F.lit(0))
+        rows = rows.withColumn("signed", money * sign[F.col("event_type")]).where(F.col("signed").isNotNull())
         measures = [F.sum("signed").cast("long").alias(spec.value_column), F.count("*").cast("int").alias("events")]
         return _grouped(rows, spec, measures)
 
@@ -272,6 +289,10 @@ class DistinctCount(Measure):
     event counts so a retraction can remove one."""
 
     kind: ClassVar[str] = "distinct_users"
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("user_id",)
 
     def contribution(self, spec: ViewSpec, event: Event) -> tuple[Key, str] | None:
         key = _keyed(spec, event)

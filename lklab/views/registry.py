@@ -72,12 +72,11 @@ class ViewSpec:
 
 
 _PAYMENTS = frozenset(MONEY_SIGN)
-# Every logic version of every view; the highest one is the view's current logic.
+# Every logic version of every view. The current one (what runs unless a setting or a Kappa
+# version picks another) is the highest, except where CURRENT_LOGIC names an older one.
 LOGIC_VERSIONS: dict[str, dict[int, ViewSpec]] = {
     spec.name: {spec.logic_version: spec}
     for spec in (
-        ViewSpec("revenue_per_minute", "city", WINDOW_S, MoneySum(), "revenue_cents", _PAYMENTS,
-                 description="revenue_cents: captures minus refunds"),
         ViewSpec("daily_active_users", "city", DAY_S, DistinctCount(), "active_users",
                  description="active_users: distinct riders with any event"),
         ViewSpec("driver_earnings_daily", "driver_id", DAY_S, MoneySum(), "earnings_cents", _PAYMENTS,
@@ -93,7 +92,20 @@ LOGIC_VERSIONS["user_sessions"] = {
                                   "duration_ms; logic version from LKLAB_USER_SESSIONS_LOGIC (1 = the midnight bug, 2 = the fix)")
     for version in (1, 2)
 }
-VIEWS: dict[str, ViewSpec] = {name: versions[max(versions)] for name, versions in LOGIC_VERSIONS.items()}
+# revenue_per_minute v2 counts tips (schema v2's tip_cents). It is a new logic to deploy: a Kappa
+# replay into revenue_per_minute__v2 and a cutover, or a Lambda backfill with LKLAB_REVENUE_LOGIC=2;
+# until then v1 stays current.
+LOGIC_VERSIONS["revenue_per_minute"] = {
+    version: ViewSpec("revenue_per_minute", "city", WINDOW_S, MoneySum(with_tips=version == 2), "revenue_cents", _PAYMENTS,
+                      logic_version=version, logic_setting="revenue_logic",
+                      description="revenue_cents: captures minus refunds" + (", plus tips" if version == 2 else "")
+                                  + "; logic version from LKLAB_REVENUE_LOGIC (1 = without tips, 2 = with tips)")
+    for version in (1, 2)
+}
+LOGIC_VERSIONS = {name: LOGIC_VERSIONS[name] for name in
+                  ("revenue_per_minute", "daily_active_users", "driver_earnings_daily", "user_sessions")}
+CURRENT_LOGIC: dict[str, int] = {"revenue_per_minute": 1}
+VIEWS: dict[str, ViewSpec] = {name: versions[CURRENT_LOGIC.get(name, max(versions))] for name, versions in LOGIC_VERSIONS.items()}
 # The views the Lambda speed layer maintains (the others are served by the batch layer alone).
 SPEED_LAYER: dict[str, ViewSpec] = {name: spec for name, spec in VIEWS.items() if spec.measure.speed_layer}
 
@@ -112,5 +124,12 @@ def spec_at(name: str, logic_version: int) -> ViewSpec:
 
 
 def batch_spec(spec: ViewSpec, settings: Settings) -> ViewSpec:
-    """The logic the batch layer runs for a view: the version its setting picks, else the current one."""
-    return spec_at(spec.name, getattr(settings, spec.logic_setting)) if spec.logic_setting else spec
+    """The logic the Lambda layers run for a view: the version its setting picks, else the current one."""
+    chosen = getattr(settings, spec.logic_setting) if spec.logic_setting else None
+    return spec if chosen is None else spec_at(spec.name, chosen)
+
+
+def speed_layer_specs(settings: Settings) -> list[ViewSpec]:
+    """The speed layer's views, each with the logic its setting picks (the batch layer's, so the
+    Lambda merge serves one logic on both sides of T)."""
+    return [batch_spec(spec, settings) for spec in SPEED_LAYER.values()]

@@ -23,10 +23,13 @@ def window_start(ts: datetime, width_s: int = WINDOW_S) -> datetime:
     return EPOCH + timedelta(seconds=seconds)
 
 
-def signed_amount(event: Event) -> int | None:
-    """The event's contribution to revenue, or None when it carries no money."""
+def signed_amount(event: Event, with_tips: bool = False) -> int | None:
+    """The event's contribution to revenue, or None when it carries no money; with_tips, a
+    capture's tip counts too (schema v2's tip_cents; 0 on v1 events and every other type)."""
     sign = MONEY_SIGN.get(event.event_type.value)
-    return None if sign is None or event.amount_cents is None else sign * event.amount_cents
+    if sign is None or event.amount_cents is None:
+        return None
+    return sign * (event.amount_cents + (event.tip_cents if with_tips else 0))
 
 
 def supersedes(new_version: int, old_version: int | None) -> bool:

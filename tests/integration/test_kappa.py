@@ -76,7 +76,7 @@ def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_re
     kappa.replay(settings, engine, "driver_earnings_daily", 2)
     v1 = as_map(kappa.read_output(engine, "driver_earnings_daily", "driver_earnings_daily__v1"))
     first = co.cutover(settings, engine, "driver_earnings_daily", 1, "first publication", spark=spark, run_suite=run_suite)
-    assert first.swapped and [(c.name, c.passed) for c in first.checks] == [("hydration", True), ("gx", True), ("ledger", True), ("diff", True)]
+    assert first.swapped and [(c.name, c.passed) for c in first.checks] == [("hydration", True), ("gx", True), ("ledger", True), ("diff", True), ("history", True)]
 
     # v2 is replayed from the same log; make it differ by tampering one row so the diff has something to show
     with engine.begin() as conn:

@@ -102,7 +102,7 @@ def test_blue_green_on_a_live_stream(isolated: Settings, spark) -> None:
         hydration.wait_until_hydrated(settings, engine, VIEW, 2, timeout_s=120)
         swapped = co.cutover(settings, engine, VIEW, 2, "blue/green", spark=spark, run_suite=run_suite)
         assert swapped.swapped, [c.summary for c in swapped.checks]
-        assert [c.name for c in swapped.checks] == ["hydration", "gx", "ledger", "diff"]
+        assert [c.name for c in swapped.checks] == ["hydration", "gx", "ledger", "diff", "history"]
         assert jobs.job_status(settings, VIEW, 1).running  # the replaced version keeps running: its rollback window
         assert co.rollback(settings, engine, VIEW, "instant rollback", spark=spark) == (V2, V1)
         producer.join(timeout=120)

@@ -1,4 +1,5 @@
-"""The event contract: schema v1 validation gives one clear reason per bad record."""
+"""The event contract: every registered schema version's validation gives one clear reason per
+bad record, and a record is read by the version it claims (older ones with the newer defaults)."""
 import json
 
 import pytest
@@ -17,7 +18,8 @@ GOOD = {
 }
 
 
-SAMPLES = [json.loads(wire_json(e)) for e in generate(GeneratorConfig(seed=5, duration_s=120, rides_per_minute=10)).deliveries[:60]]
+SAMPLES = [json.loads(wire_json(e)) for e in
+           generate(GeneratorConfig(seed=5, duration_s=120, rides_per_minute=10, schema_v2_fraction=0.5)).deliveries[:80]]
 FIELDS = sorted({k for e in SAMPLES for k in e})
 
 
@@ -50,8 +52,44 @@ def test_any_offset_round_trips_to_the_same_instant(at: datetime, minutes: int) 
 
 
 def test_a_later_schema_version_with_added_fields_is_accepted() -> None:
-    event = parse_event(line(schema_version=2, surge_multiplier=1.5))
-    assert event.schema_version == 2
+    event = parse_event(line(schema_version=3, surge_multiplier=1.5, tip_cents=40))
+    assert (event.schema_version, event.tip_cents) == (3, 40)  # read by the newest registered version
+
+
+def test_samples_hold_both_versions_and_tips() -> None:
+    assert {s["schema_version"] for s in SAMPLES} == {1, 2} and any(s.get("tip_cents") for s in SAMPLES)
+
+
+@pytest.mark.parametrize("raw", [line(), line(tip_cents=250, currency="CHF")], ids=["plain", "with v2 fields"])
+def test_a_v1_record_reads_with_v2_defaults_and_ignores_v2_fields(raw: str) -> None:
+    """v1 has no tip and no currency: a v1 record's tip_cents is an unknown field, ignored."""
+    for form in (raw, json.loads(raw)):
+        event = parse_event(form)
+        assert (event.schema_version, event.tip_cents, event.currency) == (1, 0, "EUR")
+    assert "tip_cents" not in parse_event(raw).to_json() and "currency" not in parse_event(raw).to_json()
+
+
+def test_a_v2_record_reads_its_tip_and_currency_and_round_trips() -> None:
+    event = parse_event(line(schema_version=2, tip_cents=250, currency="CHF"))
+    assert (event.tip_cents, event.currency) == (250, "CHF")
+    assert parse_event(event.to_json()) == event
+    assert parse_event(line(schema_version=2)).tip_cents == 0 and parse_event(line(schema_version=2)).currency == "EUR"
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"tip_cents": -1}, "schema v2: field 'tip_cents': -1 is less than the minimum of 0"),
+    ({"tip_cents": "2.50"}, "schema v2: field 'tip_cents': '2.50' is not of type 'integer'"),
+    ({"tip_cents": None}, "schema v2: field 'tip_cents': None is not of type 'integer'"),
+    ({"event_type": "payment_refunded", "tip_cents": 5}, "schema v2: field 'tip_cents': 5, but a tip is only allowed on payment_captured"),
+    ({"currency": "eur"}, "schema v2: field 'currency': 'eur' does not match"),
+    ({"currency": 978}, "schema v2: field 'currency': 978 is not of type 'string'"),
+])
+def test_a_record_that_claims_v2_but_breaks_v2_is_refused_with_the_reason(changes: dict, expected: str) -> None:
+    for form in (line(schema_version=2, **changes), {**GOOD, "schema_version": 2, **changes}):
+        with pytest.raises(EventError) as info:
+            parse_event(form)
+        assert info.value.reason.startswith(expected), info.value.reason
+    parse_event(line(schema_version=1, **changes))  # the same fields in a v1 record are unknown: ignored
 
 
 @pytest.mark.parametrize(
@@ -114,7 +152,7 @@ _TIMES = st.sampled_from(["2026-11-17T10:00:00Z", "2026-11-17T12:00:00.5+02:00",
                           "2026-11-17T10:00:00", "2026-11-17T10:00:00+2:00", "2026-11-17T10:00:00+24:00",
                           "2026-11-17T10:00:00.1234567Z", "2026-11-17T10:00:00-00:00", "2026-11-17T10:00:00z"])
 _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**12), st.text(max_size=12), _TIMES,
-                    st.sampled_from(["payment_captured", "app_opened", "ride_requested", "payment_refunded"]),
+                    st.sampled_from(["payment_captured", "app_opened", "ride_requested", "payment_refunded", "EUR", "chf"]),
                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
@@ -126,15 +164,16 @@ def test_the_fast_validator_agrees_with_the_reference_schema_validator(base, dro
     reference validator must give the same verdict on valid and broken records alike."""
     import fastjsonschema
 
-    from lklab.core.events import _fast_check, _validator
+    from lklab.core.events import _fast_check, _validator, claimed_version
 
     record = {k: v for k, v in {**base, **changes}.items() if k not in drop}
+    version = claimed_version(record)
     try:
-        _fast_check()(record)
+        _fast_check(version)(record)
         fast_ok = True
     except fastjsonschema.JsonSchemaValueException:
         fast_ok = False
-    assert fast_ok == _validator().is_valid(record), record
+    assert fast_ok == _validator(version).is_valid(record), record
 
 
 @settings(max_examples=600, deadline=None)
@@ -142,12 +181,12 @@ def test_the_fast_validator_agrees_with_the_reference_schema_validator(base, dro
        changes=st.dictionaries(st.sampled_from([*FIELDS, "extra", "pii"]), _VALUES, max_size=3))
 def test_the_wire_fast_path_is_never_more_lenient(base, drop, changes) -> None:
     """What the msgspec wire path accepts, the reference path accepts too, as the same Event."""
-    from lklab.core.events import _fast, _from_dict, _validator
+    from lklab.core.events import _fast, _from_dict, _validator, claimed_version
 
     record = {k: v for k, v in {**base, **changes}.items() if k not in drop}
     fast = _fast(json.dumps(record).encode())
     if fast is not None:
-        assert _validator().is_valid(record), record
+        assert _validator(claimed_version(record)).is_valid(record), record
         assert fast == _from_dict(record)
     assert _outcome(json.dumps(record)) == _outcome(record)
 

@@ -263,3 +263,50 @@ def test_follow_ups_stay_in_their_originals_lateness_class() -> None:
         original = first_lateness.setdefault(event.event_id, lateness)
         bound = config.on_time_max_s if original <= config.on_time_max_s else config.late_max_s
         assert original <= lateness <= bound
+
+
+MIXED = GeneratorConfig(seed=13, rides_per_minute=200, duration_s=600, schema_v2_fraction=0.5, correction_fraction=0.3)
+
+
+def test_schema_v2_rides_carry_tips_currencies_and_mid_upgrade_corrections() -> None:
+    """Half the rides come from a v2 producer: tips on captures only, CHF in the sparse city, and
+    corrected events whose first version came from a v1 producer or said another tip."""
+    workload = generate(MIXED)
+    versions = Counter(e.schema_version for e in workload.truth)
+    assert 0.4 < versions[2] / len(workload.truth) < 0.6 and versions[1] > 0
+    tipped = [e for e in workload.truth if e.tip_cents]
+    assert tipped and all(e.event_type is EventType.PAYMENT_CAPTURED and e.schema_version == 2 for e in tipped)
+    assert {e.currency for e in workload.truth if e.schema_version == 2} == {"EUR", "CHF"}
+    assert all((e.tip_cents, e.currency) == (0, "EUR") for e in workload.truth if e.schema_version == 1)
+    final = {e.event_id: e for e in workload.truth}
+    firsts = [e for e in workload.deliveries if e.event_version < final[e.event_id].event_version]
+    assert any(e.schema_version == 1 and final[e.event_id].schema_version == 2 for e in firsts)  # upgraded in between
+    assert any(e.schema_version == 2 and e.tip_cents != final[e.event_id].tip_cents for e in firsts)  # the tip corrected
+    assert all(parse_event(e.to_json()) == e for e in workload.deliveries)
+
+
+def test_without_v2_rides_the_workload_is_unchanged() -> None:
+    """The v2 draws come from an RNG of their own: the v1 part of a workload is the same bytes."""
+    plain, mixed = generate(SMALL), generate(SMALL.model_copy(update={"schema_v2_fraction": 0.5}))
+    strip = lambda e: e.replace(schema_version=1, tip_cents=0, currency="EUR")  # noqa: E731
+    assert all(e.schema_version == 1 for e in plain.deliveries)
+    assert [strip(e) for e in mixed.deliveries] == plain.deliveries
+
+
+def test_revenue_logic_v2_counts_tips_and_matches_the_oracle() -> None:
+    """Logic v1 ignores tips, v2 counts them; each equals the oracle of the same logic, and
+    they differ on this workload (so a test comparing the two can fail)."""
+    workload = generate(MIXED)
+    v1, v2 = (views.spec_at("revenue_per_minute", v).evaluate(workload.deliveries) for v in (1, 2))
+    assert oracle.compare(v1, oracle.revenue_per_minute(workload.truth)).equal
+    assert oracle.compare(v2, oracle.revenue_per_minute(workload.truth, with_tips=True)).equal
+    assert not oracle.compare(v2, oracle.revenue_per_minute(workload.truth)).equal
+    assert views.VIEWS["revenue_per_minute"].logic_version == 1  # v2 is deployed, not switched on by its existence
+
+
+def test_sparse_history_over_months() -> None:
+    """Below one ride a minute: a year of small history (the verify-history test writes one)."""
+    year = generate(GeneratorConfig(start=datetime(2025, 12, 1, tzinfo=timezone.utc), duration_s=365 * 86_400,
+                                    rides_per_minute=0.002, schema_v2_fraction=0.5))
+    months = {(e.event_time.year, e.event_time.month) for e in year.truth}
+    assert len(months) >= 12 and 800 < len({e.ride_id for e in year.truth}) < 1300

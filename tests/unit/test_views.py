@@ -73,7 +73,14 @@ def test_one_registry_holds_every_view_and_its_logic_versions() -> None:
     assert list(views.SPEED_LAYER) == ["revenue_per_minute", "daily_active_users", "driver_earnings_daily"]
     assert views.spec_at("user_sessions", 1).measure.split_at_midnight and not views.spec_at("user_sessions", 2).measure.split_at_midnight
     assert views.view("user_sessions").logic_version == 2  # the newest logic is the view's current one
-    assert views.spec_at("revenue_per_minute", 7) == views.view("revenue_per_minute")  # versions past the newest run the newest
+    assert views.spec_at("daily_active_users", 7) == views.view("daily_active_users")  # versions past the newest run the newest
+    # revenue v2 counts tips: the newest logic, but v1 stays current until a replay or backfill deploys it
+    assert views.view("revenue_per_minute").logic_version == 1 and views.spec_at("revenue_per_minute", 7).logic_version == 2
+    assert views.spec_at("revenue_per_minute", 2).measure.with_tips and not views.view("revenue_per_minute").measure.with_tips
+    from lklab.core.config import Settings
+
+    assert [s.logic_version for s in views.speed_layer_specs(Settings(revenue_logic=2))][:1] == [2]
+    assert views.batch_spec(views.view("revenue_per_minute"), Settings()).logic_version == 1
     v3 = kappa.spec_for("user_sessions", 3)
     assert (v3.name, v3.view, v3.logic_version) == ("user_sessions__v3", "user_sessions", 2)
     assert views.VersionedOutput("daily_active_users", 4).name == kappa.output_name("daily_active_users", 4) == "daily_active_users__v4"
