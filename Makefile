@@ -12,13 +12,12 @@ demo: setup
 demo-scaled: setup
 	.venv/bin/lklab demo --scaled
 
-# test: four pytest workers, whole files each (--dist loadfile): most tests wait on brokers, batch
-# runs and paced streams rather than compute (two workers kept 2 cores 40 % busy, 40 min), so
-# four at once fit 2 cores. Each worker starts its own broker, Spark session and PostgreSQL on
-# free loopback ports.
+# test: two pytest workers, whole files each (--dist loadfile): most tests wait on brokers, batch
+# runs and paced streams rather than compute, so two at once fit 2 cores. Each worker starts its
+# own broker, Spark session and PostgreSQL on free loopback ports.
 test: setup
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q --timeout=900 --durations=25 -n 4 --dist loadfile
+	.venv/bin/pytest -q --timeout=900 --durations=25 -n 2 --dist loadfile
 
 unit: setup
 	.venv/bin/pytest -q tests/unit

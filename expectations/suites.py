@@ -18,7 +18,7 @@ import great_expectations.expectations as gxe
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lklab.core.events import PAYMENT_TYPES, EventType, as_utc
+from lklab.core.events import EVENT_FIELDS, PAYMENT_TYPES, EventType, as_utc, schema
 
 BRONZE_EVENTS = "bronze_events"
 SILVER_EVENTS = "silver_events"
@@ -33,10 +33,7 @@ DEFAULT_FUTURE_SLACK = timedelta(days=1)
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     BRONZE_EVENTS: ("topic", "partition", "offset", "kafka_timestamp", "key", "value", "ingested_at"),
-    SILVER_EVENTS: (
-        "event_id", "event_version", "schema_version", "event_type", "ride_id", "user_id", "driver_id",
-        "city", "amount_cents", "pii", "event_time", "kafka_partition", "kafka_offset", "event_date",
-    ),
+    SILVER_EVENTS: (*EVENT_FIELDS, "kafka_partition", "kafka_offset", "event_date"),  # every field of the newest schema
     GOLD_REVENUE_PER_MINUTE: ("city", "window_start", "revenue_cents", "events", "event_date"),
     GOLD_DAILY_ACTIVE_USERS: ("city", "window_start", "active_users", "event_date"),
     GOLD_DRIVER_EARNINGS_DAILY: ("driver_id", "window_start", "earnings_cents", "events", "event_date"),
@@ -124,6 +121,14 @@ def silver_events_suite(min_time: datetime = DEFAULT_MIN_TIME, max_time: datetim
             gxe.ExpectColumnValuesToBeBetween(column="event_time", min_value=lo, max_value=hi),
             gxe.ExpectColumnValuesToMatchRegex(
                 column="pii", regex=FERNET_TOKEN_REGEX, description="pii is a Fernet token, never plaintext"
+            ),
+            # schema v2's fields: null in partitions written before v2 (read as their defaults)
+            gxe.ExpectColumnValuesToBeBetween(column="tip_cents", min_value=0),
+            gxe.ExpectColumnValuesToMatchRegex(column="currency", regex=schema()["properties"]["currency"]["pattern"]),
+            _rows(
+                f"SELECT event_id, event_type, tip_cents FROM {{batch}} "
+                f"WHERE tip_cents != 0 AND event_type != '{EventType.PAYMENT_CAPTURED.value}'",
+                "a tip only on payment_captured",
             ),
             _rows(
                 f"SELECT event_id, event_type, amount_cents FROM {{batch}} "

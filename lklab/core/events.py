@@ -216,9 +216,11 @@ def claimed_version(data: dict[str, Any]) -> int:
     """The registered version a record is checked against: the one its schema_version names (the
     newest for a newer or unreadable one: its own field check then words the problem)."""
     claimed = data.get("schema_version")
-    if isinstance(claimed, bool) or not isinstance(claimed, (int, float)) or claimed != int(claimed) or claimed < 1:
+    if isinstance(claimed, float) and claimed.is_integer():  # JSON Schema integers include 2.0 (never inf or NaN)
+        claimed = int(claimed)
+    if isinstance(claimed, bool) or not isinstance(claimed, int) or claimed < 1:
         return SCHEMA_VERSION
-    return min(int(claimed), SCHEMA_VERSION)
+    return min(claimed, SCHEMA_VERSION)
 
 
 def validate_dict(data: Any) -> dict[str, Any]:

@@ -4,7 +4,6 @@ nothing written or started."""
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -67,12 +66,12 @@ def test_a_bad_cutover_tolerance_is_refused_before_spark_starts(with_events: Set
     kappa.replay(with_events, make_engine(with_events), "revenue_per_minute", 2)  # a cutover to v2 would go ahead
     before = files(with_events.home)
     for value in ("-1", "101", "nan"):
-        began = time.monotonic()
         result = lklab(with_events, "cutover", "revenue_per_minute", "--to", "2", "--tolerance-pct", value)
         assert (result.returncode, result.stdout) == (2, ""), value
         assert result.stderr.strip() == f"error: --tolerance-pct {float(value):g}: must be between 0 and 100 (% of the published total)"
-        assert time.monotonic() - began < 20  # a Spark session alone takes longer than that here
-    assert files(with_events.home) == before  # no Spark warehouse or metastore, no snapshot, no swap
+    # before Spark: no Spark warehouse or metastore (a session creates them), no snapshot, no swap. (Not a
+    # wall-clock bound: under four test workers on 2 cores a bare CLI start took 31 s.)
+    assert files(with_events.home) == before
 
 
 def test_produce_of_a_directory_is_one_line(isolated: Settings, tmp_path: Path) -> None:

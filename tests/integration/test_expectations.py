@@ -56,8 +56,8 @@ BRONZE_SCHEMA = (
 )
 SILVER_SCHEMA = (
     "event_id string, event_version long, schema_version long, event_type string, ride_id string, "
-    "user_id string, driver_id string, city string, amount_cents long, pii string, event_time timestamp, "
-    "kafka_partition int, kafka_offset long, event_date date"
+    "user_id string, driver_id string, city string, amount_cents long, pii string, tip_cents long, currency string, "
+    "event_time timestamp, kafka_partition int, kafka_offset long, event_date date"
 )
 
 
@@ -71,9 +71,10 @@ def bronze(spark) -> DataFrame:
     return frame(spark, rows, BRONZE_SCHEMA)
 
 
-def ev(eid, etype, time, city="berlin", amount=None, driver="d1", pii=None, offset=0, day=None):
+def ev(eid, etype, time, city="berlin", amount=None, driver="d1", pii=None, offset=0, day=None, tip=0, currency="EUR"):
     ts = time if isinstance(time, datetime) else at(time)
-    return (eid, 1, 1, etype, "r-" + eid[:2], "u-" + eid[:2], driver, city, amount, pii, ts, 0, offset, day or ts.date())
+    return (eid, 1, 2, etype, "r-" + eid[:2], "u-" + eid[:2], driver, city, amount, pii, tip, currency, ts, 0, offset,
+            day or ts.date())
 
 
 SILVER_ROWS = [
@@ -81,9 +82,9 @@ SILVER_ROWS = [
     ev("r1-req", "ride_requested", "10:01", driver=None, offset=1),
     ev("r1-start", "ride_started", "10:03", offset=2),
     ev("r1-done", "ride_completed", "10:10", offset=3),
-    ev("r1-pay", "payment_captured", "10:11", amount=1250, offset=4),
+    ev("r1-pay", "payment_captured", "10:11", amount=1250, offset=4, tip=150, currency="CHF"),
     ev("r1-ref", "payment_refunded", "10:20", amount=250, offset=5),
-    ev("r2-open", "app_opened", "23:59", city="paris", driver=None, offset=6),
+    ev("r2-open", "app_opened", "23:59", city="paris", driver=None, offset=6, tip=None, currency=None),  # written before v2
 ]
 
 
@@ -188,6 +189,8 @@ def test_each_broken_silver_rule_fails_with_a_line_naming_rule_and_column(spark,
     df = where(df, "event_id = 'r1-req'", event_type="'ride_teleported'")
     df = where(df, "event_id = 'r1-open'", pii="'Ada +49'")
     df = where(df, "event_id = 'r2-open'", amount_cents="10")
+    df = where(df, "event_id = 'r1-done'", tip_cents="5", currency="'eur'")  # schema v2: a tip on a non-capture, a bad code
+    df = where(df, "event_id = 'r1-pay' AND kafka_offset = 4", tip_cents="-1")
     # Schema drift too; no rule reads driver_id, so only the schema rule can notice it is gone.
     df = df.drop("driver_id").withColumn("surge_multiplier", F.lit(1.5))
 
@@ -203,6 +206,9 @@ def test_each_broken_silver_rule_fails_with_a_line_naming_rule_and_column(spark,
         "expect_column_values_to_match_regex(pii) [pii is a Fernet token, never plaintext]": ["'Ada +49'"],
         "unexpected_rows_expectation [amount_cents is set exactly on payment events]": ["1 unexpected rows", "r2-open"],
         "unexpected_rows_expectation [event_date = to_date(event_time)]": ["1 unexpected rows", "r5-open", "2026-11-18"],
+        "expect_column_values_to_be_between(tip_cents)": ["1 unexpected", "-1"],
+        "expect_column_values_to_match_regex(currency)": ["'eur'"],
+        "unexpected_rows_expectation [a tip only on payment_captured]": ["1 unexpected rows", "r1-done"],
     }
     assert set(lines) == set(expected), "\n".join(lines.values())
     for head, fragments in expected.items():

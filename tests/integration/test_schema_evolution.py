@@ -165,3 +165,38 @@ def test_a_year_of_mixed_history_is_readable_and_a_planted_record_is_named(isola
 async def _send_raw(settings: Settings, value: bytes):
     async with kafka_io.producer(settings) as producer:
         return await producer.send_and_wait(settings.topic, key=b"foreign", value=value)
+
+
+DAY = GeneratorConfig(seed=74, start=datetime(2026, 11, 20, 10, tzinfo=timezone.utc), duration_s=600, rides_per_minute=10,
+                      schema_v2_fraction=0.5, late_fraction=0)
+
+
+def test_a_lambda_backfill_with_tips_waits_for_a_readable_history(isolated: Settings) -> None:
+    """`LKLAB_REVENUE_LOGIC=2 lklab batch` through Dagster: the blocking check history_readable
+    stops the run while the log holds a record nothing has dead-lettered, and lets the next one
+    promote once a consumer has; the promoted build counts tips, as the oracle of logic v2 does."""
+    from lklab.lambda_arch.builds import current_build
+    from orchestration.launch import run_batch
+
+    settings = isolated.model_copy(update={"revenue_logic": 2, "batch_views": ["revenue_per_minute"]})
+    workload = generate(DAY)
+    engine = make_engine(settings)
+    write_ledger(engine, workload.truth)
+    assert produce_events(settings, workload.deliveries).dead_lettered == 0
+    sent = kafka_io.run(_send_raw(settings, PLANTED))
+
+    blocked = run_batch(settings)
+    assert not blocked.success and any("history_readable" in gate for gate in blocked.failed_gates), blocked.failed_gates
+    assert any(f"offset {sent.offset}" in gate for gate in blocked.failed_gates), blocked.failed_gates
+
+    stats = ApplyStats(topic=settings.topic, dead_letters=[DeadLetter("malformed JSON", sent.partition, sent.offset, PLANTED)])
+    dead_letters.send(settings, stats, settings.speed_group)
+    promoted = run_batch(settings)
+    assert promoted.success, f"{promoted.message}: {promoted.failed_gates}"
+    spec = views.spec_at("revenue_per_minute", 2)
+    with engine.connect() as conn:
+        build = current_build(conn)
+        served = {(e, w): v for e, w, v in conn.execute(spec.measure.batch_query(spec, build.build_id, None))}
+    result = oracle.compare(served, oracle.for_view("revenue_per_minute", workload.truth, logic_version=2))
+    assert result.equal, str(result)
+    engine.dispose()

@@ -56,6 +56,17 @@ def test_a_later_schema_version_with_added_fields_is_accepted() -> None:
     assert (event.schema_version, event.tip_cents) == (3, 40)  # read by the newest registered version
 
 
+@pytest.mark.parametrize("claimed", ["1e400", "-1e400", "2.5", "2.0", "0", "-3", "true", "\"2\"", "null", "[2]", "99999999999999999999"])
+def test_any_schema_version_value_is_a_verdict_not_a_crash(claimed: str) -> None:
+    """The version a record claims picks its schema before anything is checked: no value of it
+    may raise anything but EventError (a float beyond the double range reads as infinity)."""
+    raw = line()[:-1] + f', "schema_version": {claimed}}}'
+    try:
+        assert parse_event(raw).schema_version in (1, 2, 99999999999999999999)
+    except EventError as exc:
+        assert "schema_version" in exc.reason
+
+
 def test_samples_hold_both_versions_and_tips() -> None:
     assert {s["schema_version"] for s in SAMPLES} == {1, 2} and any(s.get("tip_cents") for s in SAMPLES)
 
