@@ -288,10 +288,7 @@ def _fast(raw: bytes | str) -> Event | None:
         return None  # bytes that are not UTF-8, or nesting deeper than msgspec goes: the reference path words it
     if (w.amount_cents is None) == (w.event_type in PAYMENT_TYPES):
         return None  # the cross-field rules: the reference path words them
-    tip, currency = w.tip_cents, w.currency
-    if w.schema_version < SCHEMA_VERSION:  # fields its version lacks take their defaults
-        fill = _defaults(w.schema_version)
-        tip, currency = fill.get("tip_cents", tip), fill.get("currency", currency)
+    tip, currency = _own_fields(w.schema_version, w.tip_cents, w.currency)
     if tip and w.event_type is not EventType.PAYMENT_CAPTURED:
         return None
     try:  # the pattern requires an offset (Z or ±HH:MM): normalise the instant to UTC here, at the edge
@@ -307,12 +304,17 @@ def _from_dict(data: dict[str, Any]) -> Event:
     if isinstance(data.get("pii"), dict):
         raise EventError("field 'pii': plaintext PII on the log; it must be encrypted at the edge")
     integer = lambda v: None if v is None else int(v)  # noqa: E731 - JSON Schema integers include 1.0
-    version = claimed_version(data)
-    later = {**_defaults(version), **{k: v for k, v in data.items() if k not in _defaults(version)}}
+    tip, currency = _own_fields(claimed_version(data), data.get("tip_cents", 0), data.get("currency", "EUR"))
     return Event(data["event_id"], integer(data["event_version"]), integer(data["schema_version"]),
                  EventType(data["event_type"]), parse_time(data["event_time"]), data["ride_id"], data["user_id"],
-                 data["driver_id"], data["city"], integer(data.get("amount_cents")), data.get("pii"),
-                 integer(later.get("tip_cents", 0)), later.get("currency", "EUR"))
+                 data["driver_id"], data["city"], integer(data.get("amount_cents")), data.get("pii"), tip, currency)
+
+
+def _own_fields(version: int, tip: Any, currency: Any) -> tuple[int, str]:
+    """tip_cents and currency as the record's own version has them: the defaults where it lacks
+    them (in a v1 record they are unknown fields, ignored, whatever they hold)."""
+    fill = _defaults(min(version, SCHEMA_VERSION))
+    return int(fill.get("tip_cents", tip)), fill.get("currency", currency)
 
 
 def parse_event(raw: bytes | str | dict[str, Any]) -> Event:
