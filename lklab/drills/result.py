@@ -24,6 +24,8 @@ class Read(BaseModel):
     wrong_windows: int | None = None
     windows: int | None = Field(None, description="windows in the answer or the oracle")
     source: str | None = Field(None, description="what served it: lambda | batch-only | the Kappa version")
+    logic: int | None = Field(None, description="the logic version whose oracle the answer is nearest, in a drill that scores "
+                                                "several (None: not asked, or as near to another)")
 
     @property
     def answered(self) -> bool:

@@ -43,8 +43,8 @@ class PrefixOracle:
     views are folded incrementally (the oracle's own rule on one event at a time: retract the
     superseded version, add the new one); other views are recomputed per position asked for."""
 
-    def __init__(self, view: str, events: list[Event]) -> None:
-        self.view, self.events = view, events
+    def __init__(self, view: str, events: list[Event], logic_version: int = 1) -> None:
+        self.view, self.events, self.logic_version = view, events, logic_version
         self._cache: dict[int, Answer] = {}
         self._additive = view in ADDITIVE
         self._folded_to = 0
@@ -64,13 +64,16 @@ class PrefixOracle:
     def keys_of(self, event_id: str) -> set:
         if not self._keys_of_id:
             for event in self.events:
-                self._keys_of_id.setdefault(event.event_id, set()).update(oracle.for_view(self.view, [event]).keys())
+                self._keys_of_id.setdefault(event.event_id, set()).update(self._of([event]).keys())
         return self._keys_of_id.get(event_id, set())
 
     def at(self, n: int) -> Answer:
         if n not in self._cache:
-            self._cache[n] = self._fold_to(n) if self._additive and n >= self._folded_to else oracle.for_view(self.view, self.events[:n])
+            self._cache[n] = self._fold_to(n) if self._additive and n >= self._folded_to else self._of(self.events[:n])
         return self._cache[n]
+
+    def _of(self, events: list[Event]) -> Answer:
+        return oracle.for_view(self.view, events, self.logic_version)
 
     def _fold_to(self, n: int) -> Answer:
         for event in self.events[self._folded_to:n]:
@@ -79,7 +82,7 @@ class PrefixOracle:
                 continue
             for old_or_new, sign in ((held, -1), (event, 1)):
                 if old_or_new is not None:
-                    for key, value in oracle.for_view(self.view, [old_or_new]).items():
+                    for key, value in self._of([old_or_new]).items():
                         self._totals[key] = self._totals.get(key, 0) + sign * value
                         self._events_in[key] = self._events_in.get(key, 0) + sign
             self._best[event.event_id] = event
@@ -104,9 +107,12 @@ def watermark_of(body: dict[str, Any]) -> datetime | None:
     return parse_time(text) if text else None
 
 
-def score(view: str, raw: list[RawRead], timeline: LogTimeline, grace_s: float, source: Callable[[dict], str | None]) -> list[Read]:
-    """Each raw read scored (see the module's docstring)."""
-    prefix = PrefixOracle(view, timeline.events)
+def score(view: str, raw: list[RawRead], timeline: LogTimeline, grace_s: float, source: Callable[[dict], str | None],
+          logics: tuple[int, ...] = (1,)) -> list[Read]:
+    """Each raw read scored (see the module's docstring). With several `logics` (a drill that
+    deploys a new logic version), a read is scored against the oracle of each and keeps the
+    nearest: an answer wholly of one logic is correct, one that mixes them is wrong under both."""
+    prefixes = {logic: PrefixOracle(view, timeline.events, logic) for logic in logics}
     times = [m.t for m in timeline.marks]
     scored = []
     for read in raw:
@@ -118,12 +124,21 @@ def score(view: str, raw: list[RawRead], timeline: LogTimeline, grace_s: float, 
         if last < 0:
             continue  # read before the log held anything: nothing to score
         answer = parse_rows(view, read.body.get("rows", []))
-        error, wrong, windows = _distance_at(answer, prefix, timeline, times, last, read.t, grace_s)
+        by_logic = {logic: _distance_at(answer, prefix, timeline, times, last, read.t, grace_s) for logic, prefix in prefixes.items()}
+        logic = min(by_logic, key=lambda k: by_logic[k][0])
+        error, wrong, windows = by_logic[logic]
         newest, wm = timeline.marks[last].newest, watermark_of(read.body)
         staleness = None if newest is None or wm is None else max(0.0, (newest - wm).total_seconds())
         scored.append(Read(t=read.t, status=200, stale=bool(read.body.get("stale")), staleness_s=staleness, error=error,
-                           wrong_windows=wrong, windows=windows, source=source(read.body)))
+                           wrong_windows=wrong, windows=windows, source=source(read.body), logic=_told_apart(logic, by_logic)))
     return scored
+
+
+def _told_apart(nearest: int, by_logic: dict[int, tuple[int, int, int]]) -> int | None:
+    """The nearest logic, when scoring asked for more than one and no other is as near."""
+    if len(by_logic) < 2 or any(k != nearest and v[0] == by_logic[nearest][0] for k, v in by_logic.items()):
+        return None
+    return nearest
 
 
 def _distance_at(answer: Answer, prefix: PrefixOracle, timeline: LogTimeline, times: list[float], last: int, asked: float,

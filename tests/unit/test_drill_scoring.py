@@ -90,3 +90,21 @@ def test_the_monitor_reads_each_signal_off_the_answers_once_per_episode() -> Non
         ("health", "speed lag 60000")]
     assert [s.name for s in monitor.signals[KAPPA]] == ["lag"]
     assert [s.t for s in monitor.signals[LAMBDA]] == sorted(s.t for s in monitor.signals[LAMBDA])
+
+
+def test_a_read_wholly_of_one_logic_is_correct_and_one_mixing_them_is_not() -> None:
+    """A drill that deploys revenue logic v2 (tips) scores against both oracles: a whole answer of
+    either logic is correct and says which; an answer whose windows mix them is wrong under both."""
+    events = generate(GeneratorConfig(seed=22, duration_s=1800, rides_per_minute=20, schema_v2_fraction=0.5)).deliveries
+    timeline = timeline_of(events)
+    without, with_tips = (oracle.for_view(VIEW, events, logic) for logic in (1, 2))
+    tipped = sorted(k for k in with_tips if with_tips[k] != without.get(k))
+    assert len(tipped) > 10  # the two logics differ in many windows, so the mixed answer below differs from both
+    mixed = {**without, **{k: with_tips[k] for k in tipped[: len(tipped) // 2]}}
+    raw = [RawRead(9.5, 200, {"rows": rows_of(answer)}) for answer in (without, with_tips, mixed)]
+
+    one, two, both = score(VIEW, raw, timeline, grace_s=0.5, source=lambda b: None, logics=(1, 2))
+    assert (one.correct, one.logic) == (True, 1)
+    assert (two.correct, two.logic) == (True, 2)
+    assert not both.correct and both.wrong_windows > 0  # the nearer of the two (windows in flight left out)
+    assert not score(VIEW, raw[1:2], timeline, grace_s=0.5, source=lambda b: None)[0].correct  # logic 1 only: tips are wrong
