@@ -12,9 +12,9 @@ demo: setup
 demo-scaled: setup
 	.venv/bin/lklab demo --scaled
 
-# test: two pytest workers, whole files each (--dist loadfile): most tests wait on brokers, batch
-# runs and paced streams rather than compute, so two at once fit 2 cores. Each worker starts its
-# own broker, Spark session and PostgreSQL on free loopback ports.
+# test: two pytest workers, whole files each (--dist loadfile), one per core: the suite is CPU-bound
+# (Spark, brokers, stream processes), so more workers only contend. Each worker starts its own
+# broker, Spark session and PostgreSQL on free loopback ports.
 test: setup
 	.venv/bin/lint-imports
 	.venv/bin/pytest -q --timeout=900 --durations=25 -n 2 --dist loadfile
