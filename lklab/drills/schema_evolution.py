@@ -142,26 +142,18 @@ def consumers(lab: LiveLab) -> dict[str, str]:
 def wait_dead_lettered(lab: LiveLab, places: list[tuple[int, int]]) -> dict[str, float]:
     """Until each architecture's consumer has dead-lettered every bypassing record; when each did
     (seconds since the run began), noted as that architecture's detection signal."""
-    wanted, seen = {f"{lab.settings.topic}[{p}]@{o}" for p, o in places}, {}
+    seen: dict[str, float] = {}
     deadline = time.monotonic() + DEAD_LETTER_WAIT_S
-    while len(seen) < 2:
-        by_consumer = _sources_by_consumer(lab)
-        for arch, consumer in consumers(lab).items():
-            if arch not in seen and wanted <= by_consumer.get(consumer, set()):
+    while len(seen) < len(consumers(lab)):
+        for arch, letters in dead_letters_by_consumer(lab, places).items():
+            if arch not in seen and letters["records"] == len(places):
                 seen[arch] = lab.now()
-                lab.monitor.note(arch, "dead-letter", f"{consumer} dead-lettered all {len(wanted)} renamed records")
+                lab.monitor.note(arch, "dead-letter", f"{letters['consumer']} dead-lettered all {len(places)} renamed records")
         if time.monotonic() > deadline:
             missing = sorted(set(consumers(lab)) - set(seen))
             raise DrillError(f"not every renamed record was dead-lettered within {DEAD_LETTER_WAIT_S:.0f}s by: {', '.join(missing)}")
         time.sleep(0.5)
     return seen
-
-
-def _sources_by_consumer(lab: LiveLab) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for letter in read_dead_letters(lab.settings):
-        found.setdefault(str(letter.get("consumer")), set()).add(str(letter.get("source")))
-    return found
 
 
 def dead_letters_by_consumer(lab: LiveLab, places: list[tuple[int, int]]) -> dict[str, dict[str, Any]]:
@@ -216,15 +208,13 @@ def logic_change(reads: list[Read], since: float, interval_s: float) -> dict[str
     """What readers got from the deploy on: reader-seconds of answers wholly of each logic, of
     answers that mix them (wrong under both), and when logic 2 reached readers, first and for good."""
     after = [r for r in reads if r.t >= since]
-    answered = [r for r in after if r.answered]
-    mixed = [r for r in answered if not r.correct]
-    old = [r for r in answered if r.correct and r.logic == 1]
-    first_new = next((r.t for r in answered if r.correct and r.logic == NEW_LOGIC), None)
+    on = lambda logic: lambda r: r.correct and r.logic == logic  # noqa: E731 - wholly of that logic
+    first_new = next((r.t for r in after if on(NEW_LOGIC)(r)), None)
     last_other = max((r.t for r in after if not (r.correct and r.logic in (NEW_LOGIC, None))), default=None)
     return {"reads": len(after),
-            "logic1_reader_s": reader_seconds(after, lambda r: r in old, interval_s),
-            "logic2_reader_s": reader_seconds(after, lambda r: r.correct and r.logic == NEW_LOGIC, interval_s),
-            "mixed_reader_s": reader_seconds(after, lambda r: r in mixed, interval_s),
+            "logic1_reader_s": reader_seconds(after, on(1), interval_s),
+            "logic2_reader_s": reader_seconds(after, on(NEW_LOGIC), interval_s),
+            "mixed_reader_s": reader_seconds(after, lambda r: r.answered and not r.correct, interval_s),
             "failed_reader_s": reader_seconds(after, lambda r: not r.answered, interval_s),
             "first_logic2_s": None if first_new is None else round(first_new - since, 2),
             "logic2_for_good_s": None if first_new is None else round((last_other or since) - since, 2)}

@@ -236,3 +236,8 @@ def status(settings: Settings) -> ClusterStatus:
 def work_dir(settings: Settings) -> Path:
     """Where the worker keeps one directory per application, with its executors' logs."""
     return _dir(settings) / "work"
+
+
+def executors_started(settings: Settings) -> int:
+    """Executors the worker has started, for any application (each leaves a directory with its log)."""
+    return sum(1 for d in work_dir(settings).glob("app-*/*") if (d / "stderr").exists())

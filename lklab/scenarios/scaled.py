@@ -80,7 +80,6 @@ def run_scaled_demo(minutes: int = 10, seed: int = 7, console: Console | None = 
     with scaled_stack(home, say) as settings:
         result = run_demo(minutes=minutes, seed=seed, console=console, settings=settings)
         ran = standalone.status(settings)
-        executors = [d for d in standalone.work_dir(settings).glob("app-*/*") if (d / "stderr").exists()]
         say(f"Spark standalone: {ran.active_apps + ran.completed_apps} application(s) ran on its worker "
-            f"({ran.active_apps} still active), in {len(executors)} executor(s) it started")
+            f"({ran.active_apps} still active), in {standalone.executors_started(settings)} executor(s) it started")
     return result
