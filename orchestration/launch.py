@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from lklab.core.config import Settings
 from orchestration.jobs import LAMBDA_BATCH_TAG
-from lklab.core.locks import LockBusy, file_lock
+from lklab.core.locks import BATCH_LOCK, LockBusy, file_lock
 from lklab.lambda_arch import runs
 from lklab.lambda_arch.builds import current_build
 
@@ -88,7 +88,7 @@ def _one_cli_batch(settings: Settings, deadline: float, on_wait: Callable[[str],
     """One `lklab batch` per lab home at a time (ingest included): a second one waits, then reports."""
     settings.home.mkdir(parents=True, exist_ok=True)
     try:
-        with file_lock(settings.home / ".batch.lock", deadline,
+        with file_lock(settings.home / BATCH_LOCK, deadline,
                        lambda: on_wait("waiting for another `lklab batch` on this lab to finish")):
             yield
     except LockBusy:  # only the lock raises it, never the batch inside

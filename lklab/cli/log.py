@@ -117,6 +117,8 @@ def produce(file: Annotated[Path, typer.Option("--file", "-f", help="JSONL, one 
         err.print(f"... and {report.dead_lettered - len(report.reasons)} more (read them from {s.dlq_topic})")
     console.print(f"accepted {report.accepted}, dead-lettered {report.dead_lettered} (to {s.dlq_topic})"
                   f"{'; the import stopped' if stopped else ''}")
+    if report.pii_dropped:
+        console.print(f"dropped the PII of {report.pii_dropped} events of forgotten users (`lklab forget`); the events were kept")
     if stopped:
         raise fail(str(stopped))
 
@@ -129,6 +131,8 @@ def generate(
     rides_per_minute: Annotated[float, typer.Option(min=0, help="may be below 1 for long, sparse histories")] = 60,
     schema_v2: Annotated[float, typer.Option("--schema-v2", min=0, max=1, help="share of rides written in event schema v2 "
                                              "(tips, currency); the rest in v1")] = 0.0,
+    pii: Annotated[float, typer.Option("--pii", min=0, max=1, help="share of users whose ride requests carry their name "
+                                       "and phone in plaintext (`lklab produce` seals each with the user's own key)")] = 0.0,
 ) -> None:
     """Write a deterministic workload (late, duplicate, corrected events) and its payments ledger."""
     from lklab.log.generator import GeneratorConfig, write_jsonl, write_ledger
@@ -136,8 +140,8 @@ def generate(
 
     s = settings()
     workload = make_workload(GeneratorConfig(seed=seed, duration_s=minutes * 60, rides_per_minute=rides_per_minute,
-                                             schema_v2_fraction=schema_v2))
-    write_jsonl(workload.deliveries, out, workload.config.local_offsets)
+                                             schema_v2_fraction=schema_v2, pii_fraction=pii))
+    write_jsonl(workload.deliveries, out, workload.config.local_offsets, workload.riders)
     ledger = write_ledger(serving_engine(s), workload.truth)
     console.print(f"wrote {len(workload.deliveries)} deliveries of {len(workload.truth)} events to {out}; "
                   f"{ledger} payments in the ledger ({s.serving})")

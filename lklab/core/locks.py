@@ -8,6 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+BATCH_LOCK = ".batch.lock"  # in the lab home: held by `lklab batch` (ingest included) and by a forget's lake purge
+
+
 class LockBusy(TimeoutError):
     """The lock was still held by another process at the deadline."""
 

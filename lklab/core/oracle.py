@@ -134,12 +134,14 @@ def compare(actual: Mapping[Any, Any], expected: Mapping[Any, Any]) -> Compariso
     )
 
 
-def for_view(name: str, truth: Iterable[Event], logic_version: int = 1) -> dict[tuple[str, datetime], Any]:
+def for_view(name: str, truth: Iterable[Event], logic_version: int = 1,
+             forgotten: frozenset[str] = frozenset()) -> dict[tuple[str, datetime], Any]:
     """The oracle's answer for a view, keyed like the pipelines: (entity, window start, aware UTC);
     values are ints, or (sessions, duration_ms) for user_sessions. `logic_version` 2 of
-    revenue_per_minute counts tips; the other views have one correct answer."""
+    revenue_per_minute counts tips; the other views have one correct answer. Users in `forgotten`
+    (deletion requests) have no user_sessions rows; the aggregates still count their events."""
     if name == "user_sessions":
-        return user_sessions(truth)
+        return {key: value for key, value in user_sessions(truth).items() if key[0] not in forgotten}
     compute = {
         "revenue_per_minute": lambda events: revenue_per_minute(events, with_tips=logic_version >= 2),
         "daily_active_users": daily_active_users,

@@ -11,6 +11,7 @@ from lklab import views
 from lklab.core.config import Settings
 from lklab.engine.fold import ApplyStats, BatchDeltas, InputRecord, fence_and_parse, fold
 from lklab.engine.sink import load_contribs, load_versions, persist
+from lklab.privacy import requests
 from lklab.serving import progress
 
 
@@ -49,12 +50,15 @@ class CheckpointedSink:
         self._reset()
 
     def _reset(self) -> None:
+        """A new checkpoint's accumulators; the tombstone list is re-read, so a user forgotten
+        while a replay runs stops counting from the next checkpoint."""
+        self.forgotten = requests.forgotten_users(self.engine) if any(s.keyed_by_user for s in self.specs) else frozenset()
         self.pending, self.deltas, self.changed, self.since = ApplyStats(topic=self.topic), BatchDeltas(), {}, 0
 
     def apply(self, records: Sequence[InputRecord]) -> None:
         fresh = fence_and_parse(records, self.next_offset, self.pending)
         fold(fresh, self.specs, self.versions, self.contribs, self.max_time, self.deltas, self.changed,
-              self.pending, self.lateness, self.partitions)
+              self.pending, self.lateness, self.partitions, self.forgotten)
         self.since += len(records)
         if self.since >= self.every:
             self.start_checkpoint()

@@ -70,17 +70,25 @@ class BatchDeltas:
 
 
 def apply_event(event, specs: Sequence[views.ViewSpec], contribs: dict[tuple[str, str], Contrib],
-                 deltas: BatchDeltas, wm: datetime | None, lateness: int | None) -> bool:
+                 deltas: BatchDeltas, wm: datetime | None, lateness: int | None,
+                 forgotten: frozenset[str] = frozenset()) -> bool:
     """Move each view from the event's old contribution to its new one, side by side: the old
     one is retracted where its window is still open, the new one added where its window is still
     open, and a side whose window is already final is left to batch (recorded as such). A
     correction may move an event to another window, day, city or driver, so the two sides are
     judged apart. The held contribution becomes the new one either way: a final window never
     reopens, so what was not added there is never retracted later. Returns True if any side was
-    left to batch."""
+    left to batch.
+    A forgotten user's event (one in the tombstone list `forgotten`) adds nothing to a view keyed
+    by the user, and its held contribution there is dropped from the state, not retracted: the
+    purge (lklab.deletion) deletes the rows themselves."""
     dropped = False
     T = None if lateness is None else views.final_through(wm, lateness)
     for spec in specs:
+        if spec.keyed_by_user and event.user_id in forgotten:
+            if contribs.get((spec.name, event.event_id)) is not None:
+                contribs[(spec.name, event.event_id)] = deltas.contribs[(spec.name, event.event_id)] = None
+            continue
         old, new = contribs.get((spec.name, event.event_id)), contrib_of(spec, event)
         if old is None and new is None:
             continue
@@ -120,9 +128,11 @@ def fence_and_parse(records: Sequence[InputRecord], next_offset: dict[int, int],
 
 def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], versions: dict[str, int],
           contribs: dict[tuple[str, str], Contrib], max_time: dict[int, datetime], deltas: BatchDeltas,
-          changed_versions: dict[str, int], stats: ApplyStats, lateness: int | None, partitions: int | None = None) -> None:
+          changed_versions: dict[str, int], stats: ApplyStats, lateness: int | None, partitions: int | None = None,
+          forgotten: frozenset[str] = frozenset()) -> None:
     """The view deltas of these events, in consumption order, against the held state (updated in place).
-    Windows close only once all `partitions` have reported (views.watermark)."""
+    Windows close only once all `partitions` have reported (views.watermark); `forgotten` is the
+    tombstone list (lklab.privacy.requests)."""
     wm = views.watermark(max_time, partitions)
     for partition, event in fresh:
         stats.processed += 1
@@ -137,7 +147,7 @@ def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], vers
             continue
         if held is not None:
             stats.corrections_applied += 1
-        if apply_event(event, specs, contribs, deltas, wm, lateness):
+        if apply_event(event, specs, contribs, deltas, wm, lateness, forgotten):
             stats.late_dropped += 1
         versions[event.event_id] = changed_versions[event.event_id] = event.event_version
     stats.watermark = wm

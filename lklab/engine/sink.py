@@ -28,6 +28,7 @@ from lklab import views
 from lklab.core.config import Settings
 from lklab.engine.outputs import late_windows
 from lklab.engine.fold import ApplyStats, BatchDeltas, InputRecord, fence_and_parse, fold
+from lklab.privacy import requests
 from lklab.serving import progress
 from lklab.serving.store import add_to, bulk_upsert, speed_contrib, speed_event_state, speed_late_windows
 from lklab.views import Contrib
@@ -138,7 +139,8 @@ def apply_records(
         versions = load_versions(conn, scope, event_ids)
         contribs = load_contribs(conn, [spec.name for spec in specs], event_ids)
         deltas, changed_versions = BatchDeltas(), {}
-        fold(fresh, specs, versions, contribs, max_time, deltas, changed_versions, stats, lateness, settings.partitions)
+        fold(fresh, specs, versions, contribs, max_time, deltas, changed_versions, stats, lateness, settings.partitions,
+             requests.forgotten(conn) if any(spec.keyed_by_user for spec in specs) else frozenset())
         persist(conn, scope, topic, deltas, changed_versions, stats, committed, max_time)
         if before_commit is not None:
             before_commit(stats)

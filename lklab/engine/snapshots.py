@@ -66,6 +66,7 @@ class Snapshot(BaseModel):
     checksum: str
     location: str
     delta_versions: dict[str, int]
+    redacted_at: datetime | None = None  # retired by a deletion request (lklab.deletion): never loads again
 
     def piece_location(self, piece: str) -> str:
         return f"{self.location}/{piece}"
@@ -216,12 +217,15 @@ def listing(engine: Engine, view: str | None = None) -> list[Snapshot]:
 def resolve(engine: Engine, view: str, ref: str) -> Snapshot:
     """`latest` (the newest snapshot of the view) or a snapshot id."""
     found = listing(engine, view)
+    usable = [snap for snap in found if snap.redacted_at is None]
     if ref == "latest":
-        if not found:
-            raise SnapshotError(f"--from-snapshot latest: {view} has no snapshot; take one with `lklab snapshot {view}`")
-        return found[-1]
+        if not usable:
+            raise SnapshotError(f"--from-snapshot latest: {view} has no usable snapshot "
+                                f"({len(found)} redacted by deletion requests); take one with `lklab snapshot {view}`")
+        return usable[-1]
     for snap in found:
         if snap.snapshot_id == ref:
+            refuse_redacted(snap)
             return snap
     raise SnapshotError(f"--from-snapshot {ref}: no snapshot with that id for {view} (see `lklab snapshot list`)")
 
@@ -274,8 +278,15 @@ def migrations_for(snap: Snapshot, view: str, logic_version: int, schema_version
 
 # --- loading -----------------------------------------------------------------------------------
 
+def refuse_redacted(snap: Snapshot) -> None:
+    if snap.redacted_at is not None:
+        raise SnapshotError(f"snapshot {snap.snapshot_id} was redacted at {snap.redacted_at:%Y-%m-%d %H:%M:%S} UTC: it held a "
+                            "forgotten user's rows, so its files were deleted (`lklab forget`); replay from the log or a later snapshot")
+
+
 def verify(spark, snap: Snapshot, spec) -> dict[str, pa.Table]:
     """Read every piece at its recorded Delta version and check the checksum; return the pieces."""
+    refuse_redacted(snap)
     tables, digests = {}, {}
     for piece in pieces(spec):
         try:
@@ -321,6 +332,7 @@ def read_output(spark, snap: Snapshot, entity: str | None = None, window: dateti
     """The served answer rows stored with a snapshot (Delta, at the recorded version)."""
     from pyspark.sql import functions as F
 
+    refuse_redacted(snap)
     frame = spark.read.format("delta").option("versionAsOf", snap.delta_versions["output"]).load(snap.piece_location("output"))
     if entity is not None:
         frame = frame.where(F.col("entity") == entity)

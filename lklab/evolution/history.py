@@ -76,12 +76,12 @@ def log_records(settings: Settings, bronze: bool = True) -> tuple[dict[tuple[int
     seen: dict[tuple[int, int], list[str]] = {}
     values: dict[tuple[int, int], bytes | None] = {}
     in_kafka = in_bronze = 0
-    for place, value in _kafka_records(settings):
+    for place, value in kafka_records(settings):
         in_kafka += 1
         seen.setdefault(place, []).append("kafka")
         values[place] = value
     if bronze:
-        for place, value in _bronze_records(settings):
+        for place, value in bronze_records(settings):
             in_bronze += 1
             seen.setdefault(place, []).append("bronze")
             values.setdefault(place, value)
@@ -132,7 +132,7 @@ def _decode(report: HistoryReport, place: tuple[int, int], value: bytes | None, 
     report.last_event = max(filter(None, (report.last_event, event.event_time)))
 
 
-def _kafka_records(settings: Settings) -> Iterator[tuple[tuple[int, int], bytes | None]]:
+def kafka_records(settings: Settings) -> Iterator[tuple[tuple[int, int], bytes | None]]:
     try:
         first, end = kafka_io.run(kafka_io.log_range(settings))
         records = kafka_io.run(kafka_io.read_range(settings, first, end))
@@ -142,7 +142,7 @@ def _kafka_records(settings: Settings) -> Iterator[tuple[tuple[int, int], bytes 
         yield (record.partition, record.offset), record.value
 
 
-def _bronze_records(settings: Settings) -> Iterator[tuple[tuple[int, int], bytes]]:
+def bronze_records(settings: Settings) -> Iterator[tuple[tuple[int, int], bytes]]:
     """Bronze's copy of the topic's records, read with deltalake (no Spark session needed)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError

@@ -21,6 +21,7 @@ from lklab.core.config import Settings
 from lklab.core import schemas
 from lklab.core.events import EVENT_FIELDS, PAYMENT_TYPES, Event, EventType, as_utc, schema
 from lklab.log.kafka_io import Offsets
+from lklab.privacy import requests
 
 BRONZE, SILVER, SILVER_REJECTS = "bronze/rides_events", "silver/rides_events", "silver/rides_events_rejects"
 
@@ -301,9 +302,12 @@ def view_frame(silver: DataFrame, spec: views.ViewSpec) -> DataFrame:
 def build_gold(spark: SparkSession, settings: Settings, spec: views.ViewSpec, dates: DateRange | None = None) -> int:
     """Rebuild one gold view from silver for `dates` (or all); returns the rows in that range.
     A view reads the silver dates its measure needs (windows never straddle a UTC date; a
-    session may cross midnight) and writes only the `dates` partitions."""
+    session may cross midnight) and writes only the `dates` partitions. A view keyed by the user
+    leaves out the users in the tombstone list."""
     read = spec.measure.gold_input_dates(dates)
     silver = spark.read.format("delta").load(path(settings, SILVER)).where(_in_range("event_date", read))
+    if spec.keyed_by_user and (gone := requests.tombstones(settings)):
+        silver = silver.where(~F.col("user_id").isin(sorted(gone)))  # forgotten users never come back (lklab.privacy)
     frame = view_frame(silver, spec)
     if read != dates:
         frame = frame.where(_in_range("event_date", dates))

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import random
 import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -77,6 +77,8 @@ class GeneratorConfig(BaseModel):
     local_offsets: bool = Field(True, description="wire event times carry local UTC offsets (else all Z)")
     refund_fraction: float = Field(0.05, ge=0, le=1, description="of rides")
     users: int = Field(200, ge=1)
+    pii_fraction: float = Field(0.0, ge=0, le=1, description="of users: their ride requests carry their name and phone "
+                                "in plaintext, as the app sends them (`lklab produce` seals them with the user's key)")
     drivers: int = Field(50, ge=1)
     schema_v2_fraction: float = Field(0.0, ge=0, le=1, description="of rides, written by a producer on schema v2 (tips, "
                                       "currency); a corrected v2 event's first version is v1 half the time (mid-upgrade)")
@@ -104,6 +106,11 @@ class Workload:
     deliveries: list[Event]
     arrival_times: list[datetime]  # parallel to deliveries
     truth: list[Event]
+    riders: dict[str, dict[str, str]] = field(default_factory=dict)  # user_id -> plaintext PII their ride requests carry
+
+    def lines(self, local_offsets: bool = True) -> list[str]:
+        """The deliveries as the field writes them, PII included (what `lklab produce` takes)."""
+        return [wire_json(e, local_offsets, self.riders) for e in self.deliveries]
 
     def lateness_s(self) -> list[float]:
         """Arrival minus event time of each delivery, in seconds (parallel to deliveries)."""
@@ -389,7 +396,19 @@ def generate(config: GeneratorConfig | None = None) -> Workload:
         deliveries=[d.event for d in deliveries],
         arrival_times=[from_ms(d.arrival_ms) for d in deliveries],
         truth=truth,
+        riders=_riders(config, truth),
     )
+
+
+GIVEN_NAMES = ("Ada", "Zoë", "Łukasz", "Chidi", "Mei", "José", "Søren", "Aiyana")
+
+
+def _riders(config: GeneratorConfig, truth: list[Event]) -> dict[str, dict[str, str]]:
+    """The users (a stable pii_fraction of them) whose app sends their name and phone."""
+    users = sorted({e.user_id for e in truth})
+    chosen = [u for u in users if zlib.crc32(f"pii/{config.seed}/{u}".encode()) % 10_000 < config.pii_fraction * 10_000]
+    return {u: {"name": f"{GIVEN_NAMES[zlib.crc32(u.encode()) % len(GIVEN_NAMES)]} Rider-{zlib.crc32(u.encode()) % 100_000:05d}",
+                "phone": f"+49 30 {zlib.crc32(('tel' + u).encode()) % 10_000_000:07d}"} for u in chosen}
 
 
 def wire_offset(event: Event) -> timedelta | None:
@@ -399,18 +418,23 @@ def wire_offset(event: Event) -> timedelta | None:
     return None if minutes is None else timedelta(minutes=minutes)
 
 
-def wire_json(event: Event, local_offsets: bool = True) -> str:
-    """An event as a producer in the field writes it: its event time in a local offset."""
-    return event.to_json(wire_offset(event) if local_offsets else None)
+def wire_json(event: Event, local_offsets: bool = True, riders: Mapping[str, dict[str, str]] | None = None) -> str:
+    """An event as a producer in the field writes it: its event time in a local offset, and a
+    ride request of one of `riders` with the rider's plaintext PII."""
+    line = event.to_json(wire_offset(event) if local_offsets else None)
+    if riders and event.event_type == EventType.RIDE_REQUESTED and event.user_id in riders:
+        line = json.dumps({**json.loads(line), "pii": riders[event.user_id]}, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return line
 
 
-def write_jsonl(events: Iterable[Event], path: str | Path, local_offsets: bool = True) -> int:
+def write_jsonl(events: Iterable[Event], path: str | Path, local_offsets: bool = True,
+                riders: Mapping[str, dict[str, str]] | None = None) -> int:
     """One event per line (the import file format), event times in local offsets unless
-    local_offsets is False; returns the number of lines."""
+    local_offsets is False, ride requests of `riders` with their PII; returns the number of lines."""
     count = 0
     with open(path, "w", encoding="utf-8", newline="\n") as out:
         for event in events:
-            out.write(wire_json(event, local_offsets) + "\n")
+            out.write(wire_json(event, local_offsets, riders) + "\n")
             count += 1
     return count
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,8 @@ from lklab.log import kafka_io
 from lklab.core.config import Settings
 from lklab.core.events import Event, EventError, decode, parse_event, short_reason, validate_dict
 from lklab.core.pii import PiiCipher
+from lklab.privacy import keys
+from lklab.serving.store import make_engine
 
 CONFIRM_EVERY = 5000  # records in flight before waiting for their acknowledgements
 JSON_WHITESPACE = " \t\r\n"  # a line of only these holds no event; any other character is a line to judge
@@ -25,6 +27,7 @@ class ProduceReport:
     accepted: int = 0
     dead_lettered: int = 0
     reasons: list[str] = field(default_factory=list)  # "<source>:<line>: <reason>", first 20 kept
+    pii_dropped: int = 0  # PII of forgotten users: dropped at the edge, the event kept without it
 
     def reject(self, where: str, reason: str) -> None:
         self.dead_lettered += 1
@@ -33,7 +36,7 @@ class ProduceReport:
 
 
 def validate_line(line: str, cipher: PiiCipher) -> Event:
-    """Decode, check schema v1, encrypt PII at the edge, return the event as it goes on the log."""
+    """Decode, check the schema, encrypt PII at the edge with its user's key, return the event as it goes on the log."""
     data = validate_dict(decode(line))
     return parse_event(cipher.seal(data))
 
@@ -60,11 +63,15 @@ async def produce_lines(
 
 @asynccontextmanager
 async def _opened_import(settings: Settings, source: str) -> AsyncIterator[_Import]:
-    """One import's set-up: topics checked, record limits read, the idempotent producer open."""
+    """One import's set-up: topics checked, record limits read, the key store and the idempotent producer open."""
     await kafka_io.ensure_topics(settings)
     limits = await kafka_io.record_limits(settings, (settings.topic, settings.dlq_topic))
-    async with kafka_io.producer(settings, max_batch_bytes=min(limits.values())) as producer:
-        yield _Import(settings, producer, limits, source)
+    engine = make_engine(settings)
+    try:
+        async with kafka_io.producer(settings, max_batch_bytes=min(limits.values())) as producer:
+            yield _Import(settings, producer, limits, source, keys.cipher(settings, engine))
+    finally:
+        engine.dispose()
 
 
 def _not_utf8(line: str) -> str | None:
@@ -103,19 +110,21 @@ class _Sent:
 class _Import:
     """One import's sends: an event counts as accepted once Kafka acknowledges it."""
 
-    def __init__(self, settings: Settings, producer, limits: dict[str, int], source: str) -> None:
+    def __init__(self, settings: Settings, producer, limits: dict[str, int], source: str, cipher: PiiCipher) -> None:
         self.settings, self.producer, self.limits = settings, producer, limits
         self.key = source.encode()
-        self.cipher, self.report = PiiCipher(settings), ProduceReport()
+        self.cipher, self.report = cipher, ProduceReport()
         self.pending: list[_Sent] = []
 
     async def send(self, where: str, line: str) -> None:
         if (not_text := _not_utf8(line)) is not None:
             return await self.dead_letter(where, not_text, line)
+        dropped = self.cipher.dropped
         try:
             event = validate_line(line, self.cipher)
         except EventError as exc:
             return await self.dead_letter(where, exc.reason, line)
+        self.report.pii_dropped += self.cipher.dropped - dropped
         topic, key, value = self.settings.topic, event.ride_id.encode(), event.to_json().encode()
         size = kafka_io.record_size(key, value)
         if size > self.limits[topic]:
@@ -165,12 +174,12 @@ def produce_file(settings: Settings, path: Path, on_progress: Callable[[int], No
 
 
 def produce_events(settings: Settings, events: Iterable[Event], source: str = "generator",
-                   local_offsets: bool = True) -> ProduceReport:
+                   local_offsets: bool = True, riders: Mapping[str, dict[str, str]] | None = None) -> ProduceReport:
     """Generated events take the same path as a user's file, event times in local offsets as a
-    fleet's producers write them (normalised to UTC by the import)."""
+    fleet's producers write them (normalised to UTC by the import), riders' PII sealed at the edge."""
     from lklab.log.generator import wire_json
 
-    return kafka_io.run(produce_lines(settings, (wire_json(e, local_offsets) for e in events), source))
+    return kafka_io.run(produce_lines(settings, (wire_json(e, local_offsets, riders) for e in events), source))
 
 
 class ProducerSession:

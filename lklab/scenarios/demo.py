@@ -76,7 +76,7 @@ def demo_settings() -> Settings:
 def _write_input(settings: Settings, workload) -> tuple[Path, int]:
     """The user's path: a JSONL file, with a few bad lines mixed in to exercise the dead-letter topic."""
     path = settings.home / "events.jsonl"
-    write_jsonl(workload.deliveries, path, workload.config.local_offsets)
+    write_jsonl(workload.deliveries, path, workload.config.local_offsets, workload.riders)
     bad = [line for line, _ in bad_lines()]
     lines = path.read_text().splitlines()
     step = max(1, len(lines) // (len(bad) + 1))

@@ -216,6 +216,7 @@ view_snapshots = Table(
     Column("checksum", String(64), nullable=False, comment="sha256 over the metadata and every piece's content digest"),
     Column("location", String(1000), nullable=False),
     Column("delta_versions", JSON, nullable=False),
+    Column("redacted_at", UTCDateTime, comment="retired by a deletion request: its files are gone, it never loads"),
     comment="immutable Delta snapshots of Kappa view state (lklab.engine.snapshots)",
 )
 publish_log = Table(
@@ -240,6 +241,29 @@ serving_aliases = Table(
     Column("view", String(128), primary_key=True),
     Column("target", String(128), nullable=False, comment="build id (batch) or physical view version"),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+# Deletion requests (lklab.privacy): each user's PII data key, wrapped by the lab's master key, and
+# each request to forget a user. A destroyed key leaves its row (wrapped_key NULL), so a forgotten
+# user is never given a new key: their later PII is dropped at the edge, not sealed again.
+user_keys = Table(
+    "user_keys", metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("wrapped_key", String(512), comment="the user's Fernet data key, encrypted with the master key; NULL: destroyed"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("destroyed_at", UTCDateTime, comment="when `lklab forget` destroyed the key"),
+    comment="envelope encryption: one data key per user (lklab.privacy.keys)",
+)
+deletion_requests = Table(
+    "deletion_requests", metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("why", String(1000), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("deadline", UTCDateTime, nullable=False, comment="every store purged by then (7 days by default)"),
+    Column("purged_at", UTCDateTime, comment="the last purge that found every store clean; NULL: pending"),
+    Column("report", JSON, comment="{store: rows removed} of the purges so far"),
+    comment="`lklab forget` requests; their user_ids are the tombstones every fold applies (lklab.privacy.requests)",
 )
 
 

@@ -51,6 +51,12 @@ class ViewSpec:
         if not self.view:
             object.__setattr__(self, "view", self.name)
 
+    @property
+    def keyed_by_user(self) -> bool:
+        """Are its rows a user's personal data (purged and tombstoned on `lklab forget`)? Aggregates
+        over many users (revenue, daily actives) are not."""
+        return self.entity == "user_id"
+
     def contribution(self, event: Event) -> tuple[tuple[str, datetime], Any] | None:
         """(key, value) this event adds to the view; None when it does not count."""
         return self.measure.contribution(self, event)

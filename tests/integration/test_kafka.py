@@ -84,9 +84,9 @@ def test_plaintext_pii_is_encrypted_before_it_reaches_the_log(isolated: Settings
     end = kafka_io.run(kafka_io.end_offsets(isolated))
     [record] = kafka_io.run(kafka_io.read_range(isolated, {}, end))
     assert b"Ada" not in record.value and b"7946" not in record.value
-    from lklab.core.pii import PiiCipher
+    from lklab.privacy import keys
 
-    assert PiiCipher(isolated).open(json.loads(record.value)["pii"])["name"] == "Ada Lovelace"
+    assert keys.cipher(isolated).open(event["user_id"], json.loads(record.value)["pii"])["name"] == "Ada Lovelace"
 
 
 def test_starting_twice_is_refused_and_a_busy_port_is_named(kafka: Settings, tmp_path) -> None:
