@@ -1,19 +1,25 @@
 """Dagster Definitions for lklab (loaded by workspace.yaml).
 
 Assets and checks are loaded by package, one package per domain under assets/ (lambda_arch,
-speed, kappa, hybrid); each package's folder name is its asset group ("lambda_arch" → "lambda")."""
+speed, kappa, hybrid, privacy); each package's folder name is its asset group ("lambda_arch" → "lambda")."""
 from types import ModuleType
 
 from dagster import Definitions, load_asset_checks_from_package_module, load_assets_from_package_module
 
 import assets
-from assets import hybrid, kappa, lambda_arch, speed
+from assets import hybrid, kappa, lambda_arch, privacy, speed
 from assets.kappa.replays import rides_events_log
 from orchestration.jobs import daily_snapshots, hybrid_job, ingest_job, lambda_batch_job, nightly_ingest
 from orchestration.resources import LabSettings, build_resources
-from orchestration.sensors import gate_failure_sensor, kappa_jobs_sensor, rebuild_touched_dates, speed_lag_sensor
+from orchestration.sensors import (
+    deletion_deadline_sensor,
+    gate_failure_sensor,
+    kappa_jobs_sensor,
+    rebuild_touched_dates,
+    speed_lag_sensor,
+)
 
-DOMAINS: tuple[ModuleType, ...] = (lambda_arch, speed, kappa, hybrid)
+DOMAINS: tuple[ModuleType, ...] = (lambda_arch, speed, kappa, hybrid, privacy)
 
 
 def group_of(package: ModuleType) -> str:
@@ -29,7 +35,7 @@ def make_definitions(lab: LabSettings | None = None) -> Definitions:
         asset_checks=load_asset_checks_from_package_module(assets),
         jobs=[ingest_job, lambda_batch_job, hybrid_job],
         schedules=[nightly_ingest, daily_snapshots],
-        sensors=[rebuild_touched_dates, speed_lag_sensor, kappa_jobs_sensor, gate_failure_sensor],
+        sensors=[rebuild_touched_dates, speed_lag_sensor, kappa_jobs_sensor, gate_failure_sensor, deletion_deadline_sensor],
         resources=build_resources(lab),
     )
 

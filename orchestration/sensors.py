@@ -1,5 +1,5 @@
 """Sensors: chain ingest → partitioned batch, report the speed layer's and the live Kappa jobs'
-lag and health, name failed gates."""
+lag and health, name failed gates, purge deletion requests and warn before their deadlines."""
 from dagster import (
     AssetKey,
     AssetObservation,
@@ -15,7 +15,8 @@ from dagster import (
     sensor,
 )
 
-from datetime import date
+import hashlib
+from datetime import date, datetime, timedelta, timezone
 
 from assets.kappa.replays import kappa_asset_key
 from lklab.core.config import Settings
@@ -24,6 +25,7 @@ from lklab.kappa import jobs as kappa_jobs
 from lklab.kappa.query import published
 from lklab.lambda_arch import merge
 from lklab.lambda_arch import runs
+from lklab.privacy import requests as deletion
 from orchestration.gates import failed_gates
 from orchestration.jobs import lambda_batch_job, lambda_batch_selection
 from orchestration.partitions import dates_to_partition_keys, range_tags
@@ -128,3 +130,27 @@ def gate_failure_sensor(context: RunFailureSensorContext, serving: ServingResour
             context.log.error(f"run {context.dagster_run.run_id} ({context.dagster_run.job_name}) stopped by gate {line}")
     else:
         context.log.error(f"run {context.dagster_run.run_id} ({context.dagster_run.job_name}) failed: {context.failure_event.message}")
+
+
+DEADLINE_WARNING = timedelta(days=1)
+
+
+@sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING, asset_selection=[AssetKey("deletion_requests")],
+        description="Every minute: purge pending deletion requests (a run of deletion_requests whenever the pending set "
+                    "changes), and report each one within a day of its deadline, or past it.")
+def deletion_deadline_sensor(context: SensorEvaluationContext, serving: ServingResource):
+    now = datetime.now(timezone.utc)
+    pending = deletion.listing(serving.engine(), pending_only=True)
+    near = [r for r in pending if r.deadline - now <= DEADLINE_WARNING]
+    for request in near:
+        left = (request.deadline - now).total_seconds() / 3600
+        context.log.warning(f"the deletion request made {request.requested_at:%Y-%m-%d %H:%M} UTC: " +
+                            (f"{-left:.1f} h PAST its deadline" if left < 0 else f"{left:.1f} h left before its deadline") +
+                            " and not yet purged clean (`lklab forget list`)")
+    observation = AssetObservation(asset_key="deletion_requests", metadata={
+        "pending": len(pending), "due_within_a_day": sum(r.deadline >= now for r in near),
+        "overdue": sum(r.deadline < now for r in near)})
+    # Dagster keeps run keys and logs for good: they name no user, only a digest of the pending set.
+    key = hashlib.sha256("\n".join(sorted(r.user_id for r in pending)).encode()).hexdigest()[:16]
+    runs_wanted = [RunRequest(run_key=f"{key}@{now:%Y%m%d%H}")] if pending else []  # retried hourly while not clean
+    return SensorResult(run_requests=runs_wanted, asset_events=[observation])

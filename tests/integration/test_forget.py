@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from dagster import DagsterInstance, build_sensor_context, materialize
 from typer.testing import CliRunner
+
+from assets.privacy.deletion import deletion_requests
+from orchestration.resources import LabSettings, build_resources
+from orchestration.sensors import deletion_deadline_sensor
 
 from lklab import kappa, views
 from lklab.cli import app
@@ -24,7 +29,7 @@ from lklab.lake import tables as lake
 from lklab.log import kafka_io
 from lklab.log.generator import GeneratorConfig, generate
 from lklab.log.produce import produce_lines
-from lklab.privacy import keys
+from lklab.privacy import keys, requests
 from lklab.serving.store import make_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -112,6 +117,19 @@ def test_forget_purges_every_store_and_no_replay_brings_the_user_back(isolated: 
                   scope=kappa.replay_scope(SESSIONS, 3), close_windows=False)
     assert _served(engine, v3) == expected
     assert [f for f in scan(settings, engine, gone) if not f.clean] == []
+
+    # A request recorded without its purge (a key destroyed by hand, a lab down meanwhile): the sensor
+    # warns before the deadline and asks for a run; the Dagster asset purges it and closes it.
+    requests.record(engine, kept, "a request left to Dagster", within=timedelta(hours=2))
+    resources = build_resources(LabSettings.from_settings(settings))
+    with build_sensor_context(instance=DagsterInstance.ephemeral(), resources=resources) as context:
+        tick = deletion_deadline_sensor(context)
+    assert len(tick.run_requests) == 1 and tick.asset_events[0].metadata["due_within_a_day"].value == 1
+    run = materialize([deletion_requests], resources=resources)
+    assert run.success and run.asset_materializations_for_node("deletion_requests")[0].metadata["closed"].value == 1
+    assert [f for f in scan(settings, engine, kept) if not f.clean] == [] and not requests.find(engine, kept).pending
+    with build_sensor_context(instance=DagsterInstance.ephemeral(), resources=resources) as context:
+        assert deletion_deadline_sensor(context).run_requests == []
     engine.dispose()
 
 
