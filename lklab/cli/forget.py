@@ -50,19 +50,18 @@ def _user(user_id: str) -> str:
 
 
 def _forget(user_id: str, why: Optional[str], days: int) -> None:
-    from lklab.deletion.purge import purge, purge_serving
-    from lklab.privacy import requests
+    from lklab.deletion.purge import forget as forget_user
 
     user_id = _user(user_id)
     if not why or not why.strip():
         raise fail("--why is required: the reason is kept with the request (e.g. --why 'GDPR art. 17, ticket 4711')")
     s = settings()
-    engine = serving_engine(s)
-    request, destroyed = requests.record(engine, user_id, why.strip(), timedelta(days=days))
-    removed = purge_serving(engine, user_id)
+    request, destroyed, done = forget_user(s, serving_engine(s), user_id, why.strip(), timedelta(days=days))
+    removed = ", ".join(f"{store} {count}" for store, count in done.removed.items() if count) or "nothing derived was held"
     console.print(f"forgot {escape(user_id)}: data key {'destroyed' if destroyed else 'already destroyed or never made'}; "
-                  f"{sum(removed.values())} serving rows deleted; deadline {show(request.deadline)}", highlight=False)
-    _show(purge(s, engine, user_id).findings, user_id)
+                  f"removed: {escape(removed)}; deadline {show(request.deadline)}", highlight=False)
+    if not _show(done.findings, user_id):
+        raise typer.Exit(NOT_CLEAN)
 
 
 def _status(user_id: str) -> None:

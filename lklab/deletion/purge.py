@@ -15,7 +15,8 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy import Engine, and_, select, update
@@ -29,6 +30,7 @@ from lklab.privacy import requests
 from lklab.serving.store import session_rows, speed_contrib, view_snapshots
 
 LAKE_LOCK_WAIT_S = 600.0
+Step = Callable[[str], None]
 
 
 @dataclass
@@ -110,17 +112,31 @@ def snapshots_hold(snap: snapshots.Snapshot, user_id: str) -> bool:
     return any(delta_rows(snap.piece_location(piece), "entity", user_id, ["entity"]) for piece in ("contrib", "output"))
 
 
-def purge(settings: Settings, engine: Engine, user_id: str) -> Purge:
-    """Every store purged of the user, then scanned; the request is closed if all are clean."""
+def purge(settings: Settings, engine: Engine, user_id: str, on_step: Step | None = None) -> Purge:
+    """Every store purged of the user, then scanned; the request is closed if all are clean.
+    `on_step(name)` is called as each step ends: serving, lake, snapshots, scan."""
+    step = on_step or (lambda _name: None)
     done = Purge(user_id, removed=purge_serving(engine, user_id))
+    step("serving")
     settings.home.mkdir(parents=True, exist_ok=True)
     with file_lock(settings.home / BATCH_LOCK, time.monotonic() + LAKE_LOCK_WAIT_S):
         done.removed.update(purge_lake(settings, user_id))
+    step("lake")
     done.removed["snapshots"] = redact_snapshots(engine, user_id, datetime.now(timezone.utc))
+    step("snapshots")
     done.removed.update({k: v + done.removed.get(k, 0) for k, v in purge_serving(engine, user_id).items()})  # a fold in flight
     done.findings = scan(settings, engine, user_id)
     requests.mark_purged(engine, user_id, {k: v for k, v in done.removed.items() if v}, done.clean)
+    step("scan")
     return done
+
+
+def forget(settings: Settings, engine: Engine, user_id: str, why: str, within: timedelta = requests.DEFAULT_DEADLINE,
+           on_step: Step | None = None) -> tuple[requests.DeletionRequest, bool, Purge]:
+    """`lklab forget`: record the request and destroy the key (step "key"), then purge (see purge)."""
+    request, destroyed = requests.record(engine, user_id, why, within)
+    (on_step or (lambda _name: None))("key")
+    return request, destroyed, purge(settings, engine, user_id, on_step)
 
 
 def process_pending(settings: Settings, engine: Engine) -> list[Purge]:

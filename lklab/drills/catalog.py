@@ -2,7 +2,7 @@
 and the lookups the CLI and the report use."""
 from __future__ import annotations
 
-from lklab.drills import crash_loop, divergence, late_storm, sink, partial_write, sessionization, schema_evolution  # noqa: F401, I001 - each registers its drill, in the issue's order
+from lklab.drills import crash_loop, divergence, late_storm, sink, partial_write, sessionization, schema_evolution, deletion  # noqa: F401, I001 - each registers its drill, in the issue's order
 from lklab.drills.registry import DRILLS, Drill, DrillError
 
 

@@ -180,6 +180,7 @@ class LiveLab:
     settings_overrides: dict = field(default_factory=dict)  # e.g. the batch layer's logic version
     speed_layer: bool = True  # False for a view the speed layer does not maintain (user_sessions)
     logics: tuple[int, ...] = (1,)  # the view's logic versions reads are scored against (a drill that deploys a new one)
+    forgotten: tuple[float, frozenset[str]] | None = None  # (t, users): reads from t on are scored without those users' rows
     workload_start: datetime = datetime(2026, 11, 30, 22, 0, tzinfo=timezone.utc)  # event time of the backlog's start
     settings: Settings = field(init=False)
     engine: Engine = field(init=False)
@@ -347,7 +348,7 @@ class LiveLab:
     def arch_run(self, arch: str, label: str, fault: Fault, evidence: dict | None = None, **measured: object) -> ArchRun:
         """One architecture's reads scored against the oracle, its actions, signals and figures."""
         source = (lambda b: b.get("mode")) if arch == LAMBDA else (lambda b: b.get("version"))
-        reads = score(self.view, self.readers[arch].reads, self.stream.timeline, self.grace_s, source, self.logics)
+        reads = score(self.view, self.readers[arch].reads, self.stream.timeline, self.grace_s, source, self.logics, self.forgotten)
         signals = sorted(self.monitor.signals[arch], key=lambda s: s.t)
         return ArchRun(arch=arch, label=label, reads=reads, actions=self.actions[arch], signals=signals,
                        figures=figures(reads, self.actions[arch], signals, fault, self.poll_s, self.stale_budget_s, **measured),

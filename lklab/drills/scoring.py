@@ -24,6 +24,7 @@ from lklab.drills.result import Action, Fault, Figures, Read, Signal
 from lklab.drills.stream import LogTimeline
 
 Answer = dict[tuple[str, datetime], Any]
+Forgotten = tuple[float, frozenset[str]]  # (seconds into the run the request was made, the users forgotten then)
 ADDITIVE = ("revenue_per_minute", "driver_earnings_daily")  # a sum over final events: folded one event at a time
 
 
@@ -43,8 +44,8 @@ class PrefixOracle:
     views are folded incrementally (the oracle's own rule on one event at a time: retract the
     superseded version, add the new one); other views are recomputed per position asked for."""
 
-    def __init__(self, view: str, events: list[Event], logic_version: int = 1) -> None:
-        self.view, self.events, self.logic_version = view, events, logic_version
+    def __init__(self, view: str, events: list[Event], logic_version: int = 1, forgotten: frozenset[str] = frozenset()) -> None:
+        self.view, self.events, self.logic_version, self.forgotten = view, events, logic_version, forgotten
         self._cache: dict[int, Answer] = {}
         self._additive = view in ADDITIVE
         self._folded_to = 0
@@ -73,7 +74,7 @@ class PrefixOracle:
         return self._cache[n]
 
     def _of(self, events: list[Event]) -> Answer:
-        return oracle.for_view(self.view, events, self.logic_version)
+        return oracle.for_view(self.view, events, self.logic_version, self.forgotten)
 
     def _fold_to(self, n: int) -> Answer:
         for event in self.events[self._folded_to:n]:
@@ -108,14 +109,18 @@ def watermark_of(body: dict[str, Any]) -> datetime | None:
 
 
 def score(view: str, raw: list[RawRead], timeline: LogTimeline, grace_s: float, source: Callable[[dict], str | None],
-          logics: tuple[int, ...] = (1,)) -> list[Read]:
+          logics: tuple[int, ...] = (1,), forgotten: Forgotten | None = None) -> list[Read]:
     """Each raw read scored (see the module's docstring). With several `logics` (a drill that
     deploys a new logic version), a read is scored against the oracle of each and keeps the
-    nearest: an answer wholly of one logic is correct, one that mixes them is wrong under both."""
-    prefixes = {logic: PrefixOracle(view, timeline.events, logic) for logic in logics}
+    nearest: an answer wholly of one logic is correct, one that mixes them is wrong under both.
+    With `forgotten` (t, users), a read asked at t or later is scored against the oracle without
+    those users' rows in views keyed by the user: serving them after a deletion request is wrong."""
+    before = {logic: PrefixOracle(view, timeline.events, logic) for logic in logics}
+    after = before if forgotten is None else {logic: PrefixOracle(view, timeline.events, logic, forgotten[1]) for logic in logics}
     times = [m.t for m in timeline.marks]
     scored = []
     for read in raw:
+        prefixes = after if forgotten is not None and read.t >= forgotten[0] else before
         if read.status != 200:
             detail = str(read.body.get("detail", ""))
             scored.append(Read(t=read.t, status=read.status, stale="stale" in detail))

@@ -80,6 +80,7 @@ class LiveStream:
     clock: float  # time.monotonic() of the run's start
     timeline: LogTimeline = field(default_factory=LogTimeline)
     injected: list[Event] = field(default_factory=list)
+    pii_dropped: int = 0  # live events whose PII the edge dropped: their user was forgotten
     _pending: list[Event] = field(default_factory=list)
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -104,7 +105,7 @@ class LiveStream:
 
     def produce_backlog(self) -> int:
         backlog, _ = self.split()
-        produce_events(self.settings, backlog)
+        produce_events(self.settings, backlog, riders=self.workload.riders)
         self.timeline.add(self.now(), backlog)
         return len(backlog)
 
@@ -119,7 +120,7 @@ class LiveStream:
             self.injected.append(event)
 
     def _run(self) -> None:
-        with ProducerSession(self.settings) as producer:  # opened once: a tick is one acknowledged batch, nothing more
+        with ProducerSession(self.settings, riders=self.workload.riders) as producer:  # opened once: a tick is one acknowledged batch
             self._pace(producer)
 
     def _pace(self, producer: ProducerSession) -> None:
@@ -134,7 +135,7 @@ class LiveStream:
                 extra, self._pending = self._pending, []
             batch = [e for _, e in live[i:j]] + extra
             if batch:
-                producer.send(batch)
+                self.pii_dropped += producer.send(batch).pii_dropped
                 self.timeline.add(self.now(), batch)
             i = j
             self._stop.wait(self.shape.tick_s)

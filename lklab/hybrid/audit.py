@@ -75,7 +75,10 @@ def _kappa(settings: Settings, engine: Engine, spark, view: str, key: str, windo
     if row is None:
         raise AuditError(f"publish {publish['id']} of {view} names snapshot {publish['snapshot_id']}, which is not in the catalog")
     snap = snapshots.from_row(row)
-    rows = snapshots.read_output(ensure_spark(settings, spark), snap, key, window)
+    try:
+        rows = snapshots.read_output(ensure_spark(settings, spark), snap, key, window)
+    except snapshots.SnapshotError as exc:  # retired by a deletion request
+        raise AuditError(f"{view} as of {as_of.isoformat()}: {exc}") from None
     value = views.view(view).measure.from_output_piece(rows[0]) if rows else None
     return AuditAnswer(view, KAPPA, key, window, as_of, value, f"snapshot {snap.snapshot_id} (Delta {snap.piece_location('output')}"
                        f"@v{snap.delta_versions['output']})", publish, found=bool(rows),
@@ -100,7 +103,15 @@ def _lambda(settings: Settings, engine: Engine, spark, view: str, key: str, wind
     if table not in publish["delta_versions"]:
         raise AuditError(f"build {publish['target']} recorded no Delta version of {table}")
     version = publish["delta_versions"][table]
-    rows = _gold_rows(ensure_spark(settings, spark), settings, view, table, version, key, window)
+    try:
+        rows = _gold_rows(ensure_spark(settings, spark), settings, view, table, version, key, window)
+    except Exception as exc:  # noqa: BLE001 - files of that version gone
+        if not spec.keyed_by_user:
+            raise
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise AuditError(f"{view} as of {as_of.isoformat()}: redacted. Gold {table}@v{version} is no longer readable "
+                         f"({first}): a deletion request (`lklab forget`) vacuumed {table}, so its versions from "
+                         "before the purge are gone for every user") from None
     return AuditAnswer(view, LAMBDA, key, window, as_of, rows[0] if rows else None, f"gold {table}@v{version} "
                        f"(build {publish['target']})", publish, found=bool(rows),
                        note="" if rows else "no row for this key and window in that build", lineage=build)

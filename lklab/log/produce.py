@@ -188,8 +188,9 @@ class ProducerSession:
     validation path as `produce_events`. Its event loop runs in its own thread, so callers stay
     synchronous. Use it as a context manager."""
 
-    def __init__(self, settings: Settings, source: str = "generator", local_offsets: bool = True) -> None:
-        self.settings, self.source, self.local_offsets = settings, source, local_offsets
+    def __init__(self, settings: Settings, source: str = "generator", local_offsets: bool = True,
+                 riders: Mapping[str, dict[str, str]] | None = None) -> None:
+        self.settings, self.source, self.local_offsets, self.riders = settings, source, local_offsets, riders
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lklab-producer", daemon=True)
         self._exit = AsyncExitStack()
@@ -215,7 +216,7 @@ class ProducerSession:
         """Send `events` and wait until Kafka acknowledged each; the report counts this batch only."""
         from lklab.log.generator import wire_json
 
-        return self._call(self._send([wire_json(e, self.local_offsets) for e in events]))
+        return self._call(self._send([wire_json(e, self.local_offsets, self.riders) for e in events]))
 
     async def _open(self) -> None:
         self._run = await self._exit.enter_async_context(_opened_import(self.settings, self.source))

@@ -4,6 +4,7 @@ Destroying a key (`lklab forget`) is what makes every copy of the user's PII unr
 Kafka log, bronze, silver and snapshots keep their ciphertext, and no key opens it any more."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -16,12 +17,21 @@ from lklab.serving.store import dialect_insert, make_engine, user_keys
 
 
 class KeyStore:
-    """The KeyRing of lklab.core.pii over `user_keys`. Keys are cached for the life of the object
-    (one import, one scan): a key destroyed meanwhile is still held here until it ends."""
+    """The KeyRing of lklab.core.pii over `user_keys`. A key read is cached for CACHE_S, so a
+    long-lived producer stops sealing with a key within that long of its destruction."""
+
+    CACHE_S = 2.0
 
     def __init__(self, settings: Settings, engine: Engine):
         self._master, self._engine = Fernet(master_key(settings)), engine
         self._cache: dict[str, Fernet | None] = {}
+        self._read_at: dict[str, float] = {}
+
+    def _fresh(self, user_id: str) -> bool:
+        return user_id in self._cache and time.monotonic() - self._read_at[user_id] < self.CACHE_S
+
+    def _remember(self, user_id: str, key: Fernet | None) -> None:
+        self._cache[user_id], self._read_at[user_id] = key, time.monotonic()
 
     def _held(self, conn: Connection, user_id: str) -> tuple[bool, Fernet | None]:
         row = conn.execute(select(user_keys.c.wrapped_key).where(user_keys.c.user_id == user_id)).first()
@@ -30,16 +40,17 @@ class KeyStore:
         return True, None if row.wrapped_key is None else Fernet(self._master.decrypt(row.wrapped_key.encode()))
 
     def sealing(self, user_id: str) -> Fernet | None:
-        if user_id not in self._cache:
-            wrapped = self._master.encrypt(Fernet.generate_key()).decode()
+        if not self._fresh(user_id):
             with self._engine.begin() as conn:  # durable before any token it seals reaches Kafka
-                stmt = dialect_insert(conn)(user_keys).values(user_id=user_id, wrapped_key=wrapped, created_at=_now())
-                conn.execute(stmt.on_conflict_do_nothing(index_elements=["user_id"]))
-                self._cache[user_id] = self._held(conn, user_id)[1]
+                if user_id not in self._cache:
+                    wrapped = self._master.encrypt(Fernet.generate_key()).decode()
+                    stmt = dialect_insert(conn)(user_keys).values(user_id=user_id, wrapped_key=wrapped, created_at=_now())
+                    conn.execute(stmt.on_conflict_do_nothing(index_elements=["user_id"]))
+                self._remember(user_id, self._held(conn, user_id)[1])
         return self._cache[user_id]
 
     def opening(self, user_id: str) -> Fernet:
-        if user_id not in self._cache:
+        if not self._fresh(user_id):
             with self._engine.connect() as conn:
                 try:
                     held, key = self._held(conn, user_id)
@@ -47,7 +58,7 @@ class KeyStore:
                     raise PiiUnreadable(f"user {user_id!r}'s data key is not wrapped by this lab's master key") from None
             if not held:
                 raise PiiUnreadable(f"user {user_id!r} has no data key: no PII was ever sealed for them")
-            self._cache[user_id] = key
+            self._remember(user_id, key)
         key = self._cache[user_id]
         if key is None:
             raise ForgottenUser(f"user {user_id!r} was forgotten: their data key is destroyed and their PII unreadable")
