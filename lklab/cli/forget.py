@@ -50,13 +50,17 @@ def _user(user_id: str) -> str:
 
 
 def _forget(user_id: str, why: Optional[str], days: int) -> None:
+    from lklab.deletion.purge import PurgeError
     from lklab.deletion.purge import forget as forget_user
 
     user_id = _user(user_id)
     if not why or not why.strip():
         raise fail("--why is required: the reason is kept with the request (e.g. --why 'GDPR art. 17, ticket 4711')")
     s = settings()
-    request, destroyed, done = forget_user(s, serving_engine(s), user_id, why.strip(), timedelta(days=days))
+    try:
+        request, destroyed, done = forget_user(s, serving_engine(s), user_id, why.strip(), timedelta(days=days))
+    except PurgeError as exc:
+        raise fail(f"{user_id}: the data key is destroyed, but {exc}") from None
     removed = ", ".join(f"{store} {count}" for store, count in done.removed.items() if count) or "nothing derived was held"
     console.print(f"forgot {escape(user_id)}: data key {'destroyed' if destroyed else 'already destroyed or never made'}; "
                   f"removed: {escape(removed)}; deadline {show(request.deadline)}", highlight=False)
@@ -106,8 +110,13 @@ def _list() -> None:
 def _process() -> None:
     from lklab.deletion.purge import process_pending
 
+    from lklab.deletion.purge import PurgeError
+
     s = settings()
-    done = process_pending(s, serving_engine(s))
+    try:
+        done = process_pending(s, serving_engine(s))
+    except PurgeError as exc:
+        raise fail(str(exc)) from None
     for purge in done:
         console.print(f"{escape(purge.user_id)}: {'clean' if purge.clean else 'still pending'}; removed {purge.removed}", highlight=False)
     console.print(f"{len(done)} pending requests processed", highlight=False)

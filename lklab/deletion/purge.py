@@ -22,9 +22,9 @@ from pathlib import Path
 from sqlalchemy import Engine, and_, select, update
 
 from lklab.core.config import Settings
-from lklab.core.locks import BATCH_LOCK, file_lock
+from lklab.core.locks import BATCH_LOCK, LockBusy, file_lock
 from lklab.deletion.outputs import keyed_by_user, owner, user_keyed_specs
-from lklab.deletion.scan import Finding, delta_rows, scan
+from lklab.deletion.scan import Finding, scan, snapshot_rows
 from lklab.engine import snapshots
 from lklab.privacy import requests
 from lklab.serving.store import session_rows, speed_contrib, view_snapshots
@@ -75,8 +75,23 @@ def _vacuum(table) -> None:
     table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
 
 
+class PurgeError(RuntimeError):
+    """A store could not be purged; the message is one line naming it. The request stays pending."""
+
+
 def purge_lake(settings: Settings, user_id: str) -> dict[str, int]:
     """Gold rows keyed by the user deleted, silver's PII of the user nulled, both vacuumed."""
+    from deltalake.exceptions import DeltaError
+
+    try:
+        return _purge_lake(settings, user_id)
+    except (DeltaError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise PurgeError(f"the lake at {settings.lake_root} could not be purged ({first}); the request stays pending: "
+                         "`lklab forget process` retries it") from None
+
+
+def _purge_lake(settings: Settings, user_id: str) -> dict[str, int]:
     from lklab.lake.tables import SILVER, gold_table, path
 
     is_user = lambda column: f"{column} = {_sql_string(user_id)}"  # noqa: E731
@@ -100,16 +115,12 @@ def redact_snapshots(engine: Engine, user_id: str, now: datetime) -> int:
     retired = 0
     for spec in user_keyed_specs():
         for snap in snapshots.listing(engine, spec.name):
-            if snap.redacted_at is None and snapshots_hold(snap, user_id):
+            if snap.redacted_at is None and snapshot_rows(snap, user_id):
                 shutil.rmtree(Path(snap.location.removeprefix("file://")), ignore_errors=True)
                 with engine.begin() as conn:
                     conn.execute(update(view_snapshots).where(view_snapshots.c.snapshot_id == snap.snapshot_id).values(redacted_at=now))
                 retired += 1
     return retired
-
-
-def snapshots_hold(snap: snapshots.Snapshot, user_id: str) -> bool:
-    return any(delta_rows(snap.piece_location(piece), "entity", user_id, ["entity"]) for piece in ("contrib", "output"))
 
 
 def purge(settings: Settings, engine: Engine, user_id: str, on_step: Step | None = None) -> Purge:
@@ -119,8 +130,12 @@ def purge(settings: Settings, engine: Engine, user_id: str, on_step: Step | None
     done = Purge(user_id, removed=purge_serving(engine, user_id))
     step("serving")
     settings.home.mkdir(parents=True, exist_ok=True)
-    with file_lock(settings.home / BATCH_LOCK, time.monotonic() + LAKE_LOCK_WAIT_S):
-        done.removed.update(purge_lake(settings, user_id))
+    try:
+        with file_lock(settings.home / BATCH_LOCK, time.monotonic() + LAKE_LOCK_WAIT_S):
+            done.removed.update(purge_lake(settings, user_id))
+    except LockBusy:
+        raise PurgeError(f"a `lklab batch` held the lab's batch lock for {LAKE_LOCK_WAIT_S:.0f} s; the lake was not purged and "
+                         "the request stays pending: `lklab forget process` retries it") from None
     step("lake")
     done.removed["snapshots"] = redact_snapshots(engine, user_id, datetime.now(timezone.utc))
     step("snapshots")
