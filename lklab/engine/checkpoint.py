@@ -47,13 +47,27 @@ class CheckpointedSink:
         self.next_offset = dict(self.committed)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"checkpoint-{scope}")
         self._in_flight: Future | None = None
+        self.forgotten: frozenset[str] | None = None  # the tombstone list, read per checkpoint
         self._reset()
 
     def _reset(self) -> None:
         """A new checkpoint's accumulators; the tombstone list is re-read, so a user forgotten
         while a replay runs stops counting from the next checkpoint."""
-        self.forgotten = requests.forgotten_users(self.engine) if any(s.keyed_by_user for s in self.specs) else frozenset()
+        if any(s.keyed_by_user for s in self.specs):
+            forgotten = requests.forgotten_users(self.engine)
+            if self.forgotten is not None and forgotten - self.forgotten:
+                self._drop_users(forgotten - self.forgotten)  # the state loaded at start was purged already
+            self.forgotten = forgotten
+        else:
+            self.forgotten = frozenset()
         self.pending, self.deltas, self.changed, self.since = ApplyStats(topic=self.topic), BatchDeltas(), {}, 0
+
+    def _drop_users(self, users: frozenset[str]) -> None:
+        """Newly forgotten users' held contributions to views keyed by the user leave memory too
+        (the purge deleted them from the store; the sink scrubs any written back meanwhile)."""
+        keyed = {s.name for s in self.specs if s.keyed_by_user}
+        for key in [k for k, c in self.contribs.items() if k[0] in keyed and c is not None and c.entity in users]:
+            del self.contribs[key]
 
     def apply(self, records: Sequence[InputRecord]) -> None:
         fresh = fence_and_parse(records, self.next_offset, self.pending)

@@ -57,6 +57,7 @@ class BatchDeltas:
         self.by_measure: dict[views.Measure, Deltas] = {}
         self.late: dict[tuple[str, str, datetime], int] = {}
         self.contribs: dict[tuple[str, str], Contrib | None] = {}
+        self.users: set[tuple[str, str]] = set()  # (view, user) of contributions to views keyed by the user
 
     def apply(self, spec: views.ViewSpec, contrib: Contrib, sign: int) -> None:
         deltas = self.by_measure.get(spec.measure)
@@ -92,6 +93,8 @@ def apply_event(event, specs: Sequence[views.ViewSpec], contribs: dict[tuple[str
         old, new = contribs.get((spec.name, event.event_id)), contrib_of(spec, event)
         if old is None and new is None:
             continue
+        if spec.keyed_by_user and new is not None:
+            deltas.users.add((spec.name, new.entity))
         for contrib, sign in ((old, -1), (new, +1)):
             if contrib is None:
                 continue

@@ -81,8 +81,22 @@ def write_deltas(conn: Connection, deltas: BatchDeltas) -> None:
     for view_name, event_id in gone:
         conn.execute(speed_contrib.delete().where(and_(speed_contrib.c.view == view_name, speed_contrib.c.event_id == event_id)))
     bulk_upsert(conn, speed_contrib, [(v, eid, *c) for (v, eid), c in deltas.contribs.items() if c is not None])
+    scrub_forgotten(conn, deltas)
     for _, measure_deltas in sorted(deltas.by_measure.items(), key=lambda item: item[0].kind):  # one lock order
         measure_deltas.write(conn)
+
+
+def scrub_forgotten(conn: Connection, deltas: BatchDeltas) -> None:
+    """Delete again the contributions just written of users forgotten meanwhile: a request that
+    committed after this batch's fold read the tombstone list (a live job re-reads it only per
+    checkpoint) would otherwise write their rows back after `lklab forget` purged them. The measure
+    writes that follow then rebuild those users' rows from nothing. Read after the writes above:
+    on SQLite the transaction then holds the write lock, so no request can commit unseen."""
+    if not deltas.users:
+        return
+    gone = requests.forgotten(conn)
+    for view, user in sorted(u for u in deltas.users if u[1] in gone):
+        conn.execute(speed_contrib.delete().where(and_(speed_contrib.c.view == view, speed_contrib.c.entity == user)))
 
 
 def persist(conn: Connection, scope: str, topic: str, deltas: BatchDeltas, changed_versions: dict[str, int],

@@ -60,3 +60,65 @@ def test_a_forgotten_users_dead_letter_drops_the_pii(tmp_path, engine) -> None:
     assert json.loads(line)["pii"] is None and reason == "field 'city': missing"
     reason, line = cipher.seal_dead_letter("field 'city': missing", json.dumps({"user_id": "bob", "pii": PII}))
     assert cipher.open("bob", json.loads(line)["pii"]) == PII
+
+
+def test_a_live_job_never_writes_back_a_user_forgotten_between_its_fold_and_its_checkpoint(tmp_path, engine) -> None:
+    """The race the deletion drill found: a live Kappa job folds a rider's new events, `lklab forget`
+    purges the rider's rows, then the job's checkpoint lands. The job reads the tombstone list once
+    per checkpoint, so its checkpoint must drop them, or it writes the rider back. Afterwards the
+    output equals the oracle without the rider, and the job holds none of their state in memory."""
+    from collections import Counter
+
+    from lklab.core import oracle
+    from lklab.deletion.purge import purge_serving
+    from lklab.engine.checkpoint import CheckpointedSink
+    from lklab.kappa.names import spec_for
+    from lklab.log.generator import GeneratorConfig, generate
+
+    settings = Settings(home=tmp_path)
+    workload = generate(GeneratorConfig(seed=41, duration_s=3 * 3600, rides_per_minute=6, users=8))
+    records = [(0, offset, e.to_json().encode()) for offset, e in enumerate(workload.deliveries)]
+    first, second = len(records) // 3, 2 * len(records) // 3
+    user = Counter(json.loads(r[2])["user_id"] for r in records[first:second]).most_common(1)[0][0]
+    spec = spec_for("user_sessions", 2)
+
+    def rows() -> dict:
+        with engine.connect() as conn:
+            return {(r[0], r[1]): spec.measure.value(r) for r in conn.execute(spec.measure.output_query(spec))}
+
+    sink = CheckpointedSink(engine, settings, "rides.events.unit", [spec], "lklab-live-unit", every=10**9)
+    sink.apply(records[:first])
+    sink.checkpoint()
+    assert any(u == user for u, _ in rows()), "the rider must be served before the request, or this tests nothing"
+    sink.apply(records[first:second])  # folded before the request: no checkpoint has re-read the tombstones
+    requests.record(engine, user, "asked while the job was folding")
+    purge_serving(engine, user)
+    assert not any(u == user for u, _ in rows())
+    sink.checkpoint()
+    assert not any(u == user for u, _ in rows()), "the checkpoint wrote the forgotten rider back"
+    sink.apply(records[second:])
+    sink.checkpoint()
+    sink.close()
+    comparison = oracle.compare(rows(), oracle.for_view("user_sessions", workload.truth, forgotten=frozenset({user})))
+    assert comparison.equal, comparison
+    assert not [key for key, c in sink.contribs.items() if c is not None and c.entity == user]
+
+
+def test_a_batch_build_begun_before_a_request_is_promoted_without_the_user(tmp_path, engine) -> None:
+    """A build reads the tombstones when it starts; one running when `lklab forget` purges the
+    serving store promotes later, so promotion drops the rows of users forgotten meanwhile.
+    Views not keyed by the user keep every row (aggregates hold no personal data)."""
+    from datetime import datetime, timezone
+
+    from lklab import views
+    from lklab.lambda_arch import merge
+    from lklab.lambda_arch.builds import BatchBuild, promote
+
+    day = datetime(2026, 11, 17, tzinfo=timezone.utc)
+    build = BatchBuild(build_id="b1", created_at=day, status="promoted", git_sha="x", logic_version=1, schema_version=1,
+                       offsets={0: [0, 10]}, watermark=day, final_through=day + timedelta(days=1), row_counts={}, validation={}, delta_versions={})
+    requests.record(engine, "ada", "asked while the build ran")
+    promote(engine, build, [(views.view("user_sessions"), [("ada", day, 2, 60_000), ("bob", day, 1, 5_000)]),
+                            (views.view("revenue_per_minute"), [("berlin", day, 1250)])])
+    assert [r.entity for r in merge.query(engine, "user_sessions").rows] == ["bob"]
+    assert [r.value for r in merge.query(engine, "revenue_per_minute").rows] == [1250]
