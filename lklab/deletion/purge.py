@@ -125,20 +125,22 @@ def redact_snapshots(engine: Engine, user_id: str, now: datetime) -> int:
 
 def purge(settings: Settings, engine: Engine, user_id: str, on_step: Step | None = None) -> Purge:
     """Every store purged of the user, then scanned; the request is closed if all are clean.
-    `on_step(name)` is called as each step ends: serving, lake, snapshots, scan."""
+    `on_step(name)` is called as each step ends: serving, snapshots, lake lock (the batch lock
+    taken: a running batch ends first), lake, scan. The quick steps go first."""
     step = on_step or (lambda _name: None)
     done = Purge(user_id, removed=purge_serving(engine, user_id))
     step("serving")
+    done.removed["snapshots"] = redact_snapshots(engine, user_id, datetime.now(timezone.utc))
+    step("snapshots")
     settings.home.mkdir(parents=True, exist_ok=True)
     try:
         with file_lock(settings.home / BATCH_LOCK, time.monotonic() + LAKE_LOCK_WAIT_S):
+            step("lake lock")  # a running `lklab batch` finishes first
             done.removed.update(purge_lake(settings, user_id))
     except LockBusy:
         raise PurgeError(f"a `lklab batch` held the lab's batch lock for {LAKE_LOCK_WAIT_S:.0f} s; the lake was not purged and "
                          "the request stays pending: `lklab forget process` retries it") from None
     step("lake")
-    done.removed["snapshots"] = redact_snapshots(engine, user_id, datetime.now(timezone.utc))
-    step("snapshots")
     done.removed.update({k: v + done.removed.get(k, 0) for k, v in purge_serving(engine, user_id).items()})  # a fold in flight
     done.findings = scan(settings, engine, user_id)
     requests.mark_purged(engine, user_id, {k: v for k, v in done.removed.items() if v}, done.clean)

@@ -144,6 +144,10 @@ def lessons(runs: list[ArchRun], evidence: dict[str, Any]) -> list[str]:
                    f"({', '.join(f'{t} {s:.2f} s' for t, s in e['unreadable_after_s'].items())}); readers saw the user in "
                    f"{e['reads_showing_user_after']} reads after it ({e['user_visible_reader_s']} reader-s); "
                    f"{rows_after} rows of the user after the {'rebuild' if run.arch == LAMBDA else 'full replay'}")
+    steps = evidence["forget_steps_s"]
+    if (waited := steps["lake lock"] - steps["snapshots"]) >= 1.0:
+        out.append(f"gold waited {waited:.1f} s for the lab's batch lock: a batch build was running, and the purge deletes "
+                   "from the lake only between builds (that build read the tombstones before the request; its promotion drops the user)")
     out.append(f"the user kept riding: the edge dropped the PII of {evidence['pii_dropped_at_the_edge']} of their later events "
                "and kept the events, which still count in aggregates")
     return out
