@@ -4,6 +4,7 @@ USER` shows, store by store, what of them is still readable; `forget list` the r
 `forget process` re-runs the purge of every request not yet found clean (the Dagster asset does too)."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Optional
 
@@ -57,13 +58,16 @@ def _forget(user_id: str, why: Optional[str], days: int) -> None:
     if not why or not why.strip():
         raise fail("--why is required: the reason is kept with the request (e.g. --why 'GDPR art. 17, ticket 4711')")
     s = settings()
+    started, steps = time.monotonic(), {}
     try:
-        request, destroyed, done = forget_user(s, serving_engine(s), user_id, why.strip(), timedelta(days=days))
+        request, destroyed, done = forget_user(s, serving_engine(s), user_id, why.strip(), timedelta(days=days),
+                                               on_step=lambda name: steps.setdefault(name, time.monotonic() - started))
     except PurgeError as exc:
         raise fail(f"{user_id}: the data key is destroyed, but {exc}") from None
     removed = ", ".join(f"{store} {count}" for store, count in done.removed.items() if count) or "nothing derived was held"
     console.print(f"forgot {escape(user_id)}: data key {'destroyed' if destroyed else 'already destroyed or never made'}; "
                   f"removed: {escape(removed)}; deadline {show(request.deadline)}", highlight=False)
+    console.print("done after: " + ", ".join(f"{name} {at:.2f} s" for name, at in steps.items()), highlight=False)
     if not _show(done.findings, user_id):
         raise typer.Exit(NOT_CLEAN)
 

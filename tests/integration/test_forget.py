@@ -25,11 +25,14 @@ from lklab.core.pii import ForgottenUser
 from lklab.deletion.scan import scan
 from lklab.engine import outputs, snapshots
 from lklab.engine.sink import apply_records
+from lklab.hybrid import audit
+from lklab.lambda_arch.builds import BatchBuild, promote
 from lklab.lake import tables as lake
 from lklab.log import kafka_io
 from lklab.log.generator import GeneratorConfig, generate
 from lklab.log.produce import produce_lines
 from lklab.privacy import keys, requests
+from lklab.serving.publish import KAPPA, LAMBDA, record_publish
 from lklab.serving.store import make_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -53,6 +56,21 @@ def _gold(spark, settings: Settings, name: str) -> dict:
             (r["sessions"], r["duration_ms"]) if name == SESSIONS else value(r) for r in rows}
 
 
+def _publish(settings: Settings, engine, snap: snapshots.Snapshot) -> datetime:
+    """A promoted batch build of gold as it is now, and a Kappa cutover that recorded `snap`, as
+    the lab publishes them; returns a time at which both are in force, for `lklab audit`."""
+    from deltalake import DeltaTable
+
+    now, table = datetime.now(timezone.utc), lake.gold_table(SESSIONS)
+    promote(engine, BatchBuild(build_id="b-before-forget", created_at=now, status="promoted", git_sha="x", logic_version=2,
+                               schema_version=1, offsets={}, watermark=now, final_through=now, row_counts={}, validation={},
+                               delta_versions={table: DeltaTable(lake.path(settings, table)).version()}), [])
+    with engine.begin() as conn:
+        record_publish(conn, at=now, view=SESSIONS, arch=KAPPA, action="cutover", target=kappa.output_name(SESSIONS, 2),
+                       from_target=None, why="before the forget", build={}, delta_versions={}, snapshot_id=snap.snapshot_id)
+    return datetime.now(timezone.utc)
+
+
 def _served(engine, output: str, view: str = SESSIONS) -> dict:
     return {(e, w): v for e, w, v in outputs.read_output(engine, view, output)}
 
@@ -74,7 +92,11 @@ def test_forget_purges_every_store_and_no_replay_brings_the_user_back(isolated: 
     for start in range(0, len(records), 500):
         apply_records(engine, settings, settings.topic, records[start:start + 500])
     kappa.replay(settings, engine, SESSIONS, 2)
-    snapshots.take(settings, engine, spark, SESSIONS, kappa.spec_for(SESSIONS, 2), kappa.replay_scope(SESSIONS, 2))
+    snap = snapshots.take(settings, engine, spark, SESSIONS, kappa.spec_for(SESSIONS, 2), kappa.replay_scope(SESSIONS, 2))
+    as_of = _publish(settings, engine, snap)
+    window, served = next((w, v) for (u, w), v in sorted(gold[SESSIONS].items()) if u == gone)
+    assert {arch: audit.answer(settings, engine, spark, SESSIONS, gone, window, as_of, arch).value for arch in (LAMBDA, KAPPA)} == \
+        {LAMBDA: served, KAPPA: served}
     speed_revenue = _served(engine, "revenue_per_minute", "revenue_per_minute")
     before = {f.store: f for f in scan(settings, engine, gone)}
     assert {s: before[s].readable > 0 for s in before} == {s: s not in ("dead letters", "speed state", "serving (batch builds)") for s in before}, before
@@ -82,7 +104,7 @@ def test_forget_purges_every_store_and_no_replay_brings_the_user_back(isolated: 
 
     cli = CliRunner().invoke(app, ["forget", gone, "--why", "GDPR art. 17, ticket 4711"], env=settings.to_env())
     assert cli.exit_code == 0, cli.output + str(cli.exception)
-    assert "nothing readable in any store" in cli.output, cli.output
+    assert "nothing readable in any store" in cli.output and "done after: key" in cli.output, cli.output
 
     after = scan(settings, engine, gone)
     assert [f for f in after if not f.clean] == [], after
@@ -90,6 +112,9 @@ def test_forget_purges_every_store_and_no_replay_brings_the_user_back(isolated: 
     token = next(json.loads(v)["pii"] for _, _, v in records if json.loads(v)["user_id"] == gone and json.loads(v)["pii"])
     with pytest.raises(ForgottenUser):
         keys.cipher(settings, engine).open(gone, token)
+    for arch in (LAMBDA, KAPPA):  # the policy: what was published before the purge is audited as redacted
+        with pytest.raises(audit.AuditError, match="redacted"):
+            audit.answer(settings, engine, spark, SESSIONS, gone, window, as_of, arch)
     status = CliRunner().invoke(app, ["forget", "status", gone], env=settings.to_env())
     assert status.exit_code == 0 and "purged" in status.output, status.output
 
