@@ -112,9 +112,7 @@ def _list() -> None:
 
 
 def _process() -> None:
-    from lklab.deletion.purge import process_pending
-
-    from lklab.deletion.purge import PurgeError
+    from lklab.deletion.purge import PurgeError, process_pending
 
     s = settings()
     try:

@@ -53,13 +53,10 @@ class CheckpointedSink:
     def _reset(self) -> None:
         """A new checkpoint's accumulators; the tombstone list is re-read, so a user forgotten
         while a replay runs stops counting from the next checkpoint."""
-        if any(s.keyed_by_user for s in self.specs):
-            forgotten = requests.forgotten_users(self.engine)
-            if self.forgotten is not None and forgotten - self.forgotten:
-                self._drop_users(forgotten - self.forgotten)  # the state loaded at start was purged already
-            self.forgotten = forgotten
-        else:
-            self.forgotten = frozenset()
+        forgotten = requests.forgotten_users(self.engine) if any(s.keyed_by_user for s in self.specs) else frozenset()
+        if self.forgotten is not None and (new := forgotten - self.forgotten):  # at start: the state loaded was purged already
+            self._drop_users(new)
+        self.forgotten = forgotten
         self.pending, self.deltas, self.changed, self.since = ApplyStats(topic=self.topic), BatchDeltas(), {}, 0
 
     def _drop_users(self, users: frozenset[str]) -> None:

@@ -62,10 +62,9 @@ def promote(engine: Engine, build: BatchBuild, outputs: Iterable[tuple[ViewSpec,
     with engine.begin() as conn:
         previous = conn.execute(select(serving_aliases.c.target).where(serving_aliases.c.view == BATCH_ALIAS)).scalar()
         conn.execute(batch_builds.insert(), [build.model_dump(mode="python") | {"offsets": {str(k): v for k, v in build.offsets.items()}}])
-        gone = None
+        gone = requests.forgotten(conn)  # requests made after this build read the tombstones (lklab.privacy)
         for spec, rows in outputs:
-            if spec.keyed_by_user:  # a request made after this build read the tombstones (lklab.privacy)
-                gone = requests.forgotten(conn) if gone is None else gone
+            if spec.keyed_by_user:
                 rows = [row for row in rows if row[0] not in gone]
             table, stored = spec.measure.batch_rows(spec, build.build_id, rows)
             if stored:
