@@ -1,12 +1,19 @@
 # The two commands: `make demo` runs the main job, `make test` runs the tests.
 # Both install what they need first (scripts/setup.sh is idempotent).
-.PHONY: setup demo demo-scaled test unit dagster-ui bench bench-isolation drills chaos clean
+.PHONY: setup up down demo demo-scaled test unit dagster-ui bench bench-isolation drills chaos clean
 
 setup:
 	@scripts/setup.sh
 
 demo: setup
 	.venv/bin/lklab demo
+
+# up: the whole lab in the background with live traffic (dashboard on 127.0.0.1:8000, Dagster on :3000); down stops it
+up: setup
+	.venv/bin/lklab up --with-traffic
+
+down:
+	.venv/bin/lklab down
 
 # demo-scaled: the same demo on a 3-broker Kafka cluster, Spark standalone and PostgreSQL (all on loopback)
 demo-scaled: setup

@@ -39,11 +39,11 @@ from expectations.suites import (  # noqa: E402
     minute_coverage_gaps,
     minute_coverage_suite,
 )
-from lklab.core.gates import GATES, MINUTE_COVERAGE, Severity  # noqa: E402
+from lklab.core.gates import DATA_DOCS_SITE, GATES, MINUTE_COVERAGE, Severity, data_docs_site, gx_root  # noqa: E402
 
 DATASOURCE = "lklab_lake"
 BATCH_DEFINITION = "whole_dataframe"
-DOCS_SITE = "local_site"
+DOCS_SITE = DATA_DOCS_SITE
 SAMPLE = 5  # unexpected values quoted per failure line
 # Counts and percentages for every rule, no value samples (see _with_samples). Never COMPLETE:
 # it collects every unexpected value of a big table to the driver.
@@ -68,6 +68,7 @@ class GateResult:
     evaluated: int = 0
     data_docs_index: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    data_docs_page: str | None = None  # this validation's page, relative to the site (the API serves it at /quality/<page>)
 
     @property
     def status(self) -> str:
@@ -85,11 +86,6 @@ class GateResult:
         verdict = {"pass": "passed", "warn": "passed with warnings", "fail": "FAILED"}[self.status]
         head = f"{self.suite}: {verdict} ({self.evaluated} expectations)"
         return "\n".join([head, *(f"  - {line}" for line in self.failures), *(f"  - warn: {line}" for line in self.warnings)])
-
-
-def gx_root(home: Path) -> Path:
-    """Where the GX project (config, suites, results, Data Docs) of a lklab home lives."""
-    return Path(home) / "gx"
 
 
 def gx_context(home: Path) -> gx.data_context.FileDataContext:
@@ -126,7 +122,7 @@ def data_docs_index(home: Path) -> Path:
 
 
 def _default_index(home: Path) -> Path:
-    return gx_root(home) / "uncommitted" / "data_docs" / DOCS_SITE / "index.html"
+    return data_docs_site(home) / "index.html"
 
 
 def _docs_index(context, home: Path) -> Path:
@@ -168,14 +164,16 @@ def run_suite(home: Path, table: str, df: DataFrame, **suite_params: Any) -> Gat
     suite = build_suite(table, **suite_params)
     with _locked(home), _cached(df):
         context = gx_context(home)
-        passed, failures, evaluated = _validate(context, suite, df)
+        validated = _validate(context, suite, df)
+        passed, failures, evaluated = validated.passed, validated.failures, validated.evaluated
         warnings: list[str] = []
         if level != Severity.FAIL:
             passed, failures, warnings = True, [], failures
         if require_coverage:
             coverage = minute_coverage(df)
             with _cached(coverage):
-                ok, lines, count = _validate(context, minute_coverage_suite(), coverage)
+                coverage_result = _validate(context, minute_coverage_suite(), coverage)
+                ok, lines, count = coverage_result.passed, coverage_result.failures, coverage_result.evaluated
                 if any("(missing_minutes)" in line for line in lines):
                     # GX only sees per-city counts; name the actual missing minutes on the same line.
                     gaps = _gap_summary(coverage, df)
@@ -194,10 +192,19 @@ def run_suite(home: Path, table: str, df: DataFrame, **suite_params: Any) -> Gat
         evaluated=evaluated,
         data_docs_index=index if index.is_file() else None,
         warnings=warnings,
+        data_docs_page=validated.page,
     )
 
 
-def _validate(context, suite: gx.ExpectationSuite, df: DataFrame) -> tuple[bool, list[str], int]:
+@dataclass(frozen=True)
+class Validated:
+    passed: bool
+    failures: list[str]
+    evaluated: int
+    page: str | None  # the validation's Data Docs page, relative to the site
+
+
+def _validate(context, suite: gx.ExpectationSuite, df: DataFrame) -> Validated:
     """Add-or-update asset, batch definition, suite, validation definition, checkpoint; run it."""
     batch_definition = _batch_definition(context, suite.name)
     suite = context.suites.add_or_update(suite)
@@ -220,7 +227,20 @@ def _validate(context, suite: gx.ExpectationSuite, df: DataFrame) -> tuple[bool,
         failed = [r for r in run.results if not r.success]
         failed = _with_samples(batch_definition, df, failed)
         failures += [_failure_line(r, df) for r in failed]
-    return result.success, failures, evaluated
+    return Validated(result.success, failures, evaluated, _validation_page(context, list(result.run_results)))
+
+
+def _validation_page(context, identifiers: list) -> str | None:
+    """The Data Docs page of the (first) validation a checkpoint ran, relative to the site root."""
+    for identifier in identifiers[:1]:
+        for site in context.get_docs_sites_urls(resource_identifier=identifier, site_name=DOCS_SITE, only_if_exists=False):
+            if site.get("site_url"):
+                page = _file_url_path(site["site_url"])
+                try:
+                    return page.relative_to(_docs_index(context, Path(context.root_directory).parent).parent).as_posix()
+                except ValueError:
+                    return None
+    return None
 
 
 def _with_samples(batch_definition, df: DataFrame, failed: list) -> list:

@@ -4,7 +4,13 @@ Assets and checks are loaded by package, one package per domain under assets/ (l
 speed, kappa, hybrid, privacy); each package's folder name is its asset group ("lambda_arch" → "lambda")."""
 from types import ModuleType
 
-from dagster import Definitions, load_asset_checks_from_package_module, load_assets_from_package_module
+from dagster import (
+    Definitions,
+    in_process_executor,
+    load_asset_checks_from_package_module,
+    load_assets_from_package_module,
+    multiprocess_executor,
+)
 
 import assets
 from assets import hybrid, kappa, lambda_arch, privacy, speed
@@ -22,6 +28,9 @@ from orchestration.sensors import (
 DOMAINS: tuple[ModuleType, ...] = (lambda_arch, speed, kappa, hybrid, privacy)
 
 
+EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_executor}  # Settings.dagster_executor
+
+
 def group_of(package: ModuleType) -> str:
     """The asset group of a domain package: its folder name, without the `_arch` a Python keyword forces."""
     return package.__name__.rsplit(".", 1)[-1].removesuffix("_arch")
@@ -37,6 +46,7 @@ def make_definitions(lab: LabSettings | None = None) -> Definitions:
         schedules=[nightly_ingest, daily_snapshots],
         sensors=[rebuild_touched_dates, speed_lag_sensor, kappa_jobs_sensor, gate_failure_sensor, deletion_deadline_sensor],
         resources=build_resources(lab),
+        executor=EXECUTORS[(lab or LabSettings()).settings().dagster_executor],
     )
 
 

@@ -15,7 +15,9 @@ from lklab.lambda_arch import runs
 from lklab.evolution import history
 from lklab import views
 from lklab.lake.tables import silver_watermark
-from lklab.core.gates import severity, suite_severities
+from lklab.core.gates import quality_url, severity, suite_severities
+from lklab.serving import gate_log
+from lklab.serving.publish import LAMBDA
 from lklab.core.gates import status as gate_status
 from orchestration.partitions import RANGE_TAGS
 from orchestration.resources import LabSettings, ServingResource, SparkResource
@@ -44,24 +46,35 @@ def _name(context: AssetCheckExecutionContext) -> str:
     return context.check_specs[0].name
 
 
+def _subject(context: AssetCheckExecutionContext) -> str:
+    dates = run_dates(context)
+    return "every event date" if dates is None else f"event dates {dates[0]}…{date.fromordinal(dates[1].toordinal() - 1)}"
+
+
 def _result(context: AssetCheckExecutionContext, serving: ServingResource, status: str, reason: str,
-            metadata: dict, diverged: list[dict] | None = None) -> AssetCheckResult:
+            metadata: dict, diverged: list[dict] | None = None, data_docs: str | None = None) -> AssetCheckResult:
     """pass, warn (failed, WARN severity: shown, not blocking) or fail (ERROR: blocks, and is
-    recorded on the run's batch_runs row with the windows it found diverged)."""
+    recorded on the run's batch_runs row with the windows it found diverged). Every outcome goes
+    to the gate log the dashboard shows."""
+    spec = context.check_specs[0]
+    gate = f"{spec.asset_key.to_user_string()}.{spec.name}"
     if status == "fail":
-        spec = context.check_specs[0]
-        runs.record_gate(serving.engine(), context.run.run_id, f"{spec.asset_key.to_user_string()}.{spec.name}", reason, diverged)
+        runs.record_gate(serving.engine(), context.run.run_id, gate, reason, diverged)
+    gate_log.record(serving.engine(), arch=LAMBDA, subject=_subject(context), gate=gate, status=status, summary=reason,
+                    run_id=context.run.run_id, data_docs=data_docs)
     return AssetCheckResult(passed=status == "pass", description=reason, metadata=metadata,
                             severity=AssetCheckSeverity.ERROR if status == "fail" else AssetCheckSeverity.WARN)
 
 
-def _gx(context: AssetCheckExecutionContext, serving: ServingResource, result: GateResult) -> AssetCheckResult:
+def _gx(context: AssetCheckExecutionContext, lab: LabSettings, serving: ServingResource, result: GateResult) -> AssetCheckResult:
+    links = {"data_docs_page": MetadataValue.url(quality_url(lab.settings(), result.data_docs_page))} if result.data_docs_page else {}
     return _result(context, serving, result.status, result.summary(), {
         "failures": MetadataValue.md("\n".join(f"- {line}" for line in result.failures) or "none"),
         "warnings": MetadataValue.md("\n".join(f"- {line}" for line in result.warnings) or "none"),
         "expectations": result.evaluated,
         "data_docs": MetadataValue.path(str(result.data_docs_index or "")),
-    })
+        **links,
+    }, data_docs=result.data_docs_page)
 
 
 def _gate(context: AssetCheckExecutionContext, lab: LabSettings, serving: ServingResource,
@@ -75,7 +88,7 @@ def _gate(context: AssetCheckExecutionContext, lab: LabSettings, serving: Servin
 
 def _suite(context: AssetCheckExecutionContext, lab: LabSettings, serving: ServingResource, table: str, frame) -> AssetCheckResult:
     settings = lab.settings()
-    return _gx(context, serving, run_suite(settings.home, table, frame, **suite_severities(settings, table)))
+    return _gx(context, lab, serving, run_suite(settings.home, table, frame, **suite_severities(settings, table)))
 
 
 @asset_check(asset=bronze_events, blocking=True, name="gx_bronze_events", description="GX suite bronze_events")

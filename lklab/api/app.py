@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
+from lklab.api import dashboard
 from lklab.kappa import KAPPA_VIEWS
 from lklab.kappa import jobs as kappa_jobs
 from lklab.kappa import query as kappa
@@ -295,6 +296,8 @@ def create_app(settings: Settings) -> FastAPI:
             "layers": [layer.__dict__ for layer in st.layers],
             "batch_blocked": merge.blocked_json(st.batch_blocked),
         }
+
+    dashboard.mount(app, settings, engine)
 
     @app.get("/health", responses={503: {"description": "the speed layer is not healthy (same body)"}})
     def health(response: Response) -> dict[str, Any]:

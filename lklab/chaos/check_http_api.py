@@ -42,7 +42,7 @@ from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION, Event
 from lklab.core.provenance import git_sha
 from lklab.drills.lab import Api
-from lklab.drills.readers import get_json
+from lklab.core.http import get_json
 from lklab.kappa import cutover as co
 from lklab.kappa import replay
 from lklab.kappa.names import output_name

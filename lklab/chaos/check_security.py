@@ -49,7 +49,7 @@ from lklab.chaos.result import CheckResult, Figure, equal, holds, zero
 from lklab.core import processes
 from lklab.core.config import Settings
 from lklab.drills.lab import API_MARKER, ROOT, Api
-from lklab.drills.readers import get_json
+from lklab.core.http import get_json
 from lklab.engine.snapshots import SnapshotError
 from lklab.hybrid.refresh import snapshot_view
 from lklab.kappa import jobs

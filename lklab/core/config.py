@@ -90,6 +90,9 @@ class Settings(BaseSettings):
                                           "view. A lab for one view (a drill) builds only it; the others are not served by Lambda")
     batch_wait_s: float = Field(600.0, ge=0, description="`lklab batch` waits this long for a batch run in flight on its dates")
     batch_lease_timeout_s: float = Field(3600.0, gt=0, description="a running batch run's hold on its dates expires after this long")
+    dagster_executor: Literal["in_process", "multiprocess"] = Field(
+        "in_process", description="how a Dagster run executes its steps: in_process shares one Spark session per run (the "
+                                  "embedded lab: a JVM per step would swamp a small machine); multiprocess, a process per step")
     schedules_running: bool = Field(False, description="the nightly_ingest and daily_snapshots schedules start switched on")
     partitions_start: str = Field("2026-01-01", description="first event date (YYYY-MM-DD, UTC) of the Dagster daily partitions; "
                                   "earlier dates are outside the partition set (read when orchestration.partitions is imported)")
@@ -109,6 +112,14 @@ class Settings(BaseSettings):
     speed_max_lag: int = Field(50_000, ge=0, description="records behind the log end before serving goes batch-only")
     faults: dict[str, str] = Field(default_factory=dict, description="drills and tests only: a deliberate bug per layer, "
                                    '{"speed"|"kappa"|"batch"|"cutover": name}; names in lklab.views.faults.FAULTS')
+
+    # The running lab (`lklab up`): its listeners (127.0.0.1) and the live traffic of --with-traffic
+    api_port: int = Field(8000, ge=1, le=65535, description="the query API and dashboard (`lklab up`, links in Dagster's gate metadata)")
+    dagster_port: int = Field(3000, ge=1, le=65535, description="the Dagster web UI that `lklab up` starts")
+    traffic_rides_per_minute: float = Field(30.0, gt=0, description="`lklab up --with-traffic`: rides per event-time minute, paced in real time")
+    traffic_late_fraction: float = Field(0.001, ge=0, le=1, description="`--with-traffic`: of deliveries, late beyond on-time (the seed's profile)")
+    traffic_late_max_s: int = Field(48 * 3600, ge=2, description="`--with-traffic`: the latest a late delivery arrives after its event time")
+    traffic_on_time_max_s: int = Field(300, ge=1, description="`--with-traffic`: an on-time delivery arrives within this of its event time")
 
     # PII
     pii_key: str | None = Field(None, description="Fernet key; None = a 0600 key file under <home>")

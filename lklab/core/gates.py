@@ -71,6 +71,7 @@ class SuiteOutcome(Protocol):
     passed: bool
     failures: Sequence[str]
     warnings: Sequence[str]
+    data_docs_page: str | None  # the validation's Data Docs page, relative to the site
 
     def summary(self) -> str: ...
 
@@ -115,3 +116,22 @@ def suite_severities(settings: Settings, table: str) -> dict[str, Severity]:
     if table == "gold_revenue_per_minute":
         levels["coverage_severity"] = severity(settings.gate_severity, MINUTE_COVERAGE)
     return levels
+
+
+DATA_DOCS_SITE = "local_site"
+
+
+def gx_root(home: Path) -> Path:
+    """Where the GX project (config, suites, results, Data Docs) of a lklab home lives."""
+    return Path(home) / "gx"
+
+
+def data_docs_site(home: Path) -> Path:
+    """The local GX Data Docs site of a lklab home (its index.html, validations/, expectations/):
+    written by expectations.runner, served by the API at /quality/."""
+    return gx_root(home) / "uncommitted" / "data_docs" / DATA_DOCS_SITE
+
+
+def quality_url(settings: Settings, page: str) -> str:
+    """Where the lab's API (`lklab up`, `lklab serve --port <api_port>`) serves a Data Docs page."""
+    return f"http://127.0.0.1:{settings.api_port}/quality/{page}"

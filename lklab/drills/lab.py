@@ -24,7 +24,8 @@ from lklab.core import processes
 from lklab.core.processes import free_port
 from lklab.core.config import Settings
 from lklab.core.provenance import git_sha
-from lklab.drills.readers import Monitor, Reader, get_json, view_path
+from lklab.core.http import get_json
+from lklab.drills.readers import Monitor, Reader, view_path
 from lklab.drills.registry import Drill, DrillContext, DrillError, Size
 from lklab.drills.result import KAPPA, LAMBDA, Action, ArchRun, DrillResult, Fault
 from lklab.drills.scoring import figures, score

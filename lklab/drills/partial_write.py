@@ -26,7 +26,8 @@ from lklab.core import oracle, processes
 from lklab.core.config import Settings
 from lklab.drills.kill import kill_in_stall, spawn_cli
 from lklab.drills.lab import LiveLab, Supervised
-from lklab.drills.readers import RawRead, get_json, view_path
+from lklab.core.http import get_json
+from lklab.drills.readers import RawRead, view_path
 from lklab.drills.registry import Drill, DrillContext, DrillError, register
 from lklab.drills.result import KAPPA, LAMBDA, DrillResult, Fault
 from lklab.drills.scoring import PrefixOracle, distance, matches_some_position, parse_rows

@@ -6,31 +6,14 @@ signals off those same answers (each says whether it is stale and why, and wheth
 layer is blocked), so detection costs no extra request and is timed to the read that showed it."""
 from __future__ import annotations
 
-import json
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lklab.core.http import READ_TIMEOUT_S, get_json
 from lklab.drills.result import KAPPA, LAMBDA, Signal
 
-READ_TIMEOUT_S = 5.0
-
-
-def get_json(url: str, timeout_s: float = READ_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
-    """(status, body) of a GET; (0, {}) when nothing answered."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - loopback URL we built
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"{}")
-        except ValueError:
-            return exc.code, {}
-    except (OSError, ValueError):
-        return 0, {}
 
 
 def view_path(arch: str, view: str) -> str:

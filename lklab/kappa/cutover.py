@@ -23,6 +23,7 @@ from lklab import views
 from lklab.serving.publish import KAPPA, attach_snapshot, record_publish
 from lklab.core.config import Settings
 from lklab.core.gates import Severity, SuiteRunner, severity, suite_severities
+from lklab.serving import gate_log
 from lklab.serving.store import publish_log, serving_aliases, upsert
 from lklab.engine.snapshots import Snapshot
 from lklab.kappa import hydration
@@ -51,6 +52,7 @@ class Check:
     summary: str
     lines: tuple[str, ...] = ()
     warned: bool = False
+    data_docs: str | None = None  # a GX check's validation page, relative to the Data Docs site
 
     @property
     def status(self) -> str:
@@ -71,7 +73,8 @@ def _gx_check(settings: Settings, spark, view: str, rows: list[tuple], run_suite
     spec = views.view(view)
     table = f"gold_{view}"
     result = run_suite(settings.home, table, spec.measure.gx_frame(spark, spec, rows), **suite_severities(settings, table))
-    return Check("gx", result.passed, f"GX suite {result.summary()}", (*result.failures, *result.warnings), bool(result.warnings))
+    return Check("gx", result.passed, f"GX suite {result.summary()}", (*result.failures, *result.warnings), bool(result.warnings),
+                 result.data_docs_page)
 
 
 def ledger_check(settings: Settings, engine: Engine, view: str, at: hydration.Position, rows: list[tuple],
@@ -169,6 +172,8 @@ def cutover(settings: Settings, engine: Engine, view: str, version: int, why: st
         _diff_check(settings, engine, view, old, new, tolerance_pct) if old else Check("diff", True, "nothing published yet"),
         history_check(settings, views.spec_at(view, version)),
     ]
+    for c in checks:
+        gate_log.record(engine, arch=KAPPA, subject=output, gate=c.name, status=c.status, summary=c.summary, data_docs=c.data_docs)
     swapped = all(c.passed for c in checks)
     if swapped:
         snap = publish_snapshot(settings, engine, spark, view, output)

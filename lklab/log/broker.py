@@ -141,6 +141,11 @@ def _require_free(host: str, port: int, what: str) -> None:
         )
 
 
+def log_dir(settings: Settings) -> Path:
+    """The first node's log directory (server.log, controller.log, stdout.log)."""
+    return _nodes(settings)[0].logs
+
+
 def read_pid(settings: Settings) -> int | None:
     """The pid of a running node (node 1 first), or None when no node runs."""
     return next((pid for pid in map(_running, _pid_files(settings)) if pid is not None), None)

@@ -236,6 +236,19 @@ publish_log = Table(
     Column("checks", JSON, nullable=False, comment="the validation a Kappa cutover passed (name, passed, summary)"),
     comment="every publish, for audit as-of queries (lklab.hybrid.audit) and the alias history (lklab.kappa.cutover)",
 )
+gate_results = Table(
+    "gate_results", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("arch", String(16), nullable=False, comment="lambda (a Dagster asset check) | kappa (a cutover check)"),
+    Column("run_id", String(64), comment="the Dagster run (lambda); NULL for a cutover"),
+    Column("subject", String(160), nullable=False, comment="what was checked: the build's dates, or the cutover's <view>__v<N>"),
+    Column("gate", String(200), nullable=False, comment="<asset>.<check>, or the cutover check's name"),
+    Column("status", String(8), nullable=False, comment="pass | warn | fail"),
+    Column("summary", String(2000), nullable=False),
+    Column("data_docs", String(1000), comment="the GX validation page, relative to the Data Docs site (served at /quality/)"),
+    comment="every gate evaluated, for the dashboard's latest results (lklab.serving.gate_log)",
+)
 serving_aliases = Table(
     "serving_aliases", metadata,
     Column("view", String(128), primary_key=True),
