@@ -297,7 +297,7 @@ def create_app(settings: Settings) -> FastAPI:
             "batch_blocked": merge.blocked_json(st.batch_blocked),
         }
 
-    dashboard.mount(app, settings, engine)
+    dashboard.mount(app, settings, engine, {404: _error("no such view")})
 
     @app.get("/health", responses={503: {"description": "the speed layer is not healthy (same body)"}})
     def health(response: Response) -> dict[str, Any]:

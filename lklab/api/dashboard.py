@@ -162,8 +162,9 @@ def drills_page(results: Path = DRILL_RESULTS) -> str:
             f'<a href="/">dashboard</a></header><main class="drills">{body}</main></body></html>')
 
 
-def mount(app: FastAPI, settings: Settings, engine: Engine) -> Sampler:
-    """The dashboard's routes on `app`; returns its sampler (started by the first state request)."""
+def mount(app: FastAPI, settings: Settings, engine: Engine, unknown_view: dict[int | str, dict[str, Any]]) -> Sampler:
+    """The dashboard's routes on `app` (`unknown_view`: the documented 404 of an unknown view);
+    returns its sampler (started by the first state request)."""
     sampler = Sampler(settings, engine)
 
     @app.get("/", include_in_schema=False)
@@ -174,7 +175,7 @@ def mount(app: FastAPI, settings: Settings, engine: Engine) -> Sampler:
     def favicon() -> Response:
         return Response(status_code=204)
 
-    @app.get("/dashboard/state", summary="what the dashboard shows beside the answers")
+    @app.get("/dashboard/state", summary="what the dashboard shows beside the answers", responses=unknown_view)
     def dashboard_state(view: str = "revenue_per_minute") -> dict[str, Any]:
         """Both architectures' status for `view`, the latest gate results, publishes and a few minutes of history."""
         if view not in views.VIEWS:

@@ -88,11 +88,15 @@ def run_status(settings: Settings, run_id: str) -> str:
     return _ok(graphql(settings, RUN_STATUS, {"runId": run_id})["runOrError"], "Run")["status"]
 
 
-def launch_backfill(settings: Settings, job: str, partitions: Sequence[str], title: str = "") -> str:
-    """Backfill `partitions` of `job`'s partition set, as the UI's "Materialize…" dialog does; its id."""
+def launch_backfill(settings: Settings, job: str, partitions: Sequence[str], assets: Sequence[str] | None = None,
+                    title: str = "") -> str:
+    """Backfill `partitions` of `job`'s partition set (only `assets` of it, when given), as the
+    UI's "Materialize…" dialog does; its id."""
     params = {"selector": {"partitionSetName": f"{job}_partition_set",
                            "repositorySelector": {"repositoryLocationName": repository_location(settings), "repositoryName": REPOSITORY}},
               "partitionNames": list(partitions), "fromFailure": False, "title": title or None}
+    if assets is not None:
+        params["assetSelection"] = [{"path": [name]} for name in assets]
     result = _ok(graphql(settings, LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"], "LaunchBackfillSuccess")
     return result["backfillId"]
 
