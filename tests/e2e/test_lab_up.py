@@ -30,7 +30,7 @@ from lklab.log import kafka_io
 from lklab import views
 from orchestration.jobs import lambda_batch_selection
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.lab, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 LKLAB = str(Path(sys.executable).parent / "lklab")
 SHOTS = ROOT / "artifacts" / "screenshots"
