@@ -1,8 +1,9 @@
 """`lklab up`, `lklab ps`, `lklab down`: the whole lab as one thing.
 
-`up` starts, in order and each health-checked before the next: the broker, the topics, the Faust
-speed worker, the live Kappa job of each view's published version, the Dagster web server and
-daemon, the API with the dashboard, and (--with-traffic) the paced producer. A Kappa view with
+`up` starts, in order and each health-checked before the next: the broker and the topics; then
+the Faust speed worker, the live Kappa job of each view's published version, the API with the
+dashboard and (--with-traffic) the paced producer, while the Dagster web server and daemon
+start beside them (they depend on none of those, and are the slowest to start). A Kappa view with
 nothing published gets its v1 job and, once hydrated, its first publication (a validated
 cutover). What `up` started is recorded in <home>/up/up.json as it goes, so `down` stops exactly
 that, in reverse order, even after an `up` that failed half-way. A service that was already
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lklab.core.config import Settings
+from lklab.core.processes import log_tail
 from lklab.kappa import KAPPA_VIEWS, jobs
 from lklab.kappa.names import output_name
 from lklab.lab import services as svc
@@ -122,8 +124,6 @@ class Lab:
 
 
 def _tail(log: Path) -> str:
-    from lklab.core.processes import log_tail
-
     return log_tail(log if log.is_file() else log / "server.log")
 
 
