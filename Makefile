@@ -1,6 +1,6 @@
 # The two commands: `make demo` runs the main job, `make test` runs the tests.
 # Both install what they need first (scripts/setup.sh is idempotent).
-.PHONY: setup up down demo demo-scaled test test-lab unit dagster-ui bench bench-isolation drills chaos clean
+.PHONY: setup up down demo demo-scaled test lab-check unit dagster-ui bench bench-isolation drills chaos clean
 
 setup:
 	@scripts/setup.sh
@@ -26,8 +26,8 @@ test: setup
 	.venv/bin/lint-imports
 	.venv/bin/pytest -q --timeout=900 --durations=25 -n 2 --dist loadfile -m "not lab"
 
-# test-lab: `lklab up --with-traffic` watched in headless chromium (Playwright): about 5 min, run alone
-test-lab: setup
+# lab-check: `lklab up --with-traffic` watched in headless chromium (Playwright): about 5 min, run alone
+lab-check: setup
 	.venv/bin/pytest -q --timeout=900 --durations=10 -m lab tests/e2e/test_lab_up.py
 
 unit: setup
