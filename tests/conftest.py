@@ -35,6 +35,8 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         kafka_controller_port=free_port(),
         speed_web_port=free_port(),
         partitions=4,
+        # tiny tables: Janino compiling each query's generated code cost the run's Spark JVMs ~20 % of their CPU
+        spark_whole_stage_codegen=False,
     )
 
 
