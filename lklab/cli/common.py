@@ -9,6 +9,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Optional
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 
@@ -76,11 +78,27 @@ def kafka_failure(s: Settings, exc: Exception) -> typer.Exit:
     return fail(f"Kafka at {s.bootstrap} failed: {exc} (is it running? `lklab kafka status`)")
 
 
+def setting_errors(exc: ValidationError) -> str:
+    """Each invalid variable by its name, with its value (a plain field's only: never a secret's,
+    nor the whole input a check across fields sees) and why: `LKLAB_X='v': reason; …`."""
+    def one(error) -> str:
+        field = Settings.model_fields.get(str(error["loc"][0])) if error["loc"] else None
+        if field is None:  # a check across fields (e.g. replication): its message names them
+            return error["msg"].removeprefix("Value error, ")
+        shown = "SecretStr" not in str(field.annotation) and "key" not in str(error["loc"][0])
+        value = f"={error['input']!r}" if shown and "input" in error else ""
+        return f"LKLAB_{'_'.join(map(str, error['loc'])).upper()}{value}: {error['msg'].removeprefix('Value error, ')}"
+
+    return "; ".join(one(e) for e in exc.errors())
+
+
 def settings() -> Settings:
     try:
         s = Settings()
-    except Exception as exc:  # pydantic ValidationError: a bad LKLAB_* variable
-        raise fail(f"bad LKLAB_* setting: {str(exc).splitlines()[0:3]}") from None
+    except ValidationError as exc:  # a bad LKLAB_* variable
+        raise fail(f"bad LKLAB_* setting: {setting_errors(exc)}") from None
+    except SettingsError as exc:  # a list or dict variable that is not JSON
+        raise fail(f"bad LKLAB_* setting: {str(exc).splitlines()[0]}") from None
     if s.reader_policy_views:  # names views, which the core cannot check (importing them costs ~0.5 s: only when set)
         from lklab import views
         from lklab.core.staleness import check_reader_policy_views
