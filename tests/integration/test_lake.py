@@ -16,6 +16,11 @@ from lklab.serving.store import make_engine
 pytestmark = pytest.mark.integration
 
 
+def test_the_session_takes_its_engine_options_from_settings(base_settings: Settings, spark) -> None:
+    assert spark.conf.get("spark.sql.codegen.wholeStage") == str(base_settings.spark_whole_stage_codegen).lower()
+    assert spark.conf.get("spark.sql.shuffle.partitions") == str(base_settings.spark_shuffle_partitions)
+
+
 def test_bronze_is_idempotent_over_the_same_offset_range(isolated: Settings, spark) -> None:
     workload = generate(GeneratorConfig(seed=21, duration_s=120, rides_per_minute=20))
     produce_events(isolated, workload.deliveries)
