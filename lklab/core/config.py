@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     kafka_brokers: int = Field(1, ge=1, le=9, description="nodes of the embedded KRaft cluster (each broker+controller); node i "
                                "listens on kafka_port + i - 1 and kafka_controller_port + i - 1. Unset = the size of the cluster "
                                "`lklab kafka start --brokers N` last started under home (<home>/kafka/cluster.json), else 1")
+    kafka_java_options: str = Field("-XX:+UseG1GC", description="JVM options of each broker node (the heap is kafka_heap). "
+                                    "The tests run brokers with the serial collector and C1 only: a test broker's CPU is "
+                                    "mostly its JVM's start-up, not its traffic")
     kafka_heap: str = Field("512m", description="JVM heap of a single-node broker; nodes of a larger cluster get at most 384m each")
     replication_factor: int | None = Field(None, ge=1, description="replicas of the topics lklab creates; None = min(3, kafka_brokers). "
                                            "Set it (and min_insync_replicas) for an external cluster (bootstrap_servers)")
@@ -67,6 +70,9 @@ class Settings(BaseSettings):
     spark_master: str = "local[2]"
     spark_driver_memory: str = "1g"
     spark_shuffle_partitions: int = 4
+    spark_java_options: str = Field("-XX:+UseSerialGC", description="JVM options for Spark's driver and executors. The "
+                                    "serial collector: on 2 cores and a heap of 1-2 GB, G1's concurrent threads took "
+                                    "CPU from the batch (three small batch runs: 226-252 JVM CPU-s against 273-282 with G1, measured)")
     spark_whole_stage_codegen: bool = Field(True, description="Spark's whole-stage code generation. The tests turn it off: "
                                             "on their tiny tables a batch run took 20 % less JVM CPU without it (the whole "
                                             "suite no faster, measured); keep it on for volume (the bench)")

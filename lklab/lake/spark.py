@@ -75,10 +75,11 @@ def get_spark(settings: Settings) -> SparkSession:
         # Small input splits: a 128 MB split of bronze JSON, parsed and cached, overran a 1-2 GB
         # driver heap at 5M events (OutOfMemoryError in build_silver's cache).
         .config("spark.sql.files.maxPartitionBytes", str(32 * 1024 * 1024))
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={local_dir} -Dlog4j2.configurationFile={_log4j2_config(local_dir)}")
+        .config("spark.driver.extraJavaOptions",
+                f"{settings.spark_java_options} -Dderby.system.home={local_dir} -Dlog4j2.configurationFile={_log4j2_config(local_dir)}")
     )
     if not settings.spark_master.startswith("local"):
-        builder = _cluster_config(builder)
+        builder = _cluster_config(builder).config("spark.executor.extraJavaOptions", settings.spark_java_options)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark

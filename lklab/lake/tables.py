@@ -4,11 +4,14 @@ Pure Spark + Delta functions; the Dagster assets in assets/ call them.
 """
 from __future__ import annotations
 
+import copy
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -31,11 +34,38 @@ def path(settings: Settings, table: str) -> str:
 
 
 def exists(spark: SparkSession, location: str) -> bool:
-    return DeltaTable.isDeltaTable(spark, location)
+    """Whether `location` holds a Delta table, from its log (delta-rs: no Spark job)."""
+    from deltalake import DeltaTable as DeltaLog
+
+    return DeltaLog.is_deltatable(location)
 
 
 def delta_version(spark: SparkSession, location: str) -> int:
-    return DeltaTable.forPath(spark, location).history(1).collect()[0]["version"]
+    """The table's latest version, from its log (delta-rs: Spark's history() runs a job per call)."""
+    return _log(location).version()
+
+
+def _log(location: str):
+    from deltalake import DeltaTable as DeltaLog
+
+    return DeltaLog(location)
+
+
+_PER_VERSION_LIMIT = 64
+_per_version: dict[tuple[str, str, int], Any] = {}
+
+
+def at_latest_version(spark: SparkSession, location: str, what: str, compute: Callable[[DataFrame], Any]) -> Any:
+    """`compute` over the table as of its latest version, remembered per (what, location, version):
+    the batch's gates and its promotion ask the same question of an unchanged table several times
+    a run. The frame is pinned to that version, so a commit in between cannot mix two versions."""
+    version = delta_version(spark, location)
+    key = (what, location, version)
+    if key not in _per_version:
+        if len(_per_version) >= _PER_VERSION_LIMIT:
+            _per_version.clear()
+        _per_version[key] = compute(spark.read.format("delta").option("versionAsOf", version).load(location))
+    return copy.deepcopy(_per_version[key])
 
 
 # --- bronze -------------------------------------------------------------------------------
@@ -82,11 +112,11 @@ def bronze_offsets_held(spark: SparkSession, settings: Settings) -> dict[int, li
     location = path(settings, BRONZE)
     if not exists(spark, location):
         return {}
-    rows = (
-        spark.read.format("delta").load(location)
-        .groupBy("partition").agg(F.min("offset").alias("first"), F.max("offset").alias("last"))
-        .collect()
-    )
+    return at_latest_version(spark, location, "offsets held", _offsets_held)
+
+
+def _offsets_held(bronze: DataFrame) -> dict[int, list[int]]:
+    rows = bronze.groupBy("partition").agg(F.min("offset").alias("first"), F.max("offset").alias("last")).collect()
     return {r["partition"]: [r["first"], r["last"] + 1] for r in rows}
 
 
@@ -109,7 +139,7 @@ def append_bronze(spark: SparkSession, settings: Settings, start: Offsets, end: 
 
 def merged_rows_inserted(spark: SparkSession, location: str) -> int:
     """Rows the table's last commit (a MERGE) inserted, from the Delta log's operation metrics."""
-    metrics = DeltaTable.forPath(spark, location).history(1).collect()[0]["operationMetrics"]
+    metrics = _log(location).history(1)[0].get("operationMetrics") or {}
     return int(metrics.get("numTargetRowsInserted", 0))
 
 
@@ -282,7 +312,10 @@ def build_silver(spark: SparkSession, settings: Settings, dates: DateRange | Non
 
 def silver_watermark(spark: SparkSession, settings: Settings) -> datetime | None:
     """The batch watermark: the slowest Kafka partition's latest event time in silver."""
-    silver = spark.read.format("delta").load(path(settings, SILVER))
+    return at_latest_version(spark, path(settings, SILVER), "watermark", _watermark)
+
+
+def _watermark(silver: DataFrame) -> datetime | None:
     maxima = silver.groupBy("kafka_partition").agg(F.max("event_time").alias("m")).collect()
     return views.watermark({r["kafka_partition"]: as_utc(r["m"]) for r in maxima})
 

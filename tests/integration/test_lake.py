@@ -19,6 +19,24 @@ pytestmark = pytest.mark.integration
 def test_the_session_takes_its_engine_options_from_settings(base_settings: Settings, spark) -> None:
     assert spark.conf.get("spark.sql.codegen.wholeStage") == str(base_settings.spark_whole_stage_codegen).lower()
     assert spark.conf.get("spark.sql.shuffle.partitions") == str(base_settings.spark_shuffle_partitions)
+    assert base_settings.spark_java_options in spark.sparkContext.getConf().get("spark.driver.extraJavaOptions")
+
+
+def test_a_question_asked_of_an_unchanged_table_is_answered_once_per_version(isolated: Settings, spark) -> None:
+    location = str(isolated.home / "lake" / "memo")
+    spark.range(3).write.format("delta").save(location)
+    asked: list[int] = []
+
+    def total(frame) -> int:
+        asked.append(1)
+        return frame.agg(F.sum("id")).collect()[0][0]
+
+    assert lake.at_latest_version(spark, location, "total", total) == 0 + 1 + 2
+    assert lake.at_latest_version(spark, location, "total", total) == 3 and len(asked) == 1  # same version: not asked again
+    spark.range(10, 12).write.format("delta").mode("append").save(location)
+    assert lake.delta_version(spark, location) == 1 and lake.exists(spark, location)
+    assert lake.at_latest_version(spark, location, "total", total) == 3 + 10 + 11 and len(asked) == 2  # a new commit: asked again
+    assert not lake.exists(spark, str(isolated.home / "lake" / "nothing"))
 
 
 def test_bronze_is_idempotent_over_the_same_offset_range(isolated: Settings, spark) -> None:
