@@ -14,6 +14,7 @@ from datetime import date, datetime
 from typing import Any
 
 from delta.tables import DeltaTable
+from deltalake import DeltaTable as DeltaLog  # the log itself, read without Spark
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -35,8 +36,6 @@ def path(settings: Settings, table: str) -> str:
 
 def exists(spark: SparkSession, location: str) -> bool:
     """Whether `location` holds a Delta table, from its log (delta-rs: no Spark job)."""
-    from deltalake import DeltaTable as DeltaLog
-
     return DeltaLog.is_deltatable(location)
 
 
@@ -45,9 +44,7 @@ def delta_version(spark: SparkSession, location: str) -> int:
     return _log(location).version()
 
 
-def _log(location: str):
-    from deltalake import DeltaTable as DeltaLog
-
+def _log(location: str) -> DeltaLog:
     return DeltaLog(location)
 
 

@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -263,7 +264,7 @@ def _spawn(settings: Settings, node: _Node, java: str, cp: str) -> int:
     wait for each other (a quorum), so readiness is judged for all of them together."""
     try:
         return processes.spawn(
-            [java, f"-Xmx{_heap(settings)}", "-Xms128m", *settings.kafka_java_options.split(), "-Djava.awt.headless=true",
+            [java, f"-Xmx{_heap(settings)}", "-Xms128m", *shlex.split(settings.kafka_java_options), "-Djava.awt.headless=true",
              f"-Dkafka.logs.dir={node.logs}", f"-Dlog4j.configuration=file:{node.dir / 'log4j.properties'}",
              "-cp", cp, "kafka.Kafka", str(node.config)],
             log=node.logs / "stdout.log", pid_file=node.pid_file, ready=lambda _pid: True, wait_s=1.0, poll_s=0.1,
