@@ -58,6 +58,8 @@ def run_crash_loop(ctx: DrillContext) -> DrillResult:
                                                                                  "reader_policy": lab.settings.reader_policy_for(VIEW)},
                           lessons=lessons(runs, guard))
 
+SHADOW_CRASH_WAIT_S = 90.0  # bounded: a shadow that never crashes is reported, not waited on forever
+
 
 def shadow_guardrail(lab: LiveLab, bad) -> dict:
     """The same bad logic as a shadow version first: started as its own consumer group, it meets
@@ -66,6 +68,10 @@ def shadow_guardrail(lab: LiveLab, bad) -> dict:
     lab.act(KAPPA, f"guardrail: start {output_name(VIEW, 2)} with the new logic as a shadow (own consumer group)")
     shadow = lab.supervisor.add(lab.kappa_job(2, bad))  # started by the supervisor: it may crash at once
     time.sleep(max(6.0, lab.shape.live_wall_s * 0.2))
+    # a slow machine may not have reached the poison event yet: give the shadow its first crash
+    deadline = time.monotonic() + SHADOW_CRASH_WAIT_S
+    while shadow.restarts < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
     try:
         co.cutover(lab.settings, lab.engine, VIEW, 2, "drill: promote the shadow", spark=lab.ctx.spark, tolerance_pct=100, run_suite=run_suite)
         refused = None

@@ -169,6 +169,19 @@ def matches_some_position(view: str, rows: list[dict[str, Any]], timeline: LogTi
     return any(_distance_at(answer, prefix, timeline, times, k, times[k], grace_s)[0] == 0 for k in range(last, first - 1, -1))
 
 
+def behind_but_whole(view: str, raw: list[RawRead], timeline: LogTimeline, logics: tuple[int, ...], since: float,
+                     grace_s: float) -> Callable[[Read], bool]:
+    """Whether a scored read's answer equals, under one of `logics`, the oracle at some log
+    position since `since` (matches_some_position): a reader behind the log, not a mix of logics."""
+    by_t = {r.t: r for r in raw}
+    prefixes = [PrefixOracle(view, timeline.events, logic) for logic in logics]
+
+    def whole(read: Read) -> bool:
+        rows = by_t[read.t].body.get("rows", [])
+        return any(matches_some_position(view, rows, timeline, since, read.t, grace_s, prefix) for prefix in prefixes)
+    return whole
+
+
 def reader_seconds(reads: list[Read], picked: Callable[[Read], bool], interval_s: float) -> float:
     """Seconds of reads that `picked`: each read stands for the time to the next (at most 2 intervals)."""
     total = 0.0

@@ -8,7 +8,7 @@ from datetime import timedelta
 from lklab.core import oracle
 from lklab.drills.readers import RawRead
 from lklab.drills.result import Action, Fault, Read, Signal
-from lklab.drills.scoring import PrefixOracle, figures, score
+from lklab.drills.scoring import PrefixOracle, behind_but_whole, figures, score
 from lklab.drills.stream import LogTimeline
 from lklab.log.generator import GeneratorConfig, generate
 
@@ -108,3 +108,21 @@ def test_a_read_wholly_of_one_logic_is_correct_and_one_mixing_them_is_not() -> N
     assert (two.correct, two.logic) == (True, 2)
     assert not both.correct and both.wrong_windows > 0  # the nearer of the two (windows in flight left out)
     assert not score(VIEW, raw[1:2], timeline, grace_s=0.5, source=lambda b: None)[0].correct  # logic 1 only: tips are wrong
+
+
+def test_a_wrong_read_that_is_whole_but_behind_is_told_apart_from_a_mix() -> None:
+    """After a logic deploy, a reader behind the log (an earlier position's whole answer, under
+    either logic) is stale, not mixed; a mix of the two logics matches no position under either."""
+    events = generate(GeneratorConfig(seed=22, duration_s=1800, rides_per_minute=20, schema_v2_fraction=0.5)).deliveries
+    timeline = timeline_of(events)
+    at = {logic: PrefixOracle(VIEW, events, logic) for logic in (1, 2)}
+    earlier = {logic: at[logic].at(timeline.marks[3].delivered) for logic in (1, 2)}
+    tipped = sorted(k for k in earlier[2] if earlier[2][k] != earlier[1].get(k))
+    assert len(tipped) > 4
+    mixed = {**earlier[1], **{k: earlier[2][k] for k in tipped[: len(tipped) // 2]}}
+    raw = [RawRead(9.5 + i / 10, 200, {"rows": rows_of(answer)}) for i, answer in enumerate((earlier[1], earlier[2], mixed))]
+    reads = score(VIEW, raw, timeline, grace_s=0.5, source=lambda b: None, logics=(1, 2))
+    assert not any(r.correct for r in reads)  # all three are behind the log's position at 9.5 s
+    behind = behind_but_whole(VIEW, raw, timeline, (1, 2), since=0.0, grace_s=0.5)
+    assert [behind(r) for r in reads] == [True, True, False]
+    assert not behind_but_whole(VIEW, raw, timeline, (1, 2), since=7.0, grace_s=0.5)(reads[0])  # further back than allowed
