@@ -283,6 +283,14 @@ def _registered(settings: Settings) -> set[int]:
         return set()
 
 
+def _exit_reason(settings: Settings, node: _Node) -> str:
+    """The last lines the node wrote; a JVM that would not start names the Java options it was given."""
+    tail = processes.log_tail(node.logs / "stdout.log", 3)
+    if "Could not create the Java Virtual Machine" in tail:
+        tail += f" (LKLAB_KAFKA_JAVA_OPTIONS is {settings.kafka_java_options!r})"
+    return tail
+
+
 def _wait_ready(settings: Settings, nodes: list[_Node], pids: dict[int, int], wait_s: float) -> None:
     """Until every node's broker port accepts connections and the metadata lists each as a broker."""
     deadline, wanted = time.monotonic() + wait_s, {node.node_id for node in nodes}
@@ -290,8 +298,8 @@ def _wait_ready(settings: Settings, nodes: list[_Node], pids: dict[int, int], wa
         for node in nodes:
             if not processes.alive(pids[node.node_id], _MARKER):
                 node.pid_file.unlink(missing_ok=True)
-                raise KafkaRuntimeError(f"Kafka node {node.node_id} exited during start-up: "
-                                        f"{processes.log_tail(node.logs / 'stdout.log', 1)}; see {node.logs}")
+                raise KafkaRuntimeError(f"Kafka node {node.node_id} exited during start-up: {_exit_reason(settings, node)}; "
+                                        f"see {node.logs}")
         if all(port_open(settings.kafka_host, node.port) for node in nodes) and wanted <= _registered(settings):
             return
         if time.monotonic() >= deadline:

@@ -7,6 +7,7 @@ import pytest
 from lklab.log import kafka_io
 from lklab.log import broker as kafka_runtime
 from lklab.core.config import Settings
+from lklab.core.processes import free_port
 from lklab.core.events import parse_event
 from lklab.log.generator import GeneratorConfig, bad_lines, generate, wire_json
 from lklab.log.produce import ProducerSession, produce_events, produce_file, read_dead_letters
@@ -97,6 +98,16 @@ def test_starting_twice_is_refused_and_a_busy_port_is_named(kafka: Settings, tmp
         kafka_runtime.start(other_home)
     status = kafka_runtime.status(kafka)
     assert status.running and status.reachable and status.pid
+
+
+def test_java_options_the_jvm_refuses_are_one_line_naming_the_setting(kafka: Settings, tmp_path) -> None:
+    bad = kafka.model_copy(update={"home": tmp_path / "bad", "kafka_port": free_port(), "kafka_controller_port": free_port(),
+                                   "kafka_java_options": "-XX:+NoSuchOption"})
+    with pytest.raises(kafka_runtime.KafkaRuntimeError) as refused:
+        kafka_runtime.start(bad)
+    message = str(refused.value)
+    assert "\n" not in message and "Unrecognized VM option 'NoSuchOption'" in message, message
+    assert "LKLAB_KAFKA_JAVA_OPTIONS is '-XX:+NoSuchOption'" in message, message
 
 
 def test_missing_file_gives_a_clear_error(isolated: Settings, tmp_path) -> None:
