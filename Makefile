@@ -24,7 +24,7 @@ demo-scaled: setup
 # broker, Spark session and PostgreSQL on free loopback ports.
 test: setup
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q --timeout=900 --durations=25 -n 2 --dist loadfile -m "not lab"
+	.venv/bin/pytest -q --timeout=900 --durations=25 -n 2 --dist loadfile --no-loadscope-reorder -m "not lab"
 
 # lab-check: `lklab up --with-traffic` watched in headless chromium (Playwright): about 5 min, run alone
 lab-check: setup

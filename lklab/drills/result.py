@@ -26,6 +26,9 @@ class Read(BaseModel):
     source: str | None = Field(None, description="what served it: lambda | batch-only | the Kappa version")
     logic: int | None = Field(None, description="the logic version whose oracle the answer is nearest, in a drill that scores "
                                                 "several (None: not asked, or as near to another)")
+    behind_s: float | None = Field(None, description="a wrong answer that equals the oracle whole at an earlier log position "
+                                                     "(of the last 30 s): how long before the read that position was. A reader "
+                                                     "behind, not one served a wrong or mixed state (None: correct, or no such position)")
 
     @property
     def answered(self) -> bool:

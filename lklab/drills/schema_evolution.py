@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -33,7 +32,7 @@ from lklab.drills.divergence import DIVERGENCE_GATE, force_batch, lateness_wall_
 from lklab.drills.lab import LiveLab
 from lklab.drills.registry import Drill, DrillContext, DrillError, register
 from lklab.drills.result import KAPPA, LAMBDA, ArchRun, DrillResult, Fault, Read
-from lklab.drills.scoring import behind_but_whole, reader_seconds
+from lklab.drills.scoring import reader_seconds
 from lklab.drills.stream import StreamShape
 from lklab.evolution import compatibility
 from lklab.kappa import hydration
@@ -52,7 +51,6 @@ BATCH_EVERY_S = {"small": None, "default": 30.0}
 BYPASSED = {"small": 12, "default": 40}  # renamed records the foreign producer writes
 V2_FRACTION = 0.5  # of rides, from producers already on schema v2 (tips on 60 % of their captures)
 DEAD_LETTER_WAIT_S = 90.0
-BEHIND_ALLOWANCE_S = 30.0  # a stale answer may be this far behind the deploy and still count as behind, not mixed
 QUESTION = ("You add a field to events. Old events do not have it. How do you test that your new consumer can read 12 "
             "months of historical events?")
 
@@ -85,9 +83,7 @@ def run_schema(ctx: DrillContext) -> DrillResult:
                              {"dead_lettered": letters[KAPPA], **kappa_evidence},
                              events_reprocessed=kappa_evidence["replayed_events"])]
         for run in runs:
-            run.evidence["logic_change"] = logic_change(run.reads, deploy_s, lab.poll_s,
-                                                      behind_but_whole(VIEW, lab.readers[run.arch].reads, lab.stream.timeline, lab.logics,
-                                                                       deploy_s - BEHIND_ALLOWANCE_S, lab.grace_s))
+            run.evidence["logic_change"] = logic_change(run.reads, deploy_s, lab.poll_s)
         evidence = {"schema_check": verdict, "bypassed_records": len(places), "dead_letter_seen_s": caught,
                     "logic_deployed_at_s": deploy_s, "schema_v2_fraction": V2_FRACTION}
         return lab.result("schema", QUESTION, fault, runs, started, evidence=evidence, lessons=lessons(runs, evidence))
@@ -208,21 +204,19 @@ def deploy_to_lambda(lab: LiveLab) -> dict[str, Any]:
             "backfilled_at_s": lab.now()}
 
 
-def logic_change(reads: list[Read], since: float, interval_s: float, behind: Callable[[Read], bool]) -> dict[str, Any]:
+def logic_change(reads: list[Read], since: float, interval_s: float) -> dict[str, Any]:
     """What readers got from the deploy on: reader-seconds of answers wholly of each logic, of
-    answers behind the log but whole (`behind`), of answers that mix them (wrong under both, at
-    every recent position), and when logic 2 reached readers, first and for good."""
+    answers behind the log but whole (Read.behind_s), of answers that mix the logics (wrong under
+    both at every recent position), and when logic 2 reached readers, first and for good."""
     after = [r for r in reads if r.t >= since]
     on = lambda logic: lambda r: r.correct and r.logic == logic  # noqa: E731 - wholly of that logic
-    wrong = [r for r in after if r.answered and not r.correct]
-    late = {r.t for r in wrong if behind(r)}
     first_new = next((r.t for r in after if on(NEW_LOGIC)(r)), None)
     last_other = max((r.t for r in after if not (r.correct and r.logic in (NEW_LOGIC, None))), default=None)
     return {"reads": len(after),
             "logic1_reader_s": reader_seconds(after, on(1), interval_s),
             "logic2_reader_s": reader_seconds(after, on(NEW_LOGIC), interval_s),
-            "behind_reader_s": reader_seconds(after, lambda r: r.t in late, interval_s),
-            "mixed_reader_s": reader_seconds(after, lambda r: r.answered and not r.correct and r.t not in late, interval_s),
+            "behind_reader_s": reader_seconds(after, lambda r: r.answered and not r.correct and r.behind_s is not None, interval_s),
+            "mixed_reader_s": reader_seconds(after, lambda r: r.answered and not r.correct and r.behind_s is None, interval_s),
             "failed_reader_s": reader_seconds(after, lambda r: not r.answered, interval_s),
             "first_logic2_s": None if first_new is None else round(first_new - since, 2),
             "logic2_for_good_s": None if first_new is None else round((last_other or since) - since, 2)}

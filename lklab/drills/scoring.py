@@ -25,6 +25,7 @@ from lklab.drills.stream import LogTimeline
 
 Answer = dict[tuple[str, datetime], Any]
 Forgotten = tuple[float, frozenset[str]]  # (seconds into the run the request was made, the users forgotten then)
+BEHIND_LOOKBACK_S = 30.0  # how far back a wrong answer is looked for as an earlier position's whole state
 ADDITIVE = ("revenue_per_minute", "driver_earnings_daily")  # a sum over final events: folded one event at a time
 
 
@@ -134,9 +135,23 @@ def score(view: str, raw: list[RawRead], timeline: LogTimeline, grace_s: float, 
         error, wrong, windows = by_logic[logic]
         newest, wm = timeline.marks[last].newest, watermark_of(read.body)
         staleness = None if newest is None or wm is None else max(0.0, (newest - wm).total_seconds())
+        behind = None if error == 0 else _behind_s(answer, list(prefixes.values()), timeline, times, last, read.t, grace_s)
         scored.append(Read(t=read.t, status=200, stale=bool(read.body.get("stale")), staleness_s=staleness, error=error,
-                           wrong_windows=wrong, windows=windows, source=source(read.body), logic=_told_apart(logic, by_logic)))
+                           wrong_windows=wrong, windows=windows, source=source(read.body), logic=_told_apart(logic, by_logic),
+                           behind_s=behind))
     return scored
+
+
+def _behind_s(answer: Answer, prefixes: list[PrefixOracle], timeline: LogTimeline, times: list[float], last: int, asked: float,
+              grace_s: float) -> float | None:
+    """Seconds from the latest earlier log position (of the last BEHIND_LOOKBACK_S) whose oracle,
+    under any scored logic, a wrong answer equals whole, to the read; None when there is none."""
+    for k in range(last - 1, -1, -1):
+        if asked - times[k] > BEHIND_LOOKBACK_S:
+            return None
+        if any(_distance_at(answer, prefix, timeline, times, k, times[k], grace_s)[0] == 0 for prefix in prefixes):
+            return round(asked - times[k], 3)
+    return None
 
 
 def _told_apart(nearest: int, by_logic: dict[int, tuple[int, int, int]]) -> int | None:
@@ -167,19 +182,6 @@ def matches_some_position(view: str, rows: list[dict[str, Any]], timeline: LogTi
     last = bisect_right(times, asked) - 1
     first = max(0, bisect_left(times, since) - 1)
     return any(_distance_at(answer, prefix, timeline, times, k, times[k], grace_s)[0] == 0 for k in range(last, first - 1, -1))
-
-
-def behind_but_whole(view: str, raw: list[RawRead], timeline: LogTimeline, logics: tuple[int, ...], since: float,
-                     grace_s: float) -> Callable[[Read], bool]:
-    """Whether a scored read's answer equals, under one of `logics`, the oracle at some log
-    position since `since` (matches_some_position): a reader behind the log, not a mix of logics."""
-    by_t = {r.t: r for r in raw}
-    prefixes = [PrefixOracle(view, timeline.events, logic) for logic in logics]
-
-    def whole(read: Read) -> bool:
-        rows = by_t[read.t].body.get("rows", [])
-        return any(matches_some_position(view, rows, timeline, since, read.t, grace_s, prefix) for prefix in prefixes)
-    return whole
 
 
 def reader_seconds(reads: list[Read], picked: Callable[[Read], bool], interval_s: float) -> float:

@@ -32,7 +32,7 @@ def test_schema_drill_on_both_architectures(result: DrillResult) -> None:
         assert dead["records"] == result.evidence["bypassed_records"] > 0, dead
         assert dead["reasons"] and all(reason for reason in dead["reasons"]), dead
         during = [r for r in run.reads if fault.start_s <= r.t <= fault.end_s and r.answered]
-        assert during and all(r.correct for r in during), (arch, [r for r in during if not r.correct][:3])
+        assert during and all(r.correct or r.behind_s is not None for r in during), (arch, [r for r in during if not r.correct][:3])  # right, or behind but whole
         assert any(s.name == "dead-letter" and fault.start_s <= s.t <= fault.end_s for s in run.signals), run.signals
         # the end state: every reader is on the new logic, exact
         last = [r for r in run.reads if r.answered][-3:]

@@ -8,7 +8,7 @@ from datetime import timedelta
 from lklab.core import oracle
 from lklab.drills.readers import RawRead
 from lklab.drills.result import Action, Fault, Read, Signal
-from lklab.drills.scoring import PrefixOracle, behind_but_whole, figures, score
+from lklab.drills.scoring import PrefixOracle, figures, score
 from lklab.drills.stream import LogTimeline
 from lklab.log.generator import GeneratorConfig, generate
 
@@ -111,18 +111,21 @@ def test_a_read_wholly_of_one_logic_is_correct_and_one_mixing_them_is_not() -> N
 
 
 def test_a_wrong_read_that_is_whole_but_behind_is_told_apart_from_a_mix() -> None:
-    """After a logic deploy, a reader behind the log (an earlier position's whole answer, under
-    either logic) is stale, not mixed; a mix of the two logics matches no position under either."""
+    """A reader behind the log (an earlier position's whole answer, under either logic) gets
+    behind_s; a mix of the two logics matches no position under either; look-back is bounded."""
     events = generate(GeneratorConfig(seed=22, duration_s=1800, rides_per_minute=20, schema_v2_fraction=0.5)).deliveries
-    timeline = timeline_of(events)
     at = {logic: PrefixOracle(VIEW, events, logic) for logic in (1, 2)}
-    earlier = {logic: at[logic].at(timeline.marks[3].delivered) for logic in (1, 2)}
-    tipped = sorted(k for k in earlier[2] if earlier[2][k] != earlier[1].get(k))
-    assert len(tipped) > 4
-    mixed = {**earlier[1], **{k: earlier[2][k] for k in tipped[: len(tipped) // 2]}}
-    raw = [RawRead(9.5 + i / 10, 200, {"rows": rows_of(answer)}) for i, answer in enumerate((earlier[1], earlier[2], mixed))]
-    reads = score(VIEW, raw, timeline, grace_s=0.5, source=lambda b: None, logics=(1, 2))
-    assert not any(r.correct for r in reads)  # all three are behind the log's position at 9.5 s
-    behind = behind_but_whole(VIEW, raw, timeline, (1, 2), since=0.0, grace_s=0.5)
-    assert [behind(r) for r in reads] == [True, True, False]
-    assert not behind_but_whole(VIEW, raw, timeline, (1, 2), since=7.0, grace_s=0.5)(reads[0])  # further back than allowed
+
+    def reads_of(timeline: LogTimeline, asked: float) -> list[Read]:
+        earlier = {logic: at[logic].at(timeline.marks[3].delivered) for logic in (1, 2)}
+        tipped = sorted(k for k in earlier[2] if earlier[2][k] != earlier[1].get(k))
+        assert len(tipped) > 4
+        mixed = {**earlier[1], **{k: earlier[2][k] for k in tipped[: len(tipped) // 2]}}
+        raw = [RawRead(asked + i / 10, 200, {"rows": rows_of(answer)}) for i, answer in enumerate((earlier[1], earlier[2], mixed))]
+        return score(VIEW, raw, timeline, grace_s=0.5, source=lambda b: None, logics=(1, 2))
+
+    one, two, mixed = reads_of(timeline_of(events), 9.5)  # position 3 is 6.5 s before the reads
+    assert not any(r.correct for r in (one, two, mixed))  # all three are behind the log at 9.5 s
+    assert 0 < one.behind_s <= 6.5 and 0 < two.behind_s <= 6.5 and mixed.behind_s is None
+    far = reads_of(timeline_of(events, every_s=10.0), 95.0)  # position 3 is 65 s back, past the look-back
+    assert [r.behind_s for r in far] == [None, None, None] and not any(r.correct for r in far)
