@@ -95,12 +95,29 @@ def gx_context(home: Path) -> gx.data_context.FileDataContext:
     # project_root_dir=home makes GX use (or scaffold) <home>/gx; never cwd or GX_HOME.
     context = gx.get_context(mode="file", project_root_dir=str(home))
     variables = context.variables
-    if variables.analytics_enabled is not False or not _bars_off(variables.progress_bars):
-        # Persisted once in great_expectations.yml: no tqdm "Calculating Metrics" bars, no analytics.
+    sites = dict(variables.data_docs_sites or {})
+    site = sites.get(DOCS_SITE)
+    if (variables.analytics_enabled is not False or not _bars_off(variables.progress_bars)
+            or variables.config_variables_file_path or (site is not None and site != _with_cached_views(site))):
+        # Persisted once in great_expectations.yml: no tqdm "Calculating Metrics" bars, no analytics;
+        # no config-variables file (GX re-read it on every substitution, about 160 times a gate,
+        # and the lab keeps no credentials in GX's config); page views that compile their
+        # templates once per process.
         variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         variables.analytics_enabled = False
+        variables.config_variables_file_path = None
+        if site is not None:
+            variables.data_docs_sites = {**sites, DOCS_SITE: _with_cached_views(site)}
         variables.save()
     return context
+
+
+def _with_cached_views(site: dict) -> dict:
+    """The Data Docs site with expectations.docs_views' page views (GX's site `view` settings)."""
+    page = {"module_name": "expectations.docs_views", "class_name": "CachedJinjaPageView"}
+    index = {"module_name": "expectations.docs_views", "class_name": "CachedJinjaIndexPageView"}
+    sections = {section: {"view": dict(page)} for section in ("expectations", "validations", "profiling")}  # copies: no YAML anchors
+    return {**site, "site_section_builders": sections, "site_index_builder": {**dict(site.get("site_index_builder") or {}), "view": index}}
 
 
 def _bars_off(bars: Any) -> bool:

@@ -11,6 +11,7 @@ import json
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+import jinja2
 import pytest
 from cryptography.fernet import Fernet
 from pyspark.sql import DataFrame
@@ -135,7 +136,14 @@ def failing(result: GateResult) -> dict[str, str]:
 # ---------------------------------------------------------------- valid data passes
 
 
-def test_valid_tables_pass_every_suite_and_update_data_docs(spark, tmp_path: Path) -> None:
+def counting(compile_, names: list):
+    def compile(self, source, name=None, *args, **kwargs):
+        names.append(name)
+        return compile_(self, source, name, *args, **kwargs)
+    return compile
+
+
+def test_valid_tables_pass_every_suite_and_update_data_docs(spark, tmp_path: Path, monkeypatch) -> None:
     assert not data_docs_index(tmp_path).exists() and not (tmp_path / "gx").exists()  # a lookup, not a scaffold
     for table, make in VALID.items():
         result = run_suite(tmp_path, table, make(spark))
@@ -156,10 +164,16 @@ def test_valid_tables_pass_every_suite_and_update_data_docs(spark, tmp_path: Pat
     # Progress bars and analytics are off in the persisted project config.
     config = (tmp_path / "gx" / "great_expectations.yml").read_text()
     assert "analytics_enabled: false" in config and "globally: false" in config
+    # No config-variables file to re-read on every substitution; page views that compile once.
+    assert "config_variables_file_path:\n" in config and "CachedJinjaPageView" in config and "CachedJinjaIndexPageView" in config
 
     # Same home, same table again: everything is updated in place, and the latest call's
-    # parameters (here a tighter upper time bound) are what the stored suite holds.
+    # parameters (here a tighter upper time bound) are what the stored suite holds. Its Data
+    # Docs pages render from templates compiled before: no template is compiled again.
+    compiled = []
+    monkeypatch.setattr(jinja2.Environment, "compile", counting(jinja2.Environment.compile, compiled))
     again = run_suite(tmp_path, SILVER_EVENTS, silver(spark), max_time=at("10:05"))
+    assert not [name for name in compiled if str(name).endswith(".j2")], compiled
     assert list(failing(again)) == ["expect_column_values_to_be_between(event_time)"]
     assert "4 unexpected of 7 rows" in again.failures[0] and "2026-11-17T10:10:00Z" in again.failures[0]
     assert again.evaluated == len(build_suite(SILVER_EVENTS).expectations)
