@@ -21,7 +21,9 @@ demo-scaled: setup
 
 # test: two pytest workers, whole files each (--dist loadfile), one per core: the suite is CPU-bound
 # (Spark, brokers, stream processes), so more workers only contend. Each worker starts its own
-# broker, Spark session and PostgreSQL on free loopback ports.
+# broker, Spark session and PostgreSQL on free loopback ports. --no-loadscope-reorder keeps the
+# collection order (e2e first, unit tests last): xdist's default starts the files with the most tests
+# first, which left the longest test (the one-test scaled demo) to the end of the run.
 test: setup
 	.venv/bin/lint-imports
 	.venv/bin/pytest -q --timeout=900 --durations=25 -n 2 --dist loadfile --no-loadscope-reorder -m "not lab"
