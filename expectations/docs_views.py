@@ -31,13 +31,17 @@ class _InMemoryBytecodeCache(BytecodeCache):
 COMPILED = _InMemoryBytecodeCache()
 
 
-class CachedJinjaPageView(DefaultJinjaPageView):
+class _CompiledOnce:
+    """Points a GX view's new Jinja environment at the process's compiled templates."""
+
     def __init__(self, custom_styles_directory=None, custom_views_directory=None) -> None:
         super().__init__(custom_styles_directory, custom_views_directory)
         self.env.bytecode_cache = COMPILED
 
 
-class CachedJinjaIndexPageView(DefaultJinjaIndexPageView):
-    def __init__(self, custom_styles_directory=None, custom_views_directory=None) -> None:
-        super().__init__(custom_styles_directory, custom_views_directory)
-        self.env.bytecode_cache = COMPILED
+class CachedJinjaPageView(_CompiledOnce, DefaultJinjaPageView):
+    pass
+
+
+class CachedJinjaIndexPageView(_CompiledOnce, DefaultJinjaIndexPageView):
+    pass

@@ -58,6 +58,7 @@ def run_crash_loop(ctx: DrillContext) -> DrillResult:
                                                                                  "reader_policy": lab.settings.reader_policy_for(VIEW)},
                           lessons=lessons(runs, guard))
 
+
 SHADOW_CRASH_WAIT_S = 90.0  # bounded: a shadow that never crashes is reported, not waited on forever
 
 

@@ -146,12 +146,9 @@ def _behind_s(answer: Answer, prefixes: list[PrefixOracle], timeline: LogTimelin
               grace_s: float) -> float | None:
     """Seconds from the latest earlier log position (of the last BEHIND_LOOKBACK_S) whose oracle,
     under any scored logic, a wrong answer equals whole, to the read; None when there is none."""
-    for k in range(last - 1, -1, -1):
-        if asked - times[k] > BEHIND_LOOKBACK_S:
-            return None
-        if any(_distance_at(answer, prefix, timeline, times, k, times[k], grace_s)[0] == 0 for prefix in prefixes):
-            return round(asked - times[k], 3)
-    return None
+    first = bisect_left(times, asked - BEHIND_LOOKBACK_S)
+    k = _latest_whole_position(answer, prefixes, timeline, times, first, last - 1, grace_s)
+    return None if k is None else round(asked - times[k], 3)
 
 
 def _told_apart(nearest: int, by_logic: dict[int, tuple[int, int, int]]) -> int | None:
@@ -178,10 +175,18 @@ def matches_some_position(view: str, rows: list[dict[str, Any]], timeline: LogTi
     but whole. A torn write (part of one commit) or a double-applied one matches no position."""
     prefix = prefix or PrefixOracle(view, timeline.events)
     times = [m.t for m in timeline.marks]
-    answer = parse_rows(view, rows)
-    last = bisect_right(times, asked) - 1
     first = max(0, bisect_left(times, since) - 1)
-    return any(_distance_at(answer, prefix, timeline, times, k, times[k], grace_s)[0] == 0 for k in range(last, first - 1, -1))
+    return _latest_whole_position(parse_rows(view, rows), [prefix], timeline, times, first, bisect_right(times, asked) - 1, grace_s) is not None
+
+
+def _latest_whole_position(answer: Answer, prefixes: list[PrefixOracle], timeline: LogTimeline, times: list[float], first: int,
+                           last: int, grace_s: float) -> int | None:
+    """The latest mark in [first, last] whose oracle, under any of `prefixes`, the answer equals
+    whole (the windows in flight at that mark left out); None when there is none."""
+    for k in range(last, first - 1, -1):
+        if any(_distance_at(answer, prefix, timeline, times, k, times[k], grace_s)[0] == 0 for prefix in prefixes):
+            return k
+    return None
 
 
 def reader_seconds(reads: list[Read], picked: Callable[[Read], bool], interval_s: float) -> float:
