@@ -25,6 +25,11 @@ class RawRead:
     t: float  # when it was asked, seconds since the run started
     status: int
     body: dict[str, Any]
+    answered: float | None = None  # when the answer came back (None: at once); the answer is of some state in between
+
+    @property
+    def answered_t(self) -> float:
+        return self.t if self.answered is None else self.answered
 
 
 @dataclass
@@ -48,7 +53,7 @@ class Reader:
         while not self._stop.is_set():
             asked = self.now()
             status, body = get_json(self.url)
-            read = RawRead(asked, status, body)
+            read = RawRead(asked, status, body, answered=self.now())
             self.reads.append(read)
             if self.on_read:
                 self.on_read(self.arch, read)

@@ -5,8 +5,8 @@ A live answer is never at the log's exact end: a correct pipeline answers as of 
 position, and per partition (a produced batch lands on every partition, and is consumed part
 by part). So a read is compared with the oracle over everything the log held when it was
 asked, leaving out the windows in flight: those that the events produced during the `grace_s`
-before the read (and the batch being acknowledged as it was made) touch, in their new or
-their superseded version. Every other window must be exact; the error is the sum of absolute
+before the read, those delivered while it was answered (a slow answer may hold them), and the
+batch being acknowledged as it was made touch, in their new or their superseded version. Every other window must be exact; the error is the sum of absolute
 differences over them (a missing window counting as 0), as the cutover's diff leaves out what
 is in flight between two positions."""
 from __future__ import annotations
@@ -130,7 +130,9 @@ def score(view: str, raw: list[RawRead], timeline: LogTimeline, grace_s: float, 
         if last < 0:
             continue  # read before the log held anything: nothing to score
         answer = parse_rows(view, read.body.get("rows", []))
-        by_logic = {logic: _distance_at(answer, prefix, timeline, times, last, read.t, grace_s) for logic, prefix in prefixes.items()}
+        answered = bisect_right(times, read.answered_t) - 1
+        by_logic = {logic: _distance_at(answer, prefix, timeline, times, last, read.t, grace_s, answered)
+                    for logic, prefix in prefixes.items()}
         logic = min(by_logic, key=lambda k: by_logic[k][0])
         error, wrong, windows = by_logic[logic]
         newest, wm = timeline.marks[last].newest, watermark_of(read.body)
@@ -159,11 +161,13 @@ def _told_apart(nearest: int, by_logic: dict[int, tuple[int, int, int]]) -> int 
 
 
 def _distance_at(answer: Answer, prefix: PrefixOracle, timeline: LogTimeline, times: list[float], last: int, asked: float,
-                 grace_s: float) -> tuple[int, int, int]:
+                 grace_s: float, answered: int | None = None) -> tuple[int, int, int]:
     """distance() from the oracle over what the log held at mark `last`, the windows in flight
-    around it (events of the `grace_s` before `asked` and of the next batch) left out."""
+    around it left out: those of the events of the `grace_s` before `asked`, of the batches
+    delivered while the read was answered (to mark `answered`: a slow answer may already hold
+    them), and of the next batch."""
     first = max(0, min(last, bisect_left(times, asked - grace_s) - 1))
-    until = timeline.marks[min(last + 1, len(timeline.marks) - 1)].delivered
+    until = timeline.marks[min(max(last, answered or 0) + 1, len(timeline.marks) - 1)].delivered
     in_flight = prefix.touched(timeline.marks[first].delivered, until)
     return distance(answer, prefix.at(timeline.marks[last].delivered), in_flight)
 

@@ -56,6 +56,19 @@ def test_a_read_is_exact_outside_the_windows_in_flight_and_wrong_when_it_lags() 
     assert not reads[3].answered and reads[3].stale
 
 
+def test_a_slow_answer_may_hold_what_was_delivered_while_it_was_answered() -> None:
+    """A read is of some state between when it was asked and when it came back (as Jepsen times
+    an operation): a slow answer holding later batches is not wrong, an instant one is."""
+    events = workload().deliveries
+    timeline = timeline_of(events)
+    prefix = PrefixOracle(VIEW, events)
+    ahead = rows_of(prefix.at(timeline.marks[8].delivered))
+    slow, instant = (RawRead(5.5, 200, {"rows": ahead}, answered=answered) for answered in (8.2, None))
+    slow_read, instant_read = score(VIEW, [slow, instant], timeline, grace_s=0.5, source=lambda b: None)
+    assert slow_read.correct
+    assert not instant_read.correct and instant_read.error > 0
+
+
 def test_figures_add_up() -> None:
     reads = [Read(t=t, status=200, error=0 if t < 2 or t >= 6 else 5, staleness_s=0, windows=3, wrong_windows=0 if t < 2 or t >= 6 else 1)
              for t in range(10)]
