@@ -26,6 +26,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 from lklab.serving import postgres
 
 TEST_BROKER_JAVA_OPTIONS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+# C1 only: C2 compiler threads were about 40 % of each test Spark JVM's CPU (top -H), while its code
+# runs on tiny tables; with codegen off too, a gate test's machine CPU fell from about 145 to 99 s
+TEST_SPARK_JAVA_OPTIONS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +40,9 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         kafka_controller_port=free_port(),
         speed_web_port=free_port(),
         partitions=4,
-        # tiny tables: Janino compiling each query's generated code cost the run's Spark JVMs ~20 % of their CPU
-        spark_whole_stage_codegen=False,
+        # tiny tables: Janino compiling generated code was a quarter of the Spark JVM's samples (JFR)
+        spark_codegen=False,
+        spark_java_options=TEST_SPARK_JAVA_OPTIONS,
         # a test broker's CPU is its JVM's start-up: serial GC and C1 only halved it (9.5 → 5.4 CPU-s, ready in 11 s not 20)
         kafka_java_options=TEST_BROKER_JAVA_OPTIONS,
     )

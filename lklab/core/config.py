@@ -73,9 +73,10 @@ class Settings(BaseSettings):
     spark_java_options: str = Field("-XX:+UseSerialGC", description="JVM options for Spark's driver and executors. The "
                                     "serial collector: on 2 cores and a heap of 1-2 GB, G1's concurrent threads took "
                                     "CPU from the batch (three small batch runs: 226-252 JVM CPU-s against 273-282 with G1, measured)")
-    spark_whole_stage_codegen: bool = Field(True, description="Spark's whole-stage code generation. The tests turn it off: "
-                                            "on their tiny tables a batch run took 20 % less JVM CPU without it (the whole "
-                                            "suite no faster, measured); keep it on for volume (the bench)")
+    spark_codegen: bool = Field(True, description="Spark's code generation, whole-stage and per expression (off: "
+                                "expressions are interpreted). The tests turn it off: on their tiny tables Janino compiling "
+                                "generated Java was a quarter of the Spark JVM's samples (JFR); a gate test's machine CPU "
+                                "went from about 145 to 125 s without it. Keep it on for volume (the bench)")
 
     # speed layer / serving
     serving_url: str | None = Field(None, description="SQLAlchemy URL; None = SQLite (WAL) under <home>")

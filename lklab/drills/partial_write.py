@@ -247,7 +247,7 @@ def kappa_mixed(read: RawRead, window: KillWindow, timeline, prefix: PrefixOracl
     allowed = window.allowed_versions or (output_name(VIEW, 1),)
     if read.body.get("version") not in allowed:
         return True
-    return not matches_some_position(VIEW, read.body.get("rows", []), timeline, window.start - LAG_ALLOWANCE_S, read.t,
+    return not matches_some_position(VIEW, read.body.get("rows", []), timeline, window.start - LAG_ALLOWANCE_S, read.answered_t,
                                      grace_s, prefix)
 
 

@@ -71,7 +71,9 @@ def get_spark(settings: Settings) -> SparkSession:
         .config("spark.sql.warehouse.dir", str(local_dir / "warehouse"))
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.sql.adaptive.enabled", "true")
-        .config("spark.sql.codegen.wholeStage", str(settings.spark_whole_stage_codegen).lower())
+        .config("spark.sql.codegen.wholeStage", str(settings.spark_codegen).lower())
+        # off: each expression is interpreted too (projections, predicates, orderings), not compiled
+        .config("spark.sql.codegen.factoryMode", "FALLBACK" if settings.spark_codegen else "NO_CODEGEN")
         # Small input splits: a 128 MB split of bronze JSON, parsed and cached, overran a 1-2 GB
         # driver heap at 5M events (OutOfMemoryError in build_silver's cache).
         .config("spark.sql.files.maxPartitionBytes", str(32 * 1024 * 1024))

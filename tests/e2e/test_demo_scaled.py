@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_BROKER_JAVA_OPTIONS
+from tests.conftest import TEST_BROKER_JAVA_OPTIONS, TEST_SPARK_JAVA_OPTIONS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 LKLAB = str(Path(sys.executable).parent / "lklab")
@@ -17,7 +17,8 @@ LKLAB = str(Path(sys.executable).parent / "lklab")
 
 def test_the_demo_on_the_scaled_stack_equals_the_oracle(tmp_path: Path) -> None:
     run = subprocess.run([LKLAB, "demo", "--scaled", "--minutes", "6", "--seed", "17"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=840, env={"PATH": "/usr/bin:/bin", "LKLAB_SPARK_WHOLE_STAGE_CODEGEN": "false",
+                         capture_output=True, text=True, timeout=840, env={"PATH": "/usr/bin:/bin", "LKLAB_SPARK_CODEGEN": "false",
+                                                                  "LKLAB_SPARK_JAVA_OPTIONS": TEST_SPARK_JAVA_OPTIONS,
                                                                   "LKLAB_KAFKA_JAVA_OPTIONS": TEST_BROKER_JAVA_OPTIONS})
     out = run.stdout
     assert run.returncode == 0, (out[-4000:], run.stderr[-2000:])

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_the_session_takes_its_engine_options_from_settings(base_settings: Settings, spark) -> None:
-    assert spark.conf.get("spark.sql.codegen.wholeStage") == str(base_settings.spark_whole_stage_codegen).lower()
+    assert not base_settings.spark_codegen  # the tests' tiny tables: no code generation at all
+    assert spark.conf.get("spark.sql.codegen.wholeStage") == "false"
+    assert spark.conf.get("spark.sql.codegen.factoryMode") == "NO_CODEGEN"
     assert spark.conf.get("spark.sql.shuffle.partitions") == str(base_settings.spark_shuffle_partitions)
     assert base_settings.spark_java_options in spark.sparkContext.getConf().get("spark.driver.extraJavaOptions")
 

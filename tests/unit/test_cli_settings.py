@@ -11,7 +11,7 @@ from lklab.core.config import Settings
 
 
 @pytest.mark.parametrize(("variable", "value", "why"), [
-    ("LKLAB_SPARK_WHOLE_STAGE_CODEGEN", "maybe", "valid boolean"),
+    ("LKLAB_SPARK_CODEGEN", "maybe", "valid boolean"),
     ("LKLAB_PARTITIONS", "0", "greater than or equal to 1"),
     ("LKLAB_FAULTS", '{"nowhere": "refund_sign"}', "'nowhere' is not a layer"),
 ])
