@@ -29,6 +29,7 @@ from lklab.lab import up as lab
 from lklab.log import kafka_io
 from lklab import views
 from orchestration.jobs import lambda_batch_selection
+from tests.conftest import TEST_BROKER_JAVA_OPTIONS, TEST_SPARK_JAVA_OPTIONS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +46,9 @@ def _lab_settings(home: Path) -> Settings:
     return Settings(home=home, kafka_port=kafka, kafka_controller_port=free_port_range(1, avoid=range(kafka, kafka + 1)),
                     speed_web_port=free_port(), api_port=free_port(), dagster_port=free_port(), partitions=2,
                     speed_heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, traffic_rides_per_minute=120,
-                    batch_views=list(BATCH_VIEWS))  # the money views: a batch run of the test's lab costs half
+                    batch_views=list(BATCH_VIEWS),  # the money views: a batch run of the test's lab costs half
+                    # the JVM options of every other test (tests/conftest.py): tiny tables, short-lived JVMs
+                    spark_codegen=False, spark_java_options=TEST_SPARK_JAVA_OPTIONS, kafka_java_options=TEST_BROKER_JAVA_OPTIONS)
 
 
 def _env(settings: Settings) -> dict[str, str]:
