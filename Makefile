@@ -23,13 +23,12 @@ demo-scaled: setup
 # (Spark, brokers, stream processes), so more workers only contend. Each worker starts its own
 # broker, Spark session and PostgreSQL on free loopback ports. --no-loadscope-reorder keeps the
 # collection order (e2e first, unit tests last): xdist's default starts the files with the most tests
-# first, which left the longest test (the one-test scaled demo) to the end of the run. The browser
-# tests (tests/e2e/test_lab_up.py, marker `lab`) are part of it.
+# first, which left the longest test (the one-test scaled demo) to the end of the run.
 test: setup
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q --timeout=900 --durations=25 -n 2 --dist loadfile --no-loadscope-reorder
+	.venv/bin/pytest -q --timeout=900 --durations=25 -n 2 --dist loadfile --no-loadscope-reorder -m "not lab"
 
-# lab-check: only the browser tests (`lklab up --with-traffic` watched in headless chromium): about 5 min
+# lab-check: `lklab up --with-traffic` watched in headless chromium (Playwright): about 5 min, run alone
 lab-check: setup
 	.venv/bin/pytest -q --timeout=900 --durations=10 -m lab tests/e2e/test_lab_up.py
 
