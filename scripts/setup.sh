@@ -23,23 +23,17 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-# the install's options are part of its stamp: a venv installed without bytecode is redone once
-DEPS_HASH=$( (cat pyproject.toml; echo "--compile-bytecode") | sha256sum | cut -c1-16)
+DEPS_HASH=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat .venv/.lklab-deps 2>/dev/null)" != "$DEPS_HASH" ]; then
   say "installing Python packages (pinned in pyproject.toml)"
   # uv installs the same packages in about half pip's time (parallel downloads, no per-wheel
   # subprocess); pip stays in the venv for anyone who prefers it.
   .venv/bin/pip install -q uv
-  # --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set
-  # nothing ever does, so every process (each Kappa job, Faust worker, `lklab batch`, Dagster run)
-  # compiled its imports from source: importing dagster, GX and pyspark took 12.7 s, not 6.9
-  .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode -e ".[dev]"
+  .venv/bin/uv pip install -q --python .venv/bin/python -e ".[dev]"
   echo "$DEPS_HASH" > .venv/.lklab-deps
 else
   say "Python packages up to date"
 fi
-# lklab's own modules, likewise (an editable install is not compiled; up-to-date files are skipped)
-.venv/bin/python -m compileall -q -j 0 lklab assets orchestration streaming expectations tests >/dev/null
 
 fetch_jars() {  # name, pom, goal
   local name=$1 pom=$2 goal=$3 stamp="$JARS/$1/.stamp" hash
