@@ -1,11 +1,5 @@
 # The two commands: `make demo` runs the main job, `make test` runs the tests.
 # Both install what they need first (scripts/setup.sh is idempotent).
-# uv installs no .pyc, and where PYTHONDONTWRITEBYTECODE is set no process writes one: every
-# process (each Kappa job, Faust worker, `lklab batch`, Dagster run) then compiled its imports from
-# source (dagster + GX + pyspark: 12.7 s of CPU, 6.9 s from .pyc). Bytecode is written as modules
-# are first imported; compiling all of site-packages at install cost 86 s more.
-unexport PYTHONDONTWRITEBYTECODE
-
 .PHONY: setup up down demo demo-scaled test lab-check unit dagster-ui bench bench-isolation drills chaos clean
 
 setup:
