@@ -28,7 +28,7 @@ from lklab.serving import postgres
 TEST_BROKER_JAVA_OPTIONS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 # C1 only: C2 compiler threads were about 40 % of each test Spark JVM's CPU (top -H), while its code
 # runs on tiny tables; with codegen off too, a gate test's machine CPU fell from about 145 to 99 s
-TEST_SPARK_JAVA_OPTIONS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+TEST_SPARK_JAVA_OPTIONS = TEST_BROKER_JAVA_OPTIONS
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,12 @@ figures derived from the scored timeline.
 A live answer is never at the log's exact end: a correct pipeline answers as of some recent
 position, and per partition (a produced batch lands on every partition, and is consumed part
 by part). So a read is compared with the oracle over everything the log held when it was
-asked, leaving out the windows in flight: those that the events produced during the `grace_s`
-before the read, those delivered while it was answered (a slow answer may hold them), and the
-batch being acknowledged as it was made touch, in their new or their superseded version. Every other window must be exact; the error is the sum of absolute
-differences over them (a missing window counting as 0), as the cutover's diff leaves out what
-is in flight between two positions."""
+asked, leaving out the windows in flight: those touched, in their new or their superseded
+version, by the events produced during the `grace_s` before the read, by those delivered while
+it was answered (a slow answer may hold them) and by the batch being acknowledged as it was
+made. Every other window must be exact; the error is the sum of absolute differences over them
+(a missing window counting as 0), as the cutover's diff leaves out what is in flight between two
+positions."""
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
