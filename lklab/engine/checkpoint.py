@@ -12,6 +12,7 @@ from lklab.core.config import Settings
 from lklab.engine.fold import ApplyStats, BatchDeltas, InputRecord, fence_and_parse, fold
 from lklab.engine.sink import load_contribs, load_versions, persist
 from lklab.privacy import requests
+from lklab.views import Contrib
 from lklab.serving import progress
 
 
@@ -30,18 +31,22 @@ class CheckpointedSink:
     Memory: one entry per event ever seen, per view (a heap state backend, as in Flink).
 
     `before_commit(stats)`, if given, runs inside each checkpoint's open transaction (a job sends
-    the checkpoint's dead letters there); if it raises, the checkpoint is not committed."""
+    the checkpoint's dead letters there); if it raises, the checkpoint is not committed.
+    `restored` (versions, contributions), if given, is the scope's state as just restored from a
+    snapshot (lklab.engine.snapshots.held_state): it is taken as is instead of read back."""
 
     def __init__(self, engine: Engine, settings: Settings, topic: str, specs: Sequence[views.ViewSpec], scope: str,
                  *, close_windows: bool = False, every: int = 100_000,
-                 before_commit: Callable[[ApplyStats], None] | None = None) -> None:
+                 before_commit: Callable[[ApplyStats], None] | None = None,
+                 restored: tuple[dict[str, int], dict[tuple[str, str], Contrib]] | None = None) -> None:
         self.engine, self.topic, self.specs, self.scope, self.every = engine, topic, list(specs), scope, every
         self.before_commit = before_commit
         self.lateness, self.partitions = (settings.allowed_lateness_s if close_windows else None), settings.partitions
         with engine.connect() as conn:
             held = progress.load(conn, scope, topic)
-            self.versions = load_versions(conn, scope)
-            self.contribs = load_contribs(conn, [spec.name for spec in self.specs])
+            if restored is None:
+                restored = load_versions(conn, scope), load_contribs(conn, [spec.name for spec in self.specs])
+        self.versions, self.contribs = restored
         self.committed = {p: nxt for p, (nxt, _) in held.items()}
         self.max_time: dict[int, datetime] = {p: mt for p, (_, mt) in held.items() if mt is not None}
         self.next_offset = dict(self.committed)

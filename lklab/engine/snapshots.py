@@ -11,6 +11,11 @@ A snapshot holds five pieces, each its own Delta table under `<lake>/snapshots/<
 The checksum is a sha256 over the metadata (view, versions, topic, offsets) and, per piece, the
 row count and the sum of Spark's xxhash64 over every column, so flipped bytes, a lost file or
 edited metadata all show up as a mismatch and the snapshot is refused.
+
+Spark writes the pieces. They are read back with delta-rs (deltalake) at their recorded versions,
+straight into Arrow, and the digests are computed in Arrow (lklab.engine.spark_hash, equal to
+Spark's xxhash64 bit for bit), so loading a snapshot starts no JVM, and snapshots whose checksum
+Spark computed still load.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from sqlalchemy.engine import Connection
 
 from lklab import views
 from lklab.core.provenance import git_sha
-from lklab.engine import outputs
+from lklab.engine import outputs, spark_hash
 from lklab.serving import progress
 from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION
@@ -42,7 +47,7 @@ from lklab.serving.store import (
     speed_progress,
     view_snapshots,
 )
-from lklab.views.measures import UTC_US
+from lklab.views.measures import UTC_US, Contrib
 
 
 class SnapshotError(RuntimeError):
@@ -122,23 +127,17 @@ def _to_arrow(rows, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist([dict(zip(names, r)) for r in rows], schema=schema)
 
 
-def _digest(frame) -> list:
-    """[row count, sum of xxhash64 over all columns]: order-independent, content-sensitive."""
-    from pyspark.sql import functions as F
-
-    row = frame.agg(F.count(F.lit(1)).alias("n"),
-                    F.coalesce(F.sum(F.xxhash64(*frame.columns).cast("decimal(38,0)")), F.lit(0)).alias("h")).collect()[0]
-    return [int(row["n"]), str(int(row["h"]))]
+def digest(table: pa.Table) -> list:
+    """[row count, exact sum of Spark's xxhash64 over all columns]: order-independent, content-sensitive."""
+    return [table.num_rows, str(spark_hash.exact_sum(spark_hash.xxhash64(table)))]
 
 
-def _read_with_digest(frame) -> tuple[list, pa.Table]:
-    """The piece and its _digest from ONE Spark job: each row's xxhash64 comes with the row, and
-    the sum is taken here with Python's exact integers (as the decimal sum in _digest)."""
-    from pyspark.sql import functions as F
+def read_piece(snap: Snapshot, piece: Piece) -> pa.Table:
+    """One piece at its recorded Delta version, in the piece's column order and types (delta-rs)."""
+    from deltalake import DeltaTable
 
-    hashed = frame.withColumn("__row_hash", F.xxhash64(*frame.columns)).toArrow()
-    digest = [hashed.num_rows, str(sum(hashed.column("__row_hash").to_pylist()))]
-    return digest, hashed.drop_columns(["__row_hash"])
+    table = DeltaTable(snap.piece_location(piece.name), version=snap.delta_versions[piece.name]).to_pyarrow_table()
+    return table.select(piece.schema.names).cast(piece.schema)
 
 
 def checksum(meta: dict, digests: dict[str, list]) -> str:
@@ -175,12 +174,10 @@ def take(settings: Settings, engine: Engine, spark, view: str, spec, scope: str)
     meta = _meta(view, spec.logic_version, SCHEMA_VERSION, settings.topic, offsets)
     digests, versions = {}, {}
     for name, table in tables.items():
-        frame = spark.createDataFrame(table).cache()
-        digests[name] = _digest(frame)
-        (frame.write.format("delta").mode("errorifexists").option("delta.appendOnly", "true")
+        digests[name] = digest(table)
+        (spark.createDataFrame(table).write.format("delta").mode("errorifexists").option("delta.appendOnly", "true")
          .option("userMetadata", json.dumps({"snapshot_id": snapshot_id, **meta}))
          .save(f"{location}/{name}"))
-        frame.unpersist()
         versions[name] = 0
     record = Snapshot(
         snapshot_id=snapshot_id, view=view, source_output=spec.name, topic=settings.topic, created_at=now, git_sha=git_sha(),
@@ -284,20 +281,17 @@ def refuse_redacted(snap: Snapshot) -> None:
                             "forgotten user's rows, so its files were deleted (`lklab forget`); replay from the log or a later snapshot")
 
 
-def verify(spark, snap: Snapshot, spec) -> dict[str, pa.Table]:
+def verify(snap: Snapshot, spec) -> dict[str, pa.Table]:
     """Read every piece at its recorded Delta version and check the checksum; return the pieces."""
     refuse_redacted(snap)
     tables, digests = {}, {}
     for piece in pieces(spec):
         try:
-            frame = spark.read.format("delta").option("versionAsOf", snap.delta_versions[piece.name]).load(snap.piece_location(piece.name))
-            if piece.restore:
-                digests[piece.name], tables[piece.name] = _read_with_digest(frame)
-            else:
-                digests[piece.name], tables[piece.name] = _digest(frame), None
+            tables[piece.name] = read_piece(snap, piece)
         except Exception as exc:  # noqa: BLE001 - any read failure means the snapshot is unusable
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise SnapshotError(f"snapshot {snap.snapshot_id}: piece {piece.name} is unreadable ({first}): refusing to load it") from None
+        digests[piece.name] = digest(tables[piece.name])
     meta = _meta(snap.view, snap.logic_version, snap.schema_version, snap.topic, snap.offsets)
     actual = checksum(meta, digests)
     if actual != snap.checksum:
@@ -306,15 +300,16 @@ def verify(spark, snap: Snapshot, spec) -> dict[str, pa.Table]:
     return tables
 
 
-def load(settings: Settings, engine: Engine, spark, snap: Snapshot, spec, scope: str) -> None:
+def load(settings: Settings, engine: Engine, snap: Snapshot, spec, scope: str) -> dict[str, pa.Table]:
     """Verify `snap` and install its state as output `spec.name` of consumer `scope`, in one
-    transaction, migrating it if its logic/schema version differs. Refuses, writing nothing,
-    on a bad checksum, an undeclared migration, another topic, or an output that already has state."""
+    transaction, migrating it if its logic/schema version differs; returns the pieces read. Refuses,
+    writing nothing, on a bad checksum, an undeclared migration, another topic, or an output that
+    already has state. No Spark: the pieces are read with delta-rs."""
     view = spec.view
     steps = migrations_for(snap, view, spec.logic_version, SCHEMA_VERSION)
     if snap.topic != settings.topic:
         raise SnapshotError(f"snapshot {snap.snapshot_id} holds offsets of topic {snap.topic}, not {settings.topic}")
-    tables = verify(spark, snap, spec)
+    tables = verify(snap, spec)
     with engine.begin() as conn:
         if progress.has_progress(conn, scope):
             raise SnapshotError(f"{spec.name} already has state (consumer {scope}): choose a new --version for a replay from a snapshot")
@@ -326,17 +321,26 @@ def load(settings: Settings, engine: Engine, spark, snap: Snapshot, spec, scope:
             bulk_upsert(conn, piece.table, [tuple(r[c] for c in columns) for r in restored])
         for step in steps:
             step(conn, spec)
+    return tables
 
 
-def read_output(spark, snap: Snapshot, entity: str | None = None, window: datetime | None = None) -> list[dict]:
-    """The served answer rows stored with a snapshot (Delta, at the recorded version)."""
-    from pyspark.sql import functions as F
+def held_state(tables: dict[str, pa.Table], spec) -> tuple[dict[str, int], dict[tuple[str, str], Contrib]]:
+    """The dedup versions and contributions a replay's sink holds, from the pieces `load` returned,
+    so the sink starts from them instead of reading back what was just written."""
+    state, contrib = tables["event_state"], tables["contrib"]
+    versions = dict(zip(state.column("event_id").to_pylist(), state.column("event_version").to_pylist()))
+    columns = (contrib.column(c).to_pylist() for c in ("event_id", "entity", "window_start", "amount", "member"))
+    return versions, {(spec.name, eid): Contrib(*rest) for eid, *rest in zip(*columns)}
+
+
+def read_output(snap: Snapshot, entity: str | None = None, window: datetime | None = None) -> list[dict]:
+    """The served answer rows stored with a snapshot (Delta, at the recorded version, delta-rs)."""
+    import pyarrow.compute as pc
 
     refuse_redacted(snap)
-    frame = spark.read.format("delta").option("versionAsOf", snap.delta_versions["output"]).load(snap.piece_location("output"))
+    table = read_piece(snap, next(p for p in pieces(views.view(snap.view)) if p.name == "output"))
     if entity is not None:
-        frame = frame.where(F.col("entity") == entity)
+        table = table.filter(pc.equal(table["entity"], entity))
     if window is not None:
-        frame = frame.where(F.col("window_start") == F.lit(window))
-    return frame.toArrow().to_pylist()
-
+        table = table.filter(pc.equal(table["window_start"], pa.scalar(window, UTC_US)))
+    return table.to_pylist()

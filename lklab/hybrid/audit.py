@@ -76,7 +76,7 @@ def _kappa(settings: Settings, engine: Engine, spark, view: str, key: str, windo
         raise AuditError(f"publish {publish['id']} of {view} names snapshot {publish['snapshot_id']}, which is not in the catalog")
     snap = snapshots.from_row(row)
     try:
-        rows = snapshots.read_output(ensure_spark(settings, spark), snap, key, window)
+        rows = snapshots.read_output(snap, key, window)
     except snapshots.SnapshotError as exc:  # retired by a deletion request
         raise AuditError(f"{view} as of {as_of.isoformat()}: {exc}") from None
     value = views.view(view).measure.from_output_piece(rows[0]) if rows else None

@@ -132,10 +132,10 @@ def replay(
     if the_plan.lost:
         raise ReplayError(the_plan.lost_message())
     spark = spark or _spark_if(the_plan, settings)
+    restored = None  # the sink's first state, when a snapshot was just loaded (not read back)
     if the_plan.load_snapshot:
-        spark = ensure_spark(settings, spark)
         try:
-            snapshots.load(settings, engine, spark, the_plan.snapshot, spec, the_plan.scope)
+            restored = snapshots.held_state(snapshots.load(settings, engine, the_plan.snapshot, spec, the_plan.scope), spec)
         except snapshots.SnapshotError as exc:
             raise ReplayError(str(exc)) from None
     snapshot_id = the_plan.snapshot.snapshot_id if the_plan.snapshot else None
@@ -146,7 +146,8 @@ def replay(
     first_plan = the_plan
     while True:
         sink = CheckpointedSink(engine, settings, settings.topic, [spec], the_plan.scope, every=checkpoint_every,
-                                before_commit=partial(dead_letters.send, settings, consumer=the_plan.scope))
+                                before_commit=partial(dead_letters.send, settings, consumer=the_plan.scope), restored=restored)
+        restored = None
         try:
             with _bulk_gc():  # after the state is loaded, so that it is frozen out of collections
                 _replay_tiers(settings, spark, sink, the_plan, pacer, counts)

@@ -95,11 +95,13 @@ def test_snapshot_plus_replay_equals_full_replay_and_the_oracle(split, spark) ->
     assert views.spec_at("user_sessions", 1).evaluate(first_half) != views.spec_at("user_sessions", 2).evaluate(first_half)  # the migration matters
     produce_events(settings, workload.deliveries[len(workload.deliveries) // 2:])
 
+    for view, snap in taken.items():  # the catalog's checksum is Spark's own: snapshots written before delta-rs read them load
+        assert snap.checksum == spark_checksum(spark, snap, kappa.spec_for(view, 1))
     for view, snap in taken.items():
         v1_target = kappa.build_record(engine, f"{view}__v1")["target_offsets"]
         assert snap.offsets == {int(p): o for p, o in v1_target.items()}
         assert sum(snap.offsets.values()) == len(workload.deliveries) // 2 and snap.row_counts["output"] > 0
-        resumed = kappa.replay(settings, engine, view, 2, snapshot="latest", spark=spark)
+        resumed = kappa.replay(settings, engine, view, 2, snapshot="latest")  # delta-rs reads it: no Spark needed
         full = kappa.replay(settings, engine, view, 3)
         assert resumed.snapshot_id == snap.snapshot_id and resumed.start_offsets == snap.offsets
         assert resumed.events == len(workload.deliveries) - len(workload.deliveries) // 2  # only what came after
@@ -121,6 +123,46 @@ def test_snapshot_plus_replay_equals_full_replay_and_the_oracle(split, spark) ->
                           kappa.replay_scope("user_sessions", 3))
     with pytest.raises(kappa.ReplayError, match="logic version 2, the replay needs 1.*no user_sessions migration 2→1"):
         kappa.replay(settings, engine, "user_sessions", 1, snapshot=back.snapshot_id, spark=spark)
+
+
+def spark_checksum(spark, snap: snapshots.Snapshot, spec) -> str:
+    """The checksum as Spark computes it over the pieces as written: per piece, the row count and
+    the decimal sum of xxhash64 over every column (how snapshots were verified before delta-rs)."""
+    from pyspark.sql import functions as F
+
+    digests = {}
+    for piece in snapshots.pieces(spec):
+        frame = spark.read.format("delta").option("versionAsOf", snap.delta_versions[piece.name]).load(snap.piece_location(piece.name))
+        row = frame.agg(F.count(F.lit(1)).alias("n"),
+                        F.coalesce(F.sum(F.xxhash64(*frame.columns).cast("decimal(38,0)")), F.lit(0)).alias("h")).collect()[0]
+        digests[piece.name] = [int(row["n"]), str(int(row["h"]))]
+    meta = {"view": snap.view, "logic_version": snap.logic_version, "schema_version": snap.schema_version, "topic": snap.topic,
+            "offsets": {str(p): o for p, o in sorted(snap.offsets.items())}}
+    return snapshots.checksum(meta, digests)
+
+
+def test_the_arrow_hash_is_sparks_xxhash64_bit_for_bit(spark) -> None:
+    """Unicode and empty strings, every length class of XXH64 (0-3, 4-7, 8-31, 32+ bytes), nulls in
+    any column, extreme longs and timestamps before 1970."""
+    import random
+
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from lklab.engine.spark_hash import exact_sum, xxhash64
+
+    rng = random.Random(5)
+    alphabet = "aZ09-_ éü日本語🚕\u0000"
+    text = lambda: None if rng.random() < 0.1 else "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 70)))  # noqa: E731
+    moments = [None, datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc), datetime(2026, 3, 1, tzinfo=timezone.utc)]
+    rows = [{"entity": text(), "amount": rng.choice([None, 0, -1, 2**63 - 1, -2**63, rng.randint(-10**12, 10**12)]),
+             "window_start": rng.choice(moments), "member": text()} for _ in range(2000)]
+    table = pa.Table.from_pylist(rows, schema=pa.schema([("entity", pa.string()), ("amount", pa.int64()),
+                                                         ("window_start", pa.timestamp("us", tz="UTC")), ("member", pa.string())]))
+    frame = spark.createDataFrame(table)
+    theirs = frame.select(F.xxhash64(*frame.columns).alias("h")).toArrow().column("h").to_pylist()
+    assert xxhash64(table).tolist() == theirs
+    assert exact_sum(xxhash64(table)) == int(frame.agg(F.sum(F.xxhash64(*frame.columns).cast("decimal(38,0)"))).collect()[0][0])
 
 
 def _flip_bytes(table_dir: str) -> Path:
