@@ -77,6 +77,10 @@ def bounded_replay(s: Settings, engine, view: str, version: int, start, from_sna
     console.print(f"{result.output}: {origin}{result.events} events in {result.seconds:.1f}s ({result.events_per_s:,.0f} ev/s; "
                   f"bronze {result.tiers.get('bronze', 0)}, kafka {result.tiers.get('kafka', 0)}), {result.rows} rows; "
                   f"offsets {result.start_offsets} → {result.target_offsets}")
+    if result.beyond_horizon:
+        console.print(f"{result.output}: {result.beyond_horizon} records refused, older than the correction horizon "
+                      f"({s.correction_horizon_s / 3600:g} h): their windows are in speed_late_windows under {result.output}; "
+                      f"a new version replayed with a longer LKLAB_CORRECTION_HORIZON_S repairs them")
 
 
 def live_replay(s: Settings, engine, view: str, version: int, start_from: str, from_snapshot: Optional[str],

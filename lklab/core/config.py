@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     speed_batch_within_s: float = Field(0.2, gt=0, description="a partial batch is applied after this long: added latency")
     speed_prefetch: int = Field(20_000, ge=1, description="Faust stream buffer per partition (back-pressure)")
     allowed_lateness_s: int = Field(300, ge=0, description="99.9% of the seed's events arrive within 5 minutes")
+    correction_horizon_s: int = Field(72 * 3600, gt=0, description="dedup and correction state is kept for this much event time "
+                                      "behind each partition's progress (the seed's events arrive within 48 h): a record older than "
+                                      "that is refused by Kappa and left to batch by Lambda (lklab.engine.horizon)")
     user_sessions_logic: int = Field(2, ge=1, le=2, description="batch sessionization logic: 1 has the midnight bug, 2 the fix")
     revenue_logic: int | None = Field(None, ge=1, le=2, description="revenue_per_minute logic of the Lambda layers (batch and "
                                       "speed): 1 ignores tips, 2 counts them (schema v2); unset: the view's current logic (1)")

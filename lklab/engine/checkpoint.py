@@ -10,9 +10,9 @@ from sqlalchemy import Engine
 from lklab import views
 from lklab.core.config import Settings
 from lklab.engine.fold import ApplyStats, BatchDeltas, InputRecord, fence_and_parse, fold
-from lklab.engine.sink import load_contribs, load_versions, persist
+from lklab.engine.horizon import HeldBuckets
+from lklab.engine.sink import HeldState, drop_held, load_held, persist
 from lklab.privacy import requests
-from lklab.views import Contrib
 from lklab.serving import progress
 
 
@@ -28,27 +28,36 @@ class CheckpointedSink:
 
     Checkpoints are written by one background thread while the next records are folded (the
     driver releases the GIL while it writes); at most one is in flight, and they commit in order.
-    Memory: one entry per event ever seen, per view (a heap state backend, as in Flink).
+    Memory: one entry per event held, per view (a heap state backend, as in Flink), within the horizon.
 
     `before_commit(stats)`, if given, runs inside each checkpoint's open transaction (a job sends
     the checkpoint's dead letters there); if it raises, the checkpoint is not committed.
-    `restored` (versions, contributions), if given, is the scope's state as just restored from a
-    snapshot (lklab.engine.snapshots.held_state): it is taken as is instead of read back."""
+    `restored`, if given, is the scope's state as just restored from a snapshot
+    (lklab.engine.snapshots.held_state): it is taken as is instead of read back.
+    The held state is bounded by the correction horizon (lklab.engine.horizon): at each
+    checkpoint, the event-time buckets the watermark has left behind by the horizon are dropped,
+    from memory and, in the checkpoint's transaction, from the store."""
 
     def __init__(self, engine: Engine, settings: Settings, topic: str, specs: Sequence[views.ViewSpec], scope: str,
                  *, close_windows: bool = False, every: int = 100_000,
                  before_commit: Callable[[ApplyStats], None] | None = None,
-                 restored: tuple[dict[str, int], dict[tuple[str, str], Contrib]] | None = None) -> None:
+                 restored: HeldState | None = None) -> None:
         self.engine, self.topic, self.specs, self.scope, self.every = engine, topic, list(specs), scope, every
         self.before_commit = before_commit
         self.lateness, self.partitions = (settings.allowed_lateness_s if close_windows else None), settings.partitions
+        self.horizon_s = settings.correction_horizon_s
         with engine.connect() as conn:
             held = progress.load(conn, scope, topic)
             if restored is None:
-                restored = load_versions(conn, scope), load_contribs(conn, [spec.name for spec in self.specs])
-        self.versions, self.contribs = restored
+                restored = load_held(conn, scope, [spec.name for spec in self.specs])
+        self.versions, self.contribs = restored.versions, restored.contribs
         self.committed = {p: nxt for p, (nxt, _) in held.items()}
         self.max_time: dict[int, datetime] = {p: mt for p, (_, mt) in held.items() if mt is not None}
+        self.buckets = HeldBuckets(self.horizon_s)
+        # State held before event times were kept is dated at the progress it was held at: no
+        # record of it can be later, so it expires no sooner than it should.
+        undated = max(self.max_time.values(), default=None)
+        self.buckets.hold_all((eid, at or undated) for eid, at in restored.times if at or undated)
         self.next_offset = dict(self.committed)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"checkpoint-{scope}")
         self._in_flight: Future | None = None
@@ -74,7 +83,7 @@ class CheckpointedSink:
     def apply(self, records: Sequence[InputRecord]) -> None:
         fresh = fence_and_parse(records, self.next_offset, self.pending)
         fold(fresh, self.specs, self.versions, self.contribs, self.max_time, self.deltas, self.changed,
-              self.pending, self.lateness, self.partitions, self.forgotten)
+              self.pending, self.lateness, self.partitions, self.forgotten, horizon_s=self.horizon_s, buckets=self.buckets)
         self.since += len(records)
         if self.since >= self.every:
             self.start_checkpoint()
@@ -85,12 +94,24 @@ class CheckpointedSink:
         self._wait()
         done = self.pending
         if done.next_offsets:
-            self._in_flight = self._writer.submit(self._write, done, self.deltas, self.changed, dict(self.max_time))
+            expired = self._expire()
+            self._in_flight = self._writer.submit(self._write, done, self.deltas, self.changed, dict(self.max_time), expired)
         self._reset()
 
-    def _write(self, done: ApplyStats, deltas: BatchDeltas, changed: dict[str, int], max_time: dict[int, datetime]) -> None:
+    def _expire(self) -> list[str]:
+        """Drop the buckets past the correction horizon from memory; their rows go with the checkpoint."""
+        expired = self.buckets.expire(views.watermark(self.max_time, self.partitions))
+        for event_id in expired:
+            self.versions.pop(event_id, None)
+            for spec in self.specs:
+                self.contribs.pop((spec.name, event_id), None)
+        return expired
+
+    def _write(self, done: ApplyStats, deltas: BatchDeltas, changed: dict[str, tuple[int, datetime]],
+               max_time: dict[int, datetime], expired: list[str]) -> None:
         with self.engine.begin() as conn:
             persist(conn, self.scope, self.topic, deltas, changed, done, dict(self.committed), max_time)
+            drop_held(conn, self.scope, [spec.name for spec in self.specs], expired)  # after the upserts: an id can be in both
             if self.before_commit is not None:
                 self.before_commit(done)
         self.committed.update(done.next_offsets)

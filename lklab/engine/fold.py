@@ -11,6 +11,8 @@ from typing import Any
 
 from lklab import views
 from lklab.core.events import Event, EventError, parse_event
+from lklab.engine import horizon
+from lklab.engine.horizon import HeldBuckets
 from lklab.views import Contrib
 from lklab.views.measures import Deltas
 
@@ -33,6 +35,7 @@ class ApplyStats:
     offsets_missed: int = 0  # gaps in a partition's offsets since the last committed one
     duplicates_ignored: int = 0
     late_dropped: int = 0
+    beyond_horizon: int = 0  # older than the correction horizon: refused (Kappa) or left to batch (Lambda)
     corrections_applied: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)  # partitions advanced by this call
@@ -129,13 +132,27 @@ def fence_and_parse(records: Sequence[InputRecord], next_offset: dict[int, int],
     return fresh
 
 
+def refuse_beyond_horizon(event, specs: Sequence[views.ViewSpec], deltas: BatchDeltas, forgotten: frozenset[str]) -> None:
+    """Record the windows a record beyond the horizon would have touched (not those of a
+    forgotten user's views keyed by the user: the id must not come back)."""
+    for spec in specs:
+        if spec.keyed_by_user and event.user_id in forgotten:
+            continue
+        if (contrib := contrib_of(spec, event)) is not None:
+            deltas.dropped(spec, contrib)
+
+
 def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], versions: dict[str, int],
           contribs: dict[tuple[str, str], Contrib], max_time: dict[int, datetime], deltas: BatchDeltas,
-          changed_versions: dict[str, int], stats: ApplyStats, lateness: int | None, partitions: int | None = None,
-          forgotten: frozenset[str] = frozenset()) -> None:
+          changed_versions: dict[str, tuple[int, datetime]], stats: ApplyStats, lateness: int | None,
+          partitions: int | None = None, forgotten: frozenset[str] = frozenset(), *,
+          horizon_s: int | None = None, buckets: HeldBuckets | None = None) -> None:
     """The view deltas of these events, in consumption order, against the held state (updated in place).
     Windows close only once all `partitions` have reported (views.watermark); `forgotten` is the
-    tombstone list (lklab.privacy.requests)."""
+    tombstone list (lklab.privacy.requests). A record more than `horizon_s` behind its partition's
+    progress is refused (lklab.engine.horizon); `buckets`, if given, indexes the held events by
+    event-time bucket so that they can expire. `changed_versions` gets each applied event's
+    (version, event time)."""
     wm = views.watermark(max_time, partitions)
     for partition, event in fresh:
         stats.processed += 1
@@ -144,6 +161,10 @@ def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], vers
         if partition not in max_time or event.event_time > max_time[partition]:
             max_time[partition] = event.event_time
             wm = views.watermark(max_time, partitions)
+        if horizon_s is not None and horizon.beyond(event.event_time, max_time[partition], horizon_s):
+            stats.beyond_horizon += 1
+            refuse_beyond_horizon(event, specs, deltas, forgotten)
+            continue
         held = versions.get(event.event_id)
         if not views.supersedes(event.event_version, held):
             stats.duplicates_ignored += 1
@@ -152,5 +173,8 @@ def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], vers
             stats.corrections_applied += 1
         if apply_event(event, specs, contribs, deltas, wm, lateness, forgotten):
             stats.late_dropped += 1
-        versions[event.event_id] = changed_versions[event.event_id] = event.event_version
+        versions[event.event_id] = event.event_version
+        changed_versions[event.event_id] = (event.event_version, event.event_time)
+        if buckets is not None:
+            buckets.hold(event.event_id, event.event_time)
     stats.watermark = wm

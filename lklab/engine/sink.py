@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 
 from lklab import views
 from lklab.core.config import Settings
+from lklab.engine import horizon
 from lklab.engine.outputs import late_windows
 from lklab.engine.fold import ApplyStats, BatchDeltas, InputRecord, fence_and_parse, fold
 from lklab.privacy import requests
@@ -57,6 +58,38 @@ def load_versions(conn: Connection, scope: str, event_ids: Sequence[str] | None 
     for query in _by_ids(select(t.c.event_id, t.c.event_version).where(t.c.scope == scope), t.c.event_id, event_ids):
         found.update(conn.execute(query).all())
     return found
+
+
+class HeldState(NamedTuple):
+    """What a consumer holds for dedup and corrections: each event's version, its contributions,
+    and its held version's event time (None: held before event times were kept), by which it expires."""
+
+    versions: dict[str, int]
+    contribs: dict[tuple[str, str], Contrib]
+    times: list[tuple[str, datetime | None]]
+
+
+def load_held(conn: Connection, scope: str, view_names: Sequence[str]) -> HeldState:
+    """Everything the scope holds (a Kappa job's state at start)."""
+    t = speed_event_state
+    rows = conn.execute(select(t.c.event_id, t.c.event_version, t.c.event_time).where(t.c.scope == scope)).all()
+    return HeldState({eid: v for eid, v, _ in rows}, load_contribs(conn, view_names), [(eid, at) for eid, _, at in rows])
+
+
+def drop_held(conn: Connection, scope: str, view_names: Sequence[str], event_ids: Sequence[str]) -> None:
+    """Delete these events' held state (buckets past the correction horizon)."""
+    for chunk in chunks(sorted(event_ids)):
+        conn.execute(speed_contrib.delete().where(speed_contrib.c.view.in_(view_names), speed_contrib.c.event_id.in_(chunk)))
+        conn.execute(speed_event_state.delete().where(speed_event_state.c.scope == scope, speed_event_state.c.event_id.in_(chunk)))
+
+
+def expire_held(conn: Connection, scope: str, view_names: Sequence[str], before: datetime) -> None:
+    """Delete the held state of events whose held version is before `before` (the speed layer's
+    buckets past the correction horizon; state written before event times were kept never expires)."""
+    t = speed_event_state
+    old = select(t.c.event_id).where(t.c.scope == scope, t.c.event_time < before)
+    conn.execute(speed_contrib.delete().where(speed_contrib.c.view.in_(view_names), speed_contrib.c.event_id.in_(old)))
+    conn.execute(t.delete().where(t.c.scope == scope, t.c.event_time < before))
 
 
 def load_contribs(conn: Connection, view_names: Sequence[str],
@@ -99,11 +132,11 @@ def scrub_forgotten(conn: Connection, deltas: BatchDeltas) -> None:
         conn.execute(speed_contrib.delete().where(and_(speed_contrib.c.view == view, speed_contrib.c.entity == user)))
 
 
-def persist(conn: Connection, scope: str, topic: str, deltas: BatchDeltas, changed_versions: dict[str, int],
+def persist(conn: Connection, scope: str, topic: str, deltas: BatchDeltas, changed_versions: dict[str, tuple[int, datetime]],
              stats: ApplyStats, committed: dict[int, int], max_time: dict[int, datetime]) -> None:
     """Views, per-event state, counters and offsets, in the caller's transaction (offset-fenced)."""
     write_deltas(conn, deltas)
-    bulk_upsert(conn, speed_event_state, [(scope, eid, v) for eid, v in changed_versions.items()])
+    bulk_upsert(conn, speed_event_state, [(scope, eid, v, at) for eid, (v, at) in changed_versions.items()])
     counts = {
         progress.PROCESSED: stats.processed,
         progress.DUPLICATES_IGNORED: stats.duplicates_ignored,
@@ -112,6 +145,7 @@ def persist(conn: Connection, scope: str, topic: str, deltas: BatchDeltas, chang
         progress.CORRECTIONS_APPLIED: stats.corrections_applied,
         progress.REDELIVERED_SKIPPED: stats.skipped_redelivered,
         progress.OFFSETS_MISSED: stats.offsets_missed,
+        progress.BEYOND_HORIZON: stats.beyond_horizon,
     }
     progress.add_counters(conn, scope, counts)
     progress.commit(conn, scope, topic, stats.next_offsets, committed, max_time)
@@ -153,12 +187,25 @@ def apply_records(
         versions = load_versions(conn, scope, event_ids)
         contribs = load_contribs(conn, [spec.name for spec in specs], event_ids)
         deltas, changed_versions = BatchDeltas(), {}
+        before = views.watermark(max_time, settings.partitions)
         fold(fresh, specs, versions, contribs, max_time, deltas, changed_versions, stats, lateness, settings.partitions,
-             requests.forgotten(conn) if any(spec.keyed_by_user for spec in specs) else frozenset())
+             requests.forgotten(conn) if any(spec.keyed_by_user for spec in specs) else frozenset(),
+             horizon_s=settings.correction_horizon_s)
         persist(conn, scope, topic, deltas, changed_versions, stats, committed, max_time)
+        if (cut := _new_cutoff(before, stats.watermark, settings.correction_horizon_s)) is not None:
+            expire_held(conn, scope, [spec.name for spec in specs], cut)
         if before_commit is not None:
             before_commit(stats)
     return stats
+
+
+def _new_cutoff(before: datetime | None, after: datetime | None, horizon_s: int) -> datetime | None:
+    """The horizon's cutoff, when this batch moved it to a later bucket (state then expires once
+    per bucket of event time, not at every batch)."""
+    if after is None:
+        return None
+    cut = horizon.cutoff(after, horizon_s)
+    return cut if before is None or cut > horizon.cutoff(before, horizon_s) else None
 
 
 def read_view(

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 from lklab import views
 from lklab.core.provenance import git_sha
 from lklab.engine import outputs, spark_hash
+from lklab.engine.sink import HeldState
 from lklab.serving import progress
 from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION
@@ -103,8 +104,8 @@ def _state_piece(spec) -> Piece:
 def pieces(spec) -> list[Piece]:
     e, c, p = speed_event_state, speed_contrib, speed_progress
     return [
-        Piece("event_state", _schema(("event_id", pa.string()), ("event_version", pa.int64())),
-              lambda conn, _o, scope, _t: conn.execute(select(e.c.event_id, e.c.event_version).where(e.c.scope == scope)),
+        Piece("event_state", _schema(("event_id", pa.string()), ("event_version", pa.int64()), ("event_time", UTC_US)),
+              lambda conn, _o, scope, _t: conn.execute(select(e.c.event_id, e.c.event_version, e.c.event_time).where(e.c.scope == scope)),
               lambda r, _o, scope, _t: {"scope": scope, **r}, e),
         Piece("contrib", _schema(("event_id", pa.string()), ("entity", pa.string()), ("window_start", UTC_US),
                                  ("amount", pa.int64()), ("member", pa.string())),
@@ -132,12 +133,20 @@ def digest(table: pa.Table) -> list:
     return [table.num_rows, str(spark_hash.exact_sum(spark_hash.xxhash64(table)))]
 
 
-def read_piece(snap: Snapshot, piece: Piece) -> pa.Table:
-    """One piece at its recorded Delta version, in the piece's column order and types (delta-rs)."""
+def read_piece(snap: Snapshot, piece: Piece) -> tuple[list, pa.Table]:
+    """One piece at its recorded Delta version (delta-rs) and its digest over the columns stored.
+    The table comes in the piece's columns and types: a column added to the piece since the
+    snapshot was written (event_state.event_time) comes back null."""
     from deltalake import DeltaTable
 
     table = DeltaTable(snap.piece_location(piece.name), version=snap.delta_versions[piece.name]).to_pyarrow_table()
-    return table.select(piece.schema.names).cast(piece.schema)
+    stored = pa.schema([field for field in piece.schema if field.name in table.column_names])
+    table = table.select(stored.names).cast(stored)
+    found = digest(table)
+    for field in piece.schema:
+        if field.name not in stored.names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return found, table.select(piece.schema.names)
 
 
 def checksum(meta: dict, digests: dict[str, list]) -> str:
@@ -287,11 +296,10 @@ def verify(snap: Snapshot, spec) -> dict[str, pa.Table]:
     tables, digests = {}, {}
     for piece in pieces(spec):
         try:
-            tables[piece.name] = read_piece(snap, piece)
+            digests[piece.name], tables[piece.name] = read_piece(snap, piece)
         except Exception as exc:  # noqa: BLE001 - any read failure means the snapshot is unusable
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise SnapshotError(f"snapshot {snap.snapshot_id}: piece {piece.name} is unreadable ({first}): refusing to load it") from None
-        digests[piece.name] = digest(tables[piece.name])
     meta = _meta(snap.view, snap.logic_version, snap.schema_version, snap.topic, snap.offsets)
     actual = checksum(meta, digests)
     if actual != snap.checksum:
@@ -324,13 +332,15 @@ def load(settings: Settings, engine: Engine, snap: Snapshot, spec, scope: str) -
     return tables
 
 
-def held_state(tables: dict[str, pa.Table], spec) -> tuple[dict[str, int], dict[tuple[str, str], Contrib]]:
-    """The dedup versions and contributions a replay's sink holds, from the pieces `load` returned,
-    so the sink starts from them instead of reading back what was just written."""
+def held_state(tables: dict[str, pa.Table], spec) -> HeldState:
+    """The dedup versions, contributions and event times a replay's sink holds, from the pieces
+    `load` returned, so the sink starts from them instead of reading back what was just written."""
     state, contrib = tables["event_state"], tables["contrib"]
-    versions = dict(zip(state.column("event_id").to_pylist(), state.column("event_version").to_pylist()))
+    ids = state.column("event_id").to_pylist()
+    versions = dict(zip(ids, state.column("event_version").to_pylist()))
     columns = (contrib.column(c).to_pylist() for c in ("event_id", "entity", "window_start", "amount", "member"))
-    return versions, {(spec.name, eid): Contrib(*rest) for eid, *rest in zip(*columns)}
+    contribs = {(spec.name, eid): Contrib(*rest) for eid, *rest in zip(*columns)}
+    return HeldState(versions, contribs, list(zip(ids, state.column("event_time").to_pylist())))
 
 
 def read_output(snap: Snapshot, entity: str | None = None, window: datetime | None = None) -> list[dict]:
@@ -338,7 +348,7 @@ def read_output(snap: Snapshot, entity: str | None = None, window: datetime | No
     import pyarrow.compute as pc
 
     refuse_redacted(snap)
-    table = read_piece(snap, next(p for p in pieces(views.view(snap.view)) if p.name == "output"))
+    _, table = read_piece(snap, next(p for p in pieces(views.view(snap.view)) if p.name == "output"))
     if entity is not None:
         table = table.filter(pc.equal(table["entity"], entity))
     if window is not None:

@@ -67,6 +67,7 @@ class ReplayResult:
     seconds: float
     tiers: dict[str, int] = dataclasses.field(default_factory=dict)  # records read per tier
     snapshot_id: str | None = None
+    beyond_horizon: int = 0  # records refused so far by this output, older than the correction horizon (lklab.engine.horizon)
 
     @property
     def events_per_s(self) -> float:
@@ -170,13 +171,14 @@ def replay(
     with engine.connect() as conn:
         rows = len(read_output(engine, view, spec.name, conn=conn))
         maxima = progress.max_event_times(conn, the_plan.scope, settings.topic)
+        refused = progress.read_counters(engine, the_plan.scope)[progress.BEYOND_HORIZON]
     seconds = time.monotonic() - pacer.clock
     done = pacer.done
     record(engine, spec, view, version, the_plan.scope, the_plan.start, the_plan.target, began, status="complete", events=done,
             rows=rows, watermark=views.watermark(maxima),
             seconds={"wall_s": round(seconds, 3), "events_per_s": round(done / seconds, 1) if seconds else None},
             snapshot_id=snapshot_id, tier_counts=counts)
-    return ReplayResult(spec.name, done, rows, the_plan.start, the_plan.target, seconds, counts, snapshot_id)
+    return ReplayResult(spec.name, done, rows, the_plan.start, the_plan.target, seconds, counts, snapshot_id, refused)
 
 
 def _replay_tiers(settings: Settings, spark, sink: CheckpointedSink, the_plan: ReplayPlan, pacer: _Pacer,

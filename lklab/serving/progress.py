@@ -27,7 +27,10 @@ REDELIVERED_SKIPPED = "redelivered_skipped"  # offset below the committed next_o
 # Offsets the log no longer held when this consumer reached them: retention outran it (the consumer
 # resets to the log start). Those events are not in this state; batch or a replay from bronze must cover them.
 OFFSETS_MISSED = "offsets_missed"
-COUNTERS = (PROCESSED, DUPLICATES_IGNORED, LATE_DROPPED, DEAD_LETTERED, CORRECTIONS_APPLIED, REDELIVERED_SKIPPED, OFFSETS_MISSED)
+# Older than the correction horizon (lklab.engine.horizon): refused by Kappa, left to batch by Lambda.
+BEYOND_HORIZON = "beyond_horizon"
+COUNTERS = (PROCESSED, DUPLICATES_IGNORED, LATE_DROPPED, DEAD_LETTERED, CORRECTIONS_APPLIED, REDELIVERED_SKIPPED, OFFSETS_MISSED,
+            BEYOND_HORIZON)
 
 DEFAULT_SCOPE = Settings.model_fields["speed_group"].default  # the live speed layer's consumer group
 
