@@ -45,8 +45,8 @@ LIVE_SHARES = (0.5, 0.9)  # event → visible is measured at these fractions of 
 KAPPA_LIVE_VIEW = "revenue_per_minute"  # the view the replay figures use too
 HYDRATE_SHARE = 0.1  # the live Kappa job hydrates on this first part of the workload, then follows the rest
 PROBE_EVERY = 10  # event → visible is timed on every 10th record sent (see _paced)
-QUICK = {"events": 200_000, "speed_events": 50_000, "kappa_live_events": 500_000, "history_events": 100_000, "runs": 2,
-         "latency_s": 5.0}
+QUICK = {"events": 200_000, "speed_events": 50_000, "kappa_live_events": 500_000, "history_events": 100_000,
+         "history_events_per_day": 1_000, "runs": 2, "latency_s": 5.0}
 QUICK_OUT = Path.cwd() / ".lklab" / "bench-quick"
 QUICK_FLAGS = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in QUICK.items())
 LIVE_DEFINITIONS = [
@@ -453,23 +453,59 @@ def replay_eps(settings: Settings, tag: str) -> float:
     return kappa.replay(run, make_engine(run), "revenue_per_minute", 1).events_per_s
 
 
-def snapshot_vs_full(settings: Settings, spark, history, runs: int) -> tuple[list[float], list[float]]:
-    """30 days of history with a snapshot at the end of day 29: full replay vs replay from it."""
-    run = _fresh(settings, "history").model_copy(update={"topic": HISTORY_TOPIC})
+def history_topic(days: int) -> str:
+    return f"{HISTORY_TOPIC}.{days}d"
+
+
+HISTORY_DAYS = (10, 30, 90)  # the snapshot's advantage as history grows; 30 days is the target's
+HISTORY_EVENTS_PER_DAY = 10_000
+SNAPSHOT_VERSION = max(views.LOGIC_VERSIONS["revenue_per_minute"])  # its newest logic: every later version runs it too
+
+
+def snapshot_vs_full(settings: Settings, spark, days: int, events_per_day: int, runs: int, seed: int = 4) -> dict:
+    """`days` of history with a snapshot at the end of the day before the last: a full replay
+    against a replay from that snapshot (its timing includes reading, verifying and installing
+    the snapshot; no JVM). Each length has its own topic and store."""
+    run = _fresh(settings, f"history{days}").model_copy(update={"topic": history_topic(days)})
     engine = make_engine(run)
-    cut = next(i for i, at in enumerate(history.arrival_times) if at >= START + timedelta(days=29))
+    history = workload(days * events_per_day, seed=seed, days=days)
+    cut = next(i for i, at in enumerate(history.arrival_times) if at >= START + timedelta(days=days - 1))
     load(run, history.deliveries[:cut])
-    kappa.replay(run, engine, "revenue_per_minute", 1)
-    snapshots.take(run, engine, spark, "revenue_per_minute", kappa.spec_for("revenue_per_minute", 1),
-                   kappa.replay_scope("revenue_per_minute", 1))
+    # Every version here runs the view's newest logic (kappa.spec_for), the snapshot's too: a
+    # snapshot of older logic would add a scan of the history before it (planner._check_new_fields_unset).
+    spec = kappa.spec_for("revenue_per_minute", SNAPSHOT_VERSION)
+    kappa.replay(run, engine, "revenue_per_minute", SNAPSHOT_VERSION)
+    snap = snapshots.take(run, engine, spark, "revenue_per_minute", spec, kappa.replay_scope("revenue_per_minute", SNAPSHOT_VERSION))
     load(run, history.deliveries[cut:], run.topic)
-    full, fast = [], []
+    full, fast, restore = [], [], []
     for i in range(runs):
-        full.append(kappa.replay(run, engine, "revenue_per_minute", 2 + 2 * i).seconds)
-        clock = time.monotonic()  # includes verifying and loading the snapshot
-        kappa.replay(run, engine, "revenue_per_minute", 3 + 2 * i, snapshot="latest", spark=spark)
+        full.append(kappa.replay(run, engine, "revenue_per_minute", SNAPSHOT_VERSION + 1 + 2 * i).seconds)
+        clock = time.monotonic()
+        kappa.replay(run, engine, "revenue_per_minute", SNAPSHOT_VERSION + 2 + 2 * i, snapshot="latest")
         fast.append(time.monotonic() - clock)
-    return full, fast
+        clock = time.monotonic()
+        snapshots.verify(snap, spec)
+        restore.append(time.monotonic() - clock)
+    return {"days": days, "deliveries": len(history.deliveries), "after_snapshot": len(history.deliveries) - cut,
+            "full_s": [round(s, 3) for s in full], "snapshot_s": [round(s, 3) for s in fast],
+            "verify_s": [round(s, 3) for s in restore], "ratio": round(statistics.median(full) / statistics.median(fast), 2)}
+
+
+def history_table(extra: dict) -> list[str]:
+    """The snapshot's advantage as history grows (results.json `history_curve`)."""
+    if not extra.get("history_curve"):
+        return []
+    lines = ["", "## Snapshot + replay against a full replay, as history grows", "",
+             f"Each length is its own topic at {extra['history_events_per_day']:,} generated events a day, with a snapshot "
+             "at the end of the day before the last; medians. The snapshot's time includes reading it with delta-rs, "
+             "verifying its checksum and installing its state.", "",
+             "| days | deliveries | after the snapshot | full replay | snapshot + replay | of which read + verify | ratio |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for point in extra["history_curve"]:
+        lines.append(f"| {point['days']} | {point['deliveries']:,} | {point['after_snapshot']:,} | "
+                     f"{statistics.median(point['full_s']):.2f} s | {statistics.median(point['snapshot_s']):.2f} s | "
+                     f"{statistics.median(point['verify_s']):.2f} s | {point['ratio']:.1f}× |")
+    return lines
 
 
 # --- 5. batch: Spark against DuckDB on the same silver files ---------------------------------
@@ -523,7 +559,7 @@ def swap_ms(settings: Settings, spark, swaps: int = 50) -> list[float]:
     """Alias swaps between two complete Kappa outputs of the (smaller) history topic."""
     from lklab.kappa import cutover
 
-    run = _fresh(settings, "swap").model_copy(update={"topic": HISTORY_TOPIC})
+    run = _fresh(settings, "swap").model_copy(update={"topic": history_topic(30)})
     engine = make_engine(run)
     for version in (1, 2):
         kappa.replay(run, engine, "daily_active_users", version)
@@ -673,6 +709,7 @@ def write_results(figures: dict[str, Figure], sizes: dict, notes: list[str], ext
         lines.append(f"| {f.label} | `{key}` | {fmt(f.median)} {f.unit} | {fmt(min(f.values))} | {fmt(max(f.values))} | "
                      f"{len(f.values)} | {ratio.get(key, '')} |")
     lines += live_table(figures, extra)
+    lines += history_table(extra)
     lines += ["", "## Notes", "", *[f"- {n}" for n in notes], ""]
     bounds = ROOT / "BOUNDS.md"  # hand-written, from profiles: what bounds the figures that miss
     (out / "RESULTS.md").write_text("\n".join(lines) + ("\n" + bounds.read_text() if bounds.exists() else ""))
@@ -685,6 +722,8 @@ def main() -> None:
     parser.add_argument("--kappa-live-events", type=int, default=1_000_000,
                         help=f"deliveries for the sustained live Kappa run ({HYDRATE_SHARE:.0%} hydrate it, the rest is its backlog)")
     parser.add_argument("--history-events", type=int, default=1_000_000, help="deliveries over 30 days for snapshot vs full")
+    parser.add_argument("--history-events-per-day", type=int, default=HISTORY_EVENTS_PER_DAY,
+                        help=f"events a day for the history curve ({', '.join(map(str, HISTORY_DAYS))} days)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--latency-s", type=float, default=15.0)
     parser.add_argument("--replay-rate", type=float, default=2000.0, help="the throttled replay during the isolation run")
@@ -773,10 +812,17 @@ def main() -> None:
                 notes.append(f"Spark and DuckDB totals differ: {totals}")
 
         say(f"30 days of history ({args.history_events:,} deliveries), snapshot at the end of day 29")
-        history = workload(args.history_events, seed=4, days=30)
-        full, fast = snapshot_vs_full(settings, spark, history, args.runs)
-        figures["full_replay_s"].values += full
-        figures["snapshot_replay_s"].values += fast
+        history = snapshot_vs_full(settings, spark, 30, args.history_events // 30, args.runs)
+        figures["full_replay_s"].values += history["full_s"]
+        figures["snapshot_replay_s"].values += history["snapshot_s"]
+        extra["history_30d"], extra["history_curve"] = history, []
+        extra["history_events_per_day"] = args.history_events_per_day
+        for days in HISTORY_DAYS:
+            say(f"history curve: {days} days at {args.history_events_per_day:,} events a day")
+            extra["history_curve"].append(snapshot_vs_full(settings, spark, days, args.history_events_per_day,
+                                                           min(args.runs, 2), seed=5))
+            say(f"  full {statistics.median(extra['history_curve'][-1]['full_s']):.1f} s, "
+                f"ratio {extra['history_curve'][-1]['ratio']:.1f}×")
         figures["swap_ms"].values += swap_ms(settings, spark)
         notes.append(f"swap_ms is the median of {len(figures['swap_ms'].values)} swaps (alias + history + publish record in one "
                      "SQLite transaction); a cutover's validation and snapshot are not included.")
@@ -784,7 +830,7 @@ def main() -> None:
         speed.stop(settings)
         kafka_runtime.stop(settings)
     sizes = {"events": events, "speed_events": args.speed_events, "kappa_live_events": args.kappa_live_events,
-             "history_events": len(history.deliveries),
+             "history_events": history["deliveries"], "history_events_per_day": args.history_events_per_day,
              "runs": args.runs, "latency_s": args.latency_s, "kappa_checkpoint_interval_s": args.kappa_checkpoint_interval_s}
     notes += LIVE_DEFINITIONS
     if args.quick:

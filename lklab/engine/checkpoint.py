@@ -10,8 +10,9 @@ from sqlalchemy import Engine
 from lklab import views
 from lklab.core.config import Settings
 from lklab.engine.fold import ApplyStats, BatchDeltas, InputRecord, fence_and_parse, fold
+from lklab.engine import horizon
 from lklab.engine.horizon import HeldBuckets
-from lklab.engine.sink import HeldState, drop_held, load_held, persist
+from lklab.engine.sink import HeldState, expire_held, load_held, persist
 from lklab.privacy import requests
 from lklab.serving import progress
 
@@ -54,10 +55,12 @@ class CheckpointedSink:
         self.committed = {p: nxt for p, (nxt, _) in held.items()}
         self.max_time: dict[int, datetime] = {p: mt for p, (_, mt) in held.items() if mt is not None}
         self.buckets = HeldBuckets(self.horizon_s)
-        # State held before event times were kept is dated at the progress it was held at: no
-        # record of it can be later, so it expires no sooner than it should.
-        undated = max(self.max_time.values(), default=None)
-        self.buckets.hold_all((eid, at or undated) for eid, at in restored.times if at or undated)
+        # State held before buckets were kept is dated at the progress it was held at: no record
+        # of it can be later, so it expires no sooner than it should (in memory; the store keeps it).
+        latest = max(self.max_time.values(), default=None)
+        undated = None if latest is None else horizon.bucket_of(latest)
+        self.buckets.hold_all((eid, undated if bucket is None else bucket) for eid, bucket in restored.buckets
+                              if bucket is not None or undated is not None)
         self.next_offset = dict(self.committed)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"checkpoint-{scope}")
         self._in_flight: Future | None = None
@@ -94,24 +97,29 @@ class CheckpointedSink:
         self._wait()
         done = self.pending
         if done.next_offsets:
-            expired = self._expire()
-            self._in_flight = self._writer.submit(self._write, done, self.deltas, self.changed, dict(self.max_time), expired)
+            cut = self._expire()
+            self._in_flight = self._writer.submit(self._write, done, self.deltas, self.changed, dict(self.max_time), cut)
         self._reset()
 
-    def _expire(self) -> list[str]:
-        """Drop the buckets past the correction horizon from memory; their rows go with the checkpoint."""
-        expired = self.buckets.expire(views.watermark(self.max_time, self.partitions))
-        for event_id in expired:
+    def _expire(self) -> int | None:
+        """Drop the buckets past the correction horizon from memory; returns the cutoff, by which
+        the checkpoint drops their rows from the store (None: no watermark yet)."""
+        watermark = views.watermark(self.max_time, self.partitions)
+        if watermark is None:
+            return None
+        cut = horizon.cutoff(watermark, self.horizon_s)
+        for event_id in self.buckets.expire(cut):
             self.versions.pop(event_id, None)
             for spec in self.specs:
                 self.contribs.pop((spec.name, event_id), None)
-        return expired
+        return cut
 
-    def _write(self, done: ApplyStats, deltas: BatchDeltas, changed: dict[str, tuple[int, datetime]],
-               max_time: dict[int, datetime], expired: list[str]) -> None:
+    def _write(self, done: ApplyStats, deltas: BatchDeltas, changed: dict[str, tuple[int, int]],
+               max_time: dict[int, datetime], cut: int | None) -> None:
         with self.engine.begin() as conn:
             persist(conn, self.scope, self.topic, deltas, changed, done, dict(self.committed), max_time)
-            drop_held(conn, self.scope, [spec.name for spec in self.specs], expired)  # after the upserts: an id can be in both
+            if cut is not None:  # after the upserts: an event applied in this checkpoint may already be past it
+                expire_held(conn, self.scope, [spec.name for spec in self.specs], cut)
             if self.before_commit is not None:
                 self.before_commit(done)
         self.committed.update(done.next_offsets)

@@ -144,7 +144,7 @@ def refuse_beyond_horizon(event, specs: Sequence[views.ViewSpec], deltas: BatchD
 
 def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], versions: dict[str, int],
           contribs: dict[tuple[str, str], Contrib], max_time: dict[int, datetime], deltas: BatchDeltas,
-          changed_versions: dict[str, tuple[int, datetime]], stats: ApplyStats, lateness: int | None,
+          changed_versions: dict[str, tuple[int, int]], stats: ApplyStats, lateness: int | None,
           partitions: int | None = None, forgotten: frozenset[str] = frozenset(), *,
           horizon_s: int | None = None, buckets: HeldBuckets | None = None) -> None:
     """The view deltas of these events, in consumption order, against the held state (updated in place).
@@ -152,7 +152,7 @@ def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], vers
     tombstone list (lklab.privacy.requests). A record more than `horizon_s` behind its partition's
     progress is refused (lklab.engine.horizon); `buckets`, if given, indexes the held events by
     event-time bucket so that they can expire. `changed_versions` gets each applied event's
-    (version, event time)."""
+    (version, event-time bucket)."""
     wm = views.watermark(max_time, partitions)
     for partition, event in fresh:
         stats.processed += 1
@@ -174,7 +174,8 @@ def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], vers
         if apply_event(event, specs, contribs, deltas, wm, lateness, forgotten):
             stats.late_dropped += 1
         versions[event.event_id] = event.event_version
-        changed_versions[event.event_id] = (event.event_version, event.event_time)
+        bucket = horizon.bucket_of(event.event_time)
+        changed_versions[event.event_id] = (event.event_version, bucket)
         if buckets is not None:
-            buckets.hold(event.event_id, event.event_time)
+            buckets.hold(event.event_id, bucket)
     stats.watermark = wm

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from lklab.views.windows import window_start
+from lklab.views.windows import EPOCH
 
 BUCKET_S = 3600
 
@@ -41,10 +41,16 @@ def beyond(event_time: datetime, partition_progress: datetime, horizon_s: int) -
     return event_time < partition_progress - timedelta(seconds=horizon_s)
 
 
-def cutoff(watermark: datetime, horizon_s: int) -> datetime:
-    """State held for event times before this instant is dropped: the watermark minus the
-    horizon, floored to a bucket boundary (whole buckets go)."""
-    return window_start(watermark - timedelta(seconds=horizon_s), BUCKET_S)
+def bucket_of(event_time: datetime) -> int:
+    """The event-time bucket holding `event_time`: its start, in epoch seconds (an int, as the
+    store keeps it: cheap to compare and to bind)."""
+    return int((event_time - EPOCH).total_seconds()) // BUCKET_S * BUCKET_S
+
+
+def cutoff(watermark: datetime, horizon_s: int) -> int:
+    """State held in buckets before this one is dropped: the bucket of the watermark minus the
+    horizon (whole buckets go)."""
+    return bucket_of(watermark - timedelta(seconds=horizon_s))
 
 
 class HeldBuckets:
@@ -52,11 +58,10 @@ class HeldBuckets:
 
     def __init__(self, horizon_s: int) -> None:
         self.horizon_s = horizon_s
-        self.members: dict[datetime, set[str]] = {}
-        self.bucket_of: dict[str, datetime] = {}
+        self.members: dict[int, set[str]] = {}
+        self.bucket_of: dict[str, int] = {}
 
-    def hold(self, event_id: str, event_time: datetime) -> None:
-        bucket = window_start(event_time, BUCKET_S)
+    def hold(self, event_id: str, bucket: int) -> None:
         old = self.bucket_of.get(event_id)
         if old == bucket:
             return
@@ -65,16 +70,13 @@ class HeldBuckets:
         self.bucket_of[event_id] = bucket
         self.members.setdefault(bucket, set()).add(event_id)
 
-    def hold_all(self, times: Iterable[tuple[str, datetime]]) -> None:
-        for event_id, event_time in times:
-            self.hold(event_id, event_time)
+    def hold_all(self, held: Iterable[tuple[str, int]]) -> None:
+        for event_id, bucket in held:
+            self.hold(event_id, bucket)
 
-    def expire(self, watermark: datetime | None) -> list[str]:
-        """Forget the buckets behind `cutoff(watermark)`; returns their event ids (to drop from
+    def expire(self, limit: int) -> list[str]:
+        """Forget the buckets before `limit` (a cutoff); returns their event ids (to drop from
         the held versions and contributions)."""
-        if watermark is None:
-            return []
-        limit = cutoff(watermark, self.horizon_s)
         gone: list[str] = []
         for bucket in [b for b in self.members if b < limit]:
             for event_id in self.members.pop(bucket):

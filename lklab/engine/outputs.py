@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import Connection
 
 from lklab import views
@@ -21,6 +21,12 @@ def read_output(engine: Engine | None, view: str, target: str, entity: str | Non
         return [(r[0], r[1], spec.measure.value(r)) for r in conn.execute(query)]
     with engine.connect() as c:
         return [(r[0], r[1], spec.measure.value(r)) for r in c.execute(query)]
+
+
+def output_rows(conn: Connection, view: str, target: str) -> int:
+    """How many rows output `target` of `view` serves (read_output's length, counted by the store)."""
+    spec = dataclasses.replace(views.view(view), name=target)
+    return conn.execute(select(func.count()).select_from(spec.measure.output_query(spec, None, None, None).subquery())).scalar_one()
 
 
 def late_windows(conn: Connection, view: str, entity: str | None = None) -> dict[tuple[str, datetime], int]:

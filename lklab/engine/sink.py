@@ -62,34 +62,29 @@ def load_versions(conn: Connection, scope: str, event_ids: Sequence[str] | None 
 
 class HeldState(NamedTuple):
     """What a consumer holds for dedup and corrections: each event's version, its contributions,
-    and its held version's event time (None: held before event times were kept), by which it expires."""
+    and its held version's event-time bucket (lklab.engine.horizon.bucket_of; None: held before
+    buckets were kept), by which it expires."""
 
     versions: dict[str, int]
     contribs: dict[tuple[str, str], Contrib]
-    times: list[tuple[str, datetime | None]]
+    buckets: list[tuple[str, int | None]]
 
 
 def load_held(conn: Connection, scope: str, view_names: Sequence[str]) -> HeldState:
     """Everything the scope holds (a Kappa job's state at start)."""
     t = speed_event_state
-    rows = conn.execute(select(t.c.event_id, t.c.event_version, t.c.event_time).where(t.c.scope == scope)).all()
+    rows = conn.execute(select(t.c.event_id, t.c.event_version, t.c.time_bucket).where(t.c.scope == scope)).all()
     return HeldState({eid: v for eid, v, _ in rows}, load_contribs(conn, view_names), [(eid, at) for eid, _, at in rows])
 
 
-def drop_held(conn: Connection, scope: str, view_names: Sequence[str], event_ids: Sequence[str]) -> None:
-    """Delete these events' held state (buckets past the correction horizon)."""
-    for chunk in chunks(sorted(event_ids)):
-        conn.execute(speed_contrib.delete().where(speed_contrib.c.view.in_(view_names), speed_contrib.c.event_id.in_(chunk)))
-        conn.execute(speed_event_state.delete().where(speed_event_state.c.scope == scope, speed_event_state.c.event_id.in_(chunk)))
-
-
-def expire_held(conn: Connection, scope: str, view_names: Sequence[str], before: datetime) -> None:
-    """Delete the held state of events whose held version is before `before` (the speed layer's
-    buckets past the correction horizon; state written before event times were kept never expires)."""
+def expire_held(conn: Connection, scope: str, view_names: Sequence[str], cutoff: int) -> None:
+    """Delete the held state of events whose held version's bucket is before `cutoff` (buckets past
+    the correction horizon: lklab.engine.horizon.cutoff). State written before buckets were kept
+    (NULL) never matches."""
     t = speed_event_state
-    old = select(t.c.event_id).where(t.c.scope == scope, t.c.event_time < before)
+    old = select(t.c.event_id).where(t.c.scope == scope, t.c.time_bucket < cutoff)
     conn.execute(speed_contrib.delete().where(speed_contrib.c.view.in_(view_names), speed_contrib.c.event_id.in_(old)))
-    conn.execute(t.delete().where(t.c.scope == scope, t.c.event_time < before))
+    conn.execute(t.delete().where(t.c.scope == scope, t.c.time_bucket < cutoff))
 
 
 def load_contribs(conn: Connection, view_names: Sequence[str],
@@ -132,11 +127,11 @@ def scrub_forgotten(conn: Connection, deltas: BatchDeltas) -> None:
         conn.execute(speed_contrib.delete().where(and_(speed_contrib.c.view == view, speed_contrib.c.entity == user)))
 
 
-def persist(conn: Connection, scope: str, topic: str, deltas: BatchDeltas, changed_versions: dict[str, tuple[int, datetime]],
+def persist(conn: Connection, scope: str, topic: str, deltas: BatchDeltas, changed_versions: dict[str, tuple[int, int]],
              stats: ApplyStats, committed: dict[int, int], max_time: dict[int, datetime]) -> None:
     """Views, per-event state, counters and offsets, in the caller's transaction (offset-fenced)."""
     write_deltas(conn, deltas)
-    bulk_upsert(conn, speed_event_state, [(scope, eid, v, at) for eid, (v, at) in changed_versions.items()])
+    bulk_upsert(conn, speed_event_state, [(scope, eid, v, bucket) for eid, (v, bucket) in changed_versions.items()])
     counts = {
         progress.PROCESSED: stats.processed,
         progress.DUPLICATES_IGNORED: stats.duplicates_ignored,
@@ -199,7 +194,7 @@ def apply_records(
     return stats
 
 
-def _new_cutoff(before: datetime | None, after: datetime | None, horizon_s: int) -> datetime | None:
+def _new_cutoff(before: datetime | None, after: datetime | None, horizon_s: int) -> int | None:
     """The horizon's cutoff, when this batch moved it to a later bucket (state then expires once
     per bucket of event time, not at every batch)."""
     if after is None:

@@ -3,7 +3,7 @@ offsets, so a replay can start from a snapshot instead of the beginning of the l
 snapshot-plus-replay design).
 
 A snapshot holds five pieces, each its own Delta table under `<lake>/snapshots/<view>/<id>/`:
-  event_state  the dedup state (event_id → highest version held)
+  event_state  the dedup state (event_id → highest version held, and its event-time bucket)
   contrib      what each event contributes to the view (so a later correction can retract it)
   state        the view's maintained rows (money sums, distinct members or session rows)
   progress     the offsets (and max event time) per partition the state is consistent with
@@ -23,8 +23,9 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import repeat
 from typing import Any
 
 import pyarrow as pa
@@ -86,8 +87,15 @@ class Piece:
     name: str
     schema: pa.Schema
     read: Callable[[Connection, str, str, str], Any]  # (conn, output, scope, topic) -> rows
-    restore: Callable[[dict, str, str, str], dict] | None  # (row, output, scope, topic) -> serving row
+    fixed: Callable[[str, str, str], dict] | None  # (output, scope, topic) -> the serving columns the piece does not store; None: not restored
     table: Any = None
+    renamed: dict[str, str] = field(default_factory=dict)  # piece column -> serving column, where they differ
+
+    def serving_rows(self, table: pa.Table, output: str, scope: str, topic: str) -> list[tuple]:
+        """The piece's rows as the serving table's rows (tuples in its column order), column by column."""
+        stored = {self.renamed.get(name, name): table.column(name).to_pylist() for name in table.column_names}
+        fixed = self.fixed(output, scope, topic)
+        return list(zip(*(stored[c.name] if c.name in stored else repeat(fixed[c.name]) for c in self.table.columns)))
 
 
 def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
@@ -98,24 +106,24 @@ def _state_piece(spec) -> Piece:
     """The maintained rows: their shape is the measure's."""
     state = spec.measure.state_piece()
     return Piece("state", state.schema, lambda conn, out, _s, _t: state.read(conn, out),
-                 lambda r, out, _s, _t: state.restore(r, out), state.table)
+                 lambda out, _s, _t: {"view": out}, state.table, state.renamed)
 
 
 def pieces(spec) -> list[Piece]:
     e, c, p = speed_event_state, speed_contrib, speed_progress
     return [
-        Piece("event_state", _schema(("event_id", pa.string()), ("event_version", pa.int64()), ("event_time", UTC_US)),
-              lambda conn, _o, scope, _t: conn.execute(select(e.c.event_id, e.c.event_version, e.c.event_time).where(e.c.scope == scope)),
-              lambda r, _o, scope, _t: {"scope": scope, **r}, e),
+        Piece("event_state", _schema(("event_id", pa.string()), ("event_version", pa.int64()), ("time_bucket", pa.int64())),
+              lambda conn, _o, scope, _t: conn.execute(select(e.c.event_id, e.c.event_version, e.c.time_bucket).where(e.c.scope == scope)),
+              lambda _o, scope, _t: {"scope": scope}, e),
         Piece("contrib", _schema(("event_id", pa.string()), ("entity", pa.string()), ("window_start", UTC_US),
                                  ("amount", pa.int64()), ("member", pa.string())),
               lambda conn, out, _s, _t: conn.execute(select(c.c.event_id, c.c.entity, c.c.window_start, c.c.amount, c.c.member)
                                                      .where(c.c.view == out)),
-              lambda r, out, _s, _t: {"view": out, **r}, c),
+              lambda out, _s, _t: {"view": out}, c),
         _state_piece(spec),
         Piece("progress", _schema(("partition", pa.int64()), ("next_offset", pa.int64()), ("max_event_time", UTC_US)),
               lambda conn, _o, scope, topic: [(part, nxt, mt) for part, (nxt, mt) in progress.load(conn, scope, topic).items()],
-              lambda r, _o, scope, topic: {"scope": scope, "topic": topic, "updated_at": datetime.now(timezone.utc), **r}, p),
+              lambda _o, scope, topic: {"scope": scope, "topic": topic, "updated_at": datetime.now(timezone.utc)}, p),
         Piece("output", _schema(("entity", pa.string()), ("window_start", UTC_US), ("value", pa.int64()), ("duration_ms", pa.int64())),
               lambda conn, out, _s, _t: [(ent, w, *spec.measure.output_piece(val))
                                          for ent, w, val in outputs.read_output(None, spec.view, out, conn=conn)],
@@ -136,16 +144,16 @@ def digest(table: pa.Table) -> list:
 def read_piece(snap: Snapshot, piece: Piece) -> tuple[list, pa.Table]:
     """One piece at its recorded Delta version (delta-rs) and its digest over the columns stored.
     The table comes in the piece's columns and types: a column added to the piece since the
-    snapshot was written (event_state.event_time) comes back null."""
+    snapshot was written (event_state.time_bucket) comes back null."""
     from deltalake import DeltaTable
 
     table = DeltaTable(snap.piece_location(piece.name), version=snap.delta_versions[piece.name]).to_pyarrow_table()
-    stored = pa.schema([field for field in piece.schema if field.name in table.column_names])
+    stored = pa.schema([column for column in piece.schema if column.name in table.column_names])
     table = table.select(stored.names).cast(stored)
     found = digest(table)
-    for field in piece.schema:
-        if field.name not in stored.names:
-            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    for column in piece.schema:
+        if column.name not in stored.names:
+            table = table.append_column(column, pa.nulls(table.num_rows, column.type))
     return found, table.select(piece.schema.names)
 
 
@@ -322,25 +330,22 @@ def load(settings: Settings, engine: Engine, snap: Snapshot, spec, scope: str) -
         if progress.has_progress(conn, scope):
             raise SnapshotError(f"{spec.name} already has state (consumer {scope}): choose a new --version for a replay from a snapshot")
         for piece in pieces(spec):
-            if piece.restore is None:
-                continue
-            columns = [c.name for c in piece.table.columns]
-            restored = (piece.restore(r, spec.name, scope, settings.topic) for r in tables[piece.name].to_pylist())
-            bulk_upsert(conn, piece.table, [tuple(r[c] for c in columns) for r in restored])
+            if piece.fixed is not None:
+                bulk_upsert(conn, piece.table, piece.serving_rows(tables[piece.name], spec.name, scope, settings.topic))
         for step in steps:
             step(conn, spec)
     return tables
 
 
 def held_state(tables: dict[str, pa.Table], spec) -> HeldState:
-    """The dedup versions, contributions and event times a replay's sink holds, from the pieces
+    """The dedup versions, contributions and event-time buckets a replay's sink holds, from the pieces
     `load` returned, so the sink starts from them instead of reading back what was just written."""
     state, contrib = tables["event_state"], tables["contrib"]
     ids = state.column("event_id").to_pylist()
     versions = dict(zip(ids, state.column("event_version").to_pylist()))
     columns = (contrib.column(c).to_pylist() for c in ("event_id", "entity", "window_start", "amount", "member"))
     contribs = {(spec.name, eid): Contrib(*rest) for eid, *rest in zip(*columns)}
-    return HeldState(versions, contribs, list(zip(ids, state.column("event_time").to_pylist())))
+    return HeldState(versions, contribs, list(zip(ids, state.column("time_bucket").to_pylist())))
 
 
 def read_output(snap: Snapshot, entity: str | None = None, window: datetime | None = None) -> list[dict]:

@@ -23,7 +23,7 @@ from lklab import views
 from lklab.core.config import Settings
 from lklab.log.kafka_io import Offsets
 from lklab.lake.spark import ensure_spark
-from lklab.engine.outputs import read_output
+from lklab.engine.outputs import output_rows
 from lklab.serving import progress
 from lklab.engine import dead_letters
 from lklab.engine.checkpoint import CheckpointedSink
@@ -169,7 +169,7 @@ def replay(
         spark = spark or _spark_if(the_plan, settings)
     the_plan = first_plan
     with engine.connect() as conn:
-        rows = len(read_output(engine, view, spec.name, conn=conn))
+        rows = output_rows(conn, view, spec.name)
         maxima = progress.max_event_times(conn, the_plan.scope, settings.topic)
         refused = progress.read_counters(engine, the_plan.scope)[progress.BEYOND_HORIZON]
     seconds = time.monotonic() - pacer.clock

@@ -73,9 +73,10 @@ speed_event_state = Table(
     Column("scope", String(249), primary_key=True, comment="the consumer: live speed group or a replay"),
     Column("event_id", String(128), primary_key=True),
     Column("event_version", Integer, nullable=False),
-    Column("event_time", UTCDateTime, comment="the held version's event time: the state expires by it (lklab.engine.horizon); "
-                                              "NULL in state written before 0006"),
-    Index("speed_event_state_by_time", "scope", "event_time"),
+    # an int, not a datetime: written for every event applied, and binding a datetime cost 5 µs a row
+    Column("time_bucket", BigInteger, comment="the held version's event-time bucket (epoch seconds): the state expires by it "
+                                              "(lklab.engine.horizon); NULL in state written before 0006"),
+    Index("speed_event_state_by_bucket", "scope", "time_bucket"),
 )
 speed_contrib = Table(
     "speed_contrib", metadata,

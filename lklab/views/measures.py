@@ -55,7 +55,7 @@ class StatePiece(NamedTuple):
     schema: pa.Schema
     table: Table
     read: Callable[[Connection, str], Any]  # (conn, output) -> rows in schema order
-    restore: Callable[[dict, str], dict]  # (snapshot row, output) -> serving row
+    renamed: dict[str, str]  # snapshot column -> serving column, where they differ (the serving row adds view=output)
 
 
 def chunks(items: Sequence, size: int = IN_CHUNK) -> Iterable[Sequence]:
@@ -257,8 +257,7 @@ class MoneySum(Measure):
         t = speed_view_rows
         return StatePiece(
             pa.schema([("entity", pa.string()), ("window_start", UTC_US), ("value", pa.int64()), ("events", pa.int64())]), t,
-            lambda c, out: c.execute(select(t.c.entity, t.c.window_start, t.c.value, t.c.events).where(t.c.view == out)),
-            lambda r, out: {"view": out, **r})
+            lambda c, out: c.execute(select(t.c.entity, t.c.window_start, t.c.value, t.c.events).where(t.c.view == out)), {})
 
     def gx_frame(self, spark, spec: ViewSpec, rows: Iterable[tuple]):
         from pyspark.sql import functions as F
@@ -326,8 +325,7 @@ class DistinctCount(Measure):
         t = speed_view_members
         return StatePiece(
             pa.schema([("entity", pa.string()), ("window_start", UTC_US), ("member", pa.string()), ("events", pa.int64())]), t,
-            lambda c, out: c.execute(select(t.c.entity, t.c.window_start, t.c.member, t.c.events).where(t.c.view == out)),
-            lambda r, out: {"view": out, **r})
+            lambda c, out: c.execute(select(t.c.entity, t.c.window_start, t.c.member, t.c.events).where(t.c.view == out)), {})
 
 
 class _MemberDeltas(Deltas):
@@ -482,9 +480,7 @@ class Sessions(Measure):
         return StatePiece(
             pa.schema([("entity", pa.string()), ("window_start", UTC_US), ("sessions", pa.int64()), ("duration_ms", pa.int64())]), t,
             lambda c, out: c.execute(select(t.c.user_id.label("entity"), t.c.window_start, t.c.sessions, t.c.duration_ms)
-                                     .where(t.c.view == out)),
-            lambda r, out: {"view": out, "user_id": r["entity"], "window_start": r["window_start"],
-                            "sessions": r["sessions"], "duration_ms": r["duration_ms"]})
+                                     .where(t.c.view == out)), {"entity": "user_id"})
 
     def output_piece(self, value: tuple[int, int]) -> tuple[int, int | None]:
         return value
