@@ -280,7 +280,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"jobs": [{"output": j.output, "view": j.view, "version": j.version, "running": j.running, "pid": j.pid,
                           "lag": j.lag, "watermark": j.watermark.isoformat() if j.watermark else None,
                           "heartbeat_age_s": j.heartbeat_age_s, "stale": j.stale, "stale_reason": j.stale_reason,
-                          "published": published.get(j.view) == j.output} for j in found]}
+                          "beyond_horizon": j.beyond_horizon, "published": published.get(j.view) == j.output} for j in found]}
 
     @app.get("/lambda/status")
     def status() -> dict[str, Any]:

@@ -222,14 +222,16 @@ def kappa_stop(
 
 @kappa_app.command("status")
 def kappa_status() -> None:
-    """Every Kappa job of this lab: running or not, pid, lag, watermark, heartbeat age, stale or fresh for readers."""
+    """Every Kappa job of this lab: running or not, pid, lag, watermark, heartbeat age, stale or fresh for readers,
+    records refused beyond the correction horizon."""
     from lklab.kappa import jobs
 
     found = jobs.status(settings())
-    table = Table("output", "state", "pid", "lag", "watermark", "heartbeat", "readers", "log", title="Kappa jobs")
+    table = Table("output", "state", "pid", "lag", "watermark", "heartbeat", "readers", "beyond horizon", "log", title="Kappa jobs")
     for job in found:
         table.add_row(job.output, "running" if job.running else "stopped", str(job.pid or "-"),
                       "unknown" if job.lag is None else str(job.lag), show(job.watermark),
                       "never" if job.heartbeat_age_s is None else f"{job.heartbeat_age_s:.1f}s ago",
-                      f"[yellow]stale: {job.stale_reason}[/yellow]" if job.stale else "fresh", str(job.log))
+                      f"[yellow]stale: {job.stale_reason}[/yellow]" if job.stale else "fresh",
+                      f"[yellow]{job.beyond_horizon:,} refused[/yellow]" if job.beyond_horizon else "0", str(job.log))
     console.print(table if found else "no Kappa job has run in this lab (`lklab kappa start VIEW --version N`)")

@@ -43,6 +43,7 @@ class JobStatus:
     log: Path
     stale: bool = False  # beyond the readers' budget (lklab.kappa.freshness): never beat, silent or lagging
     stale_reason: str | None = None
+    beyond_horizon: int = 0  # records refused as older than the correction horizon (lklab.engine.horizon)
 
     @property
     def running(self) -> bool:
@@ -144,5 +145,6 @@ def job_status(settings: Settings, view: str, version: int) -> JobStatus:
 def _status(settings: Settings, engine: Engine, out: views.VersionedOutput, ends: dict[int, int] | None) -> JobStatus:
     with engine.connect() as conn:
         f = freshness(conn, settings, out, ends)
+    refused = progress.read_counters(engine, replay_scope(out.view, out.version))[progress.BEYOND_HORIZON]
     return JobStatus(out.view, out.version, out.name, f.pid, f.lag, f.watermark, f.heartbeat_age_s, log_file(settings, out.name),
-                     f.stale, f.stale_reason)
+                     f.stale, f.stale_reason, refused)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import timedelta
 import pytest
 
 from lklab import kappa
 from tests.integration.test_cli_args import lklab
 from lklab.core import oracle
 from lklab.core.config import Settings
+from lklab.core.events import EventType
 from lklab.kappa import jobs
 from lklab.log.generator import GeneratorConfig, generate
 from lklab.log.produce import produce_events
@@ -87,9 +89,17 @@ def test_a_live_job_survives_kill_9_and_equals_the_oracle(isolated: Settings) ->
 
 
 def test_a_second_start_is_refused_and_a_bad_view_is_one_line(isolated: Settings) -> None:
-    produce_events(isolated, generate(GeneratorConfig(seed=93, duration_s=60, rides_per_minute=10)).deliveries)
+    deliveries = generate(GeneratorConfig(seed=93, duration_s=60, rides_per_minute=10)).deliveries
+    produce_events(isolated, deliveries)
     jobs.start(isolated, "driver_earnings_daily", 1)
     try:
+        # a capture on the latest ride with a driver, dated a day past the horizon: same key, so same partition, behind its progress
+        last = max((e for e in deliveries if e.driver_id), key=lambda e: e.event_time)
+        stale = last.replace(event_id=f"{last.event_id}-stale", event_type=EventType.PAYMENT_CAPTURED, amount_cents=100,
+                             event_time=last.event_time - timedelta(seconds=isolated.correction_horizon_s + 86_400))
+        produce_events(isolated, [stale])
+        assert caught_up(isolated, "driver_earnings_daily", 1).beyond_horizon == 1
+        assert "1 refused" in lklab(isolated, "kappa", "status").stdout
         with pytest.raises(jobs.JobError, match="already running"):
             jobs.start(isolated, "driver_earnings_daily", 1)
         with pytest.raises(jobs.JobError, match="unknown view 'revenue_per_day'"):
