@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import date
 from pathlib import Path
@@ -69,7 +70,9 @@ class Settings(BaseSettings):
     lake_uri: str | None = Field(None, description="Delta root; None = <home>/lake")
     spark_master: str = "local[2]"
     spark_driver_memory: str = "1g"
-    spark_shuffle_partitions: int = 4
+    spark_shuffle_partitions: int = Field(default_factory=lambda: os.cpu_count() or 2,
+                                          description="Spark's shuffle partitions and default parallelism: the cores "
+                                                      "(gold's groups are small, and each extra task is fixed cost)")
     spark_java_options: str = Field("-XX:+UseSerialGC", description="JVM options for Spark's driver and executors. The "
                                     "serial collector: on 2 cores and a heap of 1-2 GB, G1's concurrent threads took "
                                     "CPU from the batch (three small batch runs: 226-252 JVM CPU-s against 273-282 with G1, measured)")

@@ -71,6 +71,8 @@ def get_spark(settings: Settings) -> SparkSession:
         .config("spark.sql.warehouse.dir", str(local_dir / "warehouse"))
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.sql.adaptive.enabled", "true")
+        # coalesce small shuffle partitions to the advisory size, not to keep every core busy: fewer tasks and files
+        .config("spark.sql.adaptive.coalescePartitions.parallelismFirst", "false")
         .config("spark.sql.codegen.wholeStage", str(settings.spark_codegen).lower())
         # off: each expression is interpreted too (projections, predicates, orderings), not compiled
         .config("spark.sql.codegen.factoryMode", "FALLBACK" if settings.spark_codegen else "NO_CODEGEN")

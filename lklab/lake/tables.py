@@ -244,7 +244,8 @@ def _replace_where(dates: DateRange | None) -> str | None:
 def write_partitions(spark: SparkSession, frame: DataFrame, location: str, dates: DateRange | None) -> None:
     """Overwrite only the event_date partitions in `dates` (all of them when None): a rebuild or
     backfill of some days never touches the others."""
-    writer = frame.write.format("delta").mode("overwrite").partitionBy("event_date")
+    # one task, so one file, per date: a gold date is a few MB, and each file is a task and a listing entry
+    writer = frame.repartition("event_date").write.format("delta").mode("overwrite").partitionBy("event_date")
     predicate = _replace_where(dates)
     if predicate is None or not exists(spark, location):
         writer.option("overwriteSchema", "true").save(location)
@@ -343,4 +344,17 @@ def build_gold(spark: SparkSession, settings: Settings, spec: views.ViewSpec, da
         frame = frame.where(_in_range("event_date", dates))
     location = path(settings, gold_table(spec.name))
     write_partitions(spark, frame, location, dates)
-    return spark.read.format("delta").load(location).where(_in_range("event_date", dates)).count()
+    return written_rows(location)
+
+
+def written_rows(location: str) -> int:
+    """The rows the table's latest commit wrote, from the commit's metrics (delta-rs reads the
+    log; no Spark job counts them back). Its writes overwrite exactly the rows they return."""
+    from deltalake import DeltaTable
+
+    commit = DeltaTable(location).history(1)[0]
+    metrics = commit.get("operationMetrics") or {}
+    if commit.get("operation") != "WRITE" or "numOutputRows" not in metrics:
+        raise RuntimeError(f"{location}: the latest commit is {commit.get('operation')} without numOutputRows, "
+                           "not the write just made (another writer?)")
+    return int(metrics["numOutputRows"])
