@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import dataclasses
 import json
 import os
 import platform
@@ -76,10 +77,51 @@ class Figure:
     label: str
     unit: str
     values: list[float] = field(default_factory=list)
+    peak_rss: dict[str, int] = field(default_factory=dict)  # process -> its highest peak RSS over the runs, bytes
+    state: list[tuple[int, int]] = field(default_factory=list)  # (bytes, rows) of the consumer's held state, per run
 
     @property
     def median(self) -> float:
         return statistics.median(self.values)
+
+    def rss(self, process: str, found: int | None) -> None:
+        if found is not None:
+            self.peak_rss[process] = max(found, self.peak_rss.get(process, 0))
+
+
+# --- memory and state ---------------------------------------------------------------------------
+
+def _proc_status_bytes(pid: int, key: str) -> int | None:
+    """A /proc/<pid>/status figure (VmRSS, VmHWM) in bytes; None when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def peak_rss(pid: int | None) -> int | None:
+    """The process's peak resident set since it started or since reset_peak (VmHWM)."""
+    return None if pid is None else _proc_status_bytes(pid, "VmHWM")
+
+
+def reset_peak(pid: int) -> None:
+    """Start the process's peak RSS again from what it holds now (Linux: clear_refs 5), so that a
+    figure measured inside the long-lived bench process gets its own peak."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def held_state(run: Settings, scope: str, view_names: list[str]) -> tuple[int, int]:
+    """(bytes, rows) of a consumer's dedup and contribution state in its SQLite serving store."""
+    from lklab.drills.late_storm import state_bytes
+
+    engine = make_engine(run)
+    try:
+        return state_bytes(engine, scope, view_names)
+    finally:
+        engine.dispose()
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -234,6 +276,8 @@ class Drain:
     records: int
     seconds: float
     commits: int
+    peak_rss: int | None = None  # the layer's process, bytes
+    state: tuple[int, int] | None = None  # (bytes, rows) held when it had drained
 
     @property
     def eps(self) -> float:
@@ -287,7 +331,9 @@ def speed_sustained(settings: Settings, tag: str) -> Drain:
     end = _log_end(run)
     SPEED.start(run)
     try:
-        return drain(run, SPEED, since=0, end=end)
+        found = drain(run, SPEED, since=0, end=end)
+        return dataclasses.replace(found, peak_rss=peak_rss(SPEED.pid(run)),
+                                   state=held_state(run, SPEED.scope(run), list(views.SPEED_LAYER)))
     finally:
         SPEED.stop(run)
 
@@ -316,7 +362,9 @@ def kappa_live_sustained(settings: Settings, tag: str, deliveries, layer: LiveLa
         finally:
             released_at = time.monotonic()
             os.kill(pid, signal.SIGCONT)
-        return drain(run, layer, since=hydrated, end=end, released_at=released_at)
+        found = drain(run, layer, since=hydrated, end=end, released_at=released_at)
+        return dataclasses.replace(found, peak_rss=peak_rss(layer.pid(run)),
+                                   state=held_state(run, layer.scope(run), [kappa.output_name(KAPPA_LIVE_VIEW, 1)]))
     finally:
         engine.dispose()
         layer.stop(run)
@@ -448,13 +496,30 @@ def latency(settings: Settings, layer: LiveLayer, tag: str, rate: float, seconds
 
 # --- 3/4. Kappa replay, full and from a snapshot ----------------------------------------------
 
-def replay_eps(settings: Settings, tag: str) -> float:
+REPLAY_SHARES = (0.2, 0.4)  # of --events: the replay's rate and state at 1M and 2M beside 5M (the rate should not fall)
+
+
+@dataclass
+class ReplayRun:
+    events: int
+    eps: float
+    peak_rss: int | None  # the bench process (the replay runs in it), from what it held before
+    state: tuple[int, int]  # (bytes, rows) held at the end
+
+
+def replay_run(settings: Settings, tag: str, share: float = 1.0) -> ReplayRun:
+    """A full replay of revenue_per_minute over the first `share` of every partition."""
     run = _fresh(settings, tag)
-    return kappa.replay(run, make_engine(run), "revenue_per_minute", 1).events_per_s
+    end = None if share == 1.0 else {p: int(o * share) for p, o in kafka_io.run(kafka_io.end_offsets(run)).items()}
+    reset_peak(os.getpid())
+    found = kappa.replay(run, make_engine(run), "revenue_per_minute", 1, end=end)
+    peak = peak_rss(os.getpid())
+    return ReplayRun(found.events, found.events_per_s, peak,
+                     held_state(run, kappa.replay_scope("revenue_per_minute", 1), [found.output]))
 
 
-def history_topic(days: int) -> str:
-    return f"{HISTORY_TOPIC}.{days}d"
+def history_topic(days: int, events_per_day: int) -> str:
+    return f"{HISTORY_TOPIC}.{days}d.{events_per_day}"
 
 
 HISTORY_DAYS = (10, 30, 90)  # the snapshot's advantage as history grows; 30 days is the target's
@@ -466,7 +531,7 @@ def snapshot_vs_full(settings: Settings, spark, days: int, events_per_day: int, 
     """`days` of history with a snapshot at the end of the day before the last: a full replay
     against a replay from that snapshot (its timing includes reading, verifying and installing
     the snapshot; no JVM). Each length has its own topic and store."""
-    run = _fresh(settings, f"history{days}").model_copy(update={"topic": history_topic(days)})
+    run = _fresh(settings, f"history{days}d-{events_per_day}").model_copy(update={"topic": history_topic(days, events_per_day)})
     engine = make_engine(run)
     history = workload(days * events_per_day, seed=seed, days=days)
     cut = next(i for i, at in enumerate(history.arrival_times) if at >= START + timedelta(days=days - 1))
@@ -477,34 +542,68 @@ def snapshot_vs_full(settings: Settings, spark, days: int, events_per_day: int, 
     kappa.replay(run, engine, "revenue_per_minute", SNAPSHOT_VERSION)
     snap = snapshots.take(run, engine, spark, "revenue_per_minute", spec, kappa.replay_scope("revenue_per_minute", SNAPSHOT_VERSION))
     load(run, history.deliveries[cut:], run.topic)
-    full, fast, restore = [], [], []
+    full, fast, restore, rss = [], [], [], {"full": 0, "snapshot": 0}
     for i in range(runs):
+        reset_peak(os.getpid())
         full.append(kappa.replay(run, engine, "revenue_per_minute", SNAPSHOT_VERSION + 1 + 2 * i).seconds)
+        rss["full"] = max(rss["full"], peak_rss(os.getpid()) or 0)
+        reset_peak(os.getpid())
         clock = time.monotonic()
         kappa.replay(run, engine, "revenue_per_minute", SNAPSHOT_VERSION + 2 + 2 * i, snapshot="latest")
         fast.append(time.monotonic() - clock)
+        rss["snapshot"] = max(rss["snapshot"], peak_rss(os.getpid()) or 0)
         clock = time.monotonic()
         snapshots.verify(snap, spec)
         restore.append(time.monotonic() - clock)
     return {"days": days, "deliveries": len(history.deliveries), "after_snapshot": len(history.deliveries) - cut,
             "full_s": [round(s, 3) for s in full], "snapshot_s": [round(s, 3) for s in fast],
-            "verify_s": [round(s, 3) for s in restore], "ratio": round(statistics.median(full) / statistics.median(fast), 2)}
+            "verify_s": [round(s, 3) for s in restore], "ratio": round(statistics.median(full) / statistics.median(fast), 2),
+            "peak_rss": rss, "state": held_state(run, kappa.replay_scope("revenue_per_minute", SNAPSHOT_VERSION + 2 * runs),
+                                                 [kappa.output_name("revenue_per_minute", SNAPSHOT_VERSION + 2 * runs)])}
+
+
+def _mb(value: int | None) -> str:
+    return "-" if not value else f"{value / 2**20:,.0f} MB"
+
+
+def _state(found) -> str:
+    """(bytes, rows) of held state."""
+    return "-" if not found else f"{found[1]:,} rows, {found[0] / 2**20:,.1f} MB"
+
+
+def replay_table(extra: dict) -> list[str]:
+    """The replay's rate, memory and held state as the log grows (results.json `replay_curve`)."""
+    if not extra.get("replay_curve"):
+        return []
+    lines = ["", "## Replay as the log grows", "",
+             "The same log, replayed over the first part of every partition (one run each, the full size is the "
+             "table's median run). Peak RSS is the bench process's, in which the replay runs, from what it held before; "
+             "state is the consumer's dedup and contribution rows in the serving store at the end (SQLite pages, "
+             "indexes included), bounded by the correction horizon.", "",
+             "| events | ev/s | peak RSS | state held |", "|---:|---:|---:|---:|"]
+    for point in extra["replay_curve"]:
+        lines.append(f"| {point['events']:,} | {point['eps']:,.0f} | {_mb(point['peak_rss'])} | {_state(point['state'])} |")
+    return lines
 
 
 def history_table(extra: dict) -> list[str]:
     """The snapshot's advantage as history grows (results.json `history_curve`)."""
     if not extra.get("history_curve"):
         return []
+    per_day = extra["history_curve"][0]["deliveries"] / extra["history_curve"][0]["days"]
     lines = ["", "## Snapshot + replay against a full replay, as history grows", "",
-             f"Each length is its own topic at {extra['history_events_per_day']:,} generated events a day, with a snapshot "
+             f"Each length is its own topic, generated at about {per_day:,.0f} deliveries a day (asked: "
+             f"{extra['history_events_per_day']:,}; the generator's floor is one ride a minute), with a snapshot "
              "at the end of the day before the last; medians. The snapshot's time includes reading it with delta-rs, "
              "verifying its checksum and installing its state.", "",
-             "| days | deliveries | after the snapshot | full replay | snapshot + replay | of which read + verify | ratio |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| days | deliveries | after the snapshot | full replay | snapshot + replay | of which read + verify | ratio "
+             "| state held | peak RSS, full / snapshot |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for point in extra["history_curve"]:
         lines.append(f"| {point['days']} | {point['deliveries']:,} | {point['after_snapshot']:,} | "
                      f"{statistics.median(point['full_s']):.2f} s | {statistics.median(point['snapshot_s']):.2f} s | "
-                     f"{statistics.median(point['verify_s']):.2f} s | {point['ratio']:.1f}× |")
+                     f"{statistics.median(point['verify_s']):.2f} s | {point['ratio']:.1f}× | {_state(point['state'])} | "
+                     f"{_mb(point['peak_rss']['full'])} / {_mb(point['peak_rss']['snapshot'])} |")
     return lines
 
 
@@ -592,11 +691,11 @@ def batch_pair(spark, settings: Settings, out: Path) -> BatchRun:
 
 # --- 6. cutover swap --------------------------------------------------------------------------
 
-def swap_ms(settings: Settings, spark, swaps: int = 50) -> list[float]:
-    """Alias swaps between two complete Kappa outputs of the (smaller) history topic."""
+def swap_ms(settings: Settings, spark, history_per_day: int, swaps: int = 50) -> list[float]:
+    """Alias swaps between two complete Kappa outputs of the 30-day history topic."""
     from lklab.kappa import cutover
 
-    run = _fresh(settings, "swap").model_copy(update={"topic": history_topic(30)})
+    run = _fresh(settings, "swap").model_copy(update={"topic": history_topic(30, history_per_day)})
     engine = make_engine(run)
     for version in (1, 2):
         kappa.replay(run, engine, "daily_active_users", version)
@@ -605,7 +704,7 @@ def swap_ms(settings: Settings, spark, swaps: int = 50) -> list[float]:
     for i in range(swaps):
         target = f"daily_active_users__v{1 + i % 2}"
         clock = time.perf_counter()
-        cutover._swap(engine, "daily_active_users", current, target, "cutover", "bench", "swap latency", [], snap)
+        cutover._swap(run, engine, "daily_active_users", current, target, "cutover", "bench", "swap latency", [], snap)
         timings.append((time.perf_counter() - clock) * 1000)
         current = target
     return timings
@@ -630,6 +729,9 @@ def live_side_by_side(settings: Settings, args: argparse.Namespace, figures: dic
     def measured(layer: LiveLayer, found: Drain) -> None:
         drains[layer.key].append(found)
         figures[f"{layer.key}_eps"].values.append(found.eps)
+        figures[f"{layer.key}_eps"].rss(layer.key, found.peak_rss)
+        if found.state is not None:
+            figures[f"{layer.key}_eps"].state.append(found.state)
         say(f"{layer.label}, sustained run {len(drains[layer.key])}: {found.eps:,.0f} ev/s "
             f"({found.records:,} records in {found.seconds:.1f} s, {found.commits} commits)")
 
@@ -740,13 +842,17 @@ def write_results(figures: dict[str, Figure], sizes: dict, notes: list[str], ext
         f"Python {m['python']}, {m['java']}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "Sizes: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in sizes.items()) + ".", "",
-        "| figure | key | median | min | max | runs | ratio |", "|---|---|---:|---:|---:|---:|---|",
+        "| figure | key | median | min | max | runs | ratio | peak RSS | state held |",
+        "|---|---|---:|---:|---:|---:|---|---|---:|",
     ]
     for key, f in figures.items():
         fmt = (lambda v: f"{v:,.0f}") if f.unit in ("ev/s",) else (lambda v: f"{v:,.2f}")
         lines.append(f"| {f.label} | `{key}` | {fmt(f.median)} {f.unit} | {fmt(min(f.values))} | {fmt(max(f.values))} | "
-                     f"{len(f.values)} | {ratio.get(key, '')} |")
+                     f"{len(f.values)} | {ratio.get(key, '')} | "
+                     + ", ".join(f"{name} {_mb(b)}" for name, b in f.peak_rss.items())
+                     + f" | {_state(f.state[-1]) if f.state else ''} |")
     lines += live_table(figures, extra)
+    lines += replay_table(extra)
     lines += history_table(extra)
     lines += ["", "## Notes", "", *[f"- {n}" for n in notes], ""]
     bounds = ROOT / "BOUNDS.md"  # hand-written, from profiles: what bounds the figures that miss
@@ -823,8 +929,18 @@ def main() -> None:
         figures["raw_librdkafka_eps"].values.append(raw_librdkafka_eps(settings))
         say(f"raw librdkafka: {figures['raw_librdkafka_eps'].values[-1]:,.0f} ev/s")
         for i in range(args.runs):
-            figures["replay_eps"].values.append(replay_eps(settings, f"replay{i}"))
-            say(f"replay run {i + 1}: {figures['replay_eps'].values[-1]:,.0f} ev/s")
+            found = full_replay = replay_run(settings, f"replay{i}")
+            figures["replay_eps"].values.append(found.eps)
+            figures["replay_eps"].rss("bench (replay)", found.peak_rss)
+            figures["replay_eps"].state.append(found.state)
+            say(f"replay run {i + 1}: {found.eps:,.0f} ev/s, peak RSS {_mb(found.peak_rss)}, state {_state(found.state)}")
+        extra["replay_curve"] = []
+        for share in REPLAY_SHARES:
+            found = replay_run(settings, f"replay-{share:g}", share)
+            extra["replay_curve"].append(asdict(found))
+            say(f"replay of {found.events:,} events: {found.eps:,.0f} ev/s, peak RSS {_mb(found.peak_rss)}, "
+                f"state {_state(found.state)}")
+        extra["replay_curve"].append({**asdict(full_replay), "eps": figures["replay_eps"].median})
 
         live_side_by_side(settings, args, figures, extra, say)
         sustained = figures["speed_eps"].median
@@ -843,6 +959,9 @@ def main() -> None:
         lake.append_bronze(spark, settings, {}, kafka_io.run(kafka_io.end_offsets(settings)))
         lake.build_silver(spark, settings)
         extra["bronze_silver_setup_s"] = round(time.monotonic() - clock, 1)
+        spark_pid = int(spark.sparkContext._jvm.ProcessHandle.current().pid())
+        reset_peak(spark_pid)
+        reset_peak(os.getpid())
         for i in range(args.runs):
             found = batch_pair(spark, settings, settings.home / "duckdb")
             for key in ("spark_s", "duckdb_s", "spark_engine_s", "duckdb_engine_s"):
@@ -851,11 +970,15 @@ def main() -> None:
                 f"Spark {found.spark_engine_s:.1f}s, DuckDB {found.duckdb_engine_s:.1f}s; totals {found.totals}")
             if any(a != b for a, b in found.totals.values()):
                 notes.append(f"Spark and DuckDB totals differ: {found.totals}")
+        figures["spark_s"].rss("Spark JVM", peak_rss(spark_pid))
+        figures["duckdb_s"].rss("bench (DuckDB)", peak_rss(os.getpid()))
 
         say(f"30 days of history ({args.history_events:,} deliveries), snapshot at the end of day 29")
         history = snapshot_vs_full(settings, spark, 30, args.history_events // 30, args.runs)
         figures["full_replay_s"].values += history["full_s"]
         figures["snapshot_replay_s"].values += history["snapshot_s"]
+        figures["full_replay_s"].rss("bench (replay)", history["peak_rss"]["full"])
+        figures["snapshot_replay_s"].rss("bench (replay)", history["peak_rss"]["snapshot"])
         extra["history_30d"], extra["history_curve"] = history, []
         extra["history_events_per_day"] = args.history_events_per_day
         for days in HISTORY_DAYS:
@@ -864,9 +987,10 @@ def main() -> None:
                                                            min(args.runs, 2), seed=5))
             say(f"  full {statistics.median(extra['history_curve'][-1]['full_s']):.1f} s, "
                 f"ratio {extra['history_curve'][-1]['ratio']:.1f}×")
-        figures["swap_ms"].values += swap_ms(settings, spark)
+        figures["swap_ms"].values += swap_ms(settings, spark, args.history_events // 30)
         notes.append(f"swap_ms is the median of {len(figures['swap_ms'].values)} swaps (alias + history + publish record in one "
                      "SQLite transaction); a cutover's validation and snapshot are not included.")
+        figures["raw_eps"].rss("Kafka broker (whole bench)", peak_rss(kafka_runtime.read_pid(settings)))
     finally:
         speed.stop(settings)
         kafka_runtime.stop(settings)
@@ -874,6 +998,11 @@ def main() -> None:
              "history_events": history["deliveries"], "history_events_per_day": args.history_events_per_day,
              "runs": args.runs, "latency_s": args.latency_s, "kappa_checkpoint_interval_s": args.kappa_checkpoint_interval_s}
     notes += LIVE_DEFINITIONS
+    notes.append("Peak RSS: each process's VmHWM. The speed layer's worker and the live Kappa job are read before they "
+                 "stop; processes that live through the bench (the bench itself, the Spark JVM) have their peak reset "
+                 "(clear_refs) before the figure, so theirs starts from what they held already; the broker's is over "
+                 "the whole bench. State held: the consumer's dedup and contribution rows in its SQLite store "
+                 "(dbstat pages, indexes included).")
     if args.quick:
         notes.append("A --quick run: small sizes, to check that the suite runs end to end. Its figures are not the record.")
     notes.append(f"The whole bench took {(time.monotonic() - began) / 60:.1f} min (generation and loading included).")

@@ -120,16 +120,18 @@ def replay(
     settings: Settings, engine: Engine, view: str, version: int, start: Offsets | None = None,
     max_rate: float | None = None, on_progress: Callable[[ReplayProgress], None] | None = None,
     snapshot: str | None = None, spark=None, checkpoint_every: int = 100_000, stop: threading.Event | None = None,
+    end: Offsets | None = None,
 ) -> ReplayResult:
     """Replay [start (default: offset 0, or the snapshot's offsets), end offsets now) into
     `<view>__v<N>`, from bronze where Kafka no longer holds the offsets, then from Kafka.
     Re-running the same version resumes from its own committed offsets up to the new end.
     State and offsets are checkpointed every `checkpoint_every` records (lklab.engine.checkpoint.CheckpointedSink).
-    Setting `stop` ends it early with ReplayStopped, after a checkpoint of what it applied."""
+    Setting `stop` ends it early with ReplayStopped, after a checkpoint of what it applied.
+    `end`, if given, replaces the end offsets (a replay of a prefix of the log)."""
     check_args(view, version, max_rate)
     spec = spec_for(view, version, settings.faults.get("kappa"))
     began = datetime.now(timezone.utc)
-    the_plan = plan(settings, engine, view, version, start, snapshot, spark)
+    the_plan = plan(settings, engine, view, version, start, snapshot, spark, end=end)
     if the_plan.lost:
         raise ReplayError(the_plan.lost_message())
     spark = spark or _spark_if(the_plan, settings)
