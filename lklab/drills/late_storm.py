@@ -34,8 +34,8 @@ from lklab.core.events import Event
 from lklab.core.provenance import git_sha
 from lklab.kappa.names import output_name, replay_scope
 from lklab.serving import progress
-from lklab.serving.store import speed_contrib, speed_event_state
-from lklab.engine.sink import read_late_windows
+from lklab.serving.store import held_chunks, speed_contrib, speed_event_state
+from lklab.engine.sink import load_contribs, read_late_windows
 
 VIEW = "revenue_per_minute"
 HOUR = 3600
@@ -50,7 +50,8 @@ STALE_WALL_S = 15.0  # at this low rate the slowest partition's newest event tra
 ARCH_COLORS = {LAMBDA: "tab:blue", KAPPA: "tab:green"}
 QUESTION = "What watermark strategy would you choose if 99.9% of events arrive within 5 minutes but 0.1% arrive within 48 hours?"
 STATE_BYTES_HOW = ("SQLite dbstat: bytes of the pages of speed_event_state and speed_contrib (with their indexes), "
-                   "times the scope's share of each table's rows")
+                   "times the scope's share of each table's rows, plus the bytes of the scope's state chunks (held_chunks "
+                   "payloads; their entries count as rows)")
 OPEN_WINDOW_HOW = ("derived: the Kappa state bytes times the share of its contributions whose window is still open "
                    "at watermark minus the setting (what a job that closed windows at that lateness would hold)")
 DELAY_HOW = ("measured from the raw reads: from the produce acknowledgement of a storm event to the first read in "
@@ -149,7 +150,8 @@ def delay_summary(delays: list[float | None]) -> dict[str, float | int | None]:
 def state_bytes(engine: Engine, scope: str, view_names: list[str]) -> tuple[int, int]:
     """(bytes, rows) of one consumer's state in the serving store: its dedup rows
     (speed_event_state) and its contributions (speed_contrib), each table's page bytes (dbstat,
-    indexes included) apportioned by the scope's share of its rows."""
+    indexes included) apportioned by the scope's share of its rows, and a Kappa job's chunks
+    (lklab.engine.chunks: payload bytes, entries as rows)."""
     if engine.dialect.name != "sqlite":
         raise DrillError(f"late-storm measures state bytes with SQLite's dbstat; the serving store is {engine.dialect.name}")
     parts = ((speed_event_state, speed_event_state.c.scope == scope), (speed_contrib, speed_contrib.c.view.in_(view_names)))
@@ -162,7 +164,10 @@ def state_bytes(engine: Engine, scope: str, view_names: list[str]) -> tuple[int,
             held = conn.execute(select(func.count()).select_from(table).where(mine)).scalar_one()
             total_bytes += round(pages * held / rows) if rows else 0
             total_rows += held
-    return total_bytes, total_rows
+        chunk_bytes, entries = conn.execute(
+            select(func.coalesce(func.sum(func.length(held_chunks.c.payload)), 0), func.coalesce(func.sum(held_chunks.c.entries), 0))
+            .where(held_chunks.c.scope == scope)).one()
+    return total_bytes + chunk_bytes, total_rows + entries
 
 
 def open_window_share(lab: LiveLab, lateness_s: int) -> float:
@@ -172,10 +177,9 @@ def open_window_share(lab: LiveLab, lateness_s: int) -> float:
     with lab.engine.connect() as conn:
         wm = views.watermark(progress.max_event_times(conn, scope, lab.settings.topic), lab.settings.partitions)
         cut = views.final_through(wm, lateness_s)
-        mine = speed_contrib.c.view == output
-        total = conn.execute(select(func.count()).select_from(speed_contrib).where(mine)).scalar_one()
-        open_ = total if cut is None else conn.execute(
-            select(func.count()).select_from(speed_contrib).where(mine, speed_contrib.c.window_start >= cut)).scalar_one()
+        held = load_contribs(conn, [output])
+    total = len(held)
+    open_ = total if cut is None else sum(1 for c in held.values() if c.window >= cut)
     return open_ / total if total else 0.0
 
 

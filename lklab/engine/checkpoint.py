@@ -12,7 +12,9 @@ from lklab.core.config import Settings
 from lklab.engine.fold import ApplyStats, BatchDeltas, InputRecord, fence_and_parse, fold
 from lklab.engine import horizon
 from lklab.engine.horizon import HeldBuckets
-from lklab.engine.sink import HeldState, expire_held, load_held, persist
+from lklab.engine import chunks
+from lklab.engine.chunks import ChunkWriter
+from lklab.engine.sink import HeldState, drop_rows, expire_held, has_rows, load_held, persist
 from lklab.privacy import requests
 from lklab.serving import progress
 
@@ -26,6 +28,12 @@ class CheckpointedSink:
     event's state is written once per checkpoint instead of once per batch. A crash loses only
     the work since the last checkpoint: the offsets committed with it are where a re-run resumes,
     and the offset fence makes that exactly-once. The output moves checkpoint by checkpoint.
+
+    The held state is checkpointed as compact chunks (lklab.engine.chunks): per event-time bucket,
+    the versions and contributions the checkpoint changed, a few dozen inserts instead of a row
+    per event; contributions that SQL reads stay rows (`ViewSpec.contribs_as_rows`). State a
+    scope holds as rows (written before chunks, or a snapshot's install) is rewritten as chunks
+    by its first checkpoint.
 
     Checkpoints are written by one background thread while the next records are folded (the
     driver releases the GIL while it writes); at most one is in flight, and they commit in order.
@@ -47,10 +55,13 @@ class CheckpointedSink:
         self.before_commit = before_commit
         self.lateness, self.partitions = (settings.allowed_lateness_s if close_windows else None), settings.partitions
         self.horizon_s = settings.correction_horizon_s
+        self.chunked = [spec.name for spec in self.specs if not spec.contribs_as_rows]
+        self.row_views = [spec.name for spec in self.specs if spec.contribs_as_rows]
         with engine.connect() as conn:
             held = progress.load(conn, scope, topic)
             if restored is None:
                 restored = load_held(conn, scope, [spec.name for spec in self.specs])
+            self.seq, self.rows_to_convert = chunks.next_seq(conn, scope), has_rows(conn, scope)
         self.versions, self.contribs = restored.versions, restored.contribs
         self.committed = {p: nxt for p, (nxt, _) in held.items()}
         self.max_time: dict[int, datetime] = {p: mt for p, (_, mt) in held.items() if mt is not None}
@@ -97,29 +108,64 @@ class CheckpointedSink:
         self._wait()
         done = self.pending
         if done.next_offsets:
-            cut = self._expire()
-            self._in_flight = self._writer.submit(self._write, done, self.deltas, self.changed, dict(self.max_time), cut)
+            cut, expired = self._expire()
+            changes = self._whole_state() if self.rows_to_convert else self._changes(self.buckets.take_moved())
+            self.rows_to_convert = False
+            self._in_flight = self._writer.submit(self._write, done, self.deltas, changes, dict(self.max_time),
+                                                  cut, expired, self.seq)
+            self.seq += 1
         self._reset()
 
-    def _expire(self) -> int | None:
+    def _expire(self) -> tuple[int | None, list[str]]:
         """Drop the buckets past the correction horizon from memory; returns the cutoff, by which
-        the checkpoint drops their rows from the store (None: no watermark yet)."""
+        the checkpoint drops their state from the store (None: no watermark yet), and the events dropped."""
         watermark = views.watermark(self.max_time, self.partitions)
         if watermark is None:
-            return None
+            return None, []
         cut = horizon.cutoff(watermark, self.horizon_s)
-        for event_id in self.buckets.expire(cut):
+        expired = self.buckets.expire(cut)
+        for event_id in expired:
             self.versions.pop(event_id, None)
             for spec in self.specs:
                 self.contribs.pop((spec.name, event_id), None)
-        return cut
+        return cut, expired
 
-    def _write(self, done: ApplyStats, deltas: BatchDeltas, changed: dict[str, tuple[int, int]],
-               max_time: dict[int, datetime], cut: int | None) -> None:
+    def _changes(self, moved: dict[str, int]) -> ChunkWriter:
+        """This checkpoint's chunks: each changed event's version and chunked contributions in its
+        bucket, and a tombstone where a correction moved one out of a bucket. The chunked views'
+        contributions leave the deltas (the rest are written as rows)."""
+        writer, changed, chunked = ChunkWriter(), self.changed, set(self.chunked)
+        for event_id, (version, bucket) in changed.items():
+            writer.add(chunks.VERSIONS, bucket, chunks.version_entry(event_id, version))
+        for key in [key for key in self.deltas.contribs if key[0] in chunked]:
+            view, event_id = key
+            contrib, bucket = self.deltas.contribs.pop(key), changed[event_id][1]
+            if contrib is None:
+                writer.delete(view, bucket, event_id)
+            else:
+                writer.add(view, bucket, chunks.contrib_entry(event_id, contrib))
+        for event_id, left in moved.items():
+            for view in (chunks.VERSIONS, *self.chunked):
+                writer.delete(view, left, event_id)
+        return writer
+
+    def _whole_state(self) -> ChunkWriter:
+        """Everything held, as chunks (replacing the scope's rows: see _write)."""
+        self.buckets.take_moved()
+        chunked = set(self.chunked)
+        for key in [key for key in self.deltas.contribs if key[0] in chunked]:
+            del self.deltas.contribs[key]
+        return chunks.state_writer(self.versions, self.buckets.bucket_of, self.contribs, self.chunked)
+
+    def _write(self, done: ApplyStats, deltas: BatchDeltas, changes: ChunkWriter, max_time: dict[int, datetime],
+               cut: int | None, expired: list[str], seq: int) -> None:
         with self.engine.begin() as conn:
-            persist(conn, self.scope, self.topic, deltas, changed, done, dict(self.committed), max_time)
-            if cut is not None:  # after the upserts: an event applied in this checkpoint may already be past it
-                expire_held(conn, self.scope, [spec.name for spec in self.specs], cut)
+            if changes.replaces_rows:
+                drop_rows(conn, self.scope, self.chunked)
+            persist(conn, self.scope, self.topic, deltas, {}, done, dict(self.committed), max_time)
+            changes.write(conn, self.scope, seq, cut)
+            if cut is not None:  # after the writes: an event applied in this checkpoint may already be past it
+                expire_held(conn, self.scope, self.row_views, cut, expired if self.row_views else ())
             if self.before_commit is not None:
                 self.before_commit(done)
         self.committed.update(done.next_offsets)

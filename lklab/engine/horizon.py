@@ -60,6 +60,7 @@ class HeldBuckets:
         self.horizon_s = horizon_s
         self.members: dict[int, set[str]] = {}
         self.bucket_of: dict[str, int] = {}
+        self.moved: dict[str, int] = {}  # events moved to another bucket since take_moved(): the bucket they left
 
     def hold(self, event_id: str, bucket: int) -> None:
         old = self.bucket_of.get(event_id)
@@ -67,12 +68,20 @@ class HeldBuckets:
             return
         if old is not None:
             self.members[old].discard(event_id)
+            self.moved.setdefault(event_id, old)
         self.bucket_of[event_id] = bucket
         self.members.setdefault(bucket, set()).add(event_id)
 
     def hold_all(self, held: Iterable[tuple[str, int]]) -> None:
         for event_id, bucket in held:
             self.hold(event_id, bucket)
+
+    def take_moved(self) -> dict[str, int]:
+        """The events a correction moved to another bucket since the last call, with the bucket each
+        was in then (where a checkpoint writes its tombstone: lklab.engine.chunks); an event
+        moved back to that bucket is left out."""
+        moved, self.moved = self.moved, {}
+        return {eid: old for eid, old in moved.items() if self.bucket_of.get(eid) != old}
 
     def expire(self, limit: int) -> list[str]:
         """Forget the buckets before `limit` (a cutoff); returns their event ids (to drop from

@@ -26,14 +26,14 @@ from sqlalchemy.engine import Connection
 
 from lklab import views
 from lklab.core.config import Settings
-from lklab.engine import horizon
+from lklab.engine import chunks, horizon
 from lklab.engine.outputs import late_windows
 from lklab.engine.fold import ApplyStats, BatchDeltas, InputRecord, fence_and_parse, fold
 from lklab.privacy import requests
 from lklab.serving import progress
 from lklab.serving.store import add_to, bulk_upsert, speed_contrib, speed_event_state, speed_late_windows
 from lklab.views import Contrib
-from lklab.views.measures import chunks
+from lklab.views.measures import chunks as id_chunks
 
 
 class ViewRow(NamedTuple):
@@ -47,16 +47,20 @@ def _by_ids(query, column, ids: Sequence[str] | None) -> Iterable:
     if ids is None:
         yield query
         return
-    for chunk in chunks(sorted(set(ids))):
+    for chunk in id_chunks(sorted(set(ids))):
         yield query.where(column.in_(chunk))
 
 
 def load_versions(conn: Connection, scope: str, event_ids: Sequence[str] | None = None) -> dict[str, int]:
-    """The held versions of these events, or of every event of the scope (None)."""
+    """The held versions of these events, or of every event of the scope (None): its rows, and a
+    Kappa job's chunks over them (lklab.engine.chunks)."""
     t = speed_event_state
     found: dict[str, int] = {}
     for query in _by_ids(select(t.c.event_id, t.c.event_version).where(t.c.scope == scope), t.c.event_id, event_ids):
         found.update(conn.execute(query).all())
+    held = chunks.read(conn, [chunks.VERSIONS], scope).get(chunks.VERSIONS, {})
+    wanted = None if event_ids is None else set(event_ids)
+    found.update((eid, version) for eid, (_, version) in held.items() if wanted is None or eid in wanted)
     return found
 
 
@@ -71,25 +75,51 @@ class HeldState(NamedTuple):
 
 
 def load_held(conn: Connection, scope: str, view_names: Sequence[str]) -> HeldState:
-    """Everything the scope holds (a Kappa job's state at start)."""
+    """Everything the scope holds (a Kappa job's state at start): rows, then its chunks over them."""
     t = speed_event_state
     rows = conn.execute(select(t.c.event_id, t.c.event_version, t.c.time_bucket).where(t.c.scope == scope)).all()
-    return HeldState({eid: v for eid, v, _ in rows}, load_contribs(conn, view_names), [(eid, at) for eid, _, at in rows])
+    held = chunks.read(conn, [chunks.VERSIONS, *view_names], scope)
+    versions = {eid: v for eid, v, _ in rows}
+    buckets = {eid: at for eid, _, at in rows}
+    for eid, (bucket, version) in held.pop(chunks.VERSIONS, {}).items():
+        versions[eid], buckets[eid] = version, bucket
+    contribs = load_contribs(conn, view_names, chunked=False)
+    for view, found in held.items():
+        contribs.update(chunks.contribs(view, found))
+    return HeldState(versions, contribs, list(buckets.items()))
 
 
-def expire_held(conn: Connection, scope: str, view_names: Sequence[str], cutoff: int) -> None:
+def has_rows(conn: Connection, scope: str) -> bool:
+    """Does the scope hold state as rows (written before 0007)? A Kappa job converts it to chunks."""
+    t = speed_event_state
+    return conn.execute(select(t.c.event_id).where(t.c.scope == scope).limit(1)).first() is not None
+
+
+def drop_rows(conn: Connection, scope: str, chunked_views: Sequence[str]) -> None:
+    """Delete the scope's versions and these views' contributions held as rows (now chunks)."""
+    conn.execute(speed_event_state.delete().where(speed_event_state.c.scope == scope))
+    conn.execute(speed_contrib.delete().where(speed_contrib.c.view.in_(chunked_views)))
+
+
+def expire_held(conn: Connection, scope: str, view_names: Sequence[str], cutoff: int,
+                expired: Sequence[str] = ()) -> None:
     """Delete the held state of events whose held version's bucket is before `cutoff` (buckets past
-    the correction horizon: lklab.engine.horizon.cutoff). State written before buckets were kept
-    (NULL) never matches."""
+    the correction horizon: lklab.engine.horizon.cutoff): their rows, the contribution rows of
+    `expired` events (a Kappa job's, whose versions are chunks) and the scope's chunks. State
+    written before buckets were kept (NULL) never matches."""
     t = speed_event_state
     old = select(t.c.event_id).where(t.c.scope == scope, t.c.time_bucket < cutoff)
     conn.execute(speed_contrib.delete().where(speed_contrib.c.view.in_(view_names), speed_contrib.c.event_id.in_(old)))
     conn.execute(t.delete().where(t.c.scope == scope, t.c.time_bucket < cutoff))
+    for chunk in id_chunks(sorted(expired)):
+        conn.execute(speed_contrib.delete().where(speed_contrib.c.view.in_(view_names), speed_contrib.c.event_id.in_(chunk)))
+    chunks.expire(conn, scope, cutoff)
 
 
 def load_contribs(conn: Connection, view_names: Sequence[str],
-                  event_ids: Sequence[str] | None = None) -> dict[tuple[str, str], Contrib]:
-    """The held contributions of these events to these views, or of every event (None)."""
+                  event_ids: Sequence[str] | None = None, *, chunked: bool = True) -> dict[tuple[str, str], Contrib]:
+    """The held contributions of these events to these views, or of every event (None): rows, and
+    (`chunked`) a Kappa job's chunks over them."""
     t = speed_contrib
     # view first: the primary key (view, event_id) serves the lookup, not a scan
     base = select(t.c.view, t.c.event_id, t.c.entity, t.c.window_start, t.c.amount, t.c.member).where(t.c.view.in_(view_names))
@@ -97,6 +127,10 @@ def load_contribs(conn: Connection, view_names: Sequence[str],
     for query in _by_ids(base, t.c.event_id, event_ids):
         for view_name, event_id, entity, window, amount, member in conn.execute(query):
             found[(view_name, event_id)] = Contrib(entity, window, amount, member)
+    if chunked:
+        wanted = None if event_ids is None else set(event_ids)
+        for view, held in chunks.read(conn, view_names).items():
+            found.update((key, c) for key, c in chunks.contribs(view, held).items() if wanted is None or key[1] in wanted)
     return found
 
 

@@ -35,8 +35,8 @@ from sqlalchemy.engine import Connection
 
 from lklab import views
 from lklab.core.provenance import git_sha
-from lklab.engine import outputs, spark_hash
-from lklab.engine.sink import HeldState
+from lklab.engine import chunks, horizon, outputs, spark_hash
+from lklab.engine.sink import HeldState, load_contribs, load_held
 from lklab.serving import progress
 from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION
@@ -45,7 +45,6 @@ from lklab.serving.store import (
     bulk_upsert,
     consistent_read,
     speed_contrib,
-    speed_event_state,
     speed_progress,
     view_snapshots,
 )
@@ -87,7 +86,7 @@ class Piece:
     name: str
     schema: pa.Schema
     read: Callable[[Connection, str, str, str], Any]  # (conn, output, scope, topic) -> rows
-    fixed: Callable[[str, str, str], dict] | None  # (output, scope, topic) -> the serving columns the piece does not store; None: not restored
+    fixed: Callable[[str, str, str], dict] | None  # (output, scope, topic) -> the serving columns the piece does not store; None: not installed as rows (the output; the held state: _install_held)
     table: Any = None
     renamed: dict[str, str] = field(default_factory=dict)  # piece column -> serving column, where they differ
 
@@ -110,16 +109,14 @@ def _state_piece(spec) -> Piece:
 
 
 def pieces(spec) -> list[Piece]:
-    e, c, p = speed_event_state, speed_contrib, speed_progress
+    p = speed_progress
     return [
+        # the held state: read whether a scope holds it as rows or chunks; installed by _install_held
         Piece("event_state", _schema(("event_id", pa.string()), ("event_version", pa.int64()), ("time_bucket", pa.int64())),
-              lambda conn, _o, scope, _t: conn.execute(select(e.c.event_id, e.c.event_version, e.c.time_bucket).where(e.c.scope == scope)),
-              lambda _o, scope, _t: {"scope": scope}, e),
+              lambda conn, _o, scope, _t: _held_versions(conn, scope), None),
         Piece("contrib", _schema(("event_id", pa.string()), ("entity", pa.string()), ("window_start", UTC_US),
                                  ("amount", pa.int64()), ("member", pa.string())),
-              lambda conn, out, _s, _t: conn.execute(select(c.c.event_id, c.c.entity, c.c.window_start, c.c.amount, c.c.member)
-                                                     .where(c.c.view == out)),
-              lambda out, _s, _t: {"view": out}, c),
+              lambda conn, out, _s, _t: [(eid, *c) for (_, eid), c in load_contribs(conn, [out]).items()], None),
         _state_piece(spec),
         Piece("progress", _schema(("partition", pa.int64()), ("next_offset", pa.int64()), ("max_event_time", UTC_US)),
               lambda conn, _o, scope, topic: [(part, nxt, mt) for part, (nxt, mt) in progress.load(conn, scope, topic).items()],
@@ -129,6 +126,11 @@ def pieces(spec) -> list[Piece]:
                                          for ent, w, val in outputs.read_output(None, spec.view, out, conn=conn)],
               None),
     ]
+
+
+def _held_versions(conn: Connection, scope: str) -> list[tuple[str, int, int | None]]:
+    held = load_held(conn, scope, [])
+    return [(eid, held.versions[eid], bucket) for eid, bucket in held.buckets]
 
 
 def _to_arrow(rows, schema: pa.Schema) -> pa.Table:
@@ -332,6 +334,7 @@ def load(settings: Settings, engine: Engine, snap: Snapshot, spec, scope: str) -
         for piece in pieces(spec):
             if piece.fixed is not None:
                 bulk_upsert(conn, piece.table, piece.serving_rows(tables[piece.name], spec.name, scope, settings.topic))
+        _install_held(conn, scope, spec, held_state(tables, spec))
         for step in steps:
             step(conn, spec)
     return tables
@@ -339,13 +342,27 @@ def load(settings: Settings, engine: Engine, snap: Snapshot, spec, scope: str) -
 
 def held_state(tables: dict[str, pa.Table], spec) -> HeldState:
     """The dedup versions, contributions and event-time buckets a replay's sink holds, from the pieces
-    `load` returned, so the sink starts from them instead of reading back what was just written."""
+    `load` returned, so the sink starts from them instead of reading back what was just written.
+    A snapshot taken before buckets were kept dates its events at its progress (no record of them
+    can be later: as CheckpointedSink does for such rows)."""
     state, contrib = tables["event_state"], tables["contrib"]
     ids = state.column("event_id").to_pylist()
     versions = dict(zip(ids, state.column("event_version").to_pylist()))
     columns = (contrib.column(c).to_pylist() for c in ("event_id", "entity", "window_start", "amount", "member"))
     contribs = {(spec.name, eid): Contrib(*rest) for eid, *rest in zip(*columns)}
-    return HeldState(versions, contribs, list(zip(ids, state.column("time_bucket").to_pylist())))
+    latest = max((t for t in tables["progress"].column("max_event_time").to_pylist() if t is not None), default=None)
+    undated = None if latest is None else horizon.bucket_of(latest)
+    buckets = [(eid, undated if bucket is None else bucket) for eid, bucket in zip(ids, state.column("time_bucket").to_pylist())]
+    return HeldState(versions, contribs, buckets)
+
+
+def _install_held(conn: Connection, scope: str, spec, held: HeldState) -> None:
+    """The snapshot's held state as the scope's first chunks (lklab.engine.chunks); contributions
+    that SQL reads (`contribs_as_rows`) as rows."""
+    if spec.contribs_as_rows:
+        bulk_upsert(conn, speed_contrib, [(view, eid, *c) for (view, eid), c in held.contribs.items()])
+    chunked = [] if spec.contribs_as_rows else [spec.name]
+    chunks.state_writer(held.versions, dict(held.buckets), held.contribs, chunked).write(conn, scope, chunks.next_seq(conn, scope))
 
 
 def read_output(snap: Snapshot, entity: str | None = None, window: datetime | None = None) -> list[dict]:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Engine,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -87,6 +88,19 @@ speed_contrib = Table(
     Column("amount", BigInteger, comment="MONEY views: the signed amount"),
     Column("member", String(128), comment="DISTINCT views: the member (user_id)"),
     Index("speed_contrib_by_entity", "view", "entity"),  # sessionized views re-read a rider's events
+)
+# A Kappa job's held state, checkpointed as compact chunks instead of one row per event: each
+# checkpoint writes, per event-time bucket, one chunk of the versions it changed and one per view
+# of the contributions (lklab.engine.chunks). Expiry drops a bucket's chunks whole.
+held_chunks = Table(
+    "held_chunks", metadata,
+    Column("scope", String(249), primary_key=True, comment="the consumer (a Kappa job)"),
+    Column("view", String(64), primary_key=True, comment="'' for the versions; else the output whose contributions these are"),
+    Column("time_bucket", BigInteger, primary_key=True, comment="the event-time bucket (epoch seconds) of the events in it"),
+    Column("seq", BigInteger, primary_key=True, comment="the checkpoint that wrote it: later chunks override earlier ones"),
+    Column("entries", Integer, nullable=False),
+    Column("payload", LargeBinary, nullable=False, comment="msgpack: lklab.engine.chunks"),
+    Index("held_chunks_by_view", "view"),
 )
 speed_view_rows = Table(
     "speed_view_rows", metadata,

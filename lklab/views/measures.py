@@ -89,6 +89,7 @@ class Measure:
     with_tips = False  # money sums that count schema v2's tips (MoneySum's field)
     speed_layer: ClassVar[bool] = True  # the Lambda speed layer maintains it (else batch serves every window)
     carries_money: ClassVar[bool] = False  # reconciled against the payments ledger
+    rereads_contribs: ClassVar[bool] = False  # its writes read the held contributions back from speed_contrib
 
     # --- semantics -------------------------------------------------------------------------
     @property
@@ -372,6 +373,7 @@ class Sessions(Measure):
     gap_s: int = SESSION_GAP_S
     kind: ClassVar[str] = "sessions"
     speed_layer: ClassVar[bool] = False
+    rereads_contribs: ClassVar[bool] = True  # rebuild() reads a rider's event times
 
     def contribution(self, spec: ViewSpec, event: Event) -> tuple[Key, str]:
         """Every event of a rider counts, at its exact event time."""

@@ -57,6 +57,13 @@ class ViewSpec:
         over many users (revenue, daily actives) are not."""
         return self.entity == "user_id"
 
+    @property
+    def contribs_as_rows(self) -> bool:
+        """Must its held contributions be rows of speed_contrib, where SQL reads them? A user's are
+        purged by `lklab forget`, and sessions re-read a rider's times. A Kappa job checkpoints
+        the others as compact chunks (lklab.engine.chunks)."""
+        return self.keyed_by_user or self.measure.rereads_contribs
+
     def contribution(self, event: Event) -> tuple[tuple[str, datetime], Any] | None:
         """(key, value) this event adds to the view; None when it does not count."""
         return self.measure.contribution(self, event)

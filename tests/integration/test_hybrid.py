@@ -29,12 +29,13 @@ from lklab.cli import app
 from lklab.core.config import Settings
 from lklab.log.generator import GeneratorConfig, generate, write_ledger
 from lklab.log.produce import produce_events
+from lklab.engine.sink import load_versions
 from lklab.serving.store import (
     batch_view_rows,
+    held_chunks,
     kappa_builds,
     make_engine,
     speed_contrib,
-    speed_event_state,
     speed_progress,
     view_snapshots,
 )
@@ -72,9 +73,8 @@ def batch_rows(engine, build_id: str, view: str) -> list[dict]:
 
 
 def dedup_state(engine, view: str, version: int) -> dict[str, int]:
-    t = speed_event_state
     with engine.connect() as conn:
-        return dict(conn.execute(select(t.c.event_id, t.c.event_version).where(t.c.scope == kappa.replay_scope(view, version))).all())
+        return load_versions(conn, kappa.replay_scope(view, version))
 
 
 def nothing_written(engine, view: str, version: int) -> bool:
@@ -82,6 +82,7 @@ def nothing_written(engine, view: str, version: int) -> bool:
     with engine.connect() as conn:
         return (conn.execute(select(speed_progress).where(speed_progress.c.scope == scope)).first() is None
                 and conn.execute(select(speed_contrib).where(speed_contrib.c.view == name)).first() is None
+                and conn.execute(select(held_chunks).where(held_chunks.c.scope == scope)).first() is None
                 and conn.execute(select(kappa_builds).where(kappa_builds.c.output == name)).first() is None)
 
 
@@ -176,13 +177,13 @@ def test_a_snapshot_written_before_event_times_were_kept_still_loads(split, spar
     settings, engine, workload = split
     view = "revenue_per_minute"
     kappa.replay(settings, engine, view, 1)
-    current, t = snapshots.pieces, speed_event_state
+    current = snapshots.pieces
 
     def before_horizon(spec):
         old = dataclasses.replace(
             next(p for p in current(spec) if p.name == "event_state"),
             schema=pa.schema([("event_id", pa.string()), ("event_version", pa.int64())]),
-            read=lambda conn, _o, scope, _t: conn.execute(select(t.c.event_id, t.c.event_version).where(t.c.scope == scope)))
+            read=lambda conn, _o, scope, _t: list(load_versions(conn, scope).items()))
         return [old if p.name == "event_state" else p for p in current(spec)]
 
     monkeypatch.setattr(snapshots, "pieces", before_horizon)

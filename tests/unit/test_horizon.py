@@ -12,7 +12,6 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
 
 from lklab import views
 from lklab.core import oracle
@@ -20,10 +19,10 @@ from lklab.core.config import Settings
 from lklab.core.events import Event
 from lklab.engine.checkpoint import CheckpointedSink
 from lklab.engine.outputs import late_windows
-from lklab.engine.sink import apply_records, read_view
+from lklab.engine.sink import apply_records, load_versions, read_view
 from lklab.log.generator import GeneratorConfig, generate
 from lklab.serving.progress import read_counters
-from lklab.serving.store import make_engine, speed_event_state
+from lklab.serving.store import make_engine
 
 TOPIC = "rides.events.unit"
 HORIZON = timedelta(hours=1)
@@ -88,9 +87,9 @@ def settings_for(tmp_path, serving_url, **extra) -> Settings:
 
 
 def held_state(engine, scope: str) -> set[tuple[str, int]]:
-    t = speed_event_state
+    """What the store holds, as rows (the speed layer) or chunks (a replay)."""
     with engine.connect() as conn:
-        return set(conn.execute(select(t.c.event_id, t.c.event_version).where(t.c.scope == scope)).all())
+        return set(load_versions(conn, scope).items())
 
 
 def revenue_windows(events: list[Event]) -> Counter:

@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, MetaData, String, inspect, make_url, select, text
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, LargeBinary, MetaData, String, inspect, make_url, select, text
 from typer.testing import CliRunner
 
 from lklab.serving import migrations
@@ -57,6 +57,8 @@ def value_for(table: str, column, n: int):
         return n
     if isinstance(kind, String):
         return f"{table[:20]}.{column['name']}.{n}"[: kind.length]
+    if isinstance(kind, LargeBinary):
+        return f"{table}.{column['name']}.{n}".encode() + bytes([0, 255, n % 256])
     raise AssertionError(f"{table}.{column['name']}: no test value for {kind!r}")
 
 

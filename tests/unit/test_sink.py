@@ -13,7 +13,7 @@ from sqlalchemy import select
 from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION, Event, EventType
 from lklab.serving.store import make_engine, speed_contrib, speed_event_state, speed_progress, speed_view_rows
-from lklab.engine.sink import apply_records, read_view
+from lklab.engine.sink import apply_records, load_versions, read_view
 from lklab.serving.progress import StaleProgressError, read_counters, read_progress
 
 TOPIC = "rides.events.unit"
@@ -320,6 +320,6 @@ def test_checkpointed_sink_equals_the_oracle_across_a_crash(tmp_path, serving_ur
     per_batch = make_engine(Settings(home=tmp_path / "per-batch"))
     for i in range(0, len(records), 40):
         apply_records(per_batch, settings, TOPIC, records[i:i + 40], specs=specs, scope=scope, close_windows=False)
-    state = lambda e: sorted(e.connect().execute(select(speed_event_state.c.event_id, speed_event_state.c.event_version)).all())  # noqa: E731
+    state = lambda e: sorted(load_versions(e.connect(), scope).items())  # noqa: E731
     assert state(engine) == state(per_batch)
     assert read_counters(engine, scope) == read_counters(per_batch, scope) | {"redelivered_skipped": read_counters(engine, scope)["redelivered_skipped"]}

@@ -1,0 +1,154 @@
+"""A Kappa job's held state, checkpointed as compact chunks instead of one SQL row per event.
+
+The state a consumer holds (each event's highest version and, per view, what that version
+contributes) changes for every event it applies. The Lambda speed layer keeps it as rows
+(`speed_event_state`, `speed_contrib`) because it looks events up batch by batch. A Kappa job holds
+all of it in memory (lklab.engine.checkpoint) and only needs the store to restart from, so each
+checkpoint writes what changed as a changelog of chunks (table `held_chunks`): per event-time
+bucket (lklab.engine.horizon), one msgpack chunk of the versions and one per view of the
+contributions, stamped with the checkpoint's sequence number. A few dozen inserts per checkpoint
+replace a row upsert per event and per contribution.
+
+Reading the chunks back folds them in sequence order, last write wins:
+
+- an entry `[event_id, value]` holds the event in that bucket with that value;
+- a deletion `[event_id]` written in bucket B removes the event if it is held in B. A checkpoint
+  writes one where an event's contribution went away, and a tombstone in the bucket an event left
+  when a correction moved its event time to another bucket: otherwise, once the newer bucket
+  expired, the older one's entry would come back.
+
+The horizon drops a bucket's chunks whole. Contributions that SQL reads stay rows
+(`ViewSpec.contribs_as_rows`): a user's rows are purged by `lklab forget`, and sessions re-read a
+rider's times.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from lklab.serving.store import held_chunks
+from lklab.views import Contrib
+from lklab.views.windows import EPOCH
+
+VERSIONS = ""  # the view column of the versions' chunks
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(list).decode
+
+Held = dict[str, tuple[int | None, object]]  # event_id -> (bucket, value); bucket None: read from a row
+
+
+def _micros(at: datetime) -> int:
+    return (at - EPOCH) // timedelta(microseconds=1)
+
+
+def version_entry(event_id: str, version: int) -> list:
+    return [event_id, version]
+
+
+def contrib_entry(event_id: str, contrib: Contrib) -> list:
+    return [event_id, contrib.entity, _micros(contrib.window), contrib.amount, contrib.member]
+
+
+class ChunkWriter:
+    """One checkpoint's chunks: entries and deletions per (view, bucket), written in one INSERT."""
+
+    def __init__(self, *, replaces_rows: bool = False) -> None:
+        self.entries: dict[tuple[str, int], list[list]] = {}
+        self.replaces_rows = replaces_rows  # the whole state: the scope's rows are deleted with it
+
+    def add(self, view: str, bucket: int, entry: list) -> None:
+        self.entries.setdefault((view, bucket), []).append(entry)
+
+    def delete(self, view: str, bucket: int, event_id: str) -> None:
+        self.add(view, bucket, [event_id])
+
+    def write(self, conn: Connection, scope: str, seq: int, cutoff: int | None = None) -> None:
+        """Insert the chunks, but none of a bucket before `cutoff` (expired in this same transaction)."""
+        rows = [{"scope": scope, "view": view, "time_bucket": bucket, "seq": seq, "entries": len(entries),
+                 "payload": _encode(entries)}
+                for (view, bucket), entries in self.entries.items() if cutoff is None or bucket >= cutoff]
+        if rows:
+            conn.execute(held_chunks.insert(), rows)
+
+
+def next_seq(conn: Connection, scope: str) -> int:
+    """The sequence number of the scope's next checkpoint."""
+    last = conn.execute(select(func.max(held_chunks.c.seq)).where(held_chunks.c.scope == scope)).scalar_one()
+    return 0 if last is None else last + 1
+
+
+def expire(conn: Connection, scope: str, cutoff: int) -> None:
+    """Drop the scope's chunks of buckets before `cutoff` (lklab.engine.horizon.cutoff)."""
+    conn.execute(held_chunks.delete().where(held_chunks.c.scope == scope, held_chunks.c.time_bucket < cutoff))
+
+
+def clear(conn: Connection, scope: str) -> None:
+    conn.execute(held_chunks.delete().where(held_chunks.c.scope == scope))
+
+
+def _rows(conn: Connection, scope: str | None, views: Sequence[str]):
+    t = held_chunks
+    query = select(t.c.view, t.c.time_bucket, t.c.payload).where(t.c.view.in_(views))
+    if scope is not None:
+        query = query.where(t.c.scope == scope)
+    return conn.execute(query.order_by(t.c.seq, t.c.view, t.c.time_bucket))
+
+
+def fold_into(held: dict[str, Held], chunks: Iterable[tuple[str, int, bytes]]) -> None:
+    """Apply chunks (view, bucket, payload), in sequence order, to `held` (view -> Held)."""
+    for view, bucket, payload in chunks:
+        mine = held.setdefault(view, {})
+        for entry in _decode(payload):
+            event_id = entry[0]
+            if len(entry) == 1:
+                found = mine.get(event_id)
+                if found is not None and found[0] in (bucket, None):
+                    del mine[event_id]
+            else:
+                mine[event_id] = (bucket, entry[1] if len(entry) == 2 else entry[1:])
+
+
+def read(conn: Connection, views: Sequence[str], scope: str | None = None,
+         rows: Mapping[str, Held] | None = None) -> dict[str, Held]:
+    """The held entries per view ('' for the versions): `rows` (state read from row tables, the
+    oldest), then the chunks of `scope` (None: any) over them. Contributions come back as
+    [entity, window µs, amount, member] lists: see contribs()."""
+    held: dict[str, Held] = {view: dict(found) for view, found in (rows or {}).items()}
+    fold_into(held, _rows(conn, scope, views))
+    return held
+
+
+def contribs(view: str, held: Held) -> dict[tuple[str, str], Contrib]:
+    """A view's held contributions as the sink keeps them."""
+    windows: dict[int, datetime] = {}  # window starts repeat: convert each once
+
+    def window(micros: int) -> datetime:
+        found = windows.get(micros)
+        if found is None:
+            found = windows[micros] = EPOCH + timedelta(microseconds=micros)
+        return found
+
+    out: dict[tuple[str, str], Contrib] = {}
+    for event_id, (_, value) in held.items():
+        out[(view, event_id)] = value if isinstance(value, Contrib) else Contrib(value[0], window(value[1]), value[2], value[3])
+    return out
+
+
+def state_writer(versions: Mapping[str, int], buckets: Mapping[str, int],
+                 contribs_by_view: Mapping[tuple[str, str], Contrib | None], views: Iterable[str]) -> ChunkWriter:
+    """A whole held state as one checkpoint's chunks, to replace the scope's rows (`replaces_rows`).
+    An event with no bucket (held before buckets were kept, with no progress to date it by) is left out."""
+    writer = ChunkWriter(replaces_rows=True)
+    for event_id, version in versions.items():
+        if (bucket := buckets.get(event_id)) is not None:
+            writer.add(VERSIONS, bucket, version_entry(event_id, version))
+    wanted = set(views)
+    for (view, event_id), contrib in contribs_by_view.items():
+        if view in wanted and contrib is not None and (bucket := buckets.get(event_id)) is not None:
+            writer.add(view, bucket, contrib_entry(event_id, contrib))
+    return writer

@@ -1,0 +1,128 @@
+"""A Kappa job's held state checkpointed as chunks (lklab.engine.chunks) against a temporary
+serving store, no Kafka: what a restart reads back is what the job held in memory, including
+after corrections that move an event to another event-time bucket and buckets that expire; state
+held as rows is rewritten as chunks; and the outputs equal the oracle."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select
+
+from lklab import views
+from lklab.core import oracle
+from lklab.core.config import Settings
+from lklab.core.events import SCHEMA_VERSION, Event, EventType
+from lklab.engine.checkpoint import CheckpointedSink
+from lklab.engine.sink import apply_records, load_held, load_versions, read_view
+from lklab.log.generator import GeneratorConfig, generate
+from lklab.serving.store import held_chunks, make_engine, speed_contrib, speed_event_state
+from tests.unit.test_horizon import PARTITIONS, partitioned
+
+TOPIC = "rides.events.unit"
+SPECS = list(views.SPEED_LAYER.values())
+HOUR = 3600
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+def payment(eid: str, when: str, version: int = 1, city: str = "berlin", amount: int = 500) -> bytes:
+    return Event(event_id=eid, event_version=version, schema_version=SCHEMA_VERSION, event_type=EventType.PAYMENT_CAPTURED,
+                 event_time=at(when), ride_id=eid.split("-")[0], user_id="u1", driver_id="d1", city=city,
+                 amount_cents=amount).to_json().encode()
+
+
+def stored(engine, scope: str) -> tuple[dict, dict]:
+    """What a restarting job reads back: versions and contributions (no None: an absent one)."""
+    with engine.connect() as conn:
+        held = load_held(conn, scope, [s.name for s in SPECS])
+    return held.versions, {k: c for k, c in held.contribs.items() if c is not None}
+
+
+def in_memory(sink: CheckpointedSink) -> tuple[dict, dict]:
+    return dict(sink.versions), {k: c for k, c in sink.contribs.items() if c is not None}
+
+
+def count(engine, table, *where) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+
+def test_a_correction_that_moves_an_event_to_an_older_bucket_leaves_a_tombstone(tmp_path, serving_url) -> None:
+    """E is captured at 10:50 (bucket 10:00); its correction moves it to 09:55 (bucket 09:00). Once
+    the watermark passes 11:00 + the horizon, bucket 09:00 expires and E with it: the chunk of
+    bucket 10:00 still holds E's first version, and without the tombstone a restart would hold
+    E again (and ignore a new delivery of it as a duplicate)."""
+    settings = Settings(home=tmp_path, partitions=1, correction_horizon_s=HOUR, serving_url=serving_url)
+    engine, scope = make_engine(settings), "lklab-replay-chunks"
+    sink = CheckpointedSink(engine, settings, TOPIC, SPECS, scope, every=10_000)
+    sink.apply([(0, 0, payment("E-1", "2026-03-01T10:50:00"))])
+    sink.checkpoint()
+    sink.apply([(0, 1, payment("E-1", "2026-03-01T09:55:00", version=2))])
+    sink.checkpoint()
+    assert stored(engine, scope) == in_memory(sink) and sink.versions == {"E-1": 2}
+    sink.apply([(0, 2, payment("F-1", "2026-03-01T11:30:00"))])  # watermark 11:30: buckets before 10:00 expire
+    sink.checkpoint()
+    sink.close()
+    assert "E-1" not in sink.versions
+    assert stored(engine, scope) == in_memory(sink)
+    assert count(engine, held_chunks, held_chunks.c.scope == scope, held_chunks.c.time_bucket < 1772359200) == 0  # 2026-03-01T10:00Z
+
+
+def test_after_every_checkpoint_the_store_holds_what_memory_holds(tmp_path, serving_url) -> None:
+    """Many corrections that move events across buckets, late events and expiry: after each
+    checkpoint a restart reads exactly the job's memory, and the outputs equal the oracle."""
+    found = generate(GeneratorConfig(seed=91, duration_s=6 * HOUR, rides_per_minute=3, late_fraction=0.02,
+                                     late_max_s=1800, correction_fraction=0.4, duplicate_fraction=0.05))
+    records = partitioned(found.deliveries)
+    corrections = sum(1 for e in found.deliveries if e.event_version > 1)
+    assert corrections > 50
+    settings = Settings(home=tmp_path, partitions=PARTITIONS, correction_horizon_s=2 * HOUR, serving_url=serving_url)
+    engine, scope = make_engine(settings), "lklab-replay-chunks"
+    sink = CheckpointedSink(engine, settings, TOPIC, SPECS, scope, every=10_000)
+    checks = 0
+    for i in range(0, len(records), 97):
+        sink.apply(records[i:i + 97])
+        sink.checkpoint()
+        assert stored(engine, scope) == in_memory(sink), f"after the checkpoint of records [{i}, {i + 97})"
+        checks += 1
+    sink.close()
+    assert checks > 20
+    assert count(engine, speed_event_state, speed_event_state.c.scope == scope) == 0  # chunks, not rows
+    assert 0 < len(sink.versions) < len({e.event_id for e in found.deliveries})  # expiry happened
+    horizon = timedelta(seconds=settings.correction_horizon_s)
+    progress: dict[int, datetime] = {}
+    accepted = []
+    for (p, _, _), event in zip(records, found.deliveries):  # the horizon's documented rule
+        progress[p] = max(progress.get(p, event.event_time), event.event_time)
+        if event.event_time >= progress[p] - horizon:
+            accepted.append(event)
+    truth = oracle.final_events(accepted)
+    for name in views.SPEED_LAYER:
+        got = {(r.entity, r.window_start): r.value for r in read_view(engine, name)}
+        comparison = oracle.compare(got, oracle.for_view(name, truth))
+        assert comparison.equal, f"{name}: {comparison}"
+
+
+def test_state_held_as_rows_becomes_chunks_at_the_first_checkpoint(tmp_path, serving_url) -> None:
+    """A scope whose state is rows (the per-batch sink's format, as before chunks) is read as is,
+    and its first checkpoint rewrites it as chunks and deletes the rows."""
+    settings = Settings(home=tmp_path, partitions=1, serving_url=serving_url)
+    engine, scope = make_engine(settings), "lklab-replay-rows"
+    first = [(0, i, payment(f"R{i}-1", f"2026-03-01T10:{i:02d}:00")) for i in range(20)]
+    apply_records(engine, settings, TOPIC, first, specs=SPECS, scope=scope, close_windows=False)
+    with engine.connect() as conn:
+        before = load_versions(conn, scope)
+    assert len(before) == 20 and count(engine, speed_event_state, speed_event_state.c.scope == scope) == 20
+    sink = CheckpointedSink(engine, settings, TOPIC, SPECS, scope)
+    assert sink.versions == before
+    sink.apply([(0, 20, payment("R3-1", "2026-03-01T10:30:00", version=2, city="köln"))])
+    sink.checkpoint()
+    sink.close()
+    assert count(engine, speed_event_state, speed_event_state.c.scope == scope) == 0
+    assert count(engine, speed_contrib, speed_contrib.c.view.in_([s.name for s in SPECS])) == 0
+    assert stored(engine, scope) == in_memory(sink)
+    assert stored(engine, scope)[0] == before | {"R3-1": 2}
+    rows = {(r.entity, r.window_start): r.value for r in read_view(engine, "revenue_per_minute")}
+    assert rows[("köln", at("2026-03-01T10:30:00"))] == 500 and ("berlin", at("2026-03-01T10:03:00")) not in rows
