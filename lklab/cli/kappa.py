@@ -80,7 +80,7 @@ def bounded_replay(s: Settings, engine, view: str, version: int, start, from_sna
     if result.beyond_horizon:
         console.print(f"{result.output}: {result.beyond_horizon} records refused, older than the correction horizon "
                       f"({s.correction_horizon_s / 3600:g} h): their windows are in speed_late_windows under {result.output}; "
-                      f"a new version replayed with a longer LKLAB_CORRECTION_HORIZON_S repairs them")
+                      f"`lklab kappa repair {view} --version {version}` recomputes them from the log")
 
 
 def live_replay(s: Settings, engine, view: str, version: int, start_from: str, from_snapshot: Optional[str],
@@ -218,6 +218,34 @@ def kappa_stop(
     except jobs.JobError as exc:
         raise fail(str(exc)) from None
     console.print(f"{view}__v{version} stopped" if stopped else f"{view}__v{version} was not running")
+
+
+@kappa_app.command("repair")
+def kappa_repair(
+    view: Annotated[str, typer.Argument(help="revenue_per_minute | daily_active_users | driver_earnings_daily")],
+    version: Annotated[int, typer.Option("--version", help="repair <view>__v<N>")],
+) -> None:
+    """Recompute, from the whole log, only the windows of <view>__v<N> that records refused beyond the
+    correction horizon touched (and those their events' other versions touched). The job must be stopped."""
+    from aiokafka.errors import KafkaError
+
+    from lklab import kappa
+    from lklab.kappa.repair import check_repair, repair
+
+    s = settings()
+    try:
+        check_repair(s, view, version)
+        found = repair(s, serving_engine(s), view, version)
+    except (kappa.ReplayError, LookupError) as exc:
+        raise fail(str(exc)) from None
+    except KafkaError as exc:
+        raise kafka_failure(s, exc) from None
+    if not found.recorded:
+        console.print(f"{found.output}: no record was refused beyond the horizon; nothing to repair")
+        return
+    console.print(f"{found.output}: {found.repaired} windows recomputed ({found.recorded} recorded by refused records), "
+                  f"{found.changed} changed, from {found.events:,} events; {found.records_read:,} records read in "
+                  f"{found.seconds:.1f}s")
 
 
 @kappa_app.command("status")

@@ -164,6 +164,15 @@ class Measure:
     def state_piece(self) -> StatePiece:
         raise NotImplementedError
 
+    def clear_windows(self, conn: Connection, spec: ViewSpec, keys: Sequence[Key]) -> None:
+        """Delete output `spec.name`'s maintained rows of these (entity, window start) keys: a
+        targeted repair (lklab.kappa.repair) rebuilds them from their events."""
+        piece = self.state_piece()
+        t = piece.table
+        entity = t.c[piece.renamed.get("entity", "entity")]
+        for name, window in keys:
+            conn.execute(t.delete().where(t.c.view == spec.name, entity == name, t.c.window_start == window))
+
     def output_piece(self, value: Any) -> tuple[int, int | None]:
         """A value as a snapshot's output piece stores it: (value, duration_ms)."""
         return value, None

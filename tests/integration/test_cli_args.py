@@ -62,6 +62,11 @@ def test_bad_replay_arguments_are_one_line_before_anything_starts(with_events: S
         ("replay", "revenue_per_minute", "--version", "0"): "error: --version 0: versions start at 1",
         ("replay", "revenue_per_day", "--version", "1"): "error: unknown view 'revenue_per_day'; one of: revenue_per_minute, "
                                                          "daily_active_users, driver_earnings_daily, user_sessions",
+        ("kappa", "repair", "revenue_per_minute", "--version", "0"): "error: --version 0: versions start at 1",
+        ("kappa", "repair", "user_sessions", "--version", "1"):
+            "error: user_sessions__v1: a view keyed by the user or sessionized is not additive per window (a rider's sessions "
+            "depend on all of the rider's events), so a targeted repair cannot recompute it; replay a new version with a "
+            "longer LKLAB_CORRECTION_HORIZON_S instead",
     }.items():
         result = in_process(with_events, *args)
         assert (result.returncode, result.stderr.strip(), result.stdout) == (2, message, ""), args

@@ -16,9 +16,11 @@ from lklab import kappa
 from lklab.core import oracle
 from lklab import views
 from lklab.core.config import Settings
+from lklab.core.events import SCHEMA_VERSION, Event, EventType
 from lklab.log.generator import GeneratorConfig, generate, write_ledger
 from lklab.log.produce import produce_events
 from lklab.serving.store import make_engine
+from tests.integration.test_cli_args import in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -68,6 +70,43 @@ def test_a_replay_to_recorded_offsets_is_reproducible_and_equals_the_oracle(load
     record = kappa.build_record(engine, "revenue_per_minute__v2")
     assert record["status"] == "complete" and record["consumer_group"] == "lklab-replay-revenue_per_minute__v2"
     assert again.events == second.events - first.events  # only what arrived after v2's first target
+
+
+def test_a_targeted_repair_recomputes_the_windows_of_refused_records_from_the_log(isolated: Settings) -> None:
+    """With a one-hour correction horizon, a replay refuses the records more than an hour behind
+    their partition (events up to six hours late, corrections, duplicates) and differs from the
+    oracle; `kappa repair` recomputes only the windows they touched (and those their events' other
+    versions touched) from the log, and each view then equals the oracle over every event."""
+    from lklab.kappa.repair import repair
+
+    settings = isolated.model_copy(update={"correction_horizon_s": 3600})
+    found = generate(GeneratorConfig(seed=83, duration_s=5 * 3600, rides_per_minute=2, late_fraction=0.05,
+                                     late_max_s=6 * 3600, correction_fraction=0.3, duplicate_fraction=0.05, users=50_000))
+    # one refused correction whose original was applied: it moves a payment to another city, so
+    # the original's window must be recomputed too (the correction could not retract it)
+    end = found.config.start + timedelta(seconds=found.config.duration_s)
+    paid = lambda eid, version, minutes, city: Event(  # noqa: E731
+        event_id=eid, event_version=version, schema_version=SCHEMA_VERSION, event_type=EventType.PAYMENT_CAPTURED,
+        event_time=end + timedelta(minutes=minutes), ride_id="repair-ride", user_id="repair-user", driver_id="repair-driver",
+        city=city, amount_cents=700)
+    moved = [paid("repair-x", 1, 60, "berlin"), paid("repair-later", 1, 180, "berlin"), paid("repair-x", 2, 55, "paris")]
+    engine = make_engine(settings)
+    produce_events(settings, found.deliveries + moved)
+    truth_events = oracle.final_events(found.truth + moved)
+    # (a refused event rarely changes a day's distinct users, as the ride's other events count the
+    # rider; the moved payment's rider has no other event)
+    for view in ("revenue_per_minute", "driver_earnings_daily", "daily_active_users"):
+        result = kappa.replay(settings, engine, view, 1)
+        truth = oracle.for_view(view, truth_events)
+        before = as_map(kappa.read_output(engine, view, result.output))
+        assert result.beyond_horizon > 20 and not oracle.compare(before, truth).equal, "the test would test nothing"
+        fixed = repair(settings, engine, view, 1)
+        assert fixed.recorded > 0 and fixed.repaired >= fixed.recorded and fixed.changed > 0
+        after = as_map(kappa.read_output(engine, view, result.output))
+        assert oracle.compare(after, truth).equal, oracle.compare(after, truth)
+        assert fixed.changed == sum(1 for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        again = in_process(settings, "kappa", "repair", view, "--version", "1")  # the recorded windows are cleared
+        assert (again.returncode, again.stdout.split(":", 1)[1].strip()) == (0, "no record was refused beyond the horizon; nothing to repair")
 
 
 def test_cutover_validates_swaps_atomically_and_rolls_back_under_a_concurrent_reader(loaded_on_both_stores, spark) -> None:
