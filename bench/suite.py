@@ -578,8 +578,8 @@ def replay_table(extra: dict) -> list[str]:
     lines = ["", "## Replay as the log grows", "",
              "The same log, replayed over the first part of every partition (one run each, the full size is the "
              "table's median run). Peak RSS is the bench process's, in which the replay runs, from what it held before; "
-             "state is the consumer's dedup and contribution rows in the serving store at the end (SQLite pages, "
-             "indexes included), bounded by the correction horizon.", "",
+             "state is the replay's dedup and contribution state in the serving store at the end (its chunks: "
+             "entries and payload bytes), bounded by the correction horizon.", "",
              "| events | ev/s | peak RSS | state held |", "|---:|---:|---:|---:|"]
     for point in extra["replay_curve"]:
         lines.append(f"| {point['events']:,} | {point['eps']:,.0f} | {_mb(point['peak_rss'])} | {_state(point['state'])} |")
@@ -1001,8 +1001,9 @@ def main() -> None:
     notes.append("Peak RSS: each process's VmHWM. The speed layer's worker and the live Kappa job are read before they "
                  "stop; processes that live through the bench (the bench itself, the Spark JVM) have their peak reset "
                  "(clear_refs) before the figure, so theirs starts from what they held already; the broker's is over "
-                 "the whole bench. State held: the consumer's dedup and contribution rows in its SQLite store "
-                 "(dbstat pages, indexes included).")
+                 "the whole bench. State held: the consumer's dedup and contribution state in its SQLite store: "
+                 "rows (dbstat pages, indexes included; the speed layer) and chunks (payload bytes, entries counted as "
+                 "rows; a Kappa job: lklab.engine.chunks).")
     if args.quick:
         notes.append("A --quick run: small sizes, to check that the suite runs end to end. Its figures are not the record.")
     notes.append(f"The whole bench took {(time.monotonic() - began) / 60:.1f} min (generation and loading included).")
