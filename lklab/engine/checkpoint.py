@@ -139,14 +139,9 @@ class CheckpointedSink:
             writer.add(chunks.VERSIONS, bucket, chunks.version_entry(event_id, version))
         for key in [key for key in self.deltas.contribs if key[0] in chunked]:
             view, event_id = key
-            contrib, bucket = self.deltas.contribs.pop(key), changed[event_id][1]
-            if contrib is None:
-                writer.delete(view, bucket, event_id)
-            else:
-                writer.add(view, bucket, chunks.contrib_entry(event_id, contrib))
+            writer.contrib(view, changed[event_id][1], event_id, self.deltas.contribs.pop(key))
         for event_id, left in moved.items():
-            for view in (chunks.VERSIONS, *self.chunked):
-                writer.delete(view, left, event_id)
+            writer.moved_out(event_id, left, self.chunked)
         return writer
 
     def _whole_state(self) -> ChunkWriter:

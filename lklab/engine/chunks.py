@@ -67,6 +67,18 @@ class ChunkWriter:
     def delete(self, view: str, bucket: int, event_id: str) -> None:
         self.add(view, bucket, [event_id])
 
+    def contrib(self, view: str, bucket: int, event_id: str, contrib: Contrib | None) -> None:
+        """The event's contribution to `view` held in `bucket`, or its deletion (None)."""
+        if contrib is None:
+            self.delete(view, bucket, event_id)
+        else:
+            self.add(view, bucket, contrib_entry(event_id, contrib))
+
+    def moved_out(self, event_id: str, left: int, views: Iterable[str]) -> None:
+        """Tombstones where a correction moved the event out of bucket `left` (see the module)."""
+        for view in (VERSIONS, *views):
+            self.delete(view, left, event_id)
+
     def write(self, conn: Connection, scope: str, seq: int, cutoff: int | None = None) -> None:
         """Insert the chunks, but none of a bucket before `cutoff` (expired in this same transaction)."""
         rows = [{"scope": scope, "view": view, "time_bucket": bucket, "seq": seq, "entries": len(entries),
@@ -85,10 +97,6 @@ def next_seq(conn: Connection, scope: str) -> int:
 def expire(conn: Connection, scope: str, cutoff: int) -> None:
     """Drop the scope's chunks of buckets before `cutoff` (lklab.engine.horizon.cutoff)."""
     conn.execute(held_chunks.delete().where(held_chunks.c.scope == scope, held_chunks.c.time_bucket < cutoff))
-
-
-def clear(conn: Connection, scope: str) -> None:
-    conn.execute(held_chunks.delete().where(held_chunks.c.scope == scope))
 
 
 def _rows(conn: Connection, scope: str | None, views: Sequence[str]):
@@ -113,12 +121,10 @@ def fold_into(held: dict[str, Held], chunks: Iterable[tuple[str, int, bytes]]) -
                 mine[event_id] = (bucket, entry[1] if len(entry) == 2 else entry[1:])
 
 
-def read(conn: Connection, views: Sequence[str], scope: str | None = None,
-         rows: Mapping[str, Held] | None = None) -> dict[str, Held]:
-    """The held entries per view ('' for the versions): `rows` (state read from row tables, the
-    oldest), then the chunks of `scope` (None: any) over them. Contributions come back as
-    [entity, window µs, amount, member] lists: see contribs()."""
-    held: dict[str, Held] = {view: dict(found) for view, found in (rows or {}).items()}
+def read(conn: Connection, views: Sequence[str], scope: str | None = None) -> dict[str, Held]:
+    """The held entries per view ('' for the versions) in the chunks of `scope` (None: any).
+    Contributions come back as [entity, window µs, amount, member] lists: see contribs()."""
+    held: dict[str, Held] = {}
     fold_into(held, _rows(conn, scope, views))
     return held
 
@@ -135,7 +141,7 @@ def contribs(view: str, held: Held) -> dict[tuple[str, str], Contrib]:
 
     out: dict[tuple[str, str], Contrib] = {}
     for event_id, (_, value) in held.items():
-        out[(view, event_id)] = value if isinstance(value, Contrib) else Contrib(value[0], window(value[1]), value[2], value[3])
+        out[(view, event_id)] = Contrib(value[0], window(value[1]), value[2], value[3])
     return out
 
 

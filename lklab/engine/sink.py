@@ -51,13 +51,16 @@ def _by_ids(query, column, ids: Sequence[str] | None) -> Iterable:
         yield query.where(column.in_(chunk))
 
 
-def load_versions(conn: Connection, scope: str, event_ids: Sequence[str] | None = None) -> dict[str, int]:
-    """The held versions of these events, or of every event of the scope (None): its rows, and a
-    Kappa job's chunks over them (lklab.engine.chunks)."""
+def load_versions(conn: Connection, scope: str, event_ids: Sequence[str] | None = None, *,
+                  chunked: bool = True) -> dict[str, int]:
+    """The held versions of these events, or of every event of the scope (None): its rows, and
+    (`chunked`) a Kappa job's chunks over them (lklab.engine.chunks)."""
     t = speed_event_state
     found: dict[str, int] = {}
     for query in _by_ids(select(t.c.event_id, t.c.event_version).where(t.c.scope == scope), t.c.event_id, event_ids):
         found.update(conn.execute(query).all())
+    if not chunked:
+        return found
     held = chunks.read(conn, [chunks.VERSIONS], scope).get(chunks.VERSIONS, {})
     wanted = None if event_ids is None else set(event_ids)
     found.update((eid, version) for eid, (_, version) in held.items() if wanted is None or eid in wanted)
@@ -213,8 +216,9 @@ def apply_records(
         max_time: dict[int, datetime] = {p: mt for p, (_, mt) in held.items() if mt is not None}
         fresh = fence_and_parse(records, dict(committed), stats)
         event_ids = [e.event_id for _, e in fresh]
-        versions = load_versions(conn, scope, event_ids)
-        contribs = load_contribs(conn, [spec.name for spec in specs], event_ids)
+        # the per-batch sink's state is rows (chunks are a Kappa job's): no chunk reads on its hot path
+        versions = load_versions(conn, scope, event_ids, chunked=False)
+        contribs = load_contribs(conn, [spec.name for spec in specs], event_ids, chunked=False)
         deltas, changed_versions = BatchDeltas(), {}
         before = views.watermark(max_time, settings.partitions)
         fold(fresh, specs, versions, contribs, max_time, deltas, changed_versions, stats, lateness, settings.partitions,

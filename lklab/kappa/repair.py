@@ -181,15 +181,11 @@ def _hold_newest(conn, spec, scope: str, newest) -> None:
         eid = event.event_id
         if eid not in held.versions or held.versions[eid] == event.event_version:
             continue
-        bucket, contrib = horizon.bucket_of(event.event_time), contrib_of(spec, event)
+        bucket = horizon.bucket_of(event.event_time)
         writer.add(chunks.VERSIONS, bucket, chunks.version_entry(eid, event.event_version))
-        if contrib is None:
-            writer.delete(spec.name, bucket, eid)
-        else:
-            writer.add(spec.name, bucket, chunks.contrib_entry(eid, contrib))
+        writer.contrib(spec.name, bucket, eid, contrib_of(spec, event))
         if (left := buckets.get(eid)) is not None and left != bucket:
-            writer.delete(chunks.VERSIONS, left, eid)
-            writer.delete(spec.name, left, eid)
+            writer.moved_out(eid, left, [spec.name])
     writer.write(conn, scope, chunks.next_seq(conn, scope))
 
 

@@ -231,12 +231,12 @@ def test_stale_progress_rolls_back_the_whole_batch(engine, settings, monkeypatch
     before = snapshot(engine)
     load_versions = sink.load_versions
 
-    def another_consumer_commits_first(conn, scope, event_ids):
+    def another_consumer_commits_first(conn, scope, event_ids, **options):
         # A consumer that took partition 0 over in a rebalance commits offsets 1..5 after this
         # batch read the progress but before it writes.
         with engine.begin() as other:
             other.execute(speed_progress.update().values(next_offset=speed_progress.c.next_offset + 5))
-        return load_versions(conn, scope, event_ids)
+        return load_versions(conn, scope, event_ids, **options)
 
     monkeypatch.setattr(sink, "load_versions", another_consumer_commits_first)
     with pytest.raises(StaleProgressError):
