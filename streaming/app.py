@@ -30,7 +30,7 @@ from streaming.faults import speed_specs
 from lklab.lambda_arch.speed import assignment_file
 from lklab.engine import dead_letters
 from lklab.engine.fold import ApplyStats
-from lklab.engine.sink import apply_records
+from lklab.engine.sink import OwnedState, apply_records
 from lklab.serving.progress import StaleProgressError, beat
 
 log = logging.getLogger("lklab.speed")
@@ -96,6 +96,10 @@ def make_app(settings: Settings) -> faust.App:
         return engine_holder[0]
 
     dlq_limits: list[int] = []  # the DLQ's record limit, read at the first dead letter
+    # Held state in memory while this worker owns every partition (see OwnedState); per-batch
+    # lookups while it owns only some. Every rebalance throws the memory away.
+    owned = OwnedState(settings.correction_horizon_s)
+    owns_all: list[bool] = [False]
 
     async def send_dead_letters(stats: ApplyStats, keys: dict[tuple[int, int], bytes | None]) -> None:
         if not dlq_limits:
@@ -114,7 +118,8 @@ def make_app(settings: Settings) -> faust.App:
 
         for attempt in range(1, STALE_RETRIES + 1):
             try:
-                return apply_records(engine(), settings, topic, records, before_commit=before_commit, specs=specs)
+                return apply_records(engine(), settings, topic, records, before_commit=before_commit, specs=specs,
+                                     owned=owned if owns_all[0] else None)
             except StaleProgressError as exc:  # a rebalance race: retry; committed offsets are skipped
                 if attempt == STALE_RETRIES:
                     raise
@@ -162,10 +167,18 @@ def make_app(settings: Settings) -> faust.App:
                     stats.watermark.isoformat() if stats.watermark else None, stats.next_offsets,
                 )
 
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        owns_all[0] = False
+        owned.invalidate()
+
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topic)
-        log.info("partitions assigned: %s %s", settings.topic, mine)
+        owned.invalidate()
+        owns_all[0] = settings.speed_state_in_memory and mine == list(range(settings.partitions))
+        log.info("partitions assigned: %s %s (held state %s)", settings.topic, mine,
+                 "in memory" if owns_all[0] else "looked up per batch")
         path = assignment_file(settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

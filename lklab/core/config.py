@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     speed_batch_max: int = Field(5000, ge=1, description="records per speed-layer sink transaction, at most")
     speed_batch_within_s: float = Field(0.2, gt=0, description="a partial batch is applied after this long: added latency")
     speed_prefetch: int = Field(20_000, ge=1, description="Faust stream buffer per partition (back-pressure)")
+    speed_state_in_memory: bool = Field(True, description="hold the speed layer's dedup and contribution state in memory "
+                                        "while one worker owns every partition (lklab.engine.sink.OwnedState); off: looked up "
+                                        "per batch, as it always is while several workers share the partitions")
     allowed_lateness_s: int = Field(300, ge=0, description="99.9% of the seed's events arrive within 5 minutes")
     correction_horizon_s: int = Field(72 * 3600, gt=0, description="dedup and correction state is kept for this much event time "
                                       "behind each partition's progress (the seed's events arrive within 48 h): a record older than "

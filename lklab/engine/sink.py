@@ -29,6 +29,7 @@ from lklab.core.config import Settings
 from lklab.engine import chunks, horizon
 from lklab.engine.outputs import late_windows
 from lklab.engine.fold import ApplyStats, BatchDeltas, InputRecord, fence_and_parse, fold
+from lklab.engine.horizon import HeldBuckets
 from lklab.privacy import requests
 from lklab.serving import progress
 from lklab.serving.store import add_to, bulk_upsert, speed_contrib, speed_event_state, speed_late_windows
@@ -90,6 +91,56 @@ def load_held(conn: Connection, scope: str, view_names: Sequence[str]) -> HeldSt
     for view, found in held.items():
         contribs.update(chunks.contribs(view, found))
     return HeldState(versions, contribs, list(buckets.items()))
+
+
+class OwnedState:
+    """A per-batch consumer's held state, kept in memory between its batches while it owns every
+    partition of its topic (the speed layer with one worker): each batch then reads nothing back
+    but the progress row per partition and the tombstone list, instead of looking its events'
+    versions and contributions up. The store stays the truth: every batch still writes its
+    changes, and the memory is thrown away (`invalidate`) on a rebalance and whenever a batch
+    fails, so the next batch reloads it. Not used while the consumer owns only some partitions: a
+    correction may change an event's ride, its Kafka key, so its other versions may be another
+    worker's. Bounded like the store, by the correction horizon."""
+
+    def __init__(self, horizon_s: int) -> None:
+        self.horizon_s, self.generation = horizon_s, 0
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Forget everything; safe from another thread (a rebalance) while a batch runs: a load
+        that began before it does not count as loaded, and the batch's fold only touches what it
+        was handed."""
+        self.generation += 1
+        self.loaded = False
+        self.versions: dict[str, int] = {}
+        self.contribs: dict[tuple[str, str], Contrib] = {}
+        self.buckets = HeldBuckets(self.horizon_s)
+        self.forgotten: frozenset[str] = frozenset()
+
+    def load(self, conn: Connection, scope: str, view_names: Sequence[str], forgotten: frozenset[str]) -> None:
+        generation, held = self.generation, load_held(conn, scope, view_names)
+        buckets = HeldBuckets(self.horizon_s)
+        # held before buckets were kept (NULL): never expires, as in the store (expire_held)
+        buckets.hold_all((eid, bucket) for eid, bucket in held.buckets if bucket is not None)
+        buckets.take_moved()
+        self.versions, self.contribs, self.buckets, self.forgotten = held.versions, held.contribs, buckets, forgotten
+        self.loaded = generation == self.generation
+
+    def forget(self, forgotten: frozenset[str], keyed_views: set[str]) -> None:
+        """Users forgotten since the last batch: `lklab forget` purged their contributions to the
+        views keyed by the user from the store, so they leave memory too."""
+        if new := forgotten - self.forgotten:
+            for key in [k for k, c in self.contribs.items() if k[0] in keyed_views and c is not None and c.entity in new]:
+                del self.contribs[key]
+        self.forgotten = forgotten
+
+    def expire(self, cutoff: int, view_names: Sequence[str]) -> None:
+        """Drop what the batch's expire_held dropped from the store: the buckets before `cutoff`."""
+        for event_id in self.buckets.expire(cutoff):
+            self.versions.pop(event_id, None)
+            for view in view_names:
+                self.contribs.pop((view, event_id), None)
 
 
 def has_rows(conn: Connection, scope: str) -> bool:
@@ -193,6 +244,7 @@ def apply_records(
     specs: Sequence[views.ViewSpec] | None = None,
     scope: str | None = None,
     close_windows: bool = True,
+    owned: OwnedState | None = None,
 ) -> ApplyStats:
     """Apply one consumed batch of `topic` to every speed view in ONE transaction.
 
@@ -204,32 +256,55 @@ def apply_records(
     it must take late events and corrections into any window.
     `before_commit(stats)`, if given, runs inside the open transaction after every write (the
     worker sends dead letters there); if it raises, nothing of the batch is committed.
+    `owned`, if given, is the held state in memory (OwnedState: only while this consumer owns every
+    partition); without it, the batch's events are looked up.
     Raises StaleProgressError when another consumer advanced one of these partitions first.
     """
     stats = ApplyStats(topic=topic)
     lateness = settings.allowed_lateness_s if close_windows else None
     specs = views.speed_layer_specs(settings) if specs is None else specs
     scope = scope or settings.speed_group
-    with engine.begin() as conn:
-        held = progress.load(conn, scope, topic)
-        committed = {p: nxt for p, (nxt, _) in held.items()}
-        max_time: dict[int, datetime] = {p: mt for p, (_, mt) in held.items() if mt is not None}
-        fresh = fence_and_parse(records, dict(committed), stats)
-        event_ids = [e.event_id for _, e in fresh]
-        # the per-batch sink's state is rows (chunks are a Kappa job's): no chunk reads on its hot path
-        versions = load_versions(conn, scope, event_ids, chunked=False)
-        contribs = load_contribs(conn, [spec.name for spec in specs], event_ids, chunked=False)
-        deltas, changed_versions = BatchDeltas(), {}
-        before = views.watermark(max_time, settings.partitions)
-        fold(fresh, specs, versions, contribs, max_time, deltas, changed_versions, stats, lateness, settings.partitions,
-             requests.forgotten(conn) if any(spec.keyed_by_user for spec in specs) else frozenset(),
-             horizon_s=settings.correction_horizon_s)
-        persist(conn, scope, topic, deltas, changed_versions, stats, committed, max_time)
-        if (cut := _new_cutoff(before, stats.watermark, settings.correction_horizon_s)) is not None:
-            expire_held(conn, scope, [spec.name for spec in specs], cut)
-        if before_commit is not None:
-            before_commit(stats)
+    view_names = [spec.name for spec in specs]
+    try:
+        with engine.begin() as conn:
+            held = progress.load(conn, scope, topic)
+            committed = {p: nxt for p, (nxt, _) in held.items()}
+            max_time: dict[int, datetime] = {p: mt for p, (_, mt) in held.items() if mt is not None}
+            fresh = fence_and_parse(records, dict(committed), stats)
+            forgotten = requests.forgotten(conn) if any(spec.keyed_by_user for spec in specs) else frozenset()
+            versions, contribs = _held_for(conn, owned, scope, specs, [e.event_id for _, e in fresh], forgotten)
+            deltas, changed_versions = BatchDeltas(), {}
+            before = views.watermark(max_time, settings.partitions)
+            fold(fresh, specs, versions, contribs, max_time, deltas, changed_versions, stats, lateness, settings.partitions,
+                 forgotten, horizon_s=settings.correction_horizon_s, buckets=None if owned is None else owned.buckets)
+            persist(conn, scope, topic, deltas, changed_versions, stats, committed, max_time)
+            if (cut := _new_cutoff(before, stats.watermark, settings.correction_horizon_s)) is not None:
+                expire_held(conn, scope, view_names, cut)
+                if owned is not None:
+                    owned.expire(cut, view_names)
+            if before_commit is not None:
+                before_commit(stats)
+    except BaseException:
+        if owned is not None:  # the fold changed it, the store rolled back
+            owned.invalidate()
+        raise
+    if owned is not None:
+        owned.buckets.take_moved()  # a per-batch sink writes rows, not a bucket's tombstones
     return stats
+
+
+def _held_for(conn: Connection, owned: OwnedState | None, scope: str, specs: Sequence[views.ViewSpec],
+              event_ids: Sequence[str], forgotten: frozenset[str]) -> tuple[dict[str, int], dict[tuple[str, str], Contrib]]:
+    """The held versions and contributions the fold updates in place: the ones in memory (loaded
+    at the first batch since the last invalidation), or these events' looked up (`owned` None)."""
+    view_names = [spec.name for spec in specs]
+    if owned is None:
+        # the per-batch sink's state is rows (chunks are a Kappa job's): no chunk reads on its hot path
+        return load_versions(conn, scope, event_ids, chunked=False), load_contribs(conn, view_names, event_ids, chunked=False)
+    if not owned.loaded:
+        owned.load(conn, scope, view_names, forgotten)
+    owned.forget(forgotten, {spec.name for spec in specs if spec.keyed_by_user})
+    return owned.versions, owned.contribs
 
 
 def _new_cutoff(before: datetime | None, after: datetime | None, horizon_s: int) -> int | None:

@@ -19,7 +19,7 @@ from lklab.core.config import Settings
 from lklab.core.events import Event
 from lklab.engine.checkpoint import CheckpointedSink
 from lklab.engine.outputs import late_windows
-from lklab.engine.sink import apply_records, load_versions, read_view
+from lklab.engine.sink import OwnedState, apply_records, load_versions, read_view
 from lklab.log.generator import GeneratorConfig, generate
 from lklab.serving.progress import read_counters
 from lklab.serving.store import make_engine
@@ -128,11 +128,17 @@ def test_a_replay_refuses_what_is_beyond_the_horizon_equals_the_oracle_on_the_re
     assert second.versions.keys() == {eid for eid, _ in expected.held}  # memory holds what the store holds
 
 
-def test_the_speed_layer_leaves_what_is_beyond_the_horizon_to_batch_and_drops_old_state(tmp_path, serving_url, workload) -> None:
+@pytest.mark.parametrize("in_memory", [False, True], ids=["looked-up", "in-memory"])
+def test_the_speed_layer_leaves_what_is_beyond_the_horizon_to_batch_and_drops_old_state(
+        tmp_path, serving_url, workload, in_memory) -> None:
     records, expected = workload
     settings = settings_for(tmp_path, serving_url, allowed_lateness_s=300)
     engine = make_engine(settings)
+    owned = OwnedState(settings.correction_horizon_s) if in_memory else None
     for i in range(0, len(records), 200):
-        apply_records(engine, settings, TOPIC, records[i:i + 200])
+        apply_records(engine, settings, TOPIC, records[i:i + 200], owned=owned)
     assert read_counters(engine, settings.speed_group)["beyond_horizon"] == len(expected.refused)
     assert held_state(engine, settings.speed_group) == expected.held
+    if owned is not None:  # memory holds what the store holds, no more
+        assert set(owned.versions.items()) == expected.held
+        assert {eid for _, eid in owned.contribs} <= {eid for eid, _ in expected.held}

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION, Event, EventType
 from lklab.serving.store import make_engine, speed_contrib, speed_event_state, speed_progress, speed_view_rows
-from lklab.engine.sink import apply_records, load_versions, read_view
+from lklab.engine.sink import OwnedState, apply_records, load_versions, read_view
 from lklab.serving.progress import StaleProgressError, read_counters, read_progress
 
 TOPIC = "rides.events.unit"
@@ -259,9 +259,12 @@ def test_before_commit_failure_commits_nothing(engine, settings) -> None:
     assert read_counters(engine)["processed"] == 0
 
 
-def test_every_speed_view_equals_the_oracle_on_a_generated_stream(tmp_path, serving_url) -> None:
+@pytest.mark.parametrize("in_memory", [False, True], ids=["looked-up", "in-memory"])
+def test_every_speed_view_equals_the_oracle_on_a_generated_stream(tmp_path, serving_url, in_memory) -> None:
     """All three views, with duplicates, corrections and out-of-order events, against the oracle
-    (lateness wide enough that the speed layer keeps every window open)."""
+    (lateness wide enough that the speed layer keeps every window open); the held state looked up
+    per batch, or held in memory (the one worker of the speed layer) and thrown away by a
+    rebalance halfway."""
     from lklab.core import oracle
     from lklab import views
     from lklab.log.generator import GeneratorConfig, generate
@@ -270,8 +273,14 @@ def test_every_speed_view_equals_the_oracle_on_a_generated_stream(tmp_path, serv
     engine = make_engine(settings)
     workload = generate(GeneratorConfig(seed=31, duration_s=1800, rides_per_minute=20))
     records = [(0, offset, e.to_json().encode()) for offset, e in enumerate(workload.deliveries)]
-    for start in range(0, len(records), 700):  # several batches, like the worker
-        apply_records(engine, settings, TOPIC, records[start:start + 700])
+    owned = OwnedState(settings.correction_horizon_s) if in_memory else None
+    for i, start in enumerate(range(0, len(records), 700)):  # several batches, like the worker
+        if owned is not None and i == 3:
+            owned.invalidate()  # a rebalance: the next batch reloads what the store holds
+        apply_records(engine, settings, TOPIC, records[start:start + 700], owned=owned)
+    if owned is not None:
+        with engine.connect() as conn:
+            assert owned.loaded and owned.versions == load_versions(conn, settings.speed_group)
     for name in views.SPEED_LAYER:
         got = {(r.entity, r.window_start): r.value for r in read_view(engine, name)}
         comparison = oracle.compare(got, oracle.for_view(name, workload.truth))
@@ -323,3 +332,49 @@ def test_checkpointed_sink_equals_the_oracle_across_a_crash(tmp_path, serving_ur
     state = lambda e: sorted(load_versions(e.connect(), scope).items())  # noqa: E731
     assert state(engine) == state(per_batch)
     assert read_counters(engine, scope) == read_counters(per_batch, scope) | {"redelivered_skipped": read_counters(engine, scope)["redelivered_skipped"]}
+
+
+def test_held_state_in_memory_is_thrown_away_when_a_batch_fails(engine, settings) -> None:
+    """A batch that fails after its fold changed the memory (here: the DLQ is down) leaves the
+    memory invalid, so the retry folds against what the store holds, not against its own half."""
+    owned = OwnedState(settings.correction_horizon_s)
+    apply_records(engine, settings, TOPIC, [(0, 0, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=10))], owned=owned)
+    batch = [(0, 1, ev("r1-cap", CAP, "2026-11-17T10:00:10", amount=25, version=2)), (0, 2, b"nope")]
+
+    def dlq_down(stats) -> None:
+        raise ConnectionError("DLQ unavailable")
+
+    with pytest.raises(ConnectionError):
+        apply_records(engine, settings, TOPIC, batch, before_commit=dlq_down, owned=owned)
+    assert not owned.loaded
+    apply_records(engine, settings, TOPIC, batch, owned=owned)
+    assert view(engine) == {("berlin", "10:00"): 25}
+    assert read_counters(engine)["corrections_applied"] == 1
+
+
+def test_a_forgotten_users_contributions_leave_the_memory_too(tmp_path, serving_url) -> None:
+    """`lklab forget` purges a user's contributions to the views keyed by the user from the store
+    while a per-batch consumer runs (a sessionized view here: the speed layer keeps none by
+    default): its next batch drops them from memory as well."""
+    from lklab import views
+    from lklab.deletion.purge import purge_serving
+    from lklab.log.generator import GeneratorConfig, generate
+    from lklab.privacy import requests
+
+    settings = Settings(home=tmp_path, allowed_lateness_s=4 * 86_400, serving_url=serving_url)
+    engine = make_engine(settings)
+    workload = generate(GeneratorConfig(seed=41, duration_s=900, rides_per_minute=20))
+    records = [(0, offset, e.to_json().encode()) for offset, e in enumerate(workload.deliveries)]
+    specs = [views.view("user_sessions")]
+    keyed = {spec.name for spec in specs if spec.keyed_by_user}
+    assert keyed, "the view must be keyed by the user, or this tests nothing"
+    owned = OwnedState(settings.correction_horizon_s)
+    half = len(records) // 2
+    apply_records(engine, settings, TOPIC, records[:half], owned=owned, specs=specs, scope="s", close_windows=False)
+    held = lambda user: [k for k, c in owned.contribs.items() if k[0] in keyed and c is not None and c.entity == user]  # noqa: E731
+    gone = next(c.entity for k, c in owned.contribs.items() if k[0] in keyed and c is not None)
+    assert held(gone)
+    requests.record(engine, gone, "unit test")
+    purge_serving(engine, gone)
+    apply_records(engine, settings, TOPIC, records[half:], owned=owned, specs=specs, scope="s", close_windows=False)
+    assert held(gone) == []
