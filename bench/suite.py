@@ -386,9 +386,148 @@ def faust_ceiling_eps(settings: Settings, tag: str, total: int) -> float:
     out = run.home / f"{tag}.json"
     env = {**os.environ, **run.to_env(), "BENCH_TOTAL": str(total), "BENCH_OUT": str(out)}
     (run.home / tag).mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(ROOT / "faust_ceiling.py"), "worker", "-l", "warn"], env=env, cwd=run.home / tag,
+    subprocess.run([sys.executable, str(ROOT / "faust_ceiling.py")], env=env, cwd=run.home / tag,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=True)
     return json.loads(out.read_text())["eps"]
+
+
+def _released(run: Settings, pids: list[int], ready: Callable[[], bool], deliveries, what: str) -> float:
+    """Workers already in their group with a stable assignment (`ready`) on the run's empty topic
+    are frozen (SIGSTOP), the backlog is loaded, and they are released (SIGCONT) at the returned
+    time: no start-up and no rebalance inside the clock, for one worker or several alike."""
+    deadline = time.monotonic() + 120
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: no stable assignment of {run.topic} within 120 s")
+        time.sleep(0.2)
+    time.sleep(1.0)  # a last rebalance settles
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        load(run, deliveries)
+    finally:
+        released_at = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    return released_at
+
+
+def faust_ceiling_released(settings: Settings, tag: str, deliveries, variant: dict[str, str], processes_: int) -> float:
+    """bench/faust_ceiling.py as `processes_` workers of one group, under `variant` (an
+    environment: FAUST_VARIANTS), released onto a backlog (_released): records/s of all of them,
+    from the release until the last has counted its share (each counts the records of its own
+    partitions, past its first batch)."""
+    run = _fresh(settings, tag).model_copy(update={"topic": f"bench.faust-ab.{tag}"})
+    kafka_io.run(kafka_io.ensure_topics(run))
+    (run.home / tag).mkdir(parents=True, exist_ok=True)
+    share = int(len(deliveries) * 0.9) // processes_
+    files = [(run.home / f"{tag}-{i}.json", run.home / f"{tag}-{i}.ready") for i in range(processes_)]
+    env = {**os.environ, **run.to_env(), **variant, "BENCH_TOTAL": str(share), "BENCH_GROUP": f"bench-{tag}"}
+    started = [subprocess.Popen([sys.executable, str(ROOT / "faust_ceiling.py")], cwd=run.home / tag,
+                                env={**env, "BENCH_OUT": str(out), "BENCH_READY": str(ready)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for out, ready in files]
+
+    def assigned() -> bool:
+        try:
+            owned = [json.loads(ready.read_text()) for _, ready in files]
+        except (FileNotFoundError, ValueError):
+            return False
+        return all(owned) and sum(map(len, owned)) == run.partitions
+
+    try:
+        released_at = _released(run, [p.pid for p in started], assigned, deliveries, f"Faust ceiling {tag}")
+        for process in started:
+            if process.wait(timeout=300):
+                raise RuntimeError(f"Faust ceiling {tag} exited with code {process.returncode}")
+    finally:
+        for process in started:
+            process.kill()
+    finished = max(out.stat().st_mtime for out, _ in files)
+    counted = sum(json.loads(out.read_text())["records"] for out, _ in files)
+    return counted / (finished - (time.time() - (time.monotonic() - released_at)))
+
+
+AB_RUNS = 2  # rounds of each A/B of the live path (issue 18, part 3)
+FAUST_NEWER = "0.15.3"  # faust-streaming with the rebalance fix (#686); the bench installs it beside the pinned one
+FAUST_VARIANTS = {  # issue 18, part 3: what might lift one Faust worker; bench/faust_ceiling.py reads these
+    "the speed worker's (faust-streaming 0.11.3, uvloop, Cython iterator, Faust's Monitor)": {},
+    "asyncio's loop (before uvloop)": {"LKLAB_SPEED_EVENT_LOOP": "asyncio"},
+    "NO_CYTHON=1": {"NO_CYTHON": "1"},
+    "no-op Monitor": {"BENCH_MONITOR": "none"},
+    f"faust-streaming {FAUST_NEWER}": {"PYTHONPATH": "{newer}"},
+    f"faust-streaming {FAUST_NEWER}, NO_CYTHON=1, no-op Monitor": {"PYTHONPATH": "{newer}", "NO_CYTHON": "1", "BENCH_MONITOR": "none"},
+}
+
+
+def newer_faust(settings: Settings) -> Path:
+    """faust-streaming FAUST_NEWER installed into its own directory (put first on PYTHONPATH by a variant)."""
+    target = settings.home / f"faust-streaming-{FAUST_NEWER}"
+    if not (target / "faust").exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                        f"faust-streaming=={FAUST_NEWER}"], check=True, timeout=600)
+    return target
+
+
+def faust_ab(settings: Settings, deliveries, runs: int, say: Callable[[str], None]) -> dict:
+    """The Faust ceiling under each of FAUST_VARIANTS and as two processes, released onto the same
+    backlog (faust_ceiling_released), rounds interleaved (a noisy neighbour falls on all); a variant
+    that fails or hangs is recorded as such."""
+    newer = str(newer_faust(settings))
+    cases = {name: ({k: v.replace("{newer}", newer) for k, v in env.items()}, 1) for name, env in FAUST_VARIANTS.items()}
+    cases["two processes, one group"] = ({}, 2)
+    found: dict[str, list] = {name: [] for name in cases}
+    for i in range(runs):
+        for n, (name, (env, processes_)) in enumerate(cases.items()):
+            if any(isinstance(v, str) for v in found[name]):
+                continue  # failed in an earlier round: not retried
+            try:
+                eps = faust_ceiling_released(settings, f"faust-ab-{n}-{i}", deliveries, env, processes_)
+            except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+                eps = f"failed: {str(exc).splitlines()[0][:160]}"
+            found[name].append(eps)
+            say(f"Faust ceiling, {name}: {eps if isinstance(eps, str) else f'{eps:,.0f} ev/s'}")
+    return found
+
+
+def speed_released(settings: Settings, tag: str, deliveries) -> Drain:
+    """The speed layer (`speed_workers` processes) released onto a backlog on its own topic (_released)."""
+    run = _fresh(settings, tag).model_copy(update={"topic": f"bench.speed-ab.{tag}"})
+    kafka_io.run(kafka_io.ensure_topics(run))
+    SPEED.start(run)
+    try:
+        def assigned() -> bool:
+            try:
+                owned = [json.loads(speed.assignment_file(run, i).read_text())["partitions"] for i in range(run.speed_workers)]
+            except (FileNotFoundError, ValueError, KeyError):
+                return False
+            return all(owned) and sum(map(len, owned)) == run.partitions
+
+        released_at = _released(run, speed.read_pids(run), assigned, deliveries, SPEED.label)
+        return drain(run, SPEED, since=0, end=_log_end(run), released_at=released_at)
+    finally:
+        SPEED.stop(run)
+
+
+def speed_ab(settings: Settings, deliveries, runs: int, latency_s: float, say: Callable[[str], None]) -> dict:
+    """The speed layer with its defaults, with its held state looked up per batch, on asyncio's
+    loop, and as two workers (whose state is always looked up: see lklab.engine.sink.OwnedState):
+    sustained (speed_released), then p50/p99 at 90 % of each one's own sustained rate."""
+    cases = {"one worker, held state in memory, uvloop (the defaults)": {},
+             "one worker, held state looked up per batch": {"speed_state_in_memory": False},
+             "one worker, asyncio's loop": {"speed_event_loop": "asyncio"},
+             "two workers (LKLAB_SPEED_WORKERS=2: looked up per batch)": {"speed_workers": 2}}
+    found: dict[str, dict] = {name: {"eps": []} for name in cases}
+    for i in range(runs):
+        for n, (name, update) in enumerate(cases.items()):
+            drained = speed_released(settings.model_copy(update=update), f"speed-ab-{n}-{i}", deliveries)
+            found[name]["eps"].append(round(drained.eps))
+            say(f"speed layer, {name}: {drained.eps:,.0f} ev/s")
+    for n, (name, update) in enumerate(cases.items()):
+        rate = statistics.median(found[name]["eps"]) * LIVE_SHARES[-1]
+        p50, p99 = latency(settings.model_copy(update=update), SPEED, f"speed-ab-lat{n}", rate, latency_s, seed=3)
+        found[name].update(rate_eps=round(rate), p50_ms=round(p50), p99_ms=round(p99))
+        say(f"speed layer, {name}, at {rate:,.0f} ev/s: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms")
+    return found
 
 
 def _watch(run: Settings, scope: str, commits: dict[int, list[tuple[int, float]]], stop: threading.Event) -> None:
@@ -744,6 +883,8 @@ def live_side_by_side(settings: Settings, args: argparse.Namespace, figures: dic
     ceiling_records = min(int(args.speed_events * 0.9), args.speed_events - settings.speed_batch_max)
     figures["faust_ceiling_eps"].values.append(faust_ceiling_eps(speed_topic, "faust-ceiling", ceiling_records))
     say(f"Faust ceiling: {figures['faust_ceiling_eps'].values[-1]:,.0f} ev/s")
+    extra["faust_ab"] = faust_ab(settings, speed_backlog, AB_RUNS, say)
+    extra["speed_ab"] = speed_ab(settings, speed_backlog, AB_RUNS, args.latency_s, say)
     sustained = {layer.key: figures[f"{layer.key}_eps"].median for layer in layers}
     found: dict[tuple[str, float], tuple[list[float], list[float]]] = {
         (layer.key, share): ([], []) for layer in layers for share in LIVE_SHARES}  # p50s, p99s per run
@@ -807,6 +948,29 @@ def live_table(figures: dict[str, Figure], extra: dict) -> list[str]:
     return lines
 
 
+def ab_tables(extra: dict, raw: float) -> list[str]:
+    """The live path's A/Bs (results.json `faust_ab`, `speed_ab`)."""
+    if "faust_ab" not in extra:
+        return []
+
+    def rate(values: list) -> str:
+        numbers = [v for v in values if not isinstance(v, str)]
+        failed = [v for v in values if isinstance(v, str)]
+        shown = f"{statistics.median(numbers):,.0f} ev/s ({statistics.median(numbers) / raw:.1%} of raw; runs: " \
+                + ", ".join(f"{v:,.0f}" for v in numbers) + ")" if numbers else ""
+        return "; ".join([shown] * bool(shown) + sorted(set(failed)))
+
+    lines = ["", "## The live path's A/Bs (issue 18, part 3)", "",
+             "The Faust ceiling (bench/faust_ceiling.py: a no-op agent) under each variant, rounds interleaved; the "
+             "same backlog as the speed layer's sustained run.", "", "| Faust worker | ceiling |", "|---|---:|"]
+    lines += [f"| {name} | {rate(values)} |" for name, values in extra["faust_ab"].items()]
+    lines += ["", "The speed layer itself: sustained on the same backlog, then event → visible at 90 % of each one's own "
+              "sustained rate (one window).", "", "| speed layer | sustained | paced at | p50 | p99 |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {rate(f['eps'])} | {f['rate_eps']:,} ev/s | {f['p50_ms']:,} ms | {f['p99_ms']:,} ms |"
+              for name, f in extra["speed_ab"].items()]
+    return lines
+
+
 def write_results(figures: dict[str, Figure], sizes: dict, notes: list[str], extra: dict, out: Path = ROOT) -> None:
     from importlib.metadata import version
 
@@ -852,6 +1016,7 @@ def write_results(figures: dict[str, Figure], sizes: dict, notes: list[str], ext
                      + ", ".join(f"{name} {_mb(b)}" for name, b in f.peak_rss.items())
                      + f" | {_state(f.state[-1]) if f.state else ''} |")
     lines += live_table(figures, extra)
+    lines += ab_tables(extra, figures["raw_eps"].median)
     lines += replay_table(extra)
     lines += history_table(extra)
     lines += ["", "## Notes", "", *[f"- {n}" for n in notes], ""]

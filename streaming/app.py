@@ -27,7 +27,7 @@ from lklab.core.config import Settings
 from lklab.log.kafka_io import MAX_REQUEST_BYTES
 from lklab.serving.store import make_engine
 from streaming.faults import speed_specs
-from lklab.lambda_arch.speed import assignment_file
+from lklab.lambda_arch.speed import assignment_file, worker_dir
 from lklab.engine import dead_letters
 from lklab.engine.fold import ApplyStats
 from lklab.engine.sink import OwnedState, apply_records
@@ -72,7 +72,7 @@ def make_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.speed_group,
         **consumer_options(settings),
-        datadir=str(settings.home / "speed" / "faust"),
+        datadir=str(worker_dir(settings) / "faust"),
         broker_commit_every=settings.speed_batch_max,
         broker_commit_interval=1.0,
         broker_session_timeout=10.0,
@@ -82,7 +82,7 @@ def make_app(settings: Settings) -> faust.App:
         web_enabled=True,
         web_bind="127.0.0.1",
         web_host="127.0.0.1",
-        web_port=settings.speed_web_port,
+        web_port=settings.speed_web_port + settings.speed_worker_index,
     )
     source = event_source(app, settings)
     engine_holder: list[Engine] = []

@@ -13,7 +13,7 @@ from lklab.cli.common import blocked_line, app, console, err, fail, lambda_app, 
 
 @speed_app.command("start")
 def speed_start() -> None:
-    """Run the Faust worker in the background."""
+    """Run the Faust workers (LKLAB_SPEED_WORKERS, default 1) in the background."""
     from lklab.lambda_arch import speed
     from lklab.serving.migrations import StoreSchemaError
 
@@ -22,12 +22,16 @@ def speed_start() -> None:
         pid = speed.start(s)
     except (speed.SpeedError, StoreSchemaError, RuntimeError, TimeoutError, LookupError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"speed worker running: pid {pid}, log {s.logs_dir / 'speed.log'}")
+    if s.speed_workers == 1:
+        console.print(f"speed worker running: pid {pid}, log {speed.log_file(s, 0)}")
+    else:
+        console.print(f"{s.speed_workers} speed workers running: pids {', '.join(map(str, speed.read_pids(s)))}, "
+                      f"logs {speed.log_file(s, 0)} and speed-<i>.log beside it")
 
 
 @speed_app.command("stop")
 def speed_stop() -> None:
-    """Stop the Faust worker."""
+    """Stop the Faust workers."""
     from lklab.lambda_arch import speed
 
     console.print("speed worker stopped" if speed.stop(settings()) else "speed worker was not running")
@@ -39,7 +43,7 @@ def speed_status() -> None:
     from lklab.lambda_arch import speed
 
     st = speed.status(settings())
-    state = f"running (pid {st.pid})" if st.running else "stopped"
+    state = f"running (pid {', '.join(map(str, st.workers))})" if st.running else "stopped"
     lag = "unknown" if st.total_lag is None else str(st.total_lag)
     console.print(f"speed worker {state}, group {st.group}, topic {st.topic}: total lag {lag}, "
                   f"watermark {show(st.watermark)}, final through {show(st.final_through)}")

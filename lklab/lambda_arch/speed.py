@@ -1,6 +1,8 @@
 """Process control for the speed layer (the Faust worker in streaming/): start, stop, status, wait.
 
-One worker per lklab home: its pid file is <home>/speed/worker.pid, its log <home>/logs/speed.log.
+`speed_workers` workers per lklab home, one consumer group: the first one's pid file is
+<home>/speed/worker.pid and its log <home>/logs/speed.log; worker i > 0 has <home>/speed/worker-<i>/
+and <home>/logs/speed-<i>.log, and listens on speed_web_port + i.
 Progress and lag come from the serving store (offsets committed with the results), not from
 the Kafka consumer group, because those are the offsets the results are exact for.
 """
@@ -48,7 +50,8 @@ class PartitionLag:
 @dataclass(frozen=True)
 class SpeedStatus:
     running: bool
-    pid: int | None
+    pid: int | None  # the first worker's
+    workers: list[int]  # the pids of every running worker
     group: str
     topic: str
     partitions: dict[int, PartitionLag] = field(default_factory=dict)
@@ -60,26 +63,44 @@ class SpeedStatus:
     log: Path | None = None
 
 
-def _dir(settings: Settings) -> Path:
-    return settings.home / "speed"
+def _index(settings: Settings, worker: int | None) -> int:
+    return settings.speed_worker_index if worker is None else worker
 
 
-def pid_file(settings: Settings) -> Path:
-    return _dir(settings) / "worker.pid"
+def worker_dir(settings: Settings, worker: int | None = None) -> Path:
+    """Worker `worker`'s directory (default: this process's, speed_worker_index)."""
+    i = _index(settings, worker)
+    return settings.home / "speed" if i == 0 else settings.home / "speed" / f"worker-{i}"
 
 
-def log_file(settings: Settings) -> Path:
-    return settings.logs_dir / "speed.log"
+def pid_file(settings: Settings, worker: int | None = None) -> Path:
+    return worker_dir(settings, worker) / "worker.pid"
 
 
-def assignment_file(settings: Settings) -> Path:
+def log_file(settings: Settings, worker: int | None = None) -> Path:
+    i = _index(settings, worker)
+    return settings.logs_dir / ("speed.log" if i == 0 else f"speed-{i}.log")
+
+
+def assignment_file(settings: Settings, worker: int | None = None) -> Path:
     """Written by the worker (streaming.app) on every rebalance; start() waits for it."""
-    return settings.home / "speed" / "assignment.json"
+    return worker_dir(settings, worker) / "assignment.json"
 
 
-def read_pid(settings: Settings) -> int | None:
-    """The running worker's pid, or None (a stale pid file is removed)."""
-    return processes.read_pid(pid_file(settings), _MARKER)
+def read_pid(settings: Settings, worker: int | None = None) -> int | None:
+    """The running worker's pid (default: the first worker), or None (a stale pid file is removed)."""
+    return processes.read_pid(pid_file(settings, 0 if worker is None else worker), _MARKER)
+
+
+def _started(settings: Settings) -> list[int]:
+    """The indexes of the workers this home has pid files for (however many were started)."""
+    extra = sorted(int(d.name.split("-", 1)[1]) for d in (settings.home / "speed").glob("worker-*") if d.name.split("-", 1)[1].isdigit())
+    return sorted({0, *range(settings.speed_workers), *extra})
+
+
+def read_pids(settings: Settings) -> list[int]:
+    """The pids of every running worker."""
+    return [pid for i in _started(settings) if (pid := read_pid(settings, i)) is not None]
 
 
 def _log_tail(settings: Settings, lines: int = 5) -> str:
@@ -95,40 +116,54 @@ def _assigned(assignment: Path, pid: int) -> bool:
 
 
 def start(settings: Settings, wait_s: float = 90.0) -> int:
-    """Start the worker in the background; return its pid once it has partitions assigned."""
-    if (pid := read_pid(settings)) is not None:
-        raise SpeedError(f"speed layer is already running (pid {pid}, group {settings.speed_group}); `lklab speed stop` first")
-    if not processes.wait_port_free("127.0.0.1", settings.speed_web_port):
-        raise SpeedError(f"speed web port 127.0.0.1:{settings.speed_web_port} is in use; set LKLAB_SPEED_WEB_PORT")
+    """Start the `speed_workers` workers in the background; return the first one's pid once each
+    has partitions assigned."""
+    if pids := read_pids(settings):
+        raise SpeedError(f"speed layer is already running (pid {', '.join(map(str, pids))}, group {settings.speed_group}); "
+                         "`lklab speed stop` first")
+    for i in range(settings.speed_workers):
+        if not processes.wait_port_free("127.0.0.1", settings.speed_web_port + i):
+            raise SpeedError(f"speed web port 127.0.0.1:{settings.speed_web_port + i} (worker {i}) is in use; set LKLAB_SPEED_WEB_PORT")
     try:
         # Faust must never create the topic itself (with other partitions): make sure it exists.
         kafka_io.run(kafka_io.ensure_topics(settings))
     except Exception as exc:  # noqa: BLE001 - one line for the CLI
         raise SpeedError(f"cannot reach Kafka at {settings.bootstrap} to check topics: {exc!r}") from None
     make_engine(settings).dispose()  # schema exists before the worker and status need it
-
-    _dir(settings).mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    assignment = assignment_file(settings)
+    try:
+        return [_spawn(settings, i, wait_s) for i in range(settings.speed_workers)][0]
+    except SpeedError:
+        stop(settings)
+        raise
+
+
+def _spawn(settings: Settings, worker: int, wait_s: float) -> int:
+    one = settings.model_copy(update={"speed_worker_index": worker})
+    worker_dir(one).mkdir(parents=True, exist_ok=True)
+    assignment = assignment_file(one)
     assignment.unlink(missing_ok=True)
-    env = processes.python_env(_ROOT, settings.to_env())
+    env = processes.python_env(_ROOT, one.to_env())
     try:
         return processes.spawn(
             [sys.executable, "-m", "streaming.worker"],
-            log=log_file(settings), pid_file=pid_file(settings), ready=lambda pid: _assigned(assignment, pid),
-            wait_s=wait_s, poll_s=0.2, env=env, cwd=_dir(settings),
+            log=log_file(one), pid_file=pid_file(one), ready=lambda pid: _assigned(assignment, pid),
+            wait_s=wait_s, poll_s=0.2, env=env, cwd=worker_dir(one),
         )
     except processes.StartupExited as exited:
-        raise SpeedError(f"speed worker exited with code {exited.returncode} during start-up: {_log_tail(settings)}") from None
+        raise SpeedError(f"speed worker {worker} exited with code {exited.returncode} during start-up: "
+                         f"{processes.log_tail(log_file(one), 5)}") from None
     except processes.StartupTimedOut:
-        stop(settings)
-        raise SpeedError(f"speed worker got no partitions of {settings.topic} within {wait_s:.0f}s; see {log_file(settings)}") from None
+        raise SpeedError(f"speed worker {worker} got no partitions of {settings.topic} within {wait_s:.0f}s; "
+                         f"see {log_file(one)}") from None
 
 
 def stop(settings: Settings, wait_s: float = 30.0) -> bool:
-    """SIGTERM the worker's process group, wait, SIGKILL if needed. False if it was not running."""
-    stopped = processes.stop_group(pid_file(settings), _MARKER, wait_s)
-    assignment_file(settings).unlink(missing_ok=True)
+    """SIGTERM every worker's process group, wait, SIGKILL if needed. False if none was running."""
+    stopped = False
+    for i in _started(settings):
+        stopped = processes.stop_group(pid_file(settings, i), _MARKER, wait_s) or stopped
+        assignment_file(settings, i).unlink(missing_ok=True)
     return stopped
 
 
@@ -159,7 +194,7 @@ def _status(
     kafka_error: str | None = None,
 ) -> SpeedStatus:
 
-    pid = read_pid(settings)
+    pid, pids = read_pid(settings), read_pids(settings)
     progress = read_progress(engine, settings.topic, settings.speed_group)
     counters = read_counters(engine, settings.speed_group)
     begin, end = offsets if offsets is not None else ({}, None)
@@ -175,8 +210,9 @@ def _status(
         )
     wm = views.watermark({p: pp.max_event_time for p, pp in progress.items() if pp.max_event_time is not None}, settings.partitions)
     return SpeedStatus(
-        running=pid is not None,
+        running=bool(pids),
         pid=pid,
+        workers=pids,
         group=settings.speed_group,
         topic=settings.topic,
         partitions=partitions,

@@ -173,3 +173,40 @@ def test_speed_layer_end_to_end(settings: Settings) -> None:
     assert (c["processed"], c["late_dropped"], c["duplicates_ignored"]) == (PROCESSED + 4, 1, 4)
     assert c["dead_lettered"] == 1 and len(dead_letters(settings)) == 1
     print(f"re-delivered after SIGKILL and skipped by the sink: {c['redelivered_skipped']}")
+
+
+def test_two_workers_share_the_partitions_and_equal_the_oracle(isolated: Settings) -> None:
+    """LKLAB_SPEED_WORKERS=2: two Faust worker processes in one group split the partitions, each
+    looks its events' held state up per batch (a correction may move an event to the other's
+    partition), and together they equal the oracle on a generated stream with corrections,
+    duplicates and events late by up to two days (windows kept open: lateness four days)."""
+    from lklab import views
+    from lklab.core import oracle
+    from lklab.core.processes import free_port_range
+    from lklab.log.generator import GeneratorConfig, generate
+    from lklab.log.produce import produce_events
+
+    settings = isolated.model_copy(update={"speed_workers": 2, "allowed_lateness_s": 4 * 86_400,
+                                           "speed_web_port": free_port_range(2)})
+    try:
+        first = speed.start(settings)
+        workload = generate(GeneratorConfig(seed=59, duration_s=900, rides_per_minute=20))
+        report = produce_events(settings, workload.deliveries)
+        assert (report.accepted, report.dead_lettered) == (len(workload.deliveries), 0)
+        st = speed.wait_caught_up(settings, timeout_s=120)
+        assert st.pid == first and len(set(st.workers)) == 2
+        owned = [json.loads(speed.assignment_file(settings, i).read_text())["partitions"] for i in range(2)]
+        assert all(owned) and sorted(owned[0] + owned[1]) == list(range(settings.partitions)), owned
+        for i in range(2):  # the last rebalance of each: the memory is for a worker that owns every partition
+            assigned = [line for line in speed.log_file(settings, i).read_text().splitlines() if "partitions assigned" in line]
+            assert "held state looked up per batch" in assigned[-1], assigned
+        engine = make_engine(settings)
+        for name in views.SPEED_LAYER:
+            got = {(r.entity, r.window_start): r.value for r in read_view(engine, name)}
+            comparison = oracle.compare(got, oracle.for_view(name, workload.truth))
+            assert comparison.equal, f"{name}: {comparison}"
+        engine.dispose()
+        assert speed.stop(settings) is True
+        assert speed.read_pids(settings) == [] and speed.status(settings).running is False
+    finally:
+        speed.stop(settings)
