@@ -140,6 +140,7 @@ def start(settings: Settings, wait_s: float = 90.0) -> int:
 
 def _spawn(settings: Settings, worker: int, wait_s: float) -> int:
     one = settings.model_copy(update={"speed_worker_index": worker})
+    name = "speed worker" if settings.speed_workers == 1 else f"speed worker {worker}"
     worker_dir(one).mkdir(parents=True, exist_ok=True)
     assignment = assignment_file(one)
     assignment.unlink(missing_ok=True)
@@ -151,10 +152,10 @@ def _spawn(settings: Settings, worker: int, wait_s: float) -> int:
             wait_s=wait_s, poll_s=0.2, env=env, cwd=worker_dir(one),
         )
     except processes.StartupExited as exited:
-        raise SpeedError(f"speed worker {worker} exited with code {exited.returncode} during start-up: "
+        raise SpeedError(f"{name} exited with code {exited.returncode} during start-up: "
                          f"{processes.log_tail(log_file(one), 5)}") from None
     except processes.StartupTimedOut:
-        raise SpeedError(f"speed worker {worker} got no partitions of {settings.topic} within {wait_s:.0f}s; "
+        raise SpeedError(f"{name} got no partitions of {settings.topic} within {wait_s:.0f}s; "
                          f"see {log_file(one)}") from None
 
 
