@@ -14,7 +14,7 @@ from lklab.engine import horizon
 from lklab.engine.horizon import HeldBuckets
 from lklab.engine import chunks
 from lklab.engine.chunks import ChunkWriter
-from lklab.engine.sink import HeldState, drop_rows, expire_held, has_rows, load_held, persist
+from lklab.engine.sink import HeldState, drop_rows, drop_users, expire_held, has_rows, load_held, persist
 from lklab.privacy import requests
 from lklab.serving import progress
 
@@ -83,16 +83,9 @@ class CheckpointedSink:
         while a replay runs stops counting from the next checkpoint."""
         forgotten = requests.forgotten_users(self.engine) if any(s.keyed_by_user for s in self.specs) else frozenset()
         if self.forgotten is not None and (new := forgotten - self.forgotten):  # at start: the state loaded was purged already
-            self._drop_users(new)
+            drop_users(self.contribs, new, self.specs)  # the purge deleted them from the store; the sink scrubs any written back
         self.forgotten = forgotten
         self.pending, self.deltas, self.changed, self.since = ApplyStats(topic=self.topic), BatchDeltas(), {}, 0
-
-    def _drop_users(self, users: frozenset[str]) -> None:
-        """Newly forgotten users' held contributions to views keyed by the user leave memory too
-        (the purge deleted them from the store; the sink scrubs any written back meanwhile)."""
-        keyed = {s.name for s in self.specs if s.keyed_by_user}
-        for key in [k for k, c in self.contribs.items() if k[0] in keyed and c is not None and c.entity in users]:
-            del self.contribs[key]
 
     def apply(self, records: Sequence[InputRecord]) -> None:
         fresh = fence_and_parse(records, self.next_offset, self.pending)

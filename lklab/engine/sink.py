@@ -127,12 +127,11 @@ class OwnedState:
         self.versions, self.contribs, self.buckets, self.forgotten = held.versions, held.contribs, buckets, forgotten
         self.loaded = generation == self.generation
 
-    def forget(self, forgotten: frozenset[str], keyed_views: set[str]) -> None:
+    def forget(self, forgotten: frozenset[str], specs: Sequence[views.ViewSpec]) -> None:
         """Users forgotten since the last batch: `lklab forget` purged their contributions to the
         views keyed by the user from the store, so they leave memory too."""
         if new := forgotten - self.forgotten:
-            for key in [k for k, c in self.contribs.items() if k[0] in keyed_views and c is not None and c.entity in new]:
-                del self.contribs[key]
+            drop_users(self.contribs, new, specs)
         self.forgotten = forgotten
 
     def expire(self, cutoff: int, view_names: Sequence[str]) -> None:
@@ -141,6 +140,14 @@ class OwnedState:
             self.versions.pop(event_id, None)
             for view in view_names:
                 self.contribs.pop((view, event_id), None)
+
+
+def drop_users(contribs: dict[tuple[str, str], Contrib], users: frozenset[str], specs: Sequence[views.ViewSpec]) -> None:
+    """Delete these users' held contributions to the views keyed by the user (in memory, in place):
+    what a consumer holds of users `lklab forget` purged from the store meanwhile."""
+    keyed = {spec.name for spec in specs if spec.keyed_by_user}
+    for key in [k for k, c in contribs.items() if k[0] in keyed and c is not None and c.entity in users]:
+        del contribs[key]
 
 
 def has_rows(conn: Connection, scope: str) -> bool:
@@ -272,7 +279,7 @@ def apply_records(
             max_time: dict[int, datetime] = {p: mt for p, (_, mt) in held.items() if mt is not None}
             fresh = fence_and_parse(records, dict(committed), stats)
             forgotten = requests.forgotten(conn) if any(spec.keyed_by_user for spec in specs) else frozenset()
-            versions, contribs = _held_for(conn, owned, scope, specs, [e.event_id for _, e in fresh], forgotten)
+            versions, contribs = _held_for(conn, owned, scope, specs, view_names, [e.event_id for _, e in fresh], forgotten)
             deltas, changed_versions = BatchDeltas(), {}
             before = views.watermark(max_time, settings.partitions)
             fold(fresh, specs, versions, contribs, max_time, deltas, changed_versions, stats, lateness, settings.partitions,
@@ -294,16 +301,16 @@ def apply_records(
 
 
 def _held_for(conn: Connection, owned: OwnedState | None, scope: str, specs: Sequence[views.ViewSpec],
-              event_ids: Sequence[str], forgotten: frozenset[str]) -> tuple[dict[str, int], dict[tuple[str, str], Contrib]]:
+              view_names: Sequence[str], event_ids: Sequence[str],
+              forgotten: frozenset[str]) -> tuple[dict[str, int], dict[tuple[str, str], Contrib]]:
     """The held versions and contributions the fold updates in place: the ones in memory (loaded
     at the first batch since the last invalidation), or these events' looked up (`owned` None)."""
-    view_names = [spec.name for spec in specs]
     if owned is None:
         # the per-batch sink's state is rows (chunks are a Kappa job's): no chunk reads on its hot path
         return load_versions(conn, scope, event_ids, chunked=False), load_contribs(conn, view_names, event_ids, chunked=False)
     if not owned.loaded:
         owned.load(conn, scope, view_names, forgotten)
-    owned.forget(forgotten, {spec.name for spec in specs if spec.keyed_by_user})
+    owned.forget(forgotten, specs)
     return owned.versions, owned.contribs
 
 

@@ -94,8 +94,8 @@ def read_pid(settings: Settings, worker: int | None = None) -> int | None:
 
 def _started(settings: Settings) -> list[int]:
     """The indexes of the workers this home has pid files for (however many were started)."""
-    extra = sorted(int(d.name.split("-", 1)[1]) for d in (settings.home / "speed").glob("worker-*") if d.name.split("-", 1)[1].isdigit())
-    return sorted({0, *range(settings.speed_workers), *extra})
+    found = (d.name.removeprefix("worker-") for d in (settings.home / "speed").glob("worker-*"))
+    return sorted({0, *range(settings.speed_workers), *(int(i) for i in found if i.isdigit())})
 
 
 def read_pids(settings: Settings) -> list[int]:
