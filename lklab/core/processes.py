@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -183,20 +184,33 @@ def java() -> str | None:
     return found if found and Path(found).exists() else None
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS = range(10_000, 65_536)  # where the lab's services listen, less the kernel's ephemeral range
+
+
+def _listen_candidates(n: int) -> list[int]:
+    """Base ports for n consecutive listeners outside the kernel's ephemeral range: an ephemeral
+    port that was free a moment ago can be taken by any process's outgoing connection before the
+    service binds it (a 3-node cluster lost that race in a test run), a port outside it cannot."""
+    try:
+        low, high = (int(x) for x in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32_768, 60_999  # Linux's default
+    bases = [b for b in LISTEN_PORTS if b + n - 1 < LISTEN_PORTS.stop and (b + n - 1 < low or b > high)]
+    return random.sample(bases, min(len(bases), 200))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free now (the caller binds it soon; another process could take it first)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port outside the ephemeral range that is free now (the caller binds it soon)."""
+    return free_port_range(1, host=host)
 
 
 def free_port_range(n: int, avoid: range = range(0), attempts: int = 100, host: str = "127.0.0.1") -> int:
-    """A base port such that base .. base + n - 1 are all free now (an N-node cluster listens on
-    consecutive ports) and none falls in `avoid`."""
-    for _ in range(attempts):
-        base = free_port(host)
+    """A base port such that base .. base + n - 1 are all free now, outside the ephemeral range
+    (an N-node cluster listens on consecutive ports), and none falls in `avoid`."""
+    for base in _listen_candidates(n)[:attempts]:
         ports = range(base, base + n)
-        if ports[-1] < 65536 and not set(ports) & set(avoid) and all(port_free(host, p) for p in ports):
+        if not set(ports) & set(avoid) and all(port_free(host, p) for p in ports):
             return base
     raise RuntimeError(f"no {n} consecutive free ports on {host} in {attempts} attempts")
 

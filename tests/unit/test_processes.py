@@ -54,3 +54,15 @@ def test_spawn_times_out_and_leaves_the_service_to_the_caller(tmp_path: Path) ->
 
 def test_log_tail_without_a_log(tmp_path: Path) -> None:
     assert processes.log_tail(tmp_path / "missing.log") == "(no log)"
+
+
+def test_free_ports_lie_outside_the_ephemeral_range() -> None:
+    """Outgoing connections take ephemeral ports; a listener chosen there can lose the race to bind."""
+    low, high = (int(x) for x in processes.EPHEMERAL_RANGE.read_text().split())
+    singles = [processes.free_port() for _ in range(20)]
+    bases = [processes.free_port_range(3) for _ in range(20)]
+    for base, n in [(p, 1) for p in singles] + [(b, 3) for b in bases]:
+        assert all(not low <= p <= high for p in range(base, base + n)), (base, n, low, high)
+        assert all(processes.port_free("127.0.0.1", p) for p in range(base, base + n))
+    avoid = range(bases[0], bases[0] + 3)
+    assert all(not set(range(b, b + 3)) & set(avoid) for b in (processes.free_port_range(3, avoid=avoid) for _ in range(20)))
