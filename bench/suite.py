@@ -509,13 +509,14 @@ def speed_released(settings: Settings, tag: str, deliveries) -> Drain:
 
 
 def speed_ab(settings: Settings, deliveries, runs: int, latency_s: float, say: Callable[[str], None]) -> dict:
-    """The speed layer with its defaults, with its held state looked up per batch, on asyncio's
-    loop, and as two workers (whose state is always looked up: see lklab.engine.sink.OwnedState):
+    """The speed layer with its defaults (whole Kafka fetches, streaming.batches), as a Faust agent
+    event by event, with its held state looked up per batch, and as two workers (whose state is
+    always looked up: see lklab.engine.sink.OwnedState):
     sustained (speed_released), then p50/p99 at 90 % of each one's own sustained rate."""
-    cases = {"one worker, held state in memory, uvloop (the defaults)": {},
-             "one worker, held state looked up per batch": {"speed_state_in_memory": False},
-             "one worker, asyncio's loop": {"speed_event_loop": "asyncio"},
-             "two workers (LKLAB_SPEED_WORKERS=2: looked up per batch)": {"speed_workers": 2}}
+    cases = {"one worker, whole Kafka fetches, held state in memory (the defaults)": {},
+             "one worker, a Faust agent event by event (LKLAB_SPEED_SOURCE=stream)": {"speed_source": "stream"},
+             "one worker, whole fetches, held state looked up per batch": {"speed_state_in_memory": False},
+             "two workers, whole fetches (LKLAB_SPEED_WORKERS=2: looked up per batch)": {"speed_workers": 2}}
     found: dict[str, dict] = {name: {"eps": []} for name in cases}
     for i in range(runs):
         for n, (name, update) in enumerate(cases.items()):

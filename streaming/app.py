@@ -1,7 +1,12 @@
-"""The speed layer as a Faust app: one agent that keeps every view of lklab.views current in the serving store.
+"""The speed layer as a Faust app: it keeps every view of lklab.views current in the serving store.
 
-Delivery: Faust consumes and commits Kafka offsets at-least-once (a batch is acked only after it
-was applied). Exactly-once *effect* on the serving store comes from lklab.engine.sink, which commits
+Records come in by `speed_source`: `batch` (default), whole Kafka fetches from a consumer of
+its own in the speed group (streaming.batches; the Faust app then runs no Faust consumer), or
+`stream`, a Faust agent event by event. Either hands batches to SpeedSink. Faust runs the
+worker either way: its lifecycle and signals, web, the heartbeat timer and the DLQ producer.
+
+Delivery: consumption is at-least-once (a batch is acked or committed to Kafka only after it was
+applied). Exactly-once *effect* on the serving store comes from lklab.engine.sink, which commits
 the consumed offsets with the results in one transaction and skips anything below them.
 
 No Faust tables or windows are used: Faust windowed tables expire by wall clock and would lose
@@ -17,10 +22,11 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
 import faust
+from faust.app.base import BootStrategy
 from sqlalchemy import Engine
 
 from lklab.core.config import Settings
@@ -31,7 +37,9 @@ from lklab.lambda_arch.speed import assignment_file, worker_dir
 from lklab.engine import dead_letters
 from lklab.engine.fold import ApplyStats
 from lklab.engine.sink import OwnedState, apply_records
-from lklab.serving.progress import StaleProgressError, beat
+from lklab.serving import progress
+from lklab.serving.progress import StaleProgressError
+from streaming.batches import batch_source
 
 log = logging.getLogger("lklab.speed")
 
@@ -67,9 +75,152 @@ def event_source(app: faust.App, settings: Settings) -> faust.TopicT:
                      partitions=settings.partitions, internal=False)
 
 
+class SpeedSink:
+    """What both sources hand their batches to: lklab.engine.sink.apply_records in a thread (the
+    sink's DB I/O blocks), dead letters through the app's producer inside the sink transaction,
+    the held state in memory while this worker owns every partition (OwnedState; per-batch
+    lookups while it owns only some; thrown away on every rebalance), and the assignment file
+    `lklab speed start` waits for."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+        self.specs = speed_specs(settings)
+        self.owned = OwnedState(settings.correction_horizon_s)
+        self.owns_all = False
+        self._engine: Engine | None = None
+        self._dlq_limit: int | None = None  # the DLQ's record limit, read at the first dead letter
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.settings)
+        return self._engine
+
+    def committed(self) -> dict[int, int]:
+        """The next offset per partition, committed with the results: where a batch source resumes."""
+        with self.engine.connect() as conn:
+            return progress.next_offsets(conn, self.settings.speed_group, self.settings.topic)
+
+    def assigned(self, partitions: Sequence[int]) -> None:
+        mine = sorted(partitions)
+        self.owned.invalidate()
+        self.owns_all = self.settings.speed_state_in_memory and mine == list(range(self.settings.partitions))
+        log.info("partitions assigned: %s %s (held state %s)", self.settings.topic, mine,
+                 "in memory" if self.owns_all else "looked up per batch")
+        path = assignment_file(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "group": self.settings.speed_group, "topic": self.settings.topic,
+                                   "partitions": mine, "at": datetime.now(timezone.utc).isoformat()}))
+        tmp.replace(path)
+
+    def revoked(self) -> None:
+        self.owns_all = False
+        self.owned.invalidate()
+
+    async def apply(self, topic: str, records: Sequence[tuple[int, int, bytes]], keys: dict[tuple[int, int], bytes | None]) -> None:
+        """Apply one batch, in order with the ones before it; a batch that cannot be applied ends the
+        process without acking or committing it (_crash)."""
+        work = asyncio.ensure_future(asyncio.to_thread(self._apply, topic, records, keys, asyncio.get_running_loop()))
+        try:
+            stats = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # Stopping mid-batch: let the transaction finish, so that what the source acks or
+            # commits on the way out matches what the store committed.
+            await asyncio.wait({work})
+            if work.exception() is not None:
+                _crash(work.exception())
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything else must not be acked
+            _crash(exc)
+        _log_batch(topic, len(records), stats)
+
+    def _apply(self, topic: str, records: Sequence[tuple[int, int, bytes]], keys, loop) -> ApplyStats:
+        def before_commit(stats: ApplyStats) -> None:
+            if stats.dead_letters:
+                asyncio.run_coroutine_threadsafe(self._send_dead_letters(stats, keys), loop).result(timeout=120)
+
+        for attempt in range(1, STALE_RETRIES + 1):
+            try:
+                return apply_records(self.engine, self.settings, topic, records, before_commit=before_commit, specs=self.specs,
+                                     owned=self.owned if self.owns_all else None)
+            except StaleProgressError as exc:  # a rebalance race: retry; committed offsets are skipped
+                if attempt == STALE_RETRIES:
+                    raise
+                log.warning("%s (attempt %d/%d)", exc, attempt, STALE_RETRIES)
+        raise AssertionError("unreachable")
+
+    async def _send_dead_letters(self, stats: ApplyStats, keys: dict[tuple[int, int], bytes | None]) -> None:
+        if self._dlq_limit is None:
+            self._dlq_limit = await dead_letters.dlq_limit(self.settings)
+        pending = []
+        for d in stats.dead_letters:
+            value = dead_letters.letter(d, stats.topic, self.settings.speed_group, self._dlq_limit, keys.get((d.partition, d.offset)))
+            pending.append(await self.app.producer.send(self.settings.dlq_topic, keys.get((d.partition, d.offset)), value,
+                                                        None, None, None))
+        await asyncio.gather(*pending)  # acks=all: on the DLQ before the sink transaction commits
+
+
+def _log_batch(topic: str, records: int, stats: ApplyStats) -> None:
+    if stats.offsets_missed:
+        log.warning("%s: %d offsets were gone from the log when this worker reached them (retention outran "
+                    "it); their events are missing from the speed views until batch covers them",
+                    topic, stats.offsets_missed)
+    log.info(
+        "applied %s: %d records, %d processed, %d duplicate, %d late, %d dead-lettered, "
+        "%d corrections, %d re-delivered skipped, watermark %s, next offsets %s",
+        topic, records, stats.processed, stats.duplicates_ignored, stats.late_dropped,
+        stats.dead_lettered, stats.corrections_applied, stats.skipped_redelivered,
+        stats.watermark.isoformat() if stats.watermark else None, stats.next_offsets,
+    )
+
+
+def stream_source(app: faust.App, settings: Settings, sink: SpeedSink) -> None:
+    """`speed_source=stream`: a Faust agent on the topic; Faust consumes, dispatches each event
+    through its stream, and commits what the agent acked (a batch, after it was applied)."""
+
+    @app.agent(event_source(app, settings), name="lklab.speed.views")
+    async def speed_views(stream):
+        async for events in stream.take_events(settings.speed_batch_max, within=settings.speed_batch_within_s):
+            by_topic: dict[str, list[tuple[int, int, bytes]]] = {}
+            keys: dict[tuple[int, int], bytes | None] = {}
+            for event in events:
+                msg = event.message
+                by_topic.setdefault(msg.topic, []).append((msg.partition, msg.offset, msg.value))
+                keys[(msg.partition, msg.offset)] = msg.key
+            for topic, records in by_topic.items():
+                await sink.apply(topic, records, keys)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        sink.revoked()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:
+        sink.assigned([tp.partition for tp in assigned if tp.topic == settings.topic])
+
+
+class _WithoutFaustConsumer(BootStrategy):
+    enable_kafka_consumer = False  # the batch source's own consumer is the worker's one group member
+
+
+class BatchSourceApp(faust.App):
+    """A Faust app whose worker runs no Faust consumer (streaming.batches consumes)."""
+
+    BootStrategy = _WithoutFaustConsumer
+
+
+SOURCES: dict[str, tuple[type[faust.App], Callable[[faust.App, Settings, SpeedSink], None]]] = {
+    "batch": (BatchSourceApp, batch_source),
+    "stream": (faust.App, stream_source),
+}
+
+
 def make_app(settings: Settings) -> faust.App:
-    """The speed-layer app for these settings; run it with streaming.worker."""
-    app = faust.App(
+    """The speed-layer app for these settings (`speed_source` picks how records come in); run it
+    with streaming.worker."""
+    app_class, install_source = SOURCES[settings.speed_source]
+    app = app_class(
         settings.speed_group,
         **consumer_options(settings),
         datadir=str(worker_dir(settings) / "faust"),
@@ -84,112 +235,15 @@ def make_app(settings: Settings) -> faust.App:
         web_host="127.0.0.1",
         web_port=settings.speed_web_port + settings.speed_worker_index,
     )
-    source = event_source(app, settings)
-    engine_holder: list[Engine] = []
-    specs = speed_specs(settings)
     if "speed" in settings.faults:
         log.warning("speed layer running with the deliberate fault %r", settings.faults["speed"])
-
-    def engine() -> Engine:
-        if not engine_holder:
-            engine_holder.append(make_engine(settings))
-        return engine_holder[0]
-
-    dlq_limits: list[int] = []  # the DLQ's record limit, read at the first dead letter
-    # Held state in memory while this worker owns every partition (see OwnedState); per-batch
-    # lookups while it owns only some. Every rebalance throws the memory away.
-    owned = OwnedState(settings.correction_horizon_s)
-    owns_all: list[bool] = [False]
-
-    async def send_dead_letters(stats: ApplyStats, keys: dict[tuple[int, int], bytes | None]) -> None:
-        if not dlq_limits:
-            dlq_limits.append(await dead_letters.dlq_limit(settings))
-        pending = []
-        for d in stats.dead_letters:
-            key = keys.get((d.partition, d.offset))
-            value = dead_letters.letter(d, stats.topic, settings.speed_group, dlq_limits[0], key)
-            pending.append(await app.producer.send(settings.dlq_topic, key, value, None, None, None))
-        await asyncio.gather(*pending)  # acks=all: on the DLQ before the sink transaction commits
-
-    def apply_batch(topic: str, records: Sequence[tuple[int, int, bytes]], keys, loop) -> ApplyStats:
-        def before_commit(stats: ApplyStats) -> None:
-            if stats.dead_letters:
-                asyncio.run_coroutine_threadsafe(send_dead_letters(stats, keys), loop).result(timeout=120)
-
-        for attempt in range(1, STALE_RETRIES + 1):
-            try:
-                return apply_records(engine(), settings, topic, records, before_commit=before_commit, specs=specs,
-                                     owned=owned if owns_all[0] else None)
-            except StaleProgressError as exc:  # a rebalance race: retry; committed offsets are skipped
-                if attempt == STALE_RETRIES:
-                    raise
-                log.warning("%s (attempt %d/%d)", exc, attempt, STALE_RETRIES)
-        raise AssertionError("unreachable")
+    sink = SpeedSink(app, settings)
+    install_source(app, settings, sink)
 
     @app.timer(interval=1.0)
     async def heartbeat() -> None:
         # Serving reads this to decide whether speed rows may be merged (degraded mode).
-        await asyncio.to_thread(beat, engine(), settings.speed_group)
-
-    @app.agent(source, name="lklab.speed.views")
-    async def speed_views(stream):
-        loop = asyncio.get_running_loop()
-        async for events in stream.take_events(settings.speed_batch_max, within=settings.speed_batch_within_s):
-            by_topic: dict[str, list[tuple[int, int, bytes]]] = {}
-            keys: dict[tuple[int, int], bytes | None] = {}
-            for event in events:
-                msg = event.message
-                by_topic.setdefault(msg.topic, []).append((msg.partition, msg.offset, msg.value))
-                keys[(msg.partition, msg.offset)] = msg.key
-            for topic, records in by_topic.items():
-                # The sink runs in a thread (blocking DB I/O); awaiting it keeps batches in order.
-                work = asyncio.ensure_future(asyncio.to_thread(apply_batch, topic, records, keys, loop))
-                try:
-                    stats = await asyncio.shield(work)
-                except asyncio.CancelledError:
-                    # Stopping mid-batch: Faust acks the batch on the way out, so let the
-                    # transaction finish and make sure the acks match what was committed.
-                    await asyncio.wait({work})
-                    if work.exception() is not None:
-                        _crash(work.exception())
-                    raise
-                except Exception as exc:  # noqa: BLE001 - anything else must not be acked
-                    _crash(exc)
-                if stats.offsets_missed:
-                    log.warning("%s: %d offsets were gone from the log when this worker reached them (retention outran "
-                                "it); their events are missing from the speed views until batch covers them",
-                                topic, stats.offsets_missed)
-                log.info(
-                    "applied %s: %d records, %d processed, %d duplicate, %d late, %d dead-lettered, "
-                    "%d corrections, %d re-delivered skipped, watermark %s, next offsets %s",
-                    topic, len(records), stats.processed, stats.duplicates_ignored, stats.late_dropped,
-                    stats.dead_lettered, stats.corrections_applied, stats.skipped_redelivered,
-                    stats.watermark.isoformat() if stats.watermark else None, stats.next_offsets,
-                )
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        owns_all[0] = False
-        owned.invalidate()
-
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender, assigned, **kwargs) -> None:
-        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topic)
-        owned.invalidate()
-        owns_all[0] = settings.speed_state_in_memory and mine == list(range(settings.partitions))
-        log.info("partitions assigned: %s %s (held state %s)", settings.topic, mine,
-                 "in memory" if owns_all[0] else "looked up per batch")
-        path = assignment_file(settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({
-            "pid": os.getpid(),
-            "group": settings.speed_group,
-            "topic": settings.topic,
-            "partitions": mine,
-            "at": datetime.now(timezone.utc).isoformat(),
-        }))
-        tmp.replace(path)
+        await asyncio.to_thread(progress.beat, sink.engine, settings.speed_group)
 
     return app
 

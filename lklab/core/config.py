@@ -88,9 +88,13 @@ class Settings(BaseSettings):
                                         "(LKLAB_API_TOKEN, ≥ 16 characters; never logged); without one `lklab serve` binds loopback only")
     speed_group: str = "lklab-speed"
     speed_web_port: int = 6066
+    speed_source: Literal["batch", "stream"] = Field("batch", description="how the speed worker takes records: `batch`, whole "
+                                                     "Kafka fetches from a consumer in the speed group (Faust runs the worker, "
+                                                     "its web, timers and DLQ producer); `stream`, a Faust agent event by event, "
+                                                     "whose per-event dispatch capped it at about 8 % of a raw consume")
     speed_batch_max: int = Field(5000, ge=1, description="records per speed-layer sink transaction, at most")
     speed_batch_within_s: float = Field(0.2, gt=0, description="a partial batch is applied after this long: added latency")
-    speed_prefetch: int = Field(20_000, ge=1, description="Faust stream buffer per partition (back-pressure)")
+    speed_prefetch: int = Field(20_000, ge=1, description="Faust stream buffer per partition (back-pressure; `stream` source)")
     speed_workers: int = Field(1, ge=1, le=16, description="speed-layer worker processes in one consumer group, sharing "
                                "the partitions; with more than one, each batch looks its events' held state up")
     speed_worker_index: int = Field(0, ge=0, description="which speed worker this process is (`lklab speed start` sets it for "

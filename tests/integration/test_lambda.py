@@ -23,6 +23,7 @@ from lklab.core.events import SCHEMA_VERSION, Event, EventType
 from lklab.log.generator import GeneratorConfig, generate, write_ledger
 from lklab.log.produce import produce_events
 from lklab.serving.store import batch_view_rows, make_engine, payments_ledger
+from lklab.engine.outputs import late_windows
 from lklab.engine.sink import read_view
 from lklab.serving.progress import read_counters
 
@@ -72,6 +73,20 @@ def merged(settings: Settings, view: str, **kwargs) -> dict:
     return {(r.entity, r.window_start): r.value for r in answer.rows}
 
 
+def documented_gap(settings: Settings, view: str, T: datetime) -> set:
+    """The merge's one documented gap (see tests/unit/test_corrections.py): speed rows at or after
+    the build's T in windows the speed layer closed and left a late event of to batch. Its
+    watermark can run ahead of the batch's (a superseded version carried a later event time), and
+    whether a window falls there depends on the order the partitions' records met the fold. Such
+    rows must say so (left_to_batch) and be late windows at or after T."""
+    engine = make_engine(settings)
+    gap = {(r.entity, r.window_start) for r in merge.query(engine, view).rows if r.left_to_batch}
+    with engine.connect() as conn:
+        late = set(late_windows(conn, view))
+    assert all(w >= T for _, w in gap) and gap <= late, (gap, late, T)
+    return gap
+
+
 def promoted_build_id(settings: Settings) -> str | None:
     with make_engine(settings).connect() as conn:
         build = current_build(conn)
@@ -103,9 +118,9 @@ def test_a_late_event_after_T_is_corrected_by_the_next_batch(speed_views_lab: Se
     first_build = promoted_build_id(lab)
     T1 = merge.query(make_engine(lab), "revenue_per_minute").T
     assert key[1] < T1, "the held-back event's window must be final at the first T"
-    before = merged(lab, "revenue_per_minute")
-    assert before[key] == truth[key] - held.amount_cents  # batch has not seen it yet
-    assert {k: v for k, v in before.items() if k != key} == {k: v for k, v in truth.items() if k != key}
+    before, gap = merged(lab, "revenue_per_minute"), documented_gap(lab, "revenue_per_minute", T1)
+    assert key not in gap and before[key] == truth[key] - held.amount_cents  # batch has not seen it yet
+    assert {k: v for k, v in before.items() if k != key and k not in gap} == {k: v for k, v in truth.items() if k != key and k not in gap}
 
     dropped_before = read_counters(make_engine(lab), lab.speed_group)["late_dropped"]  # 60 s lateness: some generated events too
     produce(lab, [held])  # later than T: the speed layer must not touch the final window
@@ -113,8 +128,9 @@ def test_a_late_event_after_T_is_corrected_by_the_next_batch(speed_views_lab: Se
     assert merged(lab, "revenue_per_minute")[key] == truth[key] - held.amount_cents
 
     second = batch_ok(lab)
-    after = merged(lab, "revenue_per_minute")
-    assert oracle.compare(after, truth).equal
+    T2 = merge.query(make_engine(lab), "revenue_per_minute").T
+    after, gap = merged(lab, "revenue_per_minute"), documented_gap(lab, "revenue_per_minute", T2)
+    assert oracle.compare({k: v for k, v in after.items() if k not in gap}, {k: v for k, v in truth.items() if k not in gap}).equal
     assert promoted_build_id(lab) != first_build
     gates = {g.gate: g for g in second.gates}
     assert gates["gold_revenue_per_minute.divergence_revenue_per_minute"].passed  # late window excluded, not a false alarm
