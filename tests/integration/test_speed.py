@@ -118,7 +118,10 @@ def settings(isolated: Settings):
         speed.stop(isolated)  # always, whatever the test did
 
 
-def test_speed_layer_end_to_end(settings: Settings) -> None:
+@pytest.mark.parametrize("source", ["batch", "stream"])
+def test_speed_layer_end_to_end(settings: Settings, source: str) -> None:
+    """Both ways records come in (LKLAB_SPEED_SOURCE): whole Kafka fetches, or a Faust agent."""
+    settings = settings.model_copy(update={"speed_source": source})
     pid = speed.start(settings)
     assert speed.status(settings).pid == pid
     with pytest.raises(speed.SpeedError, match="already running"):
@@ -173,6 +176,8 @@ def test_speed_layer_end_to_end(settings: Settings) -> None:
     assert (c["processed"], c["late_dropped"], c["duplicates_ignored"]) == (PROCESSED + 4, 1, 4)
     assert c["dead_lettered"] == 1 and len(dead_letters(settings)) == 1
     print(f"re-delivered after SIGKILL and skipped by the sink: {c['redelivered_skipped']}")
+    if source == "batch":  # it resumes from the offsets committed with the results, not Kafka's copy of them
+        assert c["redelivered_skipped"] == 0
 
 
 def test_two_workers_share_the_partitions_and_equal_the_oracle(isolated: Settings) -> None:
