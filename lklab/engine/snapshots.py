@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import repeat
 from typing import Any
 
 import pyarrow as pa
@@ -43,6 +42,8 @@ from lklab.core.events import SCHEMA_VERSION
 from lklab.log.kafka_io import Offsets
 from lklab.serving.store import (
     bulk_upsert,
+    bulk_upsert_columns,
+    python_values,
     consistent_read,
     speed_contrib,
     speed_progress,
@@ -90,11 +91,10 @@ class Piece:
     table: Any = None
     renamed: dict[str, str] = field(default_factory=dict)  # piece column -> serving column, where they differ
 
-    def serving_rows(self, table: pa.Table, output: str, scope: str, topic: str) -> list[tuple]:
-        """The piece's rows as the serving table's rows (tuples in its column order), column by column."""
-        stored = {self.renamed.get(name, name): table.column(name).to_pylist() for name in table.column_names}
-        fixed = self.fixed(output, scope, topic)
-        return list(zip(*(stored[c.name] if c.name in stored else repeat(fixed[c.name]) for c in self.table.columns)))
+    def install(self, conn: Connection, table: pa.Table, output: str, scope: str, topic: str) -> None:
+        """The piece's rows into its serving table, column by column (store.bulk_upsert_columns)."""
+        stored = {self.renamed.get(name, name): table.column(name) for name in table.column_names}
+        bulk_upsert_columns(conn, self.table, stored, self.fixed(output, scope, topic))
 
 
 def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
@@ -333,11 +333,15 @@ def load(settings: Settings, engine: Engine, snap: Snapshot, spec, scope: str) -
             raise SnapshotError(f"{spec.name} already has state (consumer {scope}): choose a new --version for a replay from a snapshot")
         for piece in pieces(spec):
             if piece.fixed is not None:
-                bulk_upsert(conn, piece.table, piece.serving_rows(tables[piece.name], spec.name, scope, settings.topic))
+                piece.install(conn, tables[piece.name], spec.name, scope, settings.topic)
         _install_held(conn, scope, spec, held_state(tables, spec))
         for step in steps:
             step(conn, spec)
     return tables
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=timezone.utc)  # Arrow's UTC is a ZoneInfo, slower in the fold's arithmetic
 
 
 def held_state(tables: dict[str, pa.Table], spec) -> HeldState:
@@ -348,7 +352,8 @@ def held_state(tables: dict[str, pa.Table], spec) -> HeldState:
     state, contrib = tables["event_state"], tables["contrib"]
     ids = state.column("event_id").to_pylist()
     versions = dict(zip(ids, state.column("event_version").to_pylist()))
-    columns = (contrib.column(c).to_pylist() for c in ("event_id", "entity", "window_start", "amount", "member"))
+    columns = (python_values(contrib.column(c), _utc if c == "window_start" else None)
+               for c in ("event_id", "entity", "window_start", "amount", "member"))
     contribs = {(spec.name, eid): Contrib(*rest) for eid, *rest in zip(*columns)}
     latest = max((t for t in tables["progress"].column("max_event_time").to_pylist() if t is not None), default=None)
     undated = None if latest is None else horizon.bucket_of(latest)

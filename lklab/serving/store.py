@@ -4,7 +4,7 @@ SQL is built with SQLAlchemy Core, so every value is a bound parameter.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -392,12 +392,53 @@ def bulk_upsert(conn: Connection, table: Table, rows: Sequence[tuple]) -> None:
     processes a parameter dict per row."""
     if not rows:
         return
+    procs = [(i, _memo(p)) for i, p in enumerate(_bind_processors(conn, table)) if p is not None]  # window starts repeat
+    if procs:
+        rows = [_processed(row, procs) for row in rows]
+    _execute_rows(conn, table, rows)
+
+
+def bulk_upsert_columns(conn: Connection, table: Table, columns: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
+    """bulk_upsert() for rows given column by column: `columns` are Arrow arrays, `fixed` one value
+    for every row, together every column of the table. Each distinct value of a column is turned
+    into Python and bind-processed once (a snapshot's window starts repeat thousands of times, and
+    a timestamp to Python alone cost about 6 µs)."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    if not n:
+        return
+    procs = _bind_processors(conn, table)
+    values = [python_values(columns[c.name], proc) if c.name in columns else [_bound(fixed[c.name], proc)] * n
+              for c, proc in zip(table.columns, procs)]
+    _execute_rows(conn, table, list(zip(*values)))
+
+
+def _bound(value: Any, proc) -> Any:
+    return value if value is None or proc is None else proc(value)
+
+
+def _bind_processors(conn: Connection, table: Table) -> list:
+    return [c.type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for c in table.columns]
+
+
+def python_values(column, proc: Callable[[Any], Any] | None = None) -> list:
+    """An Arrow column as Python values, `proc` applied (not to nulls), converting each distinct value once."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if proc is None and not pa.types.is_timestamp(column.type):
+        return column.to_pylist()  # strings and integers: as fast directly
+    distinct = pc.unique(column)
+    mapped = [_bound(v, proc) for v in distinct.to_pylist()]
+    codes = pc.index_in(column, value_set=distinct).to_numpy(zero_copy_only=False)
+    table = np.empty(len(mapped), dtype=object)
+    table[:] = mapped
+    return table[codes].tolist()
+
+
+def _execute_rows(conn: Connection, table: Table, rows: Sequence[tuple]) -> None:
     names = [c.name for c in table.columns]
     compiled = _upsert_statement(conn, table).compile(dialect=conn.dialect, column_keys=names)
-    procs = [(i, p) for i, c in enumerate(table.columns) if (p := c.type.dialect_impl(conn.dialect).bind_processor(conn.dialect))]
-    if procs:
-        procs = [(i, _memo(p)) for i, p in procs]  # window starts repeat: convert each value once
-        rows = [_processed(row, procs) for row in rows]
     if compiled.positional:
         order = [names.index(n) for n in compiled.positiontup]
         params = [tuple(row[i] for i in order) for row in rows] if order != list(range(len(names))) else list(rows)
