@@ -270,7 +270,9 @@ def _spawn(settings: Settings, node: _Node, java: str, cp: str) -> int:
             log=node.logs / "stdout.log", pid_file=node.pid_file, ready=lambda _pid: True, wait_s=1.0, poll_s=0.1,
         )
     except processes.StartupExited as exited:
-        raise KafkaRuntimeError(f"Kafka node {node.node_id} exited with code {exited.returncode} at once; see {node.logs}") from None
+        # a JVM that refuses its options can exit before the first poll: the same reason as later
+        raise KafkaRuntimeError(f"Kafka node {node.node_id} exited with code {exited.returncode} at once: "
+                                f"{_exit_reason(settings, node)}; see {node.logs}") from None
 
 
 def _registered(settings: Settings) -> set[int]:
