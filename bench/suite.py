@@ -943,8 +943,8 @@ def live_table(figures: dict[str, Figure], extra: dict) -> list[str]:
         lines.append(f"| paced at {pct} % | " + " | ".join(f"{f['rate_eps']:,} ev/s" for f in found) + " |")
         for q in ("p50", "p99"):
             lines.append(f"| event → visible {q} at {pct} % | " + " | ".join(spread(f[f"{q}_ms_runs"], "ms") for f in found) + " |")
-    lines.append(f"| commits (what makes an event visible) | a batch of up to {live['speed_batch_max']:,} records or "
-                 f"{live['speed_batch_within_s']:g} s | a checkpoint at least every {live['kappa_checkpoint_interval_s']:g} s "
+    lines.append(f"| commits (what makes an event visible) | a batch: what one Kafka fetch holds, up to "
+                 f"{live['speed_batch_max']:,} records | a checkpoint at least every {live['kappa_checkpoint_interval_s']:g} s "
                  "(`kappa_checkpoint_interval_s`) |")
     return lines
 
