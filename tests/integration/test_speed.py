@@ -176,8 +176,6 @@ def test_speed_layer_end_to_end(settings: Settings, source: str) -> None:
     assert (c["processed"], c["late_dropped"], c["duplicates_ignored"]) == (PROCESSED + 4, 1, 4)
     assert c["dead_lettered"] == 1 and len(dead_letters(settings)) == 1
     print(f"re-delivered after SIGKILL and skipped by the sink: {c['redelivered_skipped']}")
-    if source == "batch":  # it resumes from the offsets committed with the results, not Kafka's copy of them
-        assert c["redelivered_skipped"] == 0
 
 
 def test_two_workers_share_the_partitions_and_equal_the_oracle(isolated: Settings) -> None:
