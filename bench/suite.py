@@ -447,7 +447,8 @@ def faust_ceiling_released(settings: Settings, tag: str, deliveries, variant: di
     return counted / (finished - (time.time() - (time.monotonic() - released_at)))
 
 
-AB_RUNS = 2  # rounds of each A/B of the live path (issue 18, part 3)
+AB_RUNS = 1  # rounds of each A/B of the live path (issue 18, part 3). One: the A/Bs decided the live path in earlier
+# records (differences of 2-3x, not percents), and two rounds cost 6 of the bench's minutes against its 30-minute budget
 FAUST_NEWER = "0.15.3"  # faust-streaming with the rebalance fix (#686); the bench installs it beside the pinned one
 FAUST_VARIANTS = {  # issue 18, part 3: what might lift one Faust worker; bench/faust_ceiling.py reads these
     "the speed worker's (faust-streaming 0.11.3, uvloop, Cython iterator, Faust's Monitor)": {},

@@ -7,7 +7,9 @@ dispatch (message objects, the conductor, stream iteration, acks) had capped a w
 
 Where it resumes: on every assignment each partition is sought to the offset committed with the
 results in the serving store, the truth the sink's fence works from; a partition with no progress
-starts from Kafka's committed offset, else the earliest. Kafka's committed offsets are a copy,
+starts from Kafka's committed offset, else the earliest. A fetch that raced the seek (handed out
+from Kafka's older copy while the store was being read) is dropped, not applied: the fence would
+have skipped it anyway, but the sink's count of re-deliveries then means what it says. Kafka's committed offsets are a copy,
 written at most once a second after a batch was applied, for lag tools; nothing reads them back.
 
 Batches size themselves: `getmany` returns what the background fetcher has buffered, at most
@@ -39,18 +41,53 @@ FETCH_BYTES_PER_PARTITION = 8 * 1024 * 1024
 
 
 class _Rebalance(ConsumerRebalanceListener):
+    """Seeks each newly assigned partition to the store's offset, and gates the batch loop while it
+    does: the store is read in a thread, and meanwhile the fetcher may already have handed the loop
+    records from Kafka's (older) committed copy. `generation` counts assignments, so the loop can
+    tell a fetch that overlapped one (not_raced)."""
+
     def __init__(self, consumer: AIOKafkaConsumer, sink: SpeedSink, topic: str) -> None:
         self.consumer, self.sink, self.topic = consumer, sink, topic
+        self.positioned = asyncio.Event()
+        self.sought: dict[TopicPartition, int] = {}
+        self.generation = 0
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.positioned.clear()
         self.sink.revoked()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         committed = await asyncio.to_thread(self.sink.committed)
-        for tp in assigned:
-            if tp.partition in committed:
-                self.consumer.seek(tp, committed[tp.partition])
+        self.sought = {tp: committed[tp.partition] for tp in assigned if tp.partition in committed}
+        for tp, offset in self.sought.items():
+            self.consumer.seek(tp, offset)
+        self.generation += 1
+        self.positioned.set()
         self.sink.assigned([tp.partition for tp in assigned if tp.topic == self.topic])
+
+    async def settled(self, fetched: Mapping[TopicPartition, list[ConsumerRecord]],
+                      generation: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """`fetched` (asked for at `generation`) once the partitions are positioned, without what
+        an assignment since made doubtful (not_raced); the partitions whose records are dropped
+        that way are sought to the store's offset again."""
+        await self.positioned.wait()
+        reassigned = self.generation != generation
+        if reassigned:
+            for tp in self.sought.keys() & fetched.keys():
+                self.consumer.seek(tp, self.sought[tp])
+        return not_raced(fetched, self.consumer.assignment(), self.sought, reassigned)
+
+
+def not_raced(fetched: Mapping[TopicPartition, list[ConsumerRecord]], assigned: set[TopicPartition],
+              sought: Mapping[TopicPartition, int], reassigned: bool) -> dict[TopicPartition, list[ConsumerRecord]]:
+    """A fetch without what an assignment during it made doubtful: partitions no longer assigned
+    (their new owner resumes from the store), and, if the partitions were assigned again meanwhile,
+    every partition sought to the store's offset. Those records may come from Kafka's older copy
+    (handed out before the seek: re-deliveries) or from the sought offset (after it); which, the
+    fetch does not say, so they are all dropped and the partition is sought again: the fetcher
+    reads them from the store's offset, none lost, none twice."""
+    return {tp: records for tp, records in fetched.items()
+            if tp in assigned and not (reassigned and tp in sought)}
 
 
 def _consumer(settings: Settings) -> AIOKafkaConsumer:
@@ -92,12 +129,15 @@ def batch_source(app: faust.App, settings: Settings, sink: SpeedSink) -> None:
     async def consume_batches() -> None:
         consumer = _consumer(settings)
         await consumer.start()
-        consumer.subscribe([settings.topic], listener=_Rebalance(consumer, sink, settings.topic))
+        rebalance = _Rebalance(consumer, sink, settings.topic)
+        consumer.subscribe([settings.topic], listener=rebalance)
         copied, pending = time.monotonic(), {}
         try:
             while True:
+                generation = rebalance.generation
                 fetched = await consumer.getmany(timeout_ms=int(settings.speed_batch_within_s * 1000),
                                                  max_records=settings.speed_batch_max)
+                fetched = await rebalance.settled(fetched, generation)
                 if fetched:
                     merged = in_timestamp_order(fetched)
                     keys = {(m.partition, m.offset): m.key for m in merged}

@@ -83,17 +83,24 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     def to_json(self, offset: timedelta | None = None) -> str:
         """The wire form of its schema version (a v1 event has no tip_cents or currency); event_time
         in UTC with a Z, or in the given local offset."""
-        own = schema(self.schema_version)["properties"]
-        data = {name: getattr(self, name) for name in self.__struct_fields__ if name in own}
+        data = {name: getattr(self, name) for name in _wire_fields(self.schema_version)}
         data["event_type"] = self.event_type.value
         data["event_time"] = format_time(self.event_time, offset)
-        return json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        return _WIRE_ENCODER.encode(data)
 
     def replace(self, **changes: Any) -> "Event":
         return msgspec.structs.replace(self, **changes)
 
 
 EVENT_FIELDS: tuple[str, ...] = Event.__struct_fields__
+_WIRE_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+@lru_cache(maxsize=None)
+def _wire_fields(version: int) -> tuple[str, ...]:
+    """The fields a `version` record carries on the wire (the generator writes millions: looked up once)."""
+    own = schema(version)["properties"]
+    return tuple(name for name in EVENT_FIELDS if name in own)
 
 def as_utc(ts: datetime) -> datetime:
     """An aware UTC datetime. Naive means UTC: Spark returns naive datetimes in the session time
@@ -113,8 +120,7 @@ def format_time(ts: datetime, offset: timedelta | None = None) -> str:
 
 
 def _format_local(ts: datetime) -> str:
-    fraction = f"{ts.microsecond // 1000:03d}" if ts.microsecond % 1000 == 0 else f"{ts.microsecond:06d}"
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + fraction
+    return ts.replace(tzinfo=None).isoformat(timespec="milliseconds" if ts.microsecond % 1000 == 0 else "microseconds")
 
 
 def parse_time(text: str) -> datetime:

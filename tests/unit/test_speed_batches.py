@@ -1,10 +1,11 @@
-"""streaming.batches.in_timestamp_order: how the batch source orders one fetch across partitions."""
+"""streaming.batches: how the batch source orders one fetch across partitions (in_timestamp_order),
+and what it keeps of a fetch that overlapped a rebalance (not_raced)."""
 from __future__ import annotations
 
 from aiokafka import ConsumerRecord, TopicPartition
 from hypothesis import given, strategies as st
 
-from streaming.batches import in_timestamp_order
+from streaming.batches import in_timestamp_order, not_raced
 
 timestamps = st.lists(st.integers(min_value=0, max_value=10_000), max_size=30)
 
@@ -34,3 +35,14 @@ def test_partitions_interleave_by_timestamp(per_partition: list[list[int]]) -> N
 def test_a_burst_of_one_millisecond_interleaves_its_partitions() -> None:
     merged = in_timestamp_order(fetch([[7] * 4, [7] * 4, [7] * 2]))
     assert [m.partition for m in merged] == [0, 1, 2, 0, 1, 0, 1, 2, 0, 1]
+
+
+def test_a_fetch_that_overlapped_an_assignment_keeps_only_partitions_it_cannot_have_read_twice() -> None:
+    """Partition 0 was sought to the store's offset during the fetch (its records may be Kafka's
+    older copy), 1 has no progress in the store (not sought), 2 went to another worker."""
+    fetched = fetch([[1, 2], [3], [4]])
+    tp = [TopicPartition("t", p) for p in range(3)]
+    kept = not_raced(fetched, assigned={tp[0], tp[1]}, sought={tp[0]: 1}, reassigned=True)
+    assert kept == {tp[1]: fetched[tp[1]]}
+    same_generation = not_raced(fetched, assigned={tp[0], tp[1]}, sought={tp[0]: 1}, reassigned=False)
+    assert same_generation == {tp[0]: fetched[tp[0]], tp[1]: fetched[tp[1]]}
