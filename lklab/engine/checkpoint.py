@@ -154,6 +154,8 @@ class CheckpointedSink:
             changes.write(conn, self.scope, seq, cut)
             if cut is not None:  # after the writes: an event applied in this checkpoint may already be past it
                 expire_held(conn, self.scope, self.row_views, cut, expired if self.row_views else ())
+            if max_time:  # the buckets behind the head of event time: their changelogs merged (lklab.engine.chunks)
+                chunks.compact(conn, self.scope, horizon.bucket_of(max(max_time.values())))
             if self.before_commit is not None:
                 self.before_commit(done)
         self.committed.update(done.next_offsets)

@@ -17,6 +17,18 @@ Reading the chunks back folds them in sequence order, last write wins:
   when a correction moved its event time to another bucket: otherwise, once the newer bucket
   expired, the older one's entry would come back.
 
+Compaction keeps the changelog short. A live job checkpoints every fraction of a second, so
+the bucket at the head of event time gets a chunk per checkpoint, and late events add chunks to
+older buckets. Once a bucket is behind the head (cold), its chunks of one view are merged into
+one (compact): each event's last entry or deletion in that bucket, stamped with the newest
+chunk's sequence number. That equals folding them because of the invariant above: an event that
+leaves a bucket gets a deletion there in the same checkpoint, so nothing written to another
+bucket between the merged chunks can be overtaken. A deletion is kept (it may still remove what
+a row holds). A bucket is merged when it has COMPACT_MIN_CHUNKS chunks and what came after its
+first holds COMPACT_SHARE of its entries (or COMPACT_MAX_CHUNKS chunks): each entry is
+re-encoded a bounded number of times, and a replay, whose checkpoints are large and few, rarely
+merges at all.
+
 The horizon drops a bucket's chunks whole. Contributions that SQL reads stay rows
 (`ViewSpec.contribs_as_rows`): a user's rows are purged by `lklab forget`, and sessions re-read a
 rider's times.
@@ -86,6 +98,49 @@ class ChunkWriter:
                 for (view, bucket), entries in self.entries.items() if cutoff is None or bucket >= cutoff]
         if rows:
             conn.execute(held_chunks.insert(), rows)
+
+
+COMPACT_MIN_CHUNKS = 8
+COMPACT_MAX_CHUNKS = 64
+COMPACT_SHARE = 0.25
+
+
+def merged(payloads: Iterable[bytes]) -> list[list]:
+    """The entries of one chunk equal to these chunks of one (view, bucket), in sequence order:
+    each event's last entry or deletion (see the module for why that equals folding them)."""
+    last: dict[str, list] = {}
+    for payload in payloads:
+        for entry in _decode(payload):
+            last[entry[0]] = entry
+    return list(last.values())
+
+
+def due(entries: Sequence[int], min_chunks: int = COMPACT_MIN_CHUNKS) -> bool:
+    """Whether a cold bucket's chunks (their entry counts, oldest first) are worth merging."""
+    if len(entries) < min_chunks:
+        return False
+    return len(entries) >= COMPACT_MAX_CHUNKS or sum(entries[1:]) >= COMPACT_SHARE * entries[0]
+
+
+def compact(conn: Connection, scope: str, before: int, *, min_chunks: int = COMPACT_MIN_CHUNKS) -> int:
+    """Merge the chunks of each (view, bucket) of `scope` before bucket `before` (the head of
+    event time) that are due; returns the chunks removed. Run inside a checkpoint's transaction."""
+    t = held_chunks
+    counts = conn.execute(
+        select(t.c.view, t.c.time_bucket).where(t.c.scope == scope, t.c.time_bucket < before)
+        .group_by(t.c.view, t.c.time_bucket).having(func.count() >= min_chunks)).all()
+    removed = 0
+    for view, bucket in counts:
+        mine = (t.c.scope == scope, t.c.view == view, t.c.time_bucket == bucket)
+        found = conn.execute(select(t.c.seq, t.c.entries, t.c.payload).where(*mine).order_by(t.c.seq)).all()
+        if not due([row.entries for row in found], min_chunks):
+            continue
+        entries = merged(row.payload for row in found)
+        conn.execute(t.delete().where(*mine))
+        conn.execute(t.insert(), [{"scope": scope, "view": view, "time_bucket": bucket, "seq": found[-1].seq,
+                                   "entries": len(entries), "payload": _encode(entries)}])
+        removed += len(found) - 1
+    return removed
 
 
 def next_seq(conn: Connection, scope: str) -> int:

@@ -4,15 +4,19 @@ after corrections that move an event to another event-time bucket and buckets th
 held as rows is rewritten as chunks; and the outputs equal the oracle."""
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta, timezone
 
+from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import func, select
 
 from lklab import views
 from lklab.core import oracle
 from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION, Event, EventType
+from lklab.engine import chunks
 from lklab.engine.checkpoint import CheckpointedSink
+from lklab.engine.chunks import ChunkWriter
 from lklab.engine.sink import apply_records, load_held, load_versions, read_view
 from lklab.log.generator import GeneratorConfig, generate
 from lklab.serving.store import held_chunks, make_engine, speed_contrib, speed_event_state
@@ -126,3 +130,71 @@ def test_state_held_as_rows_becomes_chunks_at_the_first_checkpoint(tmp_path, ser
     assert stored(engine, scope)[0] == before | {"R3-1": 2}
     rows = {(r.entity, r.window_start): r.value for r in read_view(engine, "revenue_per_minute")}
     assert rows[("köln", at("2026-03-01T10:30:00"))] == 500 and ("berlin", at("2026-03-01T10:03:00")) not in rows
+
+
+# --- compaction ---------------------------------------------------------------------------------
+
+_scopes = itertools.count()
+PUT, DROP = "put", "drop"
+operations = st.lists(st.lists(st.tuples(st.sampled_from([PUT, DROP]), st.integers(0, 5), st.integers(0, 3),
+                                         st.integers(1, 9)), max_size=6), min_size=1, max_size=24)
+
+
+def write_history(conn, scope: str, history: list[list[tuple]]) -> dict[str, tuple[int, int]]:
+    """Checkpoints as a job writes them: the ops of one checkpoint (an event put in a bucket with a
+    value, or dropped) collapse to each touched event's entry in its bucket now, and a deletion in
+    the bucket it was held in at the last checkpoint if it left it (the invariant compaction relies
+    on). Returns the model: event -> (bucket, value)."""
+    model: dict[str, tuple[int, int]] = {}
+    for seq, ops in enumerate(history):
+        now, touched = dict(model), set()
+        for op, event, bucket_no, value in ops:
+            eid = f"E{event}"
+            touched.add(eid)
+            if op == PUT:
+                now[eid] = (bucket_no * HOUR, value)
+            else:
+                now.pop(eid, None)
+        writer = ChunkWriter()
+        for eid in sorted(touched):
+            old, new = model.get(eid), now.get(eid)
+            if new is not None:
+                writer.add(chunks.VERSIONS, new[0], chunks.version_entry(eid, new[1]))
+            if old is not None and (new is None or new[0] != old[0]):
+                writer.delete(chunks.VERSIONS, old[0], eid)
+        writer.write(conn, scope, seq)
+        model = now
+    return model
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=operations, head=st.integers(0, 4))
+def test_compacting_a_changelog_changes_nothing_a_restart_reads(tmp_path, serving_url, history, head) -> None:
+    """The buckets before `head` merged (those after it left as they are), however the
+    checkpoints interleaved buckets: the fold reads the same state before and after, and that
+    state is the model's."""
+    engine, scope = make_engine(Settings(home=tmp_path, serving_url=serving_url)), f"compact-{next(_scopes)}"
+    with engine.begin() as conn:
+        model = write_history(conn, scope, history)
+        before = chunks.read(conn, [chunks.VERSIONS], scope).get(chunks.VERSIONS, {})
+        chunks.compact(conn, scope, before=head * HOUR, min_chunks=2)
+        after = chunks.read(conn, [chunks.VERSIONS], scope).get(chunks.VERSIONS, {})
+        left: dict[int, list[int]] = {}
+        for bucket, entries in conn.execute(select(held_chunks.c.time_bucket, held_chunks.c.entries)
+                                            .where(held_chunks.c.scope == scope).order_by(held_chunks.c.seq)):
+            left.setdefault(bucket, []).append(entries)
+    assert before == after == model
+    assert all(len(sizes) == 1 or not chunks.due(sizes, 2) for bucket, sizes in left.items() if bucket < head * HOUR)
+
+
+def test_a_bucket_at_the_head_keeps_its_chunks_and_a_cold_one_is_merged_once_due(tmp_path, serving_url) -> None:
+    engine, scope = make_engine(Settings(home=tmp_path, serving_url=serving_url)), "compact-head"
+    history = [[(PUT, i, 0, 1), (PUT, 100 + i, 1, 1)] for i in range(chunks.COMPACT_MIN_CHUNKS)]
+    with engine.begin() as conn:
+        write_history(conn, scope, history)
+        assert chunks.compact(conn, scope, before=1 * HOUR) == chunks.COMPACT_MIN_CHUNKS - 1
+        rows = conn.execute(select(held_chunks.c.time_bucket, held_chunks.c.seq, held_chunks.c.entries)
+                            .where(held_chunks.c.scope == scope).order_by(held_chunks.c.time_bucket, held_chunks.c.seq)).all()
+    assert [tuple(r) for r in rows if r.time_bucket == 0] == [(0, chunks.COMPACT_MIN_CHUNKS - 1, chunks.COMPACT_MIN_CHUNKS)]
+    assert len([r for r in rows if r.time_bucket == HOUR]) == chunks.COMPACT_MIN_CHUNKS  # the head: left alone
+    assert not chunks.due([1000] + [10] * 10) and chunks.due([1000] + [50] * 7) and chunks.due([1000] + [1] * 63)
