@@ -830,6 +830,29 @@ def batch_pair(spark, settings: Settings, out: Path) -> BatchRun:
     return BatchRun(spark_s, duck_s, spark_engine_s, duck_engine_s, totals)
 
 
+def spark_profile(spark, settings: Settings, spark_pid: int) -> dict:
+    """One more like-for-like Spark run (build_gold for the 3 views) under a JFR recording of the
+    driver (bench/jfr.py): where Spark's time goes, as BOUNDS.md's evidence for the Spark target."""
+    import jfr
+
+    specs = list(views.SPEED_LAYER.values())
+    return jfr.profile(spark_pid, settings.home / "spark-gold.jfr", lambda: [lake.build_gold(spark, settings, s) for s in specs])
+
+
+def spark_profile_table(extra: dict) -> list[str]:
+    if "spark_profile" not in extra:
+        return []
+    found = extra["spark_profile"]
+    lines = ["", "## Where Spark's like-for-like run goes (JFR of the driver, one more run)", "",
+             f"{found['wall_s']} s wall, {found['cpu_s']} s of the JVM's CPU ({found['cores_busy']} of 2 cores busy), "
+             f"GC pauses {found['gc_s']} s, {found['samples']:,} stack samples (each put in the phase of its innermost "
+             "frame that bench/jfr.py names).", "", "| phase | share of samples |", "|---|---:|"]
+    lines += [f"| {phase} | {share:.0%} |" for phase, share in found["phases"].items()]
+    lines += ["", "| hottest methods (self) | share |", "|---|---:|"]
+    lines += [f"| `{method}` | {share:.0%} |" for method, share in found["hottest_methods"].items()]
+    return lines
+
+
 # --- 6. cutover swap --------------------------------------------------------------------------
 
 def swap_ms(settings: Settings, spark, history_per_day: int, swaps: int = 50) -> list[float]:
@@ -1022,6 +1045,7 @@ def write_results(figures: dict[str, Figure], sizes: dict, notes: list[str], ext
     lines += ab_tables(extra, figures["raw_eps"].median)
     lines += replay_table(extra)
     lines += history_table(extra)
+    lines += spark_profile_table(extra)
     lines += ["", "## Notes", "", *[f"- {n}" for n in notes], ""]
     bounds = ROOT / "BOUNDS.md"  # hand-written, from profiles: what bounds the figures that miss
     (out / "RESULTS.md").write_text("\n".join(lines) + ("\n" + bounds.read_text() if bounds.exists() else ""))
@@ -1140,6 +1164,9 @@ def main() -> None:
                 notes.append(f"Spark and DuckDB totals differ: {found.totals}")
         figures["spark_s"].rss("Spark JVM", peak_rss(spark_pid))
         figures["duckdb_s"].rss("bench (DuckDB)", peak_rss(os.getpid()))
+        extra["spark_profile"] = spark_profile(spark, settings, spark_pid)
+        say(f"Spark under JFR: {extra['spark_profile']['wall_s']} s, {extra['spark_profile']['cores_busy']} cores busy, "
+            f"phases {extra['spark_profile']['phases']}")
 
         say(f"30 days of history ({args.history_events:,} deliveries), snapshot at the end of day 29")
         history = snapshot_vs_full(settings, spark, 30, args.history_events // 30, args.runs)

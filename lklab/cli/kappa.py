@@ -244,8 +244,8 @@ def kappa_repair(
         console.print(f"{found.output}: no record was refused beyond the horizon; nothing to repair")
         return
     console.print(f"{found.output}: {found.repaired} windows recomputed ({found.recorded} recorded by refused records), "
-                  f"{found.changed} changed, from {found.events:,} events; {found.records_read:,} records read in "
-                  f"{found.seconds:.1f}s")
+                  f"{found.changed} changed, from {found.events:,} events; {found.records_read:,} records read "
+                  f"({', '.join(f'{n:,} from {tier}' for tier, n in found.tiers.items() if n)}) in {found.seconds:.1f}s")
 
 
 @kappa_app.command("status")

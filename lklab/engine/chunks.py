@@ -213,3 +213,38 @@ def state_writer(versions: Mapping[str, int], buckets: Mapping[str, int],
         if view in wanted and contrib is not None and (bucket := buckets.get(event_id)) is not None:
             writer.add(view, bucket, contrib_entry(event_id, contrib))
     return writer
+
+
+def arrow_state_writer(state, contrib, view: str | None, undated: int | None) -> ChunkWriter:
+    """state_writer() straight from a snapshot's Arrow pieces: `state` (event_id, event_version,
+    time_bucket) and, for a chunked view, `contrib` (event_id, entity, window_start, amount,
+    member) of `view`. Buckets are grouped in Arrow, and no Contrib or datetime is built per
+    event. A null bucket (a snapshot from before buckets were kept) is `undated`, or left out."""
+    import pyarrow.compute as pc
+
+    buckets = state.column("time_bucket")
+    if undated is not None:
+        buckets = pc.fill_null(buckets, undated)
+    state = state.set_column(state.schema.get_field_index("time_bucket"), "time_bucket", buckets).filter(pc.is_valid(buckets))
+    writer = ChunkWriter(replaces_rows=True)
+    _add_by_bucket(writer, VERSIONS, state, ("event_id", "event_version"))
+    if contrib is not None and view is not None and contrib.num_rows:
+        joined = contrib.join(state.select(["event_id", "time_bucket"]), "event_id", join_type="inner")
+        window_micros = pc.cast(joined.column("window_start"), "int64")  # µs since the epoch, as _micros
+        joined = joined.set_column(joined.schema.get_field_index("window_start"), "window_start", window_micros)
+        _add_by_bucket(writer, view, joined, ("event_id", "entity", "window_start", "amount", "member"))
+    return writer
+
+
+def _add_by_bucket(writer: ChunkWriter, view: str, table, columns: Sequence[str]) -> None:
+    """The rows of `table` as entries (tuples of `columns`), one list per time_bucket."""
+    import numpy as np
+
+    if not table.num_rows:
+        return
+    table = table.sort_by("time_bucket")
+    buckets = table.column("time_bucket").to_numpy()
+    starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]]).tolist() + [table.num_rows]
+    rows = list(zip(*(table.column(c).to_pylist() for c in columns)))
+    for start, end in zip(starts, starts[1:]):
+        writer.entries[(view, int(buckets[start]))] = rows[start:end]

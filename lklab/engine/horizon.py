@@ -73,8 +73,17 @@ class HeldBuckets:
         self.members.setdefault(bucket, set()).add(event_id)
 
     def hold_all(self, held: Iterable[tuple[str, int]]) -> None:
-        for event_id, bucket in held:
-            self.hold(event_id, bucket)
+        if self.bucket_of:
+            for event_id, bucket in held:
+                self.hold(event_id, bucket)
+            return
+        # nothing held yet (a restart or a restore: every event once): no moves to track
+        self.bucket_of = dict(held)
+        for event_id, bucket in self.bucket_of.items():
+            members = self.members.get(bucket)
+            if members is None:
+                members = self.members[bucket] = set()
+            members.add(event_id)
 
     def take_moved(self) -> dict[str, int]:
         """The events a correction moved to another bucket since the last call, with the bucket each

@@ -334,7 +334,7 @@ def load(settings: Settings, engine: Engine, snap: Snapshot, spec, scope: str) -
         for piece in pieces(spec):
             if piece.fixed is not None:
                 piece.install(conn, tables[piece.name], spec.name, scope, settings.topic)
-        _install_held(conn, scope, spec, held_state(tables, spec))
+        _install_held(conn, scope, spec, tables)
         for step in steps:
             step(conn, spec)
     return tables
@@ -344,30 +344,36 @@ def _utc(at: datetime) -> datetime:
     return at.replace(tzinfo=timezone.utc)  # Arrow's UTC is a ZoneInfo, slower in the fold's arithmetic
 
 
+def _undated(tables: dict[str, pa.Table]) -> int | None:
+    """The bucket a snapshot from before buckets were kept dates its events in: that of its
+    progress (no record of them can be later: as CheckpointedSink does for such rows)."""
+    latest = max((t for t in tables["progress"].column("max_event_time").to_pylist() if t is not None), default=None)
+    return None if latest is None else horizon.bucket_of(latest)
+
+
 def held_state(tables: dict[str, pa.Table], spec) -> HeldState:
     """The dedup versions, contributions and event-time buckets a replay's sink holds, from the pieces
-    `load` returned, so the sink starts from them instead of reading back what was just written.
-    A snapshot taken before buckets were kept dates its events at its progress (no record of them
-    can be later: as CheckpointedSink does for such rows)."""
+    `load` returned, so the sink starts from them instead of reading back what was just written."""
     state, contrib = tables["event_state"], tables["contrib"]
     ids = state.column("event_id").to_pylist()
     versions = dict(zip(ids, state.column("event_version").to_pylist()))
     columns = (python_values(contrib.column(c), _utc if c == "window_start" else None)
                for c in ("event_id", "entity", "window_start", "amount", "member"))
     contribs = {(spec.name, eid): Contrib(*rest) for eid, *rest in zip(*columns)}
-    latest = max((t for t in tables["progress"].column("max_event_time").to_pylist() if t is not None), default=None)
-    undated = None if latest is None else horizon.bucket_of(latest)
+    undated = _undated(tables)
     buckets = [(eid, undated if bucket is None else bucket) for eid, bucket in zip(ids, state.column("time_bucket").to_pylist())]
     return HeldState(versions, contribs, buckets)
 
 
-def _install_held(conn: Connection, scope: str, spec, held: HeldState) -> None:
-    """The snapshot's held state as the scope's first chunks (lklab.engine.chunks); contributions
-    that SQL reads (`contribs_as_rows`) as rows."""
+def _install_held(conn: Connection, scope: str, spec, tables: dict[str, pa.Table]) -> None:
+    """The snapshot's held state as the scope's first chunks (lklab.engine.chunks), built from its
+    Arrow pieces; contributions that SQL reads (`contribs_as_rows`) as rows."""
     if spec.contribs_as_rows:
+        held = held_state(tables, spec)
         bulk_upsert(conn, speed_contrib, [(view, eid, *c) for (view, eid), c in held.contribs.items()])
-    chunked = [] if spec.contribs_as_rows else [spec.name]
-    chunks.state_writer(held.versions, dict(held.buckets), held.contribs, chunked).write(conn, scope, chunks.next_seq(conn, scope))
+    writer = chunks.arrow_state_writer(tables["event_state"], None if spec.contribs_as_rows else tables["contrib"],
+                                       None if spec.contribs_as_rows else spec.name, _undated(tables))
+    writer.write(conn, scope, chunks.next_seq(conn, scope))
 
 
 def read_output(snap: Snapshot, entity: str | None = None, window: datetime | None = None) -> list[dict]:

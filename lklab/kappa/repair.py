@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Engine
@@ -56,6 +56,7 @@ class RepairResult:
     events: int  # events whose newest version the repaired windows hold
     records_read: int  # over the four passes
     seconds: float
+    tiers: dict[str, int] = field(default_factory=dict)  # records read per tier (lklab.lake.tiers), over the passes
 
 
 class _Scan:
@@ -109,11 +110,11 @@ def repair(settings: Settings, engine: Engine, view: str, version: int, spark=No
     if lost := [r for r in ranges if r.tier == tiers.LOST]:
         raise ReplayError(f"{spec.name}: offsets {lost[0].partition}:{lost[0].start}-{lost[0].end} are neither in Kafka nor in "
                           "bronze: the windows cannot be recomputed from the log")
-    read = [0]
+    read, counts = [0], {tiers.BRONZE: 0, tiers.KAFKA: 0}
 
     def scan(each: Callable[[Event], None]) -> None:
         sink = _Scan(scope, each)
-        _replay_tiers(settings, spark, sink, scan_plan, _Pacer(0, None, None), {tiers.BRONZE: 0, tiers.KAFKA: 0})
+        _replay_tiers(settings, spark, sink, scan_plan, _Pacer(0, None, None), counts)
         read[0] += sink.read
 
     def key(event: Event) -> Key | None:
@@ -128,7 +129,7 @@ def repair(settings: Settings, engine: Engine, view: str, version: int, spark=No
     scan(lambda e: newest.__setitem__(e.event_id, e) if e.event_id in ids and (
         e.event_id not in newest or e.event_version > newest[e.event_id].event_version) else None)
     changed = _write(engine, spec, scope, settings.topic, position, windows, newest.values())
-    return RepairResult(spec.name, len(recorded), len(windows), changed, len(newest), read[0], time.monotonic() - began)
+    return RepairResult(spec.name, len(recorded), len(windows), changed, len(newest), read[0], time.monotonic() - began, counts)
 
 
 @dataclass(frozen=True)

@@ -407,9 +407,32 @@ def bulk_upsert_columns(conn: Connection, table: Table, columns: Mapping[str, An
     if not n:
         return
     procs = _bind_processors(conn, table)
-    values = [python_values(columns[c.name], proc) if c.name in columns else [_bound(fixed[c.name], proc)] * n
+    values = [_column_values(conn, c, columns[c.name], proc) if c.name in columns else [_bound(fixed[c.name], proc)] * n
               for c, proc in zip(table.columns, procs)]
     _execute_rows(conn, table, list(zip(*values)))
+
+
+def _column_values(conn: Connection, column: Column, values, proc) -> list:
+    """One Arrow column as the values to bind: on SQLite an aware timestamp becomes DATETIME's text
+    in Arrow (sqlite_datetimes), anything else goes through python_values."""
+    import pyarrow as pa
+
+    if conn.dialect.name == "sqlite" and isinstance(column.type, UTCDateTime) and pa.types.is_timestamp(values.type) \
+            and values.type.tz is not None:
+        return sqlite_datetimes(values)
+    return python_values(values, proc)
+
+
+def sqlite_datetimes(values) -> list:
+    """Aware timestamps as the text SQLAlchemy's SQLite DATETIME stores (naive UTC,
+    2026-11-17 10:00:00.000000; its storage format), formatted by Arrow: a snapshot's view has a
+    window start per minute, and 41k distinct ones took 0.25 s turned into Python one at a time.
+    A unit test holds it to SQLAlchemy's own processor."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    naive = pc.cast(values, pa.timestamp("us"))  # Arrow keeps the UTC instant: its naive value is the UTC wall time
+    return pc.strftime(naive, format="%Y-%m-%d %H:%M:%S").to_pylist()  # %S carries the 6 fraction digits of "us"
 
 
 def _bound(value: Any, proc) -> Any:
@@ -429,11 +452,24 @@ def python_values(column, proc: Callable[[Any], Any] | None = None) -> list:
     if proc is None and not pa.types.is_timestamp(column.type):
         return column.to_pylist()  # strings and integers: as fast directly
     distinct = pc.unique(column)
-    mapped = [_bound(v, proc) for v in distinct.to_pylist()]
+    mapped = [_bound(v, proc) for v in _python_distinct(distinct)]
     codes = pc.index_in(column, value_set=distinct).to_numpy(zero_copy_only=False)
     table = np.empty(len(mapped), dtype=object)
     table[:] = mapped
     return table[codes].tolist()
+
+
+def _python_distinct(values) -> list:
+    """Arrow values as Python. An aware timestamp's value is its UTC instant, so it comes out as
+    the naive value with timezone.utc attached: the same instant, three times faster than Arrow's
+    own conversion (which attaches a ZoneInfo)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_timestamp(values.type) and values.type.tz is not None):
+        return values.to_pylist()
+    naive = pc.cast(values, pa.timestamp(values.type.unit)).to_pylist()
+    return [None if v is None else v.replace(tzinfo=timezone.utc) for v in naive]
 
 
 def _execute_rows(conn: Connection, table: Table, rows: Sequence[tuple]) -> None:

@@ -198,3 +198,41 @@ def test_a_bucket_at_the_head_keeps_its_chunks_and_a_cold_one_is_merged_once_due
     assert [tuple(r) for r in rows if r.time_bucket == 0] == [(0, chunks.COMPACT_MIN_CHUNKS - 1, chunks.COMPACT_MIN_CHUNKS)]
     assert len([r for r in rows if r.time_bucket == HOUR]) == chunks.COMPACT_MIN_CHUNKS  # the head: left alone
     assert not chunks.due([1000] + [10] * 10) and chunks.due([1000] + [50] * 7) and chunks.due([1000] + [1] * 63)
+
+
+held_events = st.dictionaries(
+    st.text("abcé€", min_size=1, max_size=4),
+    st.tuples(st.integers(1, 5), st.one_of(st.none(), st.integers(0, 3).map(lambda b: b * HOUR)),
+              st.one_of(st.none(), st.tuples(st.sampled_from(["berlin", "köln", "東京"]), st.integers(0, 10 ** 6),
+                                             st.one_of(st.none(), st.integers(-10 ** 6, 10 ** 6)),
+                                             st.one_of(st.none(), st.text("uv", max_size=2))))),
+    max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(held=held_events, undated=st.one_of(st.none(), st.just(7 * HOUR)))
+def test_a_snapshots_held_state_writes_the_same_chunks_from_arrow_as_from_python(held, undated) -> None:
+    """chunks.arrow_state_writer (a snapshot's pieces) against state_writer (the held dicts)."""
+    import pyarrow as pa
+
+    from lklab.views import Contrib
+    from lklab.views.measures import UTC_US
+
+    window = lambda s: datetime(2026, 3, 1, tzinfo=timezone.utc) + timedelta(seconds=s)  # noqa: E731
+    versions = {eid: v for eid, (v, _, _) in held.items()}
+    buckets = {eid: (undated if b is None else b) for eid, (_, b, _) in held.items() if b is not None or undated is not None}
+    contribs = {("rpm", eid): Contrib(c[0], window(c[1]), c[2], c[3]) for eid, (_, _, c) in held.items() if c is not None}
+    state = pa.table({"event_id": list(held), "event_version": [v for v, _, _ in held.values()],
+                      "time_bucket": pa.array([b for _, b, _ in held.values()], pa.int64())})
+    rows = [(eid, *c) for eid, (_, _, c) in held.items() if c is not None]
+    contrib = pa.table({"event_id": pa.array([r[0] for r in rows], pa.string()),
+                        "entity": pa.array([r[1] for r in rows], pa.string()),
+                        "window_start": pa.array([window(r[2]) for r in rows], UTC_US),
+                        "amount": pa.array([r[3] for r in rows], pa.int64()),
+                        "member": pa.array([r[4] for r in rows], pa.string())})
+
+    def written(writer: ChunkWriter) -> dict:
+        return {key: sorted(map(list, entries)) for key, entries in writer.entries.items()}
+
+    assert written(chunks.arrow_state_writer(state, contrib, "rpm", undated)) == \
+        written(chunks.state_writer(versions, buckets, contribs, ["rpm"]))

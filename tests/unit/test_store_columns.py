@@ -47,3 +47,20 @@ def test_columns_write_what_rows_write(rows: list) -> None:
                      for scope in ("by-rows", "by-columns")}
         engine.dispose()
         assert found["by-rows"] == found["by-columns"] and len(found["by-rows"]) == len(rows)
+
+
+anywhen = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(timezone.utc))
+
+
+@given(st.lists(st.one_of(st.none(), anywhen), max_size=40))
+def test_sqlite_datetimes_are_the_text_sqlalchemy_stores(values: list) -> None:
+    """store.sqlite_datetimes (Arrow's formatting) against SQLAlchemy's own SQLite DATETIME
+    bind processor, from year 1 to 9999, microseconds included."""
+    from sqlalchemy.dialects import sqlite
+
+    from lklab.serving.store import UTCDateTime, sqlite_datetimes
+
+    column_type = UTCDateTime()
+    proc = column_type.dialect_impl(sqlite.dialect()).bind_processor(sqlite.dialect())
+    column = pa.chunked_array([pa.array(values, pa.timestamp("us", tz="UTC"))])
+    assert sqlite_datetimes(column) == [proc(v) for v in values]
