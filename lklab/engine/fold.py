@@ -74,20 +74,18 @@ class BatchDeltas:
 
 
 def apply_event(event, specs: Sequence[views.ViewSpec], contribs: dict[tuple[str, str], Contrib],
-                 deltas: BatchDeltas, wm: datetime | None, lateness: int | None,
-                 forgotten: frozenset[str] = frozenset()) -> bool:
+                 deltas: BatchDeltas, T: datetime | None, forgotten: frozenset[str] = frozenset()) -> bool:
     """Move each view from the event's old contribution to its new one, side by side: the old
     one is retracted where its window is still open, the new one added where its window is still
-    open, and a side whose window is already final is left to batch (recorded as such). A
-    correction may move an event to another window, day, city or driver, so the two sides are
-    judged apart. The held contribution becomes the new one either way: a final window never
+    open, and a side whose window is already final at `T` (views.final_through; None: none is)
+    is left to batch (recorded as such). A correction may move an event to another window, day,
+    city or driver, so the two sides are judged apart. The held contribution becomes the new one either way: a final window never
     reopens, so what was not added there is never retracted later. Returns True if any side was
     left to batch.
     A forgotten user's event (one in the tombstone list `forgotten`) adds nothing to a view keyed
     by the user, and its held contribution there is dropped from the state, not retracted: the
     purge (lklab.deletion) deletes the rows themselves."""
     dropped = False
-    T = None if lateness is None else views.final_through(wm, lateness)
     for spec in specs:
         if spec.keyed_by_user and event.user_id in forgotten:
             if contribs.get((spec.name, event.event_id)) is not None:
@@ -154,14 +152,22 @@ def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], vers
     event-time bucket so that they can expire. `changed_versions` gets each applied event's
     (version, event-time bucket)."""
     wm = views.watermark(max_time, partitions)
+    T = None if lateness is None else views.final_through(wm, lateness)  # windows before it are final
+    # horizon.beyond, with each partition's floor computed when its progress moves, not per event
+    floors = {} if horizon_s is None else {p: horizon.floor(t, horizon_s) for p, t in max_time.items()}
+    stats.processed += len(fresh)
     for partition, event in fresh:
-        stats.processed += 1
         # The event advances its own partition first, so the first event seen on a partition
         # is judged against that partition's progress, never only against the others'.
-        if partition not in max_time or event.event_time > max_time[partition]:
+        progress = max_time.get(partition)
+        if progress is None or event.event_time > progress:
             max_time[partition] = event.event_time
-            wm = views.watermark(max_time, partitions)
-        if horizon_s is not None and horizon.beyond(event.event_time, max_time[partition], horizon_s):
+            if wm is None or progress is None or progress == wm:  # a new or the slowest partition moved: the watermark may
+                wm = views.watermark(max_time, partitions)
+                T = None if lateness is None else views.final_through(wm, lateness)
+            if horizon_s is not None:
+                floors[partition] = horizon.floor(event.event_time, horizon_s)
+        if horizon_s is not None and event.event_time < floors[partition]:
             stats.beyond_horizon += 1
             refuse_beyond_horizon(event, specs, deltas, forgotten)
             continue
@@ -171,7 +177,7 @@ def fold(fresh: Sequence[tuple[int, Any]], specs: Sequence[views.ViewSpec], vers
             continue
         if held is not None:
             stats.corrections_applied += 1
-        if apply_event(event, specs, contribs, deltas, wm, lateness, forgotten):
+        if apply_event(event, specs, contribs, deltas, T, forgotten):
             stats.late_dropped += 1
         versions[event.event_id] = event.event_version
         bucket = horizon.bucket_of(event.event_time)

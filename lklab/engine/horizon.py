@@ -31,20 +31,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from lklab.views.windows import EPOCH
 
 BUCKET_S = 3600
 
 
 def beyond(event_time: datetime, partition_progress: datetime, horizon_s: int) -> bool:
     """Whether a record at `event_time` is beyond the horizon of a partition that has reached `partition_progress`."""
-    return event_time < partition_progress - timedelta(seconds=horizon_s)
+    return event_time < floor(partition_progress, horizon_s)
+
+
+def floor(partition_progress: datetime, horizon_s: int) -> datetime:
+    """The oldest event time a partition that has reached `partition_progress` still accepts (see beyond)."""
+    return partition_progress - timedelta(seconds=horizon_s)
 
 
 def bucket_of(event_time: datetime) -> int:
     """The event-time bucket holding `event_time`: its start, in epoch seconds (an int, as the
     store keeps it: cheap to compare and to bind)."""
-    return int((event_time - EPOCH).total_seconds()) // BUCKET_S * BUCKET_S
+    return int(event_time.timestamp()) // BUCKET_S * BUCKET_S  # aware: timestamp() is (t - EPOCH).total_seconds()
 
 
 def cutoff(watermark: datetime, horizon_s: int) -> int:

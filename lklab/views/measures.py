@@ -203,7 +203,7 @@ class Deltas:
 
 def _keyed(spec: ViewSpec, event: Event) -> Key | None:
     """(entity, window start) for an event that counts in the view, else None."""
-    if spec.event_types is not None and event.event_type.value not in spec.event_types:
+    if spec.event_types is not None and event.event_type not in spec.event_types:  # a StrEnum hashes as its value
         return None
     entity = getattr(event, spec.entity)
     return None if entity is None else (entity, window_start(event.event_time, spec.window_s))

@@ -19,7 +19,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 def window_start(ts: datetime, width_s: int = WINDOW_S) -> datetime:
     """Tumbling event-time window that contains ts (UTC)."""
-    seconds = int((ts - EPOCH).total_seconds() // width_s) * width_s
+    seconds = int(ts.timestamp() // width_s) * width_s  # aware: timestamp() is (ts - EPOCH).total_seconds(), in C
     return EPOCH + timedelta(seconds=seconds)
 
 
