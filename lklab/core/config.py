@@ -93,7 +93,8 @@ class Settings(BaseSettings):
                                                      "its web, timers and DLQ producer); `stream`, a Faust agent event by event, "
                                                      "whose per-event dispatch capped it at about 8 % of a raw consume")
     speed_batch_max: int = Field(5000, ge=1, description="records per speed-layer sink transaction, at most")
-    speed_batch_within_s: float = Field(0.2, gt=0, description="a partial batch is applied after this long: added latency")
+    speed_batch_within_s: float = Field(0.2, gt=0, description="stream source: a partial batch is applied after this long (added latency); "
+                                        "batch source: how long an idle worker waits for records before asking Kafka again")
     speed_prefetch: int = Field(20_000, ge=1, description="Faust stream buffer per partition (back-pressure; `stream` source)")
     speed_workers: int = Field(1, ge=1, le=16, description="speed-layer worker processes in one consumer group, sharing "
                                "the partitions; with more than one, each batch looks its events' held state up")
