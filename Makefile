@@ -41,7 +41,7 @@ lab-check: setup
 unit: setup
 	.venv/bin/pytest -q tests/unit
 
-# bench: every layer against its limit and its peer (about 20 min on 2 cores); it rewrites bench/RESULTS.md.
+# bench: every layer against its limit and its peer (about 30 min on 2 cores); it rewrites bench/RESULTS.md.
 # `make bench BENCH_ARGS=--quick` checks it end to end on small sizes and writes .lklab/bench-quick/ instead.
 bench: setup
 	.venv/bin/pip install -q -e ".[bench]"
