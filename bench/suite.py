@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import cpu_window  # bench/: the suite runs as a script
 from lklab.log import kafka_io
 from lklab.log import broker as kafka_runtime
 from lklab import kappa
@@ -71,6 +72,12 @@ LIVE_DEFINITIONS = [
     "50 % and 90 % of its own sustained rate in the same run: 90 % (the target's) in every round, 50 % in the first "
     "round only. The speed layer serves three views in one worker, the "
     "Kappa job one view (one job per view).",
+    "CPU in a latency window (bench/cpu_window.py, the kernel's scheduler accounting, from the window's first send "
+    "until the layer has committed its last record): per process, cores on a CPU (user + system time, `/proc/<pid>/stat`) "
+    "and cores' worth of time runnable but waiting for one (`/proc/<pid>/task/*/schedstat`, summed over threads); `layer` is the worker(s) measured, "
+    "`broker` the bench's Kafka broker, `bench` this process (the paced librdkafka producer and the 10 ms probe); the "
+    "machine's busy cores from /proc/stat. A layer near one core on a CPU is at its GIL's ceiling; a machine near all "
+    "its cores busy, with waiting time, has no CPU to spare.",
 ]
 
 
@@ -239,17 +246,21 @@ class LiveLayer:
     stop: Callable[[Settings], object]
     pid: Callable[[Settings], int | None]
     scope: Callable[[Settings], str]
+    pids: Callable[[Settings], list[int]]  # every process of the layer (the speed layer may run several workers)
 
 
 SPEED = LiveLayer("speed", f"speed layer (one worker, whole Kafka fetches, {len(views.SPEED_LAYER)} views)", speed.start, speed.stop,
-                  speed.read_pid, lambda run: run.speed_group)
+                  speed.read_pid, lambda run: run.speed_group, speed.read_pids)
 
 
 def kappa_live(view: str, version: int = 1) -> LiveLayer:
     """The live Kappa job of `<view>__v<version>` (python -m lklab.kappa.worker, in the background)."""
+    def pid(run: Settings) -> int | None:
+        return jobs.job_status(run, view, version).pid
+
     return LiveLayer("kappa_live", f"live Kappa job ({view})", lambda run: jobs.start(run, view, version),
-                     lambda run: jobs.stop(run, view, version), lambda run: jobs.job_status(run, view, version).pid,
-                     lambda run: kappa.replay_scope(view, version))
+                     lambda run: jobs.stop(run, view, version), pid, lambda run: kappa.replay_scope(view, version),
+                     lambda run: [found] if (found := pid(run)) is not None else [])
 
 
 KAPPA_LIVE = kappa_live(KAPPA_LIVE_VIEW)
@@ -529,8 +540,8 @@ def speed_ab(settings: Settings, deliveries, runs: int, latency_s: float, say: C
             say(f"speed layer, {name}: {drained.eps:,.0f} ev/s")
     for n, (name, update) in enumerate(cases.items()):
         rate = statistics.median(found[name]["eps"]) * LIVE_SHARES[-1]
-        p50, p99 = latency(settings.model_copy(update=update), SPEED, f"speed-ab-lat{n}", rate, latency_s, seed=3)
-        found[name].update(rate_eps=round(rate), p50_ms=round(p50), p99_ms=round(p99))
+        p50, p99, cpu = latency(settings.model_copy(update=update), SPEED, f"speed-ab-lat{n}", rate, latency_s, seed=3)
+        found[name].update(rate_eps=round(rate), p50_ms=round(p50), p99_ms=round(p99), cpu=cpu)
         say(f"speed layer, {name}, at {rate:,.0f} ev/s: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms")
     return found
 
@@ -598,10 +609,12 @@ def _paced(run: Settings, deliveries, rate: float) -> list[tuple[int, int, float
 
 
 def latency(settings: Settings, layer: LiveLayer, tag: str, rate: float, seconds: float, seed: int,
-            replay_rate: float | None = None) -> tuple[float, float]:
+            replay_rate: float | None = None) -> tuple[float, float, dict[str, dict[str, float]]]:
     """p50/p99 (ms) from send to visible in serving, at a steady `rate` on a fresh topic that
-    `layer` follows from its start; with `replay_rate`, while a Kappa replay of the bench topic
-    runs throttled to that rate."""
+    `layer` follows from its start, and where the CPU went from the window's first send until
+    the layer had committed its last record (cpu_window.Window: the layer, the broker, the bench
+    process that sends and probes, the machine); with `replay_rate`, while a Kappa replay of the
+    bench topic runs throttled to that rate."""
     run = _fresh(settings, tag).model_copy(update={"topic": f"bench.latency.{tag}"})
     kafka_io.run(kafka_io.ensure_topics(run))
     deliveries = workload(int(rate * seconds), seed).deliveries[: int(rate * seconds)]
@@ -619,11 +632,15 @@ def latency(settings: Settings, layer: LiveLayer, tag: str, rate: float, seconds
                                    "--until-end", "--max-rate", str(replay_rate)], env={**os.environ, **replay_run.to_env()},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)  # let it get going before the window opens
+    broker = kafka_runtime.read_pid(settings)
+    cpu = cpu_window.Window({"layer": layer.pids(run), "broker": [broker] if broker is not None else [], "bench": [os.getpid()]})
     try:
+        cpu.start()
         sent = _paced(run, deliveries, rate)
         deadline = time.monotonic() + 120
         while sum(seen[-1][0] for seen in list(commits.values())) < len(deliveries) and time.monotonic() < deadline:
             time.sleep(0.1)
+        used = cpu.stop()
     finally:
         stop.set()
         watcher.join(timeout=10)
@@ -635,7 +652,20 @@ def latency(settings: Settings, layer: LiveLayer, tag: str, rate: float, seconds
     ms = sorted((shown - at) * 1000 for shown, at in visible if shown is not None)
     if len(ms) < len(sent):
         raise RuntimeError(f"{layer.label}: {len(sent) - len(ms)} of {len(sent)} probes never became visible within 120 s")
-    return ms[len(ms) // 2], ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return ms[len(ms) // 2], ms[min(len(ms) - 1, int(len(ms) * 0.99))], used
+
+
+def cpu_text(cpu: dict[str, dict[str, float]]) -> str:
+    """A latency window's CPU (cpu_window.Window) in one line: cores on a CPU / runnable but waiting."""
+    shown = [f"{name} {found['on_cpu']:.2f} / {found['waiting']:.2f}" for name, found in cpu.items() if name != "machine"]
+    machine = cpu.get("machine", {})
+    return "; ".join(shown + [f"machine busy {machine.get('busy', 0):.2f} of {machine.get('cores', 0)} cores"])
+
+
+def median_p99_cpu(found: dict) -> dict[str, dict[str, float]]:
+    """The CPU of the latency run whose p99 is the median (the one the table's p99 is)."""
+    runs = sorted(range(len(found["p99_ms_runs"])), key=found["p99_ms_runs"].__getitem__)
+    return found["cpu_runs"][runs[len(runs) // 2]]
 
 
 # --- 3/4. Kappa replay, full and from a snapshot ----------------------------------------------
@@ -687,14 +717,15 @@ def snapshot_vs_full(settings: Settings, spark, days: int, events_per_day: int, 
     kappa.replay(run, engine, "revenue_per_minute", SNAPSHOT_VERSION)
     snap = snapshots.take(run, engine, spark, "revenue_per_minute", spec, kappa.replay_scope("revenue_per_minute", SNAPSHOT_VERSION))
     load(run, history.deliveries[cut:], run.topic)
-    full, fast, restore, rss = [], [], [], {"full": 0, "snapshot": 0}
+    full, fast, restore, tail, rss = [], [], [], [], {"full": 0, "snapshot": 0}
     for i in range(runs):
         reset_peak(os.getpid())
         full.append(kappa.replay(run, engine, "revenue_per_minute", SNAPSHOT_VERSION + 1 + 2 * i).seconds)
         rss["full"] = max(rss["full"], peak_rss(os.getpid()) or 0)
         reset_peak(os.getpid())
         clock = time.monotonic()
-        kappa.replay(run, engine, "revenue_per_minute", SNAPSHOT_VERSION + 2 + 2 * i, snapshot="latest")
+        # its .seconds start after the snapshot is installed: the tail after it, the last checkpoint, the row count
+        tail.append(kappa.replay(run, engine, "revenue_per_minute", SNAPSHOT_VERSION + 2 + 2 * i, snapshot="latest").seconds)
         fast.append(time.monotonic() - clock)
         rss["snapshot"] = max(rss["snapshot"], peak_rss(os.getpid()) or 0)
         clock = time.monotonic()
@@ -702,7 +733,7 @@ def snapshot_vs_full(settings: Settings, spark, days: int, events_per_day: int, 
         restore.append(time.monotonic() - clock)
     return {"days": days, "deliveries": len(history.deliveries), "after_snapshot": len(history.deliveries) - cut,
             "full_s": [round(s, 3) for s in full], "snapshot_s": [round(s, 3) for s in fast],
-            "verify_s": [round(s, 3) for s in restore], "ratio": round(statistics.median(full) / statistics.median(fast), 2),
+            "verify_s": [round(s, 3) for s in restore], "tail_s": [round(s, 3) for s in tail], "ratio": round(statistics.median(full) / statistics.median(fast), 2),
             "peak_rss": rss, "state": held_state(run, kappa.replay_scope("revenue_per_minute", SNAPSHOT_VERSION + 2 * runs),
                                                  [kappa.output_name("revenue_per_minute", SNAPSHOT_VERSION + 2 * runs)])}
 
@@ -739,15 +770,21 @@ def history_table(extra: dict) -> list[str]:
     lines = ["", "## Snapshot + replay against a full replay, as history grows", "",
              f"Each length is its own topic, generated at about {per_day:,.0f} deliveries a day (asked: "
              f"{extra['history_events_per_day']:,}; the generator's floor is one ride a minute), with a snapshot "
-             "at the end of the day before the last; medians. The snapshot's time includes reading it with delta-rs, "
-             "verifying its checksum and installing its state.", "",
-             "| days | deliveries | after the snapshot | full replay | snapshot + replay | of which read + verify | ratio "
-             "| state held | peak RSS, full / snapshot |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for point in extra["history_curve"]:
-        lines.append(f"| {point['days']} | {point['deliveries']:,} | {point['after_snapshot']:,} | "
-                     f"{statistics.median(point['full_s']):.2f} s | {statistics.median(point['snapshot_s']):.2f} s | "
-                     f"{statistics.median(point['verify_s']):.2f} s | {point['ratio']:.1f}× | {_state(point['state'])} | "
+             "at the end of the day before the last; medians; the last row is the table's 30-day figure. The "
+             "snapshot's time is the restore (planning, reading the snapshot with delta-rs, verifying its checksum "
+             "(timed again on its own), installing its state and output rows) and then the tail: the deliveries "
+             "after the snapshot, the last checkpoint and the output's row count. The tail is the same work a full "
+             "replay does per delivery, so full ÷ tail bounds the ratio at this snapshot cadence.", "",
+             "| days | deliveries | after the snapshot | full replay | snapshot + replay | restore | of which read + verify "
+             "| tail | ratio | full ÷ tail | state held | peak RSS, full / snapshot |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for point in extra["history_curve"] + [extra["history_30d"]] * ("history_30d" in extra):
+        full, fast = statistics.median(point["full_s"]), statistics.median(point["snapshot_s"])
+        tail = statistics.median(point["tail_s"]) if point.get("tail_s") else None
+        split = f"{fast - tail:.2f} s | {statistics.median(point['verify_s']):.2f} s | {tail:.2f} s" if tail else \
+            f"- | {statistics.median(point['verify_s']):.2f} s | -"
+        lines.append(f"| {point['days']} | {point['deliveries']:,} | {point['after_snapshot']:,} | {full:.2f} s | {fast:.2f} s | "
+                     f"{split} | {point['ratio']:.1f}× | {f'{full / tail:.1f}×' if tail else '-'} | {_state(point['state'])} | "
                      f"{_mb(point['peak_rss']['full'])} / {_mb(point['peak_rss']['snapshot'])} |")
     return lines
 
@@ -848,7 +885,8 @@ def spark_profile_table(extra: dict) -> list[str]:
         return []
     found = extra["spark_profile"]
     lines = ["", "## Where Spark's like-for-like run goes (JFR of the driver, one more run)", "",
-             f"{found['wall_s']} s wall, {found['cpu_s']} s of the JVM's CPU ({found['cores_busy']} of 2 cores busy), "
+             f"{found['wall_s']} s wall (untraced: {found.get('untraced_median_s', '-')} s, the table's median), "
+             f"{found['cpu_s']} s of the JVM's CPU ({found['cores_busy']} of 2 cores busy), "
              f"GC pauses {found['gc_s']} s, {found['samples']:,} stack samples (each put in the phase of its innermost "
              "frame that bench/jfr.py names).", "", "| phase | share of samples |", "|---|---:|"]
     lines += [f"| {phase} | {share:.0%} |" for phase, share in found["phases"].items()]
@@ -915,20 +953,22 @@ def live_side_by_side(settings: Settings, args: argparse.Namespace, figures: dic
     extra["faust_ab"] = faust_ab(settings, speed_backlog, AB_RUNS, say)
     extra["speed_ab"] = speed_ab(settings, speed_backlog, AB_RUNS, args.latency_s, say)
     sustained = {layer.key: figures[f"{layer.key}_eps"].median for layer in layers}
-    found: dict[tuple[str, float], tuple[list[float], list[float]]] = {
-        (layer.key, share): ([], []) for layer in layers for share in LIVE_SHARES}  # p50s, p99s per run
+    found: dict[tuple[str, float], tuple[list[float], list[float], list[dict]]] = {
+        (layer.key, share): ([], [], []) for layer in layers for share in LIVE_SHARES}  # p50s, p99s, CPU per run
     for i in range(args.runs):
         for share in (LIVE_SHARES[-1:] if i and TARGET_SHARE_ONLY_AFTER_FIRST_ROUND else LIVE_SHARES):
             for layer in layers:
                 rate = sustained[layer.key] * share
-                p50, p99 = latency(settings, layer, f"{layer.key}-lat{share * 100:.0f}-{i}", rate, args.latency_s, seed=3)
+                p50, p99, cpu = latency(settings, layer, f"{layer.key}-lat{share * 100:.0f}-{i}", rate, args.latency_s, seed=3)
                 found[(layer.key, share)][0].append(round(p50, 1))
                 found[(layer.key, share)][1].append(round(p99, 1))
-                say(f"{layer.label} at {share:.0%} ({rate:,.0f} ev/s), run {i + 1}: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms")
-    for (key, share), (p50s, p99s) in found.items():
+                found[(layer.key, share)][2].append(cpu)
+                say(f"{layer.label} at {share:.0%} ({rate:,.0f} ev/s), run {i + 1}: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms; "
+                    f"CPU {cpu_text(cpu)}")
+    for (key, share), (p50s, p99s, cpus) in found.items():
         extra[f"{key}_latency_{share * 100:.0f}pct"] = {
             "rate_eps": round(sustained[key] * share), "p50_ms": statistics.median(p50s), "p99_ms": statistics.median(p99s),
-            "p50_ms_runs": p50s, "p99_ms_runs": p99s}
+            "p50_ms_runs": p50s, "p99_ms_runs": p99s, "cpu_runs": cpus}
         if share == LIVE_SHARES[-1]:  # the table's latency rows are at 90 %, where the target is
             figures[f"{key}_p50_ms"].values += p50s
             figures[f"{key}_p99_ms"].values += p99s
@@ -971,6 +1011,9 @@ def live_table(figures: dict[str, Figure], extra: dict) -> list[str]:
         lines.append(f"| paced at {pct} % | " + " | ".join(f"{f['rate_eps']:,} ev/s" for f in found) + " |")
         for q in ("p50", "p99"):
             lines.append(f"| event → visible {q} at {pct} % | " + " | ".join(spread(f[f"{q}_ms_runs"], "ms") for f in found) + " |")
+        if all(f.get("cpu_runs") for f in found):
+            lines.append(f"| CPU in the run of the median p99 at {pct} %, cores on a CPU / runnable but waiting | "
+                         + " | ".join(cpu_text(median_p99_cpu(f)) for f in found) + " |")
     lines.append(f"| commits (what makes an event visible) | a batch: what one Kafka fetch holds, up to "
                  f"{live['speed_batch_max']:,} records | a checkpoint at least every {live['kappa_checkpoint_interval_s']:g} s "
                  "(`kappa_checkpoint_interval_s`) |")
@@ -994,9 +1037,10 @@ def ab_tables(extra: dict, raw: float) -> list[str]:
              "same backlog as the speed layer's sustained run.", "", "| Faust worker | ceiling |", "|---|---:|"]
     lines += [f"| {name} | {rate(values)} |" for name, values in extra["faust_ab"].items()]
     lines += ["", "The speed layer itself: sustained on the same backlog, then event → visible at 90 % of each one's own "
-              "sustained rate (one window).", "", "| speed layer | sustained | paced at | p50 | p99 |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {rate(f['eps'])} | {f['rate_eps']:,} ev/s | {f['p50_ms']:,} ms | {f['p99_ms']:,} ms |"
-              for name, f in extra["speed_ab"].items()]
+              "sustained rate (one window), with where that window's CPU went (cores on a CPU / runnable but waiting).", "",
+              "| speed layer | sustained | paced at | p50 | p99 | CPU in the window |", "|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {name} | {rate(f['eps'])} | {f['rate_eps']:,} ev/s | {f['p50_ms']:,} ms | {f['p99_ms']:,} ms | "
+              f"{cpu_text(f['cpu']) if f.get('cpu') else ''} |" for name, f in extra["speed_ab"].items()]
     return lines
 
 
@@ -1140,7 +1184,7 @@ def main() -> None:
 
         live_side_by_side(settings, args, figures, extra, say)
         sustained = figures["speed_eps"].median
-        p50, p99 = latency(settings, SPEED, "iso", sustained * 0.5, args.latency_s, seed=3, replay_rate=args.replay_rate)
+        p50, p99, _ = latency(settings, SPEED, "iso", sustained * 0.5, args.latency_s, seed=3, replay_rate=args.replay_rate)
         extra["isolation"] = {"live_rate_eps": round(sustained * 0.5), "replay_max_rate": args.replay_rate,
                               "p99_ms_without_replay": extra["speed_latency_50pct"]["p99_ms"], "p99_ms_with_replay": round(p99, 1)}
         figures["isolation_p99_ms"].values.append(round(p99, 1))
@@ -1168,7 +1212,7 @@ def main() -> None:
                 notes.append(f"Spark and DuckDB totals differ: {found.totals}")
         figures["spark_s"].rss("Spark JVM", peak_rss(spark_pid))
         figures["duckdb_s"].rss("bench (DuckDB)", peak_rss(os.getpid()))
-        extra["spark_profile"] = spark_profile(spark, settings, spark_pid)
+        extra["spark_profile"] = {**spark_profile(spark, settings, spark_pid), "untraced_median_s": round(figures["spark_s"].median, 2)}
         say(f"Spark under JFR: {extra['spark_profile']['wall_s']} s, {extra['spark_profile']['cores_busy']} cores busy, "
             f"phases {extra['spark_profile']['phases']}")
 
