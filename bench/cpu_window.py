@@ -10,11 +10,19 @@ accounting tells the two apart without a profiler in the process measured:
   just before the window creates its worker threads inside it); the wait of a thread that
   ended inside the window is not counted;
 - the machine's busy time over all cores (`/proc/stat`).
-Figures are in cores: seconds per second of the window."""
+Figures are in cores: seconds per second of the window.
+
+`ThreadStates` answers the next question, what a process waits on when it is neither on a CPU nor
+runnable: it samples each thread's scheduler state and kernel wait channel (`/proc/<pid>/task/
+<tid>/stat` and `wchan`) every few milliseconds. `futex_*` is a lock, a condition or the GIL (a
+thread waiting for the GIL sleeps on a futex), `do_epoll_wait`/`ep_poll` an event loop with
+nothing to read, `D` a disk wait (fsync)."""
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +95,49 @@ class Window:
         n = os.cpu_count() or 1
         found["machine"] = {"busy": round(n * busy / total, 2) if total else 0.0, "cores": n}
         return found
+
+
+class ThreadStates:
+    """Samples the scheduler state and wait channel of every thread of `pids` every `every_s`
+    while running (`start()` … `stop()`); `stop()` gives, per thread that was ever running or
+    runnable, the share of samples in each "state wchan" (R: on a CPU or runnable), busiest
+    thread first. It reads two small files per thread per sample: run it in a window whose
+    figures are not recorded."""
+
+    def __init__(self, pids: list[int], every_s: float = 0.01) -> None:
+        self.pids, self.every_s = pids, every_s
+        self.seen: dict[str, Counter] = defaultdict(Counter)
+        self.done = threading.Event()
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> None:
+        self.sampler.start()
+
+    def _sample(self) -> None:
+        me = str(threading.get_native_id())  # the sampler, when it samples its own process
+        while not self.done.wait(self.every_s):
+            for pid in self.pids:
+                for task in (t for t in _tasks(pid) if t.name != me):
+                    try:
+                        state = task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0]
+                        wchan = task.joinpath("wchan").read_text().strip()
+                    except (OSError, IndexError):
+                        continue
+                    self.seen[f"{pid}/{task.name}"][state if state == "R" else f"{state} {wchan or '?'}"] += 1
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        self.done.set()
+        self.sampler.join(timeout=5)
+        found = {}
+        for thread, counts in sorted(self.seen.items(), key=lambda kv: -kv[1]["R"] / sum(kv[1].values())):
+            total = sum(counts.values())
+            if counts["R"] / total >= 0.02:
+                found[thread] = {state: round(n / total, 3) for state, n in counts.most_common(4)}
+        return found
+
+
+def _tasks(pid: int) -> list[Path]:
+    try:
+        return list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []

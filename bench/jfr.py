@@ -2,9 +2,10 @@
 the sampled threads were doing: the evidence behind BOUNDS.md's Spark section.
 
 JFR ships with the JDK (jcmd starts and stops a recording in a live JVM; `jfr print` reads it),
-samples Java stacks every 20 ms with the `default` settings. With the `profile` settings (10 ms,
-allocation and lock events) the bench's gold build ran 2.7-2.9x slower than untraced (3.6 s
--> 10.5 s), which distorts the shares; the run's wall time is reported beside the untraced one.
+samples Java stacks every 20 ms with the `default` settings. A traced gold build ran about 3x
+slower than the untraced median of the runs before it, with the `profile` settings (10 ms) and
+with `default` alike; the bench times the same run untraced just before the traced one, so the
+cost of the recording is in the record beside the shares.
 Each sample is put in the phase of its innermost frame that PHASES names, so a Parquet decode
 under a Delta write counts as the Parquet work it is."""
 from __future__ import annotations

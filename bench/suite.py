@@ -20,12 +20,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import cpu_window  # bench/: the suite runs as a script
+import pyspy
 from lklab.log import kafka_io
 from lklab.log import broker as kafka_runtime
 from lklab import kappa
@@ -292,6 +294,7 @@ class Drain:
     commits: int
     peak_rss: int | None = None  # the layer's process, bytes
     state: tuple[int, int] | None = None  # (bytes, rows) held when it had drained
+    cpu: dict[str, dict[str, float]] | None = None  # where the CPU went while it drained (cpu_window.Window)
 
     @property
     def eps(self) -> float:
@@ -325,17 +328,26 @@ def drain(run: Settings, layer: LiveLayer, since: int, end: int, released_at: fl
                 raise TimeoutError(f"{layer.label} did not drain {run.topic} in {timeout_s:.0f}s ({committed:,} of {end:,})")
             time.sleep(0.02)
 
+    cpu = cpu_window_of(run, layer)
     try:
         first = since if released_at is not None else wait_until(lambda committed: committed > since)
         clock = released_at if released_at is not None else time.monotonic()
+        cpu.start()
         wait_until(lambda committed: committed >= end)
-        elapsed = time.monotonic() - clock
+        elapsed, used = time.monotonic() - clock, cpu.stop()
     finally:
         engine.dispose()
     if first >= end:
         raise RuntimeError(f"{layer.label} drained {end - since:,} records of {run.topic} in one commit: too few to time; "
                            "pass a larger backlog")
-    return Drain(end - first, elapsed, commits)
+    return Drain(end - first, elapsed, commits, cpu=used)
+
+
+def cpu_window_of(run: Settings, layer: LiveLayer) -> cpu_window.Window:
+    """Scheduler accounting of the layer's processes, the bench's broker and the bench process
+    itself (the load generator and the probes, where they run)."""
+    broker = kafka_runtime.read_pid(run)
+    return cpu_window.Window({"layer": layer.pids(run), "broker": [broker] if broker is not None else [], "bench": [os.getpid()]})
 
 
 def speed_sustained(settings: Settings, tag: str) -> Drain:
@@ -537,7 +549,8 @@ def speed_ab(settings: Settings, deliveries, runs: int, latency_s: float, say: C
         for n, (name, update) in enumerate(cases.items()):
             drained = speed_released(settings.model_copy(update=update), f"speed-ab-{n}-{i}", deliveries)
             found[name]["eps"].append(round(drained.eps))
-            say(f"speed layer, {name}: {drained.eps:,.0f} ev/s")
+            found[name].setdefault("cpu_draining", []).append(drained.cpu)
+            say(f"speed layer, {name}: {drained.eps:,.0f} ev/s; CPU {cpu_text(drained.cpu or {})}")
     for n, (name, update) in enumerate(cases.items()):
         rate = statistics.median(found[name]["eps"]) * LIVE_SHARES[-1]
         p50, p99, cpu = latency(settings.model_copy(update=update), SPEED, f"speed-ab-lat{n}", rate, latency_s, seed=3)
@@ -609,12 +622,13 @@ def _paced(run: Settings, deliveries, rate: float) -> list[tuple[int, int, float
 
 
 def latency(settings: Settings, layer: LiveLayer, tag: str, rate: float, seconds: float, seed: int,
-            replay_rate: float | None = None) -> tuple[float, float, dict[str, dict[str, float]]]:
+            replay_rate: float | None = None,
+            during: Callable[[list[int]], AbstractContextManager] | None = None) -> tuple[float, float, dict[str, dict[str, float]]]:
     """p50/p99 (ms) from send to visible in serving, at a steady `rate` on a fresh topic that
     `layer` follows from its start, and where the CPU went from the window's first send until
     the layer had committed its last record (cpu_window.Window: the layer, the broker, the bench
     process that sends and probes, the machine); with `replay_rate`, while a Kappa replay of the
-    bench topic runs throttled to that rate."""
+    bench topic runs throttled to that rate; `during(the layer's pids)` is entered for the window."""
     run = _fresh(settings, tag).model_copy(update={"topic": f"bench.latency.{tag}"})
     kafka_io.run(kafka_io.ensure_topics(run))
     deliveries = workload(int(rate * seconds), seed).deliveries[: int(rate * seconds)]
@@ -632,15 +646,15 @@ def latency(settings: Settings, layer: LiveLayer, tag: str, rate: float, seconds
                                    "--until-end", "--max-rate", str(replay_rate)], env={**os.environ, **replay_run.to_env()},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)  # let it get going before the window opens
-    broker = kafka_runtime.read_pid(settings)
-    cpu = cpu_window.Window({"layer": layer.pids(run), "broker": [broker] if broker is not None else [], "bench": [os.getpid()]})
+    cpu = cpu_window_of(run, layer)
     try:
-        cpu.start()
-        sent = _paced(run, deliveries, rate)
-        deadline = time.monotonic() + 120
-        while sum(seen[-1][0] for seen in list(commits.values())) < len(deliveries) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        used = cpu.stop()
+        with during(layer.pids(run)) if during else nullcontext():
+            cpu.start()
+            sent = _paced(run, deliveries, rate)
+            deadline = time.monotonic() + 120
+            while sum(seen[-1][0] for seen in list(commits.values())) < len(deliveries) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            used = cpu.stop()
     finally:
         stop.set()
         watcher.join(timeout=10)
@@ -666,6 +680,49 @@ def median_p99_cpu(found: dict) -> dict[str, dict[str, float]]:
     """The CPU of the latency run whose p99 is the median (the one the table's p99 is)."""
     runs = sorted(range(len(found["p99_ms_runs"])), key=found["p99_ms_runs"].__getitem__)
     return found["cpu_runs"][runs[len(runs) // 2]]
+
+
+def latency_profile(settings: Settings, layer: LiveLayer, tag: str, rate: float, seconds: float) -> dict:
+    """py-spy of the layer's (first) process, and its threads' scheduler states and wait channels
+    (cpu_window.ThreadStates), over one more event → visible window at `rate`: not one whose
+    figures are recorded, since the profilers' own CPU shares the machine."""
+    found: dict = {}
+
+    @contextmanager
+    def spied(pids: list[int]) -> Iterator[None]:
+        states = cpu_window.ThreadStates(pids)
+        with pyspy.recording(pids[0], settings.home / f"{tag}.pyspy") as out:
+            states.start()
+            try:
+                yield
+            finally:
+                waits = states.stop()
+        found.update(pyspy.summary(out), thread_states=waits)
+
+    p50, p99, cpu = latency(settings, layer, tag, rate, seconds, seed=3, during=spied)
+    return {**found, "rate_eps": round(rate), "p50_ms": round(p50), "p99_ms": round(p99), "cpu": cpu}
+
+
+def pyspy_table(title: str, found: dict | None) -> list[str]:
+    """A py-spy summary (bench/pyspy.py) as markdown."""
+    if not found:
+        return []
+    lines = ["", f"## {title}", "", f"{found['samples']:,} samples at {found['rate_hz']} Hz (idle threads not sampled); "
+             "each sample is put in the phase of its innermost Python frame that bench/pyspy.py names (time in C counts "
+             "to the Python frame that called it). Threads: " + ", ".join(f"{t} {v:.0%}" for t, v in found["threads"].items())
+             + ".", "", "| phase | share of samples |", "|---|---:|"]
+    lines += [f"| {phase} | {share:.0%} |" for phase, share in found["phases"].items()]
+    lines += ["", "| hottest Python functions (innermost frame) | share |", "|---|---:|"]
+    lines += [f"| `{frame}` | {share:.0%} |" for frame, share in found["hottest"].items()]
+    if found.get("thread_states"):
+        lines += ["", f"Where its threads were, sampled every 10 ms in the same window at {found['rate_eps']:,} ev/s (p99 "
+                  f"{found['p99_ms']:,} ms; CPU {cpu_text(found['cpu'])}): R is on a CPU or runnable, S sleeping on the "
+                  "kernel wait channel named (`futex_*`: a lock, a condition or the GIL; `do_epoll_wait`/`ep_poll`: an "
+                  "event loop with nothing to read), D a disk wait; threads that were ever R.", "",
+                  "| thread (pid/tid) | states, share of samples |", "|---|---|"]
+        lines += [f"| {thread} | " + ", ".join(f"{state} {share:.0%}" for state, share in states.items()) + " |"
+                  for thread, states in found["thread_states"].items()]
+    return lines
 
 
 # --- 3/4. Kappa replay, full and from a snapshot ----------------------------------------------
@@ -873,11 +930,22 @@ def batch_pair(spark, settings: Settings, out: Path) -> BatchRun:
 
 def spark_profile(spark, settings: Settings, spark_pid: int) -> dict:
     """One more like-for-like Spark run (build_gold for the 3 views) under a JFR recording of the
-    driver (bench/jfr.py): where Spark's time goes, as BOUNDS.md's evidence for the Spark target."""
+    driver (bench/jfr.py): where Spark's time goes, as BOUNDS.md's evidence for the Spark target.
+    The same run untraced just before it says what the recording costs."""
     import jfr
 
     specs = list(views.SPEED_LAYER.values())
-    return jfr.profile(spark_pid, settings.home / "spark-gold.jfr", lambda: [lake.build_gold(spark, settings, s) for s in specs])
+
+    def gold() -> None:
+        for spec in specs:
+            lake.build_gold(spark, settings, spec)
+
+    clock, cpu = time.monotonic(), jfr.cpu_seconds(spark_pid)
+    gold()
+    untraced_s, untraced_cpu = time.monotonic() - clock, jfr.cpu_seconds(spark_pid)
+    found = jfr.profile(spark_pid, settings.home / "spark-gold.jfr", gold)
+    return {**found, "untraced_s": round(untraced_s, 2),
+            "untraced_cpu_s": round(untraced_cpu - cpu, 2) if cpu is not None and untraced_cpu is not None else None}
 
 
 def spark_profile_table(extra: dict) -> list[str]:
@@ -885,7 +953,8 @@ def spark_profile_table(extra: dict) -> list[str]:
         return []
     found = extra["spark_profile"]
     lines = ["", "## Where Spark's like-for-like run goes (JFR of the driver, one more run)", "",
-             f"{found['wall_s']} s wall (untraced: {found.get('untraced_median_s', '-')} s, the table's median), "
+             f"{found['wall_s']} s wall (the same run untraced just before: {found.get('untraced_s', '-')} s, "
+             f"{found.get('untraced_cpu_s', '-')} s of CPU), "
              f"{found['cpu_s']} s of the JVM's CPU ({found['cores_busy']} of 2 cores busy), "
              f"GC pauses {found['gc_s']} s, {found['samples']:,} stack samples (each put in the phase of its innermost "
              "frame that bench/jfr.py names).", "", "| phase | share of samples |", "|---|---:|"]
@@ -939,7 +1008,7 @@ def live_side_by_side(settings: Settings, args: argparse.Namespace, figures: dic
         if found.state is not None:
             figures[f"{layer.key}_eps"].state.append(found.state)
         say(f"{layer.label}, sustained run {len(drains[layer.key])}: {found.eps:,.0f} ev/s "
-            f"({found.records:,} records in {found.seconds:.1f} s, {found.commits} commits)")
+            f"({found.records:,} records in {found.seconds:.1f} s, {found.commits} commits); CPU {cpu_text(found.cpu or {})}")
 
     for i in range(args.runs):
         measured(SPEED, speed_sustained(speed_topic, f"speed{i}"))
@@ -965,6 +1034,10 @@ def live_side_by_side(settings: Settings, args: argparse.Namespace, figures: dic
                 found[(layer.key, share)][2].append(cpu)
                 say(f"{layer.label} at {share:.0%} ({rate:,.0f} ev/s), run {i + 1}: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms; "
                     f"CPU {cpu_text(cpu)}")
+    for layer in layers:  # one more window at the target's share, under py-spy (its CPU would distort a recorded one)
+        rate = sustained[layer.key] * LIVE_SHARES[-1]
+        profiled = extra[f"{layer.key}_profile_90pct"] = latency_profile(settings, layer, f"{layer.key}-profile", rate, args.latency_s)
+        say(f"{layer.label} at {LIVE_SHARES[-1]:.0%} under py-spy: p99 {profiled['p99_ms']:,} ms, {profiled['phases']}")
     for (key, share), (p50s, p99s, cpus) in found.items():
         extra[f"{key}_latency_{share * 100:.0f}pct"] = {
             "rate_eps": round(sustained[key] * share), "p50_ms": statistics.median(p50s), "p99_ms": statistics.median(p99s),
@@ -1005,6 +1078,9 @@ def live_table(figures: dict[str, Figure], extra: dict) -> list[str]:
              f"{len(figures['kappa_live_eps'].values)} runs (min–max). Definitions are under Notes.", "",
              "| | " + " | ".join(layer.label for layer in layers) + " |", "|---|" + "---:|" * len(layers),
              "| sustained | " + " | ".join(spread(figures[f"{layer.key}_eps"].values, "ev/s") for layer in layers) + " |"]
+    if all(live["drains"][layer.key][0].get("cpu") for layer in layers):
+        lines.append("| CPU while draining (first run), cores on a CPU / runnable but waiting | "
+                     + " | ".join(cpu_text(live["drains"][layer.key][0]["cpu"]) for layer in layers) + " |")
     for share in LIVE_SHARES:
         pct = f"{share * 100:.0f}"
         found = [extra[f"{layer.key}_latency_{pct}pct"] for layer in layers]
@@ -1094,6 +1170,10 @@ def write_results(figures: dict[str, Figure], sizes: dict, notes: list[str], ext
     lines += replay_table(extra)
     lines += history_table(extra)
     lines += spark_profile_table(extra)
+    lines += pyspy_table("Where the speed worker's CPU goes at 90 % (py-spy, one more window)", extra.get("speed_profile_90pct"))
+    lines += pyspy_table("Where the live Kappa job's CPU goes at 90 % (py-spy, one more window)", extra.get("kappa_live_profile_90pct"))
+    lines += pyspy_table(f"Where the replay's CPU goes (py-spy, one more replay of the first {REPLAY_SHARES[0]:.0%} of the log)",
+                         extra.get("replay_profile"))
     lines += ["", "## Notes", "", *[f"- {n}" for n in notes], ""]
     bounds = ROOT / "BOUNDS.md"  # hand-written, from profiles: what bounds the figures that miss
     (out / "RESULTS.md").write_text("\n".join(lines) + ("\n" + bounds.read_text() if bounds.exists() else ""))
@@ -1181,6 +1261,9 @@ def main() -> None:
             say(f"replay of {found.events:,} events: {found.eps:,.0f} ev/s, peak RSS {_mb(found.peak_rss)}, "
                 f"state {_state(found.state)}")
         extra["replay_curve"].append({**asdict(full_replay), "eps": figures["replay_eps"].median})
+        extra["replay_profile"] = pyspy.profile(os.getpid(), settings.home / "replay.pyspy",
+                                                lambda: replay_run(settings, "replay-profile", REPLAY_SHARES[0]))
+        say(f"replay of the first {REPLAY_SHARES[0]:.0%} under py-spy: {extra['replay_profile']['phases']}")
 
         live_side_by_side(settings, args, figures, extra, say)
         sustained = figures["speed_eps"].median
@@ -1212,7 +1295,7 @@ def main() -> None:
                 notes.append(f"Spark and DuckDB totals differ: {found.totals}")
         figures["spark_s"].rss("Spark JVM", peak_rss(spark_pid))
         figures["duckdb_s"].rss("bench (DuckDB)", peak_rss(os.getpid()))
-        extra["spark_profile"] = {**spark_profile(spark, settings, spark_pid), "untraced_median_s": round(figures["spark_s"].median, 2)}
+        extra["spark_profile"] = spark_profile(spark, settings, spark_pid)
         say(f"Spark under JFR: {extra['spark_profile']['wall_s']} s, {extra['spark_profile']['cores_busy']} cores busy, "
             f"phases {extra['spark_profile']['phases']}")
 
