@@ -41,7 +41,6 @@ from lklab.core.config import Settings
 from lklab.core.events import SCHEMA_VERSION
 from lklab.log.kafka_io import Offsets
 from lklab.serving.store import (
-    bulk_upsert,
     bulk_upsert_columns,
     python_values,
     consistent_read,
@@ -368,9 +367,9 @@ def held_state(tables: dict[str, pa.Table], spec) -> HeldState:
 def _install_held(conn: Connection, scope: str, spec, tables: dict[str, pa.Table]) -> None:
     """The snapshot's held state as the scope's first chunks (lklab.engine.chunks), built from its
     Arrow pieces; contributions that SQL reads (`contribs_as_rows`) as rows."""
-    if spec.contribs_as_rows:
-        held = held_state(tables, spec)
-        bulk_upsert(conn, speed_contrib, [(view, eid, *c) for (view, eid), c in held.contribs.items()])
+    if spec.contribs_as_rows:  # column by column, as the other pieces: the sink builds its own held_state from the same tables
+        contrib = tables["contrib"]
+        bulk_upsert_columns(conn, speed_contrib, {c: contrib.column(c) for c in contrib.column_names}, {"view": spec.name})
     writer = chunks.arrow_state_writer(tables["event_state"], None if spec.contribs_as_rows else tables["contrib"],
                                        None if spec.contribs_as_rows else spec.name, _undated(tables))
     writer.write(conn, scope, chunks.next_seq(conn, scope))
